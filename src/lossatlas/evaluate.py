@@ -1,0 +1,355 @@
+"""The Evaluator: loss and metrics of many parameter points at once."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .batches import as_tensor_data
+from .space import ParamSpace
+
+__all__ = ["Evaluator", "accuracy", "precision_context"]
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "tf32", "bf16"]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def accuracy(output: Tensor, target: Tensor) -> Tensor:
+    """Fraction of samples whose arg-max class equals the integer target (NaN otherwise)."""
+    if output.ndim < 2 or target.is_floating_point() or output.shape[:-1] != target.shape:
+        return torch.full((), float("nan"), device=output.device)
+    return (output.argmax(-1) == target).float().mean()
+
+
+def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+
+@contextlib.contextmanager
+def precision_context(precision: Precision, device: torch.device) -> Iterator[None]:
+    """Matmul precision and autocast for ``precision`` in {"fp32", "tf32", "bf16"}."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"Evaluator: precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
+    old_matmul = torch.backends.cuda.matmul.allow_tf32
+    old_cudnn = torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    try:
+        if precision == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_matmul
+        torch.backends.cudnn.allow_tf32 = old_cudnn
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Evaluator:
+    """Mean loss and metrics of a model at many parameter points.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The architecture and the values of everything not in ``space`` (buffers
+        such as BatchNorm running statistics, frozen parameters). It is copied
+        once and never changed.
+    data : (X, y) tensors, Dataset or DataLoader
+        Evaluated in full at every point; kept on ``device`` when it fits.
+    loss_fn : callable(output, target) -> scalar mean, optional
+        Default: mean cross-entropy (nats).
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    precision : {"fp32", "tf32", "bf16"}
+        "fp32" is the reference (no TF32); "bf16" uses autocast.
+    backend : {"auto", "vmap", "sequential"}
+        "vmap" runs ``torch.func.functional_call`` vectorised over points;
+        "sequential" writes each point into a model copy. "auto" picks vmap
+        unless BatchNorm statistics are recomputed or vmap fails on the model.
+    space : ParamSpace, optional
+        Layout of the points; default ``ParamSpace(model)`` (parameters only).
+        With ``ParamSpace(model, buffers=True)`` every point carries its own
+        BatchNorm statistics.
+    metrics : dict of name -> callable(output, target) -> scalar mean
+        Extra metrics; ``accuracy`` is always computed.
+    bn : {"own", "recompute"}
+        "own": every point uses its own (or the model's) BatchNorm statistics.
+        "recompute": statistics are re-estimated at every point on ``bn_data``
+        (default: ``data``) before evaluating (sequential backend).
+    chunk_size : int, optional
+        Points evaluated together; default chosen from memory, halved on
+        out-of-memory.
+    batch_size : int, optional
+        Samples per forward pass; default from memory.
+    memory_budget : int, optional
+        Bytes of activations a chunk may use (default: 1/3 of free GPU memory,
+        or 512 MiB on CPU).
+
+    Example
+    -------
+    >>> ev = Evaluator(model, (X, y))
+    >>> out = ev.evaluate(points)     # points: Tensor[P, D]
+    >>> out["loss"], out["accuracy"]  # Tensor[P] each
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        loss_fn: LossFn | None = None,
+        device: str | torch.device | None = None,
+        precision: Precision = "fp32",
+        backend: Literal["auto", "vmap", "sequential"] = "auto",
+        space: ParamSpace | None = None,
+        metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
+        bn: Literal["own", "recompute"] = "own",
+        bn_data=None,
+        chunk_size: int | None = None,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Evaluator: model must be an nn.Module, got {type(model).__name__}")
+        if backend not in ("auto", "vmap", "sequential"):
+            raise ValueError(
+                f"Evaluator: backend must be 'auto', 'vmap' or 'sequential', got {backend!r}"
+            )
+        if bn not in ("own", "recompute"):
+            raise ValueError(f"Evaluator: bn must be 'own' or 'recompute', got {bn!r}")
+        if precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(
+                f"Evaluator: precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}"
+            )
+        self.device = torch.device(
+            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.precision = precision
+        self.space = space if space is not None else ParamSpace(model)
+        self.loss_fn = loss_fn or _cross_entropy
+        self.metrics = {"accuracy": accuracy, **(metrics or {})}
+        self.bn = bn
+        if bn == "recompute" and backend == "vmap":
+            raise ValueError("Evaluator: bn='recompute' needs backend='sequential' or 'auto'")
+        self.backend = "sequential" if (bn == "recompute" or backend == "sequential") else backend
+
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        state = self.model.state_dict()
+        self._fixed = {k: v for k, v in state.items() if k not in set(self.space.names)}
+
+        host = as_tensor_data(data, "Evaluator data")
+        self.num_samples = len(host)
+        self.memory_budget = memory_budget or self._default_budget()
+        # Keep the data on the device when it takes at most half the budget-free memory.
+        if self.device.type == "cpu" or host.nbytes <= self._free_bytes() // 4:
+            self.data = host.to(self.device)
+            self.resident = True
+        else:
+            self.data = host.pin()
+            self.resident = False
+        self.bn_data = as_tensor_data(bn_data, "Evaluator bn_data") if bn_data is not None else None
+        if bn == "recompute" and not _has_batchnorm(self.model):
+            log.warning("Evaluator: bn='recompute' but the model has no BatchNorm layer")
+
+        self._act_per_sample = self._activation_elements()
+        self.batch_size = batch_size or self._default_batch_size()
+        self.chunk_size = chunk_size or self._default_chunk_size()
+        self.points_evaluated = 0
+        self.nonfinite = 0
+
+    # ------------------------------------------------------------- memory
+    def _free_bytes(self) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free)
+        return 8 << 30
+
+    def _default_budget(self) -> int:
+        if self.device.type == "cuda":
+            return self._free_bytes() // 3
+        return 512 << 20
+
+    def _activation_elements(self) -> int:
+        """Elements of all module outputs for one sample at one point (a probe forward)."""
+        total = 0
+
+        def hook(_m, _i, out):
+            nonlocal total
+            if isinstance(out, Tensor):
+                total += out.numel()
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules() if m is not self.model]
+        try:
+            with torch.no_grad():
+                out = self.model(self.data.x[:1].to(self.device))
+            total += out.numel() if isinstance(out, Tensor) else 0
+        except Exception as err:  # noqa: BLE001 - re-raised with context
+            raise RuntimeError(
+                f"Evaluator: the model fails on one input of shape {tuple(self.data.x[:1].shape)}: "
+                f"{err}"
+            ) from err
+        finally:
+            for h in handles:
+                h.remove()
+        return max(total, 1)
+
+    def _default_batch_size(self) -> int:
+        # A forward pass of one point over a batch keeps ~2 live activations per element.
+        per_sample = 4 * 2 * self._act_per_sample
+        return int(max(1, min(self.num_samples, self.memory_budget // (8 * per_sample))))
+
+    def _default_chunk_size(self) -> int:
+        per_point = 4 * 2 * self._act_per_sample * self.batch_size
+        cap = 1024 if self.device.type == "cuda" else 64
+        return int(max(1, min(cap, self.memory_budget // per_point)))
+
+    # ------------------------------------------------------------ forward
+    def _point_outputs_vmap(self, chunk: Tensor, x: Tensor) -> Tensor:
+        params = self.space.unflatten(chunk)
+
+        def one(p: dict[str, Tensor]) -> Tensor:
+            return functional_call(self.model, {**p, **self._fixed}, (x,))
+
+        return vmap(one, in_dims=(0,), randomness="different")(params)
+
+    def _accumulate(self, outputs_fn: Callable[[Tensor], Tensor], n_points: int) -> dict[str, Tensor]:
+        """Sums of mean-loss x batch size over all batches; ``outputs_fn(x) -> [P, n, ...]``."""
+        sums = {k: torch.zeros(n_points, device=self.device) for k in ["loss", *self.metrics]}
+        for x, y in self.data.batches(self.batch_size):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with precision_context(self.precision, self.device):
+                out = outputs_fn(x)
+            out = out.float()
+            n = x.shape[0]
+            sums["loss"] += vmap(self.loss_fn, in_dims=(0, None))(out, y) * n
+            for name, fn in self.metrics.items():
+                sums[name] += vmap(fn, in_dims=(0, None))(out, y) * n
+        return {k: v / self.num_samples for k, v in sums.items()}
+
+    def _recompute_bn(self, model: nn.Module) -> None:
+        data = self.bn_data if self.bn_data is not None else self.data
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over all batches
+        model.train()
+        with torch.no_grad(), precision_context(self.precision, self.device):
+            for x, _ in data.batches(self.batch_size):
+                model(x.to(self.device, non_blocking=True))
+        model.eval()
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+
+    def _evaluate_sequential(self, chunk: Tensor) -> dict[str, Tensor]:
+        results = []
+        for point in chunk:
+            self.space.load_into(self.model, point)
+            if self.bn == "recompute":
+                self._recompute_bn(self.model)
+            with torch.no_grad():
+                results.append(self._accumulate(lambda x: self.model(x)[None], 1))
+        # restore the template's own values of the laid-out tensors
+        return {k: torch.cat([r[k] for r in results]) for k in results[0]}
+
+    def _evaluate_chunk(self, chunk: Tensor) -> dict[str, Tensor]:
+        if self.backend == "sequential":
+            snapshot = {k: v.clone() for k, v in self.model.state_dict().items()}
+            try:
+                return self._evaluate_sequential(chunk)
+            finally:
+                self.model.load_state_dict(snapshot)
+        try:
+            with torch.no_grad():
+                return self._accumulate(lambda x: self._point_outputs_vmap(chunk, x), len(chunk))
+        except Exception as err:
+            if _is_oom(err) or self.backend == "vmap":
+                raise
+            log.warning("Evaluator: vmap failed on this model (%s); using the sequential backend", err)
+            self.backend = "sequential"
+            return self._evaluate_chunk(chunk)
+
+    # ------------------------------------------------------------- public
+    def evaluate(self, points: Tensor) -> dict[str, Tensor]:
+        """Mean loss and metrics at every point.
+
+        Parameters
+        ----------
+        points : Tensor[P, D] (or [D] for one point)
+
+        Returns
+        -------
+        dict with ``"loss"`` (Tensor[P], mean loss over all samples, nats for
+        cross-entropy), ``"accuracy"`` (Tensor[P], fraction in [0, 1]) and any
+        extra metrics, on the CPU. Non-finite losses are kept (a diverged point
+        is data) and counted in ``self.nonfinite``.
+        """
+        if not isinstance(points, Tensor):
+            points = torch.as_tensor(points)
+        single = points.ndim == 1
+        if single:
+            points = points[None]
+        if points.ndim != 2 or points.shape[1] != self.space.dim:
+            raise ValueError(
+                f"Evaluator.evaluate: points must have shape [P, {self.space.dim}], "
+                f"got {tuple(points.shape)}"
+            )
+        out: dict[str, list[Tensor]] = {}
+        i = 0
+        while i < len(points):
+            chunk = points[i : i + self.chunk_size].to(self.device, self.space.dtype, non_blocking=True)
+            try:
+                res = self._evaluate_chunk(chunk)
+            except Exception as err:
+                if not _is_oom(err) or self.chunk_size == 1 and self.batch_size == 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self.chunk_size > 1:
+                    self.chunk_size = max(1, self.chunk_size // 2)
+                else:
+                    self.batch_size = max(1, self.batch_size // 2)
+                log.info(
+                    "Evaluator: out of memory; chunk_size=%d batch_size=%d",
+                    self.chunk_size,
+                    self.batch_size,
+                )
+                continue
+            for k, v in res.items():
+                out.setdefault(k, []).append(v.detach().cpu())
+            i += len(chunk)
+        result = {k: torch.cat(v) for k, v in out.items()}
+        self.points_evaluated += len(points)
+        self.nonfinite += int((~torch.isfinite(result["loss"])).sum())
+        if single:
+            return {k: v[0] for k, v in result.items()}
+        return result
+
+    def evaluate_models(self, models: list[nn.Module]) -> dict[str, Tensor]:
+        """Loss and metrics of whole models (their laid-out tensors), Tensor[len(models)] each."""
+        return self.evaluate(torch.stack([self.space.flatten(m) for m in models]))
+
+    def __repr__(self) -> str:
+        return (
+            f"Evaluator(device={self.device}, precision={self.precision!r}, backend={self.backend!r}, "
+            f"samples={self.num_samples}, chunk_size={self.chunk_size}, batch_size={self.batch_size})"
+        )
