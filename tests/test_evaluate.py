@@ -1,0 +1,158 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lossatlas import Evaluator, ParamSpace
+from lossatlas.models import create
+
+
+def _bn_warm(model, x):
+    """Give BatchNorm layers non-trivial running statistics."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x + 0.1 * torch.randn_like(x))
+    return model.eval()
+
+
+CASES = {
+    "mlp": (lambda: create("mlp", in_features=40, hidden=(32, 32), num_classes=10),
+            lambda n: torch.randn(n, 40)),
+    "cnn": (lambda: create("cnn"), lambda n: torch.randn(n, 40)),
+    "resnet20": (lambda: create("resnet20", num_classes=10), lambda n: torch.randn(n, 3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("buffers", [False, True])
+def test_vmap_and_sequential_agree(name, buffers):
+    make, inputs = CASES[name]
+    torch.manual_seed(0)
+    model = make()
+    n = 24 if name == "resnet20" else 200
+    x, y = inputs(n), torch.randint(0, 10, (n,))
+    if name == "resnet20":
+        _bn_warm(model, x)
+    space = ParamSpace(model, buffers=buffers)
+    w = space.flatten(model)
+    pts = w[None] + 0.05 * w.abs().mean() * torch.randn(4, space.dim)
+    if buffers:  # keep variances positive
+        for seg in space.segments:
+            if seg.name.endswith("running_var"):
+                pts[:, seg.start:seg.stop] = pts[:, seg.start:seg.stop].abs() + 0.1
+    a = Evaluator(model, (x, y), space=space, backend="vmap", batch_size=n // 3).evaluate(pts)
+    b = Evaluator(model, (x, y), space=space, backend="sequential", batch_size=n // 2).evaluate(pts)
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["accuracy"], b["accuracy"])
+
+
+def test_matches_plain_forward_and_leaves_model_unchanged():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x, y = torch.randn(50, 5), torch.randint(0, 3, (50,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ev = Evaluator(model, (x, y), batch_size=16)
+    out = ev.evaluate(ev.space.flatten(model))
+    with torch.no_grad():
+        logits = model(x)
+    assert math.isclose(float(out["loss"]), float(nn.functional.cross_entropy(logits, y)),
+                        rel_tol=1e-6)
+    assert float(out["accuracy"]) == float((logits.argmax(1) == y).float().mean())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_data_forms_agree():
+    torch.manual_seed(2)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    pts = torch.randn(3, ParamSpace(model).dim)
+    ref = Evaluator(model, (x, y)).evaluate(pts)["loss"]
+    ds = TensorDataset(x, y)
+    for data in (ds, DataLoader(ds, batch_size=7)):
+        torch.testing.assert_close(Evaluator(model, data).evaluate(pts)["loss"], ref)
+
+
+def test_custom_loss_and_metric():
+    model = nn.Linear(3, 1)
+    x = torch.randn(20, 3)
+    y = x.sum(1, keepdim=True)
+    ev = Evaluator(model, (x, y), loss_fn=nn.functional.mse_loss,
+                   metrics={"mae": lambda o, t: (o - t).abs().mean()})
+    out = ev.evaluate(ev.space.flatten(model))
+    with torch.no_grad():
+        pred = model(x)
+    assert math.isclose(float(out["loss"]), float(((pred - y) ** 2).mean()), rel_tol=1e-5)
+    assert math.isclose(float(out["mae"]), float((pred - y).abs().mean()), rel_tol=1e-5)
+    assert math.isnan(float(out["accuracy"]))
+
+
+def test_nonfinite_points_are_data_not_errors():
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    ev = Evaluator(model, (x, y))
+    pts = torch.randn(3, ev.space.dim)
+    pts[1, 0] = float("nan")
+    pts[2] *= 1e30
+    out = ev.evaluate(pts)
+    assert math.isfinite(float(out["loss"][0]))
+    assert not math.isfinite(float(out["loss"][1]))
+    assert ev.nonfinite >= 1
+
+
+def test_oom_halves_chunk_and_retries(monkeypatch):
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    ev = Evaluator(model, (x, y), chunk_size=8)
+    real = ev._evaluate_chunk
+    calls = []
+
+    def flaky(chunk):
+        calls.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(chunk)
+
+    monkeypatch.setattr(ev, "_evaluate_chunk", flaky)
+    pts = torch.randn(7, ev.space.dim)
+    out = ev.evaluate(pts)
+    assert ev.chunk_size == 2 and calls[:3] == [7, 4, 2]
+    ref = Evaluator(model, (x, y)).evaluate(pts)
+    torch.testing.assert_close(out["loss"], ref["loss"])
+
+
+def test_bn_recompute_uses_data_statistics():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x, y = torch.randn(64, 4) * 3 + 1, torch.randint(0, 2, (64,))
+    ev = Evaluator(model, (x, y), bn="recompute", batch_size=64)
+    out = ev.evaluate(ev.space.flatten(model))
+    ref = nn.Sequential(*[m for m in __import__("copy").deepcopy(model)])
+    ref[1].reset_running_stats()
+    ref[1].momentum = None
+    ref.train()
+    with torch.no_grad():
+        ref(x)
+    ref.eval()
+    with torch.no_grad():
+        expect = nn.functional.cross_entropy(ref(x), y)
+    assert math.isclose(float(out["loss"]), float(expect), rel_tol=1e-5)
+    # the user's model statistics are untouched
+    assert torch.equal(model[1].running_mean, torch.zeros(8))
+
+
+def test_bad_input_errors():
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="precision"):
+        Evaluator(model, (x, y), precision="fp8")
+    ev = Evaluator(model, (x, y))
+    with pytest.raises(ValueError, match=r"\[P, 8\]"):
+        ev.evaluate(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="samples"):
+        Evaluator(model, (x, y[:5]))
+    with pytest.raises(RuntimeError, match="fails on one input"):
+        Evaluator(model, (torch.randn(10, 4), y))
