@@ -60,8 +60,7 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     except Exception as exc:  # ImportError, or any error raised while importing
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FactoryError(
-            f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} "
-            f"({reason})"
+            f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} ({reason})"
         ) from exc
     owner = module_name
     for attr in attr_path.split("."):
