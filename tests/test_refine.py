@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from lossatlas.refine import delaunay_edges, refine_field
+from lossatlas.topology import graph_merge_tree, merge_tree
+
+CENTRES = np.array([[0.31, 0.27], [-0.52, 0.13], [0.18, -0.61]])
+
+
+def narrow_wells(z):
+    """Loss with three narrow wells (width 0.02 on a [-1, 1]^2 box), minimum 1e-3."""
+    r2 = ((z[:, None, :] - CENTRES[None]) ** 2).sum(-1)
+    return {"loss": 1e-3 + 3.0 * np.prod(1.0 - np.exp(-r2 / 4e-4), axis=1)}
+
+
+def test_uniform_grid_misses_narrow_wells_refinement_finds_them():
+    res = 32
+    axes = np.linspace(-1, 1, res)
+    zz = np.stack(np.meshgrid(axes, axes, indexing="ij"), -1).reshape(-1, 2)
+    grid = np.log10(narrow_wells(zz)["loss"]).reshape(res, res)
+    coarse = merge_tree(grid, threshold=0.5)
+    assert len(coarse.minima) < 3  # the grid alone does not see the wells
+    field = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=res, tol=0.2, budget=8000,
+                         focus_points=CENTRES)
+    tree = graph_merge_tree(field.values["log10_loss"], field.edges, threshold=0.5)
+    assert len(tree.minima) == 3
+    found = field.coords[np.asarray(tree.minima).reshape(-1)]
+    for c in CENTRES:  # each well's minimum located within the finest cell size
+        assert np.min(np.linalg.norm(found - c, axis=1)) < 2 / (res - 1) / 2**4
+    # the field interpolated near each centre is within 0.05 decades of the truth
+    probe = CENTRES + 0.003
+    truth = np.log10(narrow_wells(probe)["loss"])
+    assert np.median(np.abs(field.interpolate(probe) - truth)) < 0.05
+
+
+def test_refinement_keeps_samples_and_minima():
+    small = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=16, tol=0.2, budget=600,
+                         focus_points=CENTRES)
+    big = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=16, tol=0.2, budget=3000,
+                       focus_points=CENTRES)
+    assert big.n > small.n
+    # samples already taken keep their coordinates and values (a prefix of the bigger run)
+    np.testing.assert_array_equal(big.coords[: small.n], small.coords)
+    np.testing.assert_array_equal(big.values["loss"][: small.n], small.values["loss"])
+    # every minimum present before refinement still has a minimum at least as low nearby
+    t_small = graph_merge_tree(small.values["log10_loss"], small.edges, threshold=0.5)
+    t_big = graph_merge_tree(big.values["log10_loss"], big.edges, threshold=0.5)
+    mins_big = np.asarray(t_big.minima).reshape(-1)
+    for m in np.asarray(t_small.minima).reshape(-1):
+        near = np.linalg.norm(big.coords[mins_big] - small.coords[m], axis=1) < 2 / 15
+        assert near.any()
+        assert big.values["log10_loss"][mins_big[near]].min() <= small.values["log10_loss"][m]
+    assert len(mins_big) >= len(np.asarray(t_small.minima).reshape(-1))
+
+
+def test_extra_points_are_samples_and_budget_respected():
+    field = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=8, tol=0.1, budget=300,
+                         extra_points=CENTRES)
+    assert field.n <= 300
+    np.testing.assert_array_equal(field.coords[64:67], CENTRES)
+    assert (field.level[64:67] == -1).all()
+    np.testing.assert_allclose(field.values["loss"][64:67], 1e-3, rtol=1e-6)
+
+
+def test_graph_of_a_grid_matches_grid_topology():
+    # with no refinement (tol huge), the Delaunay graph of a grid keeps the grid's minima
+    field = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=12, tol=1e9, budget=10**4)
+    assert field.rounds == 0 and field.n == 144
+    grid = field.values["log10_loss"].reshape(12, 12)
+    assert len(graph_merge_tree(field.values["log10_loss"], field.edges, 0.1).minima) == len(
+        merge_tree(grid, 0.1).minima)
+
+
+def test_delaunay_edges_3d_and_errors():
+    pts = np.random.default_rng(0).random((50, 3))
+    e = delaunay_edges(pts)
+    assert e.shape[1] == 2 and (e[:, 0] < e[:, 1]).all()
+    with pytest.raises(ValueError, match="over the budget"):
+        refine_field(narrow_wells, [-1, -1], [1, 1], resolution=64, budget=100)
+    with pytest.raises(ValueError, match="hi > lo"):
+        refine_field(narrow_wells, [1, -1], [1, 1])
