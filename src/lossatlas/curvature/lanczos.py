@@ -1,0 +1,251 @@
+"""Top eigenpairs of a symmetric operator: Lanczos (full reorthogonalisation) and
+deflated power iteration (as PyHessian)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .hvp import LinearOperator
+
+__all__ = ["EigenResult", "lanczos", "lanczos_tridiagonal", "power_iteration"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EigenResult:
+    """Eigenpairs of a Hessian (or any symmetric operator).
+
+    Attributes
+    ----------
+    eigenvalues : Tensor[k]
+        Largest first (algebraic, for Lanczos; in order found for power
+        iteration); units of loss per squared parameter.
+    eigenvectors : Tensor[k, n]
+        Unit rows; for an :class:`HVP` these are in its operator space (use
+        ``hvp.embed`` for the full ``ParamSpace`` layout).
+    residuals : Tensor[k]
+        ``|H v - lambda v|`` bounds (Ritz residuals).
+    converged : Tensor[k] (bool)
+    num_iter : int
+        Lanczos steps (or power iterations in total).
+    num_hvp : int
+        Operator applications.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    converged: Tensor
+    num_iter: int
+    num_hvp: int
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
+
+
+def _orthogonalise(w: Tensor, Q: Tensor, j: int) -> Tensor:
+    """Remove from ``w`` [m, n] its components along ``Q[:, :j]`` [m, j, n] (twice)."""
+    if j == 0:
+        return w
+    B = Q[:, :j]
+    for _ in range(2):
+        w = w - torch.einsum("mj,mjn->mn", torch.einsum("mjn,mn->mj", B, w), B)
+    return w
+
+
+def lanczos_tridiagonal(
+    op: LinearOperator,
+    V0: Tensor,
+    num_iter: int,
+    *,
+    reorthogonalize: bool = True,
+    generator: torch.Generator | None = None,
+    stop=None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run ``m`` independent Lanczos recurrences in lock-step (one batched operator
+    call per step).
+
+    Parameters
+    ----------
+    op : LinearOperator on vectors of length ``n``
+    V0 : Tensor[m, n]
+        Start vectors (normalised here).
+    num_iter : int
+        Steps ``J`` (at most ``n``).
+    reorthogonalize : bool
+        Full Gram-Schmidt against all previous basis vectors (memory ``m J n``).
+    stop : callable(alphas [m, j], betas [m, j], j) -> bool, optional
+        Called after each step; ``True`` ends the run early.
+
+    Returns
+    -------
+    alphas : Tensor[m, j] (diagonal), betas : Tensor[m, j] (``betas[:, i]`` couples
+    steps ``i`` and ``i + 1``; the last is the residual norm), Q : Tensor[m, j, n]
+    (basis; empty along ``j`` without reorthogonalisation), and j.
+    """
+    m, n = V0.shape
+    num_iter = min(int(num_iter), n)
+    dev, dt = V0.device, V0.dtype
+    Q = torch.zeros(m, num_iter if reorthogonalize else 0, n, device=dev, dtype=dt)
+    alphas = torch.zeros(m, num_iter, device=dev, dtype=dt)
+    betas = torch.zeros(m, num_iter, device=dev, dtype=dt)
+    v = V0 / V0.norm(dim=1, keepdim=True)
+    v_prev = torch.zeros_like(v)
+    beta = torch.zeros(m, device=dev, dtype=dt)
+    j = 0
+    for j in range(num_iter):
+        if reorthogonalize:
+            Q[:, j] = v
+        w = op(v).to(dt) - beta[:, None] * v_prev
+        alpha = (w * v).sum(1)
+        w = w - alpha[:, None] * v
+        if reorthogonalize:
+            w = _orthogonalise(w, Q, j + 1)
+        beta = w.norm(dim=1)
+        alphas[:, j] = alpha
+        betas[:, j] = beta
+        if stop is not None and stop(alphas[:, : j + 1], betas[:, : j + 1], j + 1):
+            break
+        if j + 1 == num_iter:
+            break
+        # Invariant subspace found in a run: restart it with a fresh orthogonal vector
+        # (beta = 0 decouples the tridiagonal blocks).
+        scale = alphas[:, : j + 1].abs().amax(1).clamp_min(1e-30)
+        broke = beta <= 1e3 * torch.finfo(dt).eps * scale
+        if bool(broke.any()):
+            r = torch.randn(m, n, device=dev, dtype=dt, generator=generator)
+            if reorthogonalize:
+                r = _orthogonalise(r, Q, j + 1)
+            w = torch.where(broke[:, None], r / r.norm(dim=1, keepdim=True), w)
+            beta = torch.where(broke, torch.zeros_like(beta), beta)
+            betas[:, j] = beta
+            norm = torch.where(broke, torch.ones_like(beta), beta)
+        else:
+            norm = beta
+        v_prev, v = v, w / norm[:, None]
+    J = j + 1
+    return alphas[:, :J], betas[:, :J], Q[:, :J], J
+
+
+def _tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
+    """Symmetric tridiagonal matrices [m, J, J] from alphas [m, J], betas [m, J]."""
+    J = alphas.shape[1]
+    T = torch.diag_embed(alphas)
+    if J > 1:
+        off = torch.diag_embed(betas[:, : J - 1], offset=1)
+        T = T + off + off.transpose(1, 2)
+    return T
+
+
+def lanczos(
+    op: LinearOperator,
+    k: int = 5,
+    *,
+    num_iter: int | None = None,
+    tol: float = 1e-6,
+    seed: int | None = 0,
+) -> EigenResult:
+    """The ``k`` largest (algebraic) eigenpairs of ``op`` by Lanczos with full
+    reorthogonalisation.
+
+    Parameters
+    ----------
+    op : LinearOperator (e.g. :class:`HVP`) on vectors of length ``n``
+    k : int
+        Eigenpairs wanted, ``1 <= k <= n``.
+    num_iter : int, optional
+        Maximum Lanczos steps; default ``min(n, max(4 k, k + 40))``. Memory: ``num_iter x n``.
+    tol : float
+        Stop when every wanted Ritz residual ``|beta_J s_J,i|`` is below
+        ``tol x max |theta|`` (eigenvalue errors are about residual^2 / gap).
+    seed : int, optional
+        Seed of the random start vector.
+    """
+    n = op.dim
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"lanczos: k must be between 1 and the operator size {n}, got k={k}")
+    k = int(k)
+    J = min(n, max(4 * k, k + 40)) if num_iter is None else min(int(num_iter), n)
+    if J < k:
+        raise ValueError(f"lanczos: num_iter={num_iter} must be at least k={k}")
+    gen = _generator(seed, op.device)
+    v0 = torch.randn(1, n, device=op.device, dtype=op.dtype, generator=gen)
+
+    def converged(a: Tensor, b: Tensor, j: int) -> bool:
+        if j < k or (j % 5 and j < J):
+            return False
+        theta, S = torch.linalg.eigh(_tridiagonal(a, b)[0])
+        res = (b[0, -1] * S[-1, -k:]).abs()
+        return bool((res <= tol * theta.abs().max().clamp_min(1e-30)).all())
+
+    alphas, betas, Q, J = lanczos_tridiagonal(op, v0, J, generator=gen, stop=converged)
+    theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas)[0])
+    order = torch.argsort(theta, descending=True)[:k]
+    vals = theta[order]
+    vecs = S[:, order].T @ Q[0]  # [k, n]
+    res = (betas[0, -1] * S[-1, order]).abs()
+    ok = res <= tol * theta.abs().max().clamp_min(1e-30)
+    if not bool(ok.all()):
+        log.info("lanczos: %d of %d eigenpairs above tol after %d steps", int((~ok).sum()), k, J)
+    return EigenResult(vals, vecs, res, ok, J, J)
+
+
+def power_iteration(
+    op: LinearOperator,
+    k: int = 1,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int | None = 0,
+) -> EigenResult:
+    """The ``k`` eigenpairs of largest magnitude by deflated power iteration, as
+    PyHessian's ``hessian.eigenvalues`` (stop when the Rayleigh quotient changes by
+    less than ``tol`` relative; ``max_iter`` per eigenpair)."""
+    n = op.dim
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"power_iteration: k must be between 1 and {n}, got k={k}")
+    gen = _generator(seed, op.device)
+    found: list[Tensor] = []
+    vals, res, ok = [], [], []
+    total = 0
+    for _ in range(int(k)):
+        v = torch.randn(n, device=op.device, dtype=op.dtype, generator=gen)
+        v = v / v.norm()
+        lam = None
+        conv = False
+        for _ in range(max_iter):
+            for u in found:
+                v = v - (u @ v) * u
+            v = v / v.norm()
+            hv = op(v)
+            total += 1
+            new = float(hv @ v)
+            r = hv - new * v
+            v = hv / hv.norm().clamp_min(1e-30)
+            if lam is not None and abs(new - lam) / (abs(lam) + 1e-12) < tol:
+                lam, conv = new, True
+                break
+            lam = new
+        found.append(v)
+        vals.append(lam)
+        res.append(float(r.norm()))
+        ok.append(conv)
+    return EigenResult(
+        torch.tensor(vals, dtype=op.dtype),
+        torch.stack(found),
+        torch.tensor(res, dtype=op.dtype),
+        torch.tensor(ok),
+        total,
+        total,
+    )

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from conftest import full_hessian, tiny_data, tiny_mlp
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lossatlas.curvature import HVP
+from lossatlas.space import ParamSpace
+
+
+def test_hvp_equals_hessian_times_vectors(problem):
+    model, x, y, H = problem
+    op = HVP(model, (x, y))
+    assert op.dim == H.shape[0] and op.mode == "eval"
+    V = torch.randn(5, op.dim, dtype=torch.float64)
+    torch.testing.assert_close(op(V), V @ H, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op(V[0]), H @ V[0], rtol=1e-10, atol=1e-12)
+    assert op.num_hvp == 6
+
+
+def test_batching_and_chunking_give_the_same_hvp(problem):
+    model, x, y, H = problem
+    V = torch.randn(4, H.shape[0], dtype=torch.float64)
+    one = HVP(model, (x, y))(V)
+    batched = HVP(model, (x, y), batch_size=10, chunk_size=3)(V)  # uneven last batch
+    loader = DataLoader(TensorDataset(x, y), batch_size=7)
+    from_loader = HVP(model, loader, batch_size=25)(V)
+    torch.testing.assert_close(batched, one, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(from_loader, one, rtol=1e-10, atol=1e-12)
+
+
+def test_group_hvp_is_the_sub_block(problem):
+    model, x, y, H = problem
+    space = ParamSpace(model)
+    mask = space.mask("2.")
+    idx = mask.nonzero().squeeze(1)
+    op = HVP(model, (x, y), group="2.")
+    assert op.dim == int(mask.sum()) == 6 * 3 + 3
+    V = torch.randn(3, op.dim, dtype=torch.float64)
+    torch.testing.assert_close(op(V), V @ H[idx][:, idx], rtol=1e-10, atol=1e-12)
+    # full-layout vectors: entries outside the group ignored, result zero there
+    Vf = torch.randn(3, space.dim, dtype=torch.float64)
+    out = op(Vf)
+    assert out.shape == (3, space.dim)
+    torch.testing.assert_close(out[:, idx], Vf[:, idx] @ H[idx][:, idx], rtol=1e-10, atol=1e-12)
+    assert bool((out[:, ~mask] == 0).all())
+
+
+def test_hvp_at_other_params_and_model_untouched(problem):
+    model, x, y, _ = problem
+    space = ParamSpace(model)
+    before = space.flatten(model)
+    other = tiny_mlp(seed=5)
+    op = HVP(model, (x, y), params=space.flatten(other))
+    H2 = full_hessian(other, x, y)
+    V = torch.randn(2, space.dim, dtype=torch.float64)
+    torch.testing.assert_close(op(V), V @ H2, rtol=1e-10, atol=1e-12)
+    assert torch.equal(space.flatten(model), before)
+
+
+def test_batchnorm_eval_and_train_modes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).double()
+    model.train()
+    x, y = tiny_data(32)
+    with torch.no_grad():
+        model(x)  # non-trivial running statistics
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    space = ParamSpace(model)
+    V = torch.randn(2, space.dim, dtype=torch.float64)
+    ev = HVP(model, (x, y))
+    tr = HVP(model, (x, y), train=True)
+    assert (ev.mode, tr.mode) == ("eval", "train")
+    model.eval()
+    H_eval = full_hessian(model, x, y)
+    torch.testing.assert_close(ev(V), V @ H_eval, rtol=1e-9, atol=1e-11)
+    model.train()
+    H_train = full_hessian(model, x, y)  # batch statistics (running ones updated: restore)
+    model.load_state_dict(state)
+    torch.testing.assert_close(tr(V), V @ H_train, rtol=1e-9, atol=1e-11)
+    assert not torch.allclose(H_eval, H_train)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_bad_inputs_raise_clear_errors(problem):
+    model, x, y, _ = problem
+    with pytest.raises(ValueError, match="HVP: the model and loss fail on inputs of shape"):
+        HVP(model, (x[:, :3], y))
+    with pytest.raises(ValueError, match="inputs have 64 samples but targets have 10"):
+        HVP(model, (x, y[:10]))
+    with pytest.raises(ValueError, match="group"):
+        HVP(model, (x, y), group="nope.")
+    with pytest.raises(ValueError, match="params must be a flat vector"):
+        HVP(model, (x, y), params=torch.zeros(3))
+    op = HVP(model, (x, y))
+    with pytest.raises(ValueError, match=r"HVP: vectors must have shape \[m, 51\]"):
+        op(torch.zeros(2, 7))
