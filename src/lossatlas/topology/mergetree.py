@@ -141,7 +141,9 @@ def _threshold(threshold: float | str | None, sweep: Sweep, where: str) -> float
 
 def _build(sweep: Sweep, threshold: float, graph: bool) -> MergeTree:
     n = sweep.values.shape[0]
-    pers = sweep.values[sweep.saddle] - sweep.values[sweep.younger]
+    with np.errstate(invalid="ignore"):  # inf - inf: a minimum inside a diverged plateau
+        pers = np.nan_to_num(sweep.values[sweep.saddle] - sweep.values[sweep.younger],
+                             nan=0.0, posinf=np.inf)
     survives = pers > threshold
     rep = _unionfind.representatives(sweep.drain, sweep.younger, sweep.across, survives)
     is_leaf = np.zeros(n, bool)

@@ -97,22 +97,22 @@ def plot_merge_tree(
         ax.scatter(x[k:], y[k:], s=14, color="tab:orange", zorder=3, label="saddle")
     if np.isinf(tree.node_values).any():
         ax.axhline(y_inf, color="tab:red", linestyle=":", linewidth=1, label="inf (diverged)")
-    if leaf_labels is not None:
-        items = leaf_labels.items() if isinstance(leaf_labels, Mapping) else enumerate(leaf_labels)
-        for leaf, text in items:
-            ax.annotate(
-                str(text), (x[leaf], y[leaf]), xytext=(0, -6), textcoords="offset points",
-                rotation=90, ha="center", va="top", fontsize=8,
-            )
     ax.set_xlim(-0.6, max(k - 0.4, 0.6))
-    pad = 0.12 * (high - low if high > low else 1.0)
-    ax.set_ylim(low - (2.5 if leaf_labels is not None else 1) * pad, max(y.max(), high) + pad)
-    ax.set_xticks([])
-    ax.set_xlabel("minima (leaves), deeper basin on the left at each merge")
+    span = high - low if high > low else 1.0
+    ax.set_ylim(low - 0.05 * span, max(float(y.max()), high) + 0.3 * span)  # room for legend
+    if leaf_labels is None:
+        ax.set_xticks([])
+    else:
+        items = dict(leaf_labels.items() if isinstance(leaf_labels, Mapping)
+                     else enumerate(leaf_labels))
+        ax.set_xticks([x[leaf] for leaf in items], [str(t) for t in items.values()],
+                      rotation=90 if max(map(len, map(str, items.values())), default=0) > 3 else 0,
+                      fontsize=8)
+    ax.set_xlabel("minima (leaves); at each merge the deeper basin is on the left")
     ax.set_ylabel("loss")
     ax.set_title(f"merge tree: {k} minima, {tree.saddle_values.size} saddles "
                  f"(persistence threshold {tree.threshold:.3g})")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8, ncol=3)
     return ax
 
 
