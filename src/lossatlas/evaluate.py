@@ -9,10 +9,13 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .batches import as_tensor_data
+from .kernels.bnfold import FoldPlan, fold_batchnorm
+from .kernels.mlp import MLPPlan, detect_mlp, mlp_logits
 from .space import ParamSpace
 
 __all__ = ["Evaluator", "accuracy", "precision_context"]
@@ -20,6 +23,7 @@ __all__ = ["Evaluator", "accuracy", "precision_context"]
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "tf32", "bf16"]
+Backend = Literal["auto", "fast", "vmap", "sequential"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -79,10 +83,17 @@ class Evaluator:
         Default: CUDA when available, else CPU.
     precision : {"fp32", "tf32", "bf16"}
         "fp32" is the reference (no TF32); "bf16" uses autocast.
-    backend : {"auto", "vmap", "sequential"}
+    backend : {"auto", "fast", "vmap", "sequential"}
+        "fast" uses a specialised path (:mod:`lossatlas.kernels`): ``"fast-mlp"``
+        for a plain chain of Linear layers and elementwise activations (first
+        layer as one GEMM over all points, batched GEMMs after), or
+        ``"fast-bnfold"`` for eval-mode BatchNorm after convolutions (folded into
+        the convolution weights per point); it raises when neither applies.
         "vmap" runs ``torch.func.functional_call`` vectorised over points;
-        "sequential" writes each point into a model copy. "auto" picks vmap
-        unless BatchNorm statistics are recomputed or vmap fails on the model.
+        "sequential" writes each point into a model copy. "auto" picks the
+        fastest that applies, in the order fast-mlp > fast-bnfold > vmap >
+        sequential (also when vmap fails on the model). The chosen path is
+        ``self.backend`` and shown in ``repr``.
     space : ParamSpace, optional
         Layout of the points; default ``ParamSpace(model)`` (parameters only).
         With ``ParamSpace(model, buffers=True)`` every point carries its own
@@ -101,6 +112,13 @@ class Evaluator:
     memory_budget : int, optional
         Bytes of activations a chunk may use (default: 1/3 of free GPU memory,
         or 512 MiB on CPU).
+    compile : bool
+        Run the fast paths through ``torch.compile`` (``max-autotune`` for the
+        MLP path on CUDA). Compiling takes seconds to minutes once; worth it for
+        thousands of points. A failure falls back to eager with a warning.
+    channels_last : bool, optional
+        Channels-last inputs and weights on the "fast-bnfold" path (default: on
+        CUDA).
 
     Example
     -------
@@ -116,7 +134,7 @@ class Evaluator:
         loss_fn: LossFn | None = None,
         device: str | torch.device | None = None,
         precision: Precision = "fp32",
-        backend: Literal["auto", "vmap", "sequential"] = "auto",
+        backend: Backend = "auto",
         space: ParamSpace | None = None,
         metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
         bn: Literal["own", "recompute"] = "own",
@@ -124,12 +142,15 @@ class Evaluator:
         chunk_size: int | None = None,
         batch_size: int | None = None,
         memory_budget: int | None = None,
+        compile: bool = False,
+        channels_last: bool | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Evaluator: model must be an nn.Module, got {type(model).__name__}")
-        if backend not in ("auto", "vmap", "sequential"):
+        if backend not in ("auto", "fast", "vmap", "sequential"):
             raise ValueError(
-                f"Evaluator: backend must be 'auto', 'vmap' or 'sequential', got {backend!r}"
+                "Evaluator: backend must be 'auto', 'fast', 'vmap' or 'sequential', "
+                f"got {backend!r}"
             )
         if bn not in ("own", "recompute"):
             raise ValueError(f"Evaluator: bn must be 'own' or 'recompute', got {bn!r}")
@@ -145,9 +166,9 @@ class Evaluator:
         self.loss_fn = loss_fn or _cross_entropy
         self.metrics = {"accuracy": accuracy, **(metrics or {})}
         self.bn = bn
-        if bn == "recompute" and backend == "vmap":
+        if bn == "recompute" and backend in ("vmap", "fast"):
             raise ValueError("Evaluator: bn='recompute' needs backend='sequential' or 'auto'")
-        self.backend = "sequential" if (bn == "recompute" or backend == "sequential") else backend
+        self.compile = bool(compile)
 
         self.model = copy.deepcopy(model).to(self.device).eval()
         for p in self.model.parameters():
@@ -169,11 +190,73 @@ class Evaluator:
         if bn == "recompute" and not _has_batchnorm(self.model):
             log.warning("Evaluator: bn='recompute' but the model has no BatchNorm layer")
 
-        self._act_per_sample = self._activation_elements()
+        self._act_per_sample, self._act_max = self._activation_elements()
+        self._mlp: MLPPlan | None = None
+        self._fold: FoldPlan | None = None
+        self._folded: nn.Module | None = None
+        self.channels_last = (
+            self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        )
+        self.backend = self._choose_backend(backend)
         self.batch_size = batch_size or self._default_batch_size()
         self.chunk_size = chunk_size or self._default_chunk_size()
+        self._fold_vmap = self.batch_size < 256
+        self._compiled: Callable | None = None
+        self._compile_failed = False
         self.points_evaluated = 0
         self.nonfinite = 0
+
+    # ------------------------------------------------------------ backend
+    def _probe(self, fast: Callable[[Tensor], Tensor]) -> str | None:
+        """None if ``fast(x) [1, n, ...]`` equals the model on a few inputs, else why not."""
+        x = self.data.x[:4].to(self.device)
+        try:
+            with torch.no_grad(), precision_context("fp32", self.device):
+                ref = self.model(x)
+                got = fast(x)
+        except Exception as err:  # noqa: BLE001 - a failing fast path is just not used
+            return f"it fails on the model ({type(err).__name__}: {err})"
+        if not isinstance(ref, Tensor) or got.shape[1:] != ref.shape:
+            return "its output has another shape than the model's"
+        if not torch.allclose(got[0].float(), ref.float(), rtol=1e-3, atol=1e-4 * (
+                1 + float(ref.abs().max()))):
+            return "its output differs from the model's"
+        return None
+
+    def _choose_backend(self, backend: str) -> str:
+        if self.bn == "recompute" or backend == "sequential":
+            return "sequential"
+        if backend == "vmap":
+            return "vmap"
+        state = {k: v for k, v in self.model.state_dict().items()}
+        reasons = []
+        plan, why = detect_mlp(self.model)
+        if plan is not None:
+            x0 = self.data.x[:1]
+            if not x0.is_floating_point() or (x0.dim() != 2 and not plan.flatten):
+                why = "the inputs are not float vectors [n, features]"
+            else:
+                why = self._probe(lambda x: mlp_logits(plan, {}, state, 1, x)) or ""
+            if not why:
+                self._mlp = plan
+                return "fast-mlp"
+        reasons.append(f"fast-mlp: {why}")
+        gm, fold, why = fold_batchnorm(self.model)
+        if gm is not None and fold is not None:
+            gm = gm.to(self.device)
+            _, fixed = fold.apply({}, state)
+            why = self._probe(lambda x: functional_call(gm, fixed, (x,))[None]) or ""
+            if not why:
+                self._folded, self._fold = gm, fold
+                return "fast-bnfold"
+        reasons.append(f"fast-bnfold: {why}")
+        log.debug("Evaluator: no fast path (%s)", "; ".join(reasons))
+        if backend == "fast":
+            raise ValueError(
+                "Evaluator: backend='fast' but no fast path applies to "
+                f"{type(self.model).__name__} ({'; '.join(reasons)}); use backend='auto'"
+            )
+        return "vmap"
 
     # ------------------------------------------------------------- memory
     def _free_bytes(self) -> int:
@@ -187,14 +270,16 @@ class Evaluator:
             return self._free_bytes() // 3
         return 512 << 20
 
-    def _activation_elements(self) -> int:
-        """Elements of all module outputs for one sample at one point (a probe forward)."""
+    def _activation_elements(self) -> tuple[int, int]:
+        """Elements of all module outputs, and of the largest, for one sample at one point."""
         total = 0
+        largest = 1
 
         def hook(_m, _i, out):
-            nonlocal total
+            nonlocal total, largest
             if isinstance(out, Tensor):
                 total += out.numel()
+                largest = max(largest, out.numel())
 
         handles = [m.register_forward_hook(hook) for m in self.model.modules() if m is not self.model]
         try:
@@ -209,16 +294,36 @@ class Evaluator:
         finally:
             for h in handles:
                 h.remove()
-        return max(total, 1)
+        return max(total, 1), largest
+
+    def _mlp_bytes(self) -> int:
+        """Bytes of activations per (point, sample) on the MLP path."""
+        assert self._mlp is not None
+        return 4 * 2 * sum(self._mlp.widths[1:])
 
     def _default_batch_size(self) -> int:
+        if self.backend == "fast-mlp":
+            # All samples at once where 16 points fit: the first layer's GEMM is widest then.
+            fit = self.memory_budget // (16 * self._mlp_bytes())
+            return int(max(1, min(self.num_samples, fit)))
+        if self.backend == "fast-bnfold":
+            # One point at a time over a large batch: ~4 live activations of the largest size.
+            fit = self.memory_budget // (4 * 4 * self._act_max)
+            return int(max(1, min(self.num_samples, fit)))
         # A forward pass of one point over a batch keeps ~2 live activations per element.
         per_sample = 4 * 2 * self._act_per_sample
         return int(max(1, min(self.num_samples, self.memory_budget // (8 * per_sample))))
 
     def _default_chunk_size(self) -> int:
-        per_point = 4 * 2 * self._act_per_sample * self.batch_size
         cap = 1024 if self.device.type == "cuda" else 64
+        if self.backend == "fast-mlp":
+            per_point = self._mlp_bytes() * self.batch_size
+        elif self.backend == "fast-bnfold":
+            # Folded weights of every point of the chunk; activations of one point at a time.
+            per_point = 4 * 2 * self.space.dim
+            cap = 64 if self.device.type == "cuda" else 16
+        else:
+            per_point = 4 * 2 * self._act_per_sample * self.batch_size
         return int(max(1, min(cap, self.memory_budget // per_point)))
 
     # ------------------------------------------------------------ forward
@@ -230,6 +335,87 @@ class Evaluator:
 
         return vmap(one, in_dims=(0,), randomness="different")(params)
 
+    def _compile_fn(self, fn: Callable, mode: str | None) -> Callable:
+        """``torch.compile(fn)`` that falls back to ``fn`` (with a warning) if compiling fails."""
+        compiled = torch.compile(fn, mode=mode, dynamic=False)
+
+        def run(*args):
+            if not self._compile_failed:
+                try:
+                    return compiled(*args)
+                except Exception as err:
+                    if _is_oom(err):
+                        raise
+                    self._compile_failed = True
+                    log.warning("Evaluator: torch.compile failed (%s: %s); running eagerly",
+                                type(err).__name__, err)
+            return fn(*args)
+
+        return run
+
+    def _mlp_forward(self, chunk: Tensor, x: Tensor) -> Tensor:
+        assert self._mlp is not None
+        return mlp_logits(self._mlp, self.space.unflatten(chunk), self._fixed, len(chunk), x)
+
+    def _point_outputs_mlp(self, chunk: Tensor, x: Tensor) -> Tensor:
+        if self.compile and self._compiled is None:
+            mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else None
+            self._compiled = self._compile_fn(self._mlp_forward, mode)
+        fn = self._compiled if self.compile else self._mlp_forward
+        assert fn is not None
+        return fn(chunk, x)
+
+    def _folded_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        assert self._folded is not None
+        return functional_call(self._folded, params, (x,))
+
+    def _point_outputs_folded(self, chunk: Tensor, x: Tensor) -> Tensor:
+        assert self._fold is not None and self._folded is not None
+        batched, fixed = self._fold.apply(self.space.unflatten(chunk), self._fixed)
+        if self._fold_vmap:
+            def one(p: dict[str, Tensor]) -> Tensor:
+                return self._folded_forward({**p, **fixed}, x)
+
+            return vmap(one, in_dims=(0,), randomness="different")(batched)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+            cl = {k for k, v in {**batched, **fixed}.items() if v.dim() - (k in batched) == 4}
+            fixed = {k: v.contiguous(memory_format=torch.channels_last) if k in cl else v
+                     for k, v in fixed.items()}
+        else:
+            cl = set()
+        if self.compile and self._compiled is None:
+            self._compiled = self._compile_fn(self._folded_forward, None)
+        fn = self._compiled if self.compile else self._folded_forward
+        assert fn is not None
+        outs = []
+        for i in range(len(chunk)):
+            own = {k: v[i].contiguous(memory_format=torch.channels_last) if k in cl else v[i]
+                   for k, v in batched.items()}
+            outs.append(fn({**fixed, **own}, x))
+        return torch.stack(outs)
+
+    def _batch_stats(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Mean loss and metrics per point of one batch: ``out [P, n, ...]`` -> Tensor[P] each."""
+        res: dict[str, Tensor] = {}
+        P, n = out.shape[0], y.shape[0]
+        classes = out.dim() == 3 and not y.is_floating_point() and y.shape == out.shape[1:2]
+        if classes and self.loss_fn is _cross_entropy:
+            t = out.transpose(1, 2)  # [P, C, n]; contiguous on the MLP path
+            if t.is_contiguous():
+                loss = F.cross_entropy(t, y.expand(P, n), reduction="none")
+            else:
+                loss = F.cross_entropy(out.reshape(P * n, -1), y.repeat(P), reduction="none")
+            res["loss"] = loss.view(P, n).mean(1)
+        else:
+            res["loss"] = vmap(self.loss_fn, in_dims=(0, None))(out, y)
+        for name, fn in self.metrics.items():
+            if classes and fn is accuracy:
+                res[name] = (out.argmax(-1) == y).float().mean(1)
+            else:
+                res[name] = vmap(fn, in_dims=(0, None))(out, y)
+        return res
+
     def _accumulate(self, outputs_fn: Callable[[Tensor], Tensor], n_points: int) -> dict[str, Tensor]:
         """Sums of mean-loss x batch size over all batches; ``outputs_fn(x) -> [P, n, ...]``."""
         sums = {k: torch.zeros(n_points, device=self.device) for k in ["loss", *self.metrics]}
@@ -240,9 +426,8 @@ class Evaluator:
                 out = outputs_fn(x)
             out = out.float()
             n = x.shape[0]
-            sums["loss"] += vmap(self.loss_fn, in_dims=(0, None))(out, y) * n
-            for name, fn in self.metrics.items():
-                sums[name] += vmap(fn, in_dims=(0, None))(out, y) * n
+            for k, v in self._batch_stats(out, y).items():
+                sums[k] += v * n
         return {k: v / self.num_samples for k, v in sums.items()}
 
     def _recompute_bn(self, model: nn.Module) -> None:
@@ -278,6 +463,12 @@ class Evaluator:
                 return self._evaluate_sequential(chunk)
             finally:
                 self.model.load_state_dict(snapshot)
+        if self.backend == "fast-mlp":
+            with torch.no_grad():
+                return self._accumulate(lambda x: self._point_outputs_mlp(chunk, x), len(chunk))
+        if self.backend == "fast-bnfold":
+            with torch.no_grad():
+                return self._accumulate(lambda x: self._point_outputs_folded(chunk, x), len(chunk))
         try:
             with torch.no_grad():
                 return self._accumulate(lambda x: self._point_outputs_vmap(chunk, x), len(chunk))
@@ -317,8 +508,14 @@ class Evaluator:
         i = 0
         while i < len(points):
             chunk = points[i : i + self.chunk_size].to(self.device, self.space.dtype, non_blocking=True)
+            m = len(chunk)
+            if self.compile and self.backend == "fast-mlp" and m < self.chunk_size:
+                # One shape for the compiled function: pad with copies of the first point.
+                pad = chunk[:1].expand(self.chunk_size - m, -1)
+                chunk = torch.cat([chunk, pad])
             try:
                 res = self._evaluate_chunk(chunk)
+                res = {k: v[:m] for k, v in res.items()}
             except Exception as err:
                 if not _is_oom(err) or self.chunk_size == 1 and self.batch_size == 1:
                     raise
@@ -335,9 +532,9 @@ class Evaluator:
                 )
                 continue
             for k, v in res.items():
-                out.setdefault(k, []).append(v.detach().cpu())
-            i += len(chunk)
-        result = {k: torch.cat(v) for k, v in out.items()}
+                out.setdefault(k, []).append(v.detach())  # stays on the device: no sync
+            i += m
+        result = {k: torch.cat(v).cpu() for k, v in out.items()}
         self.points_evaluated += len(points)
         self.nonfinite += int((~torch.isfinite(result["loss"])).sum())
         if single:
