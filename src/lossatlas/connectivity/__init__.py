@@ -1,0 +1,36 @@
+"""Connectivity between models: barriers along straight paths, trained curves, and
+layer-wise barriers.
+
+Every result is a labelled xarray object whose ``attrs`` record the barrier
+definition (``"entezari"``, ``"midpoint"`` or ``"mean"``) and how BatchNorm
+statistics were handled (``bn``).
+"""
+
+from .barriers import (
+    DEFINITIONS,
+    METRICS,
+    barrier,
+    barrier_curve,
+    barrier_from_values,
+    barrier_matrix,
+    make_evaluator,
+)
+from .curves import CURVES, CurveResult, curve_points, evaluate_curve, train_curve
+from .layerwise import default_groups, layerwise_barriers
+
+__all__ = [
+    "CURVES",
+    "DEFINITIONS",
+    "METRICS",
+    "CurveResult",
+    "barrier",
+    "barrier_curve",
+    "barrier_from_values",
+    "barrier_matrix",
+    "curve_points",
+    "default_groups",
+    "evaluate_curve",
+    "layerwise_barriers",
+    "make_evaluator",
+    "train_curve",
+]
