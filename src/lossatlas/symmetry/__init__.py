@@ -1,0 +1,48 @@
+"""Symmetries of neural networks: permutation specs from the torch.fx graph, weight
+and activation matching (git re-basin), REPAIR / BatchNorm reset for interpolated
+models, the ReLU-rescaling canonical form, and distances modulo symmetry."""
+
+from .distance import align, compare_alignment, parameter_distance
+from .matching import activation_matching, match_activations, match_weights, weight_matching
+from .repair import interpolate, interpolate_state, repair, reset_bn
+from .rescale import apply_rescaling, canonical_rescaling, random_rescaling, rescale_canonical
+from .spec import (
+    Axis,
+    PermutationSpec,
+    SpecWarning,
+    apply_permutation,
+    check_spec,
+    identity_permutation,
+    permutation_spec,
+    permute_model,
+    random_permutation,
+    spec_discrepancy,
+)
+
+__all__ = [
+    "Axis",
+    "PermutationSpec",
+    "SpecWarning",
+    "activation_matching",
+    "align",
+    "apply_permutation",
+    "apply_rescaling",
+    "canonical_rescaling",
+    "check_spec",
+    "compare_alignment",
+    "identity_permutation",
+    "interpolate",
+    "interpolate_state",
+    "match_activations",
+    "match_weights",
+    "parameter_distance",
+    "permutation_spec",
+    "permute_model",
+    "random_permutation",
+    "random_rescaling",
+    "repair",
+    "rescale_canonical",
+    "reset_bn",
+    "spec_discrepancy",
+    "weight_matching",
+]

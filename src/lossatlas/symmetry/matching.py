@@ -1,0 +1,271 @@
+"""Aligning one model's hidden units onto another's (git re-basin, Ainsworth et al. 2022).
+
+Weight matching maximises ``sum_params <W_a, P W_b>`` over the permutations of a
+:class:`~lossatlas.symmetry.PermutationSpec` by coordinate descent: each step
+solves one group's linear assignment (``scipy.optimize.linear_sum_assignment``)
+with the other groups held at their current permutations, in a random group
+order each round, until no group improves. Activation matching assigns each
+group's units by the correlation of their activations on data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from ..batches import as_tensor_data
+from .spec import PermutationSpec, apply_permutation, permutation_spec, permute_axis
+
+__all__ = [
+    "activation_matching",
+    "match_activations",
+    "match_weights",
+    "weight_matching",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _units_matrix(t: Tensor, axis: int, n: int) -> Tensor:
+    """``t`` with ``axis`` (``n * block`` entries) first, as ``[n, -1]``."""
+    return t.movedim(axis, 0).reshape(n, -1)
+
+
+def _check_models(fn: str, model_a: nn.Module, model_b: nn.Module) -> None:
+    for which, m in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{fn}: {which} must be an nn.Module, got {type(m).__name__}")
+    ka, kb = set(model_a.state_dict()), set(model_b.state_dict())
+    if ka != kb:
+        diff = sorted(ka ^ kb)[:4]
+        raise ValueError(f"{fn}: model_a and model_b have different tensors, e.g. {diff}")
+
+
+def match_weights(
+    spec: PermutationSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    max_iter: int = 100,
+    seed: int = 0,
+    init: Mapping[str, Tensor] | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Tensor]:
+    """Permutations that align ``state_b``'s units onto ``state_a``'s by weight matching.
+
+    Parameters
+    ----------
+    spec : PermutationSpec
+    state_a, state_b : state dicts of one architecture (parameters and buffers)
+    max_iter : int
+        Rounds over all groups at most; stops earlier when a round improves none.
+    seed : int
+        Seeds the random group order of each round.
+    init : dict group -> LongTensor[n], optional
+        Starting permutations (default: identity).
+    device : where the similarity products run (default: ``state_a``'s device).
+
+    Returns
+    -------
+    dict group -> LongTensor[n] (CPU): ``apply_permutation(spec, state_b, perms)``
+    is ``state_b`` aligned onto ``state_a``.
+    """
+    spec.validate(state_a, "state_a")
+    spec.validate(state_b, "state_b")
+    names = {ax.name for axes in spec.groups.values() for ax in axes}
+    dev = torch.device(device) if device is not None else next(iter(state_a.values())).device
+    a = {k: state_a[k].detach().to(dev, torch.float32) for k in names}
+    b = {k: state_b[k].detach().to(dev, torch.float32) for k in names}
+    perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
+    if init is not None:
+        perms.update({g: torch.as_tensor(p).long().cpu() for g, p in init.items()})
+    axes_of = spec.axes_of()
+    gen = torch.Generator().manual_seed(int(seed))
+    groups = list(spec.groups)
+    rounds = 0
+    for rounds in range(1, int(max_iter) + 1):  # noqa: B007 - reported below
+        improved = False
+        for k in torch.randperm(len(groups), generator=gen).tolist():
+            g = groups[k]
+            n = spec.sizes[g]
+            cost = torch.zeros(n, n, dtype=torch.float64, device=dev)
+            for ax in spec.groups[g]:
+                wb = b[ax.name]
+                for g2, ax2 in axes_of[ax.name]:
+                    if (g2, ax2.axis) != (g, ax.axis):
+                        wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block)
+                cost += (_units_matrix(a[ax.name], ax.axis, n)
+                         @ _units_matrix(wb, ax.axis, n).T).double()
+            c = cost.cpu().numpy()
+            rows, cols = linear_sum_assignment(c, maximize=True)
+            old = float(c[np.arange(n), perms[g].numpy()].sum())
+            new = float(c[rows, cols].sum())
+            if new > old + 1e-12 * max(1.0, abs(old)):
+                perms[g] = torch.as_tensor(cols, dtype=torch.long)
+                improved = True
+        if not improved:
+            break
+    log.info("match_weights: %d groups converged after %d rounds", len(groups), rounds)
+    return perms
+
+
+def weight_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: PermutationSpec | None = None,
+    example_input: Tensor | tuple | None = None,
+    max_iter: int = 100,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    return_perms: bool = False,
+) -> nn.Module | tuple[nn.Module, dict[str, Tensor]]:
+    """A copy of ``model_b`` permuted onto ``model_a`` by weight matching.
+
+    The copy computes the same function as ``model_b``. ``spec`` defaults to
+    ``permutation_spec(model_a, example_input)``. With ``return_perms=True``
+    returns ``(model, perms)`` with ``perms`` as in :func:`match_weights`.
+    """
+    _check_models("weight_matching", model_a, model_b)
+    spec = spec or permutation_spec(model_a, example_input)
+    perms = match_weights(spec, model_a.state_dict(), model_b.state_dict(), max_iter, seed,
+                          device=device)
+    aligned = copy.deepcopy(model_b)
+    aligned.load_state_dict(apply_permutation(spec, model_b.state_dict(), perms))
+    return (aligned, perms) if return_perms else aligned
+
+
+class _Stats:
+    """Running first and second moments of paired unit activations ``[n, m]``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+
+    def update(self, xa: Tensor, xb: Tensor) -> None:
+        xa, xb = xa.double(), xb.double()
+        m = xa.shape[1]
+        if self.sa is None:
+            self.sa, self.sb = xa.sum(1), xb.sum(1)
+            self.saa, self.sbb = (xa * xa).sum(1), (xb * xb).sum(1)
+            self.sab = xa @ xb.T
+        else:
+            self.sa += xa.sum(1)
+            self.sb += xb.sum(1)
+            self.saa += (xa * xa).sum(1)
+            self.sbb += (xb * xb).sum(1)
+            self.sab += xa @ xb.T
+        self.count += m
+
+    def correlation(self, eps: float = 1e-8) -> Tensor:
+        c = self.count
+        ma, mb = self.sa / c, self.sb / c
+        va = (self.saa / c - ma**2).clamp_min(0)
+        vb = (self.sbb / c - mb**2).clamp_min(0)
+        cov = self.sab / c - ma[:, None] * mb[None]
+        return cov / (va.sqrt()[:, None] * vb.sqrt()[None] + eps)
+
+
+def match_activations(
+    spec: PermutationSpec,
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data,
+    batch_size: int = 256,
+    max_samples: int | None = 2048,
+    device: str | torch.device | None = None,
+) -> dict[str, Tensor]:
+    """Permutations aligning ``model_b`` onto ``model_a`` by activation correlation.
+
+    For each group, the activations are the inputs of the Linear/Conv layers
+    that read the group (``spec.consumers``; for a tied residual group the
+    correlation matrices of all its readers are summed). Each group's units are
+    assigned by ``linear_sum_assignment`` on the ``[n, n]`` correlation matrix.
+
+    Parameters
+    ----------
+    data : (X, y) tensors, Dataset or DataLoader (targets unused)
+    max_samples : int, optional
+        Use at most this many samples (first ones).
+
+    Returns
+    -------
+    dict group -> LongTensor[n] as in :func:`match_weights`.
+    """
+    _check_models("match_activations", model_a, model_b)
+    td = as_tensor_data(data, "match_activations data")
+    if max_samples is not None:
+        td = td.subset(int(max_samples))
+    dev = torch.device(device) if device is not None else next(model_a.parameters()).device
+    sites: dict[str, list[tuple[str, int, int, int]]] = {}  # module -> (group, axis, block, n)
+    for g, readers in spec.consumers.items():
+        for mod, axis, block in readers:
+            sites.setdefault(mod, []).append((g, axis, block, spec.sizes[g]))
+    missing = [g for g in spec.groups if g not in spec.consumers]
+    if missing:
+        raise ValueError(
+            f"match_activations: groups {missing[:3]} have no Linear/Conv reader to take "
+            "activations from; use weight matching"
+        )
+    stats = {(g, mod): _Stats() for mod, items in sites.items() for g, *_ in items}
+    captured: dict[str, list[Tensor]] = {}
+    models = [copy.deepcopy(m).to(dev).eval() for m in (model_a, model_b)]
+    handles = []
+    for which, m in enumerate(models):
+        mods = dict(m.named_modules())
+        for name in sites:
+            def hook(_mod, inputs, name=name, which=which):  # noqa: ANN001
+                captured.setdefault(name, [None, None])[which] = inputs[0].detach()
+            handles.append(mods[name].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for x, _ in td.batches(batch_size):
+                captured.clear()
+                x = x.to(dev)
+                models[0](x)
+                models[1](x)
+                for mod, items in sites.items():
+                    xa, xb = captured[mod]
+                    for g, axis, _block, n in items:  # a unit's block counts as samples
+                        stats[(g, mod)].update(
+                            _units_matrix(xa, axis, n), _units_matrix(xb, axis, n)
+                        )
+    finally:
+        for h in handles:
+            h.remove()
+    perms: dict[str, Tensor] = {}
+    for g in spec.sizes:
+        corr = sum(stats[(g, mod)].correlation() for mod, _, _ in spec.consumers[g])
+        _, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
+        perms[g] = torch.as_tensor(cols, dtype=torch.long)
+    return perms
+
+
+def activation_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data,
+    spec: PermutationSpec | None = None,
+    example_input: Tensor | tuple | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = 2048,
+    device: str | torch.device | None = None,
+    return_perms: bool = False,
+) -> nn.Module | tuple[nn.Module, dict[str, Tensor]]:
+    """A copy of ``model_b`` permuted onto ``model_a`` by activation matching on ``data``.
+
+    ``example_input`` defaults to the first samples of ``data`` (for tracing).
+    """
+    _check_models("activation_matching", model_a, model_b)
+    if spec is None:
+        if example_input is None and not hasattr(model_a, "example_input"):
+            example_input = as_tensor_data(data, "activation_matching data").x[:2]
+        spec = permutation_spec(model_a, example_input)
+    perms = match_activations(spec, model_a, model_b, data, batch_size, max_samples, device)
+    aligned = copy.deepcopy(model_b)
+    aligned.load_state_dict(apply_permutation(spec, model_b.state_dict(), perms))
+    return (aligned, perms) if return_perms else aligned

@@ -1,0 +1,142 @@
+"""Permutation specs from the fx graph: the self-test on every built-in model, wrong
+specs detected, unsupported operations reported."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lossatlas import models
+from lossatlas.symmetry import (
+    SpecWarning,
+    apply_permutation,
+    check_spec,
+    permutation_spec,
+    random_permutation,
+    spec_discrepancy,
+)
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm parameters and statistics, so a missed BN tensor shows."""
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.weight.data = torch.randn(m.weight.shape, generator=gen)
+            m.bias.data = torch.randn(m.bias.shape, generator=gen)
+            m.running_mean = torch.randn(m.running_mean.shape, generator=gen)
+            m.running_var = torch.rand(m.running_var.shape, generator=gen) + 0.5
+    return model.eval()
+
+
+BUILTIN = {
+    "mlp": {},
+    "cnn": {},
+    "cnn2d": {},
+    "resnet20": {},
+}
+
+
+def _drop_one(spec, group, index):
+    groups = dict(spec.groups)
+    groups[group] = [ax for i, ax in enumerate(groups[group]) if i != index]
+    return dataclasses.replace(spec, groups=groups)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_spec_self_test_on_builtin_models(name):
+    torch.manual_seed(0)
+    model = _randomise_bn(models.create(name, **BUILTIN[name]))
+    x = model.example_input(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecWarning)  # built-in CNNs need no fallback
+        spec = permutation_spec(model)
+    assert len(spec) >= 2
+    assert check_spec(model, spec, x)
+    # every group of the largest size misses one tensor in turn: the check must fail
+    for group in list(spec.groups)[:3]:
+        for index in range(len(spec.groups[group])):
+            wrong = _drop_one(spec, group, index)
+            assert not check_spec(model, wrong, x), (group, spec.groups[group][index])
+
+
+def test_resnet_residual_groups_are_tied():
+    spec = permutation_spec(models.create("resnet20"))
+    stage1 = next(g for g, axes in spec.groups.items()
+                  if any(ax.name == "layer1.0.bn2.weight" for ax in axes))
+    names = {ax.name for ax in spec.groups[stage1]}
+    assert {"conv1.weight", "bn1.running_var", "layer1.2.bn2.bias", "layer2.0.conv1.weight",
+            "layer2.0.shortcut.0.weight"} <= names
+    stage2 = next(g for g, axes in spec.groups.items()
+                  if any(ax.name == "layer2.0.shortcut.1.weight" for ax in axes))
+    assert "layer2.0.bn2.weight" in {ax.name for ax in spec.groups[stage2]}
+    assert len(spec) == 12  # 3 stage groups + 9 inner block groups
+    assert "linear" in spec.fixed  # the output units are never permuted
+
+
+def test_transformer_is_partial_with_warnings():
+    model = models.create("transformer", d_model=32, num_heads=4, d_mlp=64, p=11)
+    x = model.example_input(4)
+    with pytest.warns(SpecWarning, match="unflatten"):
+        spec = permutation_spec(model)
+    assert list(spec.groups) == ["blocks.0.mlp.0"]  # only the MLP hidden units
+    assert check_spec(model, spec, x)
+    with pytest.raises(NotImplementedError, match="strict"):
+        permutation_spec(model, strict=True)
+
+
+class LNNet(nn.Module):
+    """Conv -> flatten -> Linear -> LayerNorm -> GELU -> Linear, and a unit-splitting view."""
+
+    def __init__(self, split: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 12)
+        self.ln = nn.LayerNorm(12)
+        self.out = nn.Linear(12, 3)
+        self.split = split
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(1)
+        h = nn.functional.gelu(self.ln(self.fc(h)))
+        if self.split:
+            h = h.view(h.shape[0], 3, 4).transpose(1, 2).reshape(h.shape[0], 12)
+        return self.out(h)
+
+
+def test_layernorm_flatten_and_unsupported_view():
+    torch.manual_seed(0)
+    model = LNNet().eval()
+    x = torch.randn(5, 2, 4, 4)
+    spec = permutation_spec(model, x)
+    assert len(spec) == 2
+    fc_axes = {(ax.name, ax.axis, ax.block) for ax in spec.groups["conv"]}
+    assert ("fc.weight", 1, 16) in fc_axes  # each channel -> 16 consecutive columns
+    assert {("ln.weight", 0, 1), ("ln.bias", 0, 1)} <= {
+        (ax.name, ax.axis, ax.block) for ax in spec.groups["fc"]}
+    assert check_spec(model, spec, x)
+    split = LNNet(split=True).eval()
+    with pytest.warns(SpecWarning, match="fc"):
+        spec2 = permutation_spec(split, x)
+    assert list(spec2.groups) == ["conv"] and check_spec(split, spec2, x)
+
+
+def test_apply_permutation_inverse_and_errors():
+    model = models.create("mlp", hidden=(8, 8))
+    spec = permutation_spec(model)
+    state = model.state_dict()
+    perms = random_permutation(spec, torch.Generator().manual_seed(0))
+    permuted = apply_permutation(spec, state, perms)
+    assert not torch.equal(permuted["layers.0.weight"], state["layers.0.weight"])
+    inverse = {g: torch.argsort(p) for g, p in perms.items()}
+    back = apply_permutation(spec, permuted, inverse)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    assert spec_discrepancy(model, spec, model.example_input(3)) < 1e-5
+    with pytest.raises(KeyError, match="no group"):
+        apply_permutation(spec, state, {"nope": perms["layers.0"]})
+    with pytest.raises(ValueError, match="shape"):
+        apply_permutation(spec, state, {"layers.0": torch.arange(3)})
