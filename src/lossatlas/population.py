@@ -1,0 +1,584 @@
+"""A population: models of one architecture as flat vectors in one ParamSpace, with labels.
+
+Labels are plain dicts; the ones lossatlas reads are ``variant``, ``seed``, ``epoch``
+and ``step`` (any others, e.g. hyper-parameters, are carried along)::
+
+    pop = Population.from_checkpoints("runs/demo/checkpoints", "mlp")
+    pop.as_points()            # Tensor[N, D]
+    pop.select(variant="A")    # a smaller Population
+    pop.trajectories()         # {"A/seed0": [0, 1, 2, ...], ...} ordered by epoch/step
+    net = pop.model(3)         # a fresh nn.Module holding the 4th model's weights
+
+The vectors are held in memory (``[N, D]`` float32); a lazy source for populations
+too large for memory can replace ``_vectors`` later without changing this interface
+(every access goes through :meth:`as_points` / :meth:`vector`).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoints import SUFFIXES, load_state_dict, match_state_dict, read_labels
+from .space import ParamSpace
+
+__all__ = ["Population", "TRAIN_MANIFEST", "natural_key", "resolve_model_factory", "run_key"]
+
+log = logging.getLogger(__name__)
+
+TRAIN_MANIFEST = "train.json"
+_FORMAT = "lossatlas.population/1"
+LABEL_COLUMNS = ("variant", "seed", "epoch", "step")
+
+Factory = Callable[..., nn.Module] | str
+
+
+# ----------------------------------------------------------------------------- helpers
+def natural_key(text: str) -> list:
+    """Sort key ordering digit runs numerically (``epoch9`` before ``epoch10``)."""
+    parts = re.split(r"(\d+)", str(text))
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
+
+
+def _callable_spec(fn: Any) -> str | None:
+    """``"module:qualname"`` of an importable callable, else None."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        return None
+    return f"{module}:{qualname}"
+
+
+def resolve_model_factory(
+    factory: Factory, factory_kwargs: Mapping[str, Any] | None = None
+) -> tuple[Callable[[], nn.Module], str | None]:
+    """A zero-argument builder of fresh models, and a spec string to store (or None).
+
+    ``factory``: a callable (function or ``nn.Module`` class) returning an
+    ``nn.Module``, a ``"package.module:function"`` spec, or a registered model name
+    (``"mlp"``, ``"resnet20"``, ...). ``None`` keyword arguments are dropped.
+    """
+    kwargs = {k: v for k, v in (factory_kwargs or {}).items() if v is not None}
+    if isinstance(factory, str):
+        if ":" in factory:
+            from .registry import resolve_factory
+
+            fn = resolve_factory(factory)  # FactoryError naming the spec
+        else:
+            from .models import MODELS
+
+            fn = MODELS.get(factory)  # UnknownNameError naming the name
+        spec: str | None = factory
+    elif callable(factory):
+        fn, spec = factory, _callable_spec(factory)
+    else:
+        raise TypeError(
+            f"model factory must be a callable, a 'package.module:function' spec or a "
+            f"registered model name, got {type(factory).__name__}"
+        )
+    name = factory if isinstance(factory, str) else getattr(fn, "__name__", repr(fn))
+
+    def build() -> nn.Module:
+        model = fn(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model factory {name!r} returned {type(model).__name__}, expected an nn.Module"
+            )
+        return model
+
+    return build, spec
+
+
+def _expand_one(item: str | os.PathLike) -> list[Path]:
+    text = str(item)
+    p = Path(text)
+    if p.is_dir():
+        found = [
+            f for f in p.iterdir()
+            if f.is_file() and f.suffix in SUFFIXES and not f.name.startswith(".")
+        ]
+        if not found:
+            raise FileNotFoundError(
+                f"Population.from_checkpoints: directory {text} holds no checkpoints "
+                f"({', '.join(SUFFIXES)})"
+            )
+        return sorted(found, key=lambda f: natural_key(f.name))
+    if glob.has_magic(text):
+        found = [
+            Path(f) for f in glob.glob(text, recursive=True)
+            if Path(f).suffix in SUFFIXES and Path(f).is_file()
+        ]
+        if not found:
+            raise FileNotFoundError(
+                f"Population.from_checkpoints: pattern {text!r} matches no checkpoint "
+                f"files ({', '.join(SUFFIXES)})"
+            )
+        return sorted(found, key=lambda f: natural_key(str(f)))
+    if not p.is_file():
+        raise FileNotFoundError(f"Population.from_checkpoints: checkpoint {text} not found")
+    return [p]
+
+
+def _expand(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Directory / glob (sorted naturally) / file / list of those (list order kept)."""
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not items:
+        raise ValueError("Population.from_checkpoints: the list of checkpoints is empty")
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for item in items:
+        for p in _expand_one(item):
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                out.append(p)
+    return out
+
+
+def _check_finite(state: Mapping[str, Tensor], space: ParamSpace, source: str) -> str | None:
+    """A one-line message naming the first tensor of ``space`` with NaN/inf, else None."""
+    for s in space:
+        t = state[s.name]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            return (
+                f"checkpoint {source}: tensor {s.name!r} has {bad} non-finite value(s) "
+                f"(NaN/inf) of {t.numel()}; the run diverged? pass nonfinite='skip' to leave "
+                "such checkpoints out"
+            )
+    return None
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return -math.inf
+    return float(value)
+
+
+def run_key(labels: Mapping[str, Any]) -> str:
+    """Key of the training run a checkpoint belongs to: ``"{variant}/seed{seed}"``
+    (``"{variant}"`` without a seed label; variant ``"?"`` if missing)."""
+    variant = labels.get("variant", "?")
+    seed = labels.get("seed")
+    return f"{variant}" if seed is None else f"{variant}/seed{seed}"
+
+
+def _order_key(labels: Mapping[str, Any]) -> tuple[float, float]:
+    return (_num(labels.get("epoch")), _num(labels.get("step")))
+
+
+def _matches(value: Any, want: Any) -> bool:
+    if callable(want):
+        return bool(want(value))
+    if isinstance(want, (list, tuple, set, frozenset)):
+        return value in want
+    return value == want
+
+
+def _layout(space: ParamSpace) -> list[list]:
+    return [[s.name, list(s.shape), s.is_buffer] for s in space]
+
+
+# ----------------------------------------------------------------------------- Population
+class Population:
+    """Models of one architecture as flat vectors in one :class:`ParamSpace`, with labels.
+
+    Parameters
+    ----------
+    space : ParamSpace
+        The layout shared by all models.
+    vectors : Tensor[N, D]
+        One flat parameter vector per model (``D = space.dim``).
+    labels : list of N dicts
+        ``variant``, ``seed``, ``epoch``, ``step`` and any other labels.
+    paths : list of N str, optional
+        Where each model came from (checkpoint files).
+    factory : callable() -> nn.Module, optional
+        Builds a fresh model of the architecture (needed by :meth:`model`).
+    factory_spec : str, optional
+        The factory as a registered name or ``"pkg.mod:fn"`` (stored by
+        :meth:`to_safetensors` so the file can be reopened without one).
+    factory_kwargs : dict, optional
+        Keyword arguments of ``factory_spec``.
+    """
+
+    def __init__(
+        self,
+        space: ParamSpace,
+        vectors: Tensor,
+        labels: Sequence[Mapping[str, Any]],
+        paths: Sequence[str | os.PathLike] | None = None,
+        factory: Callable[[], nn.Module] | None = None,
+        factory_spec: str | None = None,
+        factory_kwargs: Mapping[str, Any] | None = None,
+    ):
+        if not isinstance(space, ParamSpace):
+            raise TypeError(f"Population: space must be a ParamSpace, got {type(space).__name__}")
+        if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[1] != space.dim:
+            shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+            raise ValueError(f"Population: vectors must be Tensor[N, {space.dim}], got {shape}")
+        if len(labels) != vectors.shape[0]:
+            raise ValueError(
+                f"Population: {vectors.shape[0]} vectors but {len(labels)} label dicts"
+            )
+        if paths is not None and len(paths) != vectors.shape[0]:
+            raise ValueError(f"Population: {vectors.shape[0]} vectors but {len(paths)} paths")
+        self.space = space
+        self._vectors = vectors
+        self._labels = [dict(lab) for lab in labels]
+        self.paths = None if paths is None else [str(p) for p in paths]
+        self.factory = factory
+        self.factory_spec = factory_spec
+        self.factory_kwargs = dict(factory_kwargs or {})
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_checkpoints(
+        cls,
+        source: str | os.PathLike | Iterable[str | os.PathLike],
+        factory: Factory,
+        factory_kwargs: Mapping[str, Any] | None = None,
+        buffers: bool = False,
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> Population:
+        """Load checkpoints of one architecture.
+
+        Parameters
+        ----------
+        source : directory, glob pattern (``**`` allowed), file, or a list of those
+            Directories and globs are sorted naturally by name (``epoch9`` <
+            ``epoch10``); a list keeps its order. ``.pt``/``.pth``/``.bin`` (read with
+            ``weights_only=True``), Lightning ``.ckpt`` and ``.safetensors``.
+        factory : callable, ``"pkg.mod:fn"`` spec or registered model name
+            Builds the architecture the weights are matched against.
+        factory_kwargs : dict, optional
+        buffers : bool
+            Include float buffers (BatchNorm statistics) in the vectors.
+        nonfinite : {"raise", "skip"}
+            A checkpoint with NaN/inf in a laid-out tensor raises `CheckpointError`
+            naming the file and tensor (default), or is left out with a warning.
+
+        Labels come from :func:`lossatlas.checkpoints.read_labels` (sidecar JSON,
+        directory ``labels.json``, file name). A checkpoint that does not fit the
+        architecture raises `CheckpointError` naming the file and the tensor.
+        """
+        from .checkpoints import CheckpointError
+
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(
+                f"Population.from_checkpoints: nonfinite must be 'raise' or 'skip', "
+                f"got {nonfinite!r}"
+            )
+        build, spec = resolve_model_factory(factory, factory_kwargs)
+        paths = _expand(source)
+        template = build()
+        space = ParamSpace(template, buffers=buffers)
+        if not buffers and any(b.is_floating_point() for b in template.buffers()):
+            log.info(
+                "Population: the model has float buffers (BatchNorm statistics?) that are "
+                "not in the vectors; pass buffers=True to keep each checkpoint's own"
+            )
+        vectors = torch.empty(len(paths), space.dim, dtype=space.dtype)
+        kept_paths: list[Path] = []
+        for p in paths:
+            state = match_state_dict(load_state_dict(p), template, p)
+            problem = _check_finite(state, space, str(p))
+            if problem is not None:
+                if nonfinite == "raise":
+                    raise CheckpointError(problem)
+                log.warning("Population: skipped %s", problem)
+                continue
+            vectors[len(kept_paths)] = space.flatten(state, source=str(p))
+            kept_paths.append(p)
+        if not kept_paths:
+            raise CheckpointError(
+                f"Population.from_checkpoints: every checkpoint of {source} has non-finite "
+                "weights"
+            )
+        vectors = vectors[: len(kept_paths)]
+        labels = [read_labels(p) for p in kept_paths]
+        log.info("Population: loaded %d checkpoints, D=%d", len(kept_paths), space.dim)
+        return cls(
+            space, vectors, labels, [str(p) for p in kept_paths],
+            factory=build, factory_spec=spec, factory_kwargs=factory_kwargs,
+        )
+
+    @classmethod
+    def from_models(
+        cls,
+        models: Sequence[nn.Module],
+        labels: Sequence[Mapping[str, Any]] | None = None,
+        buffers: bool = False,
+    ) -> Population:
+        """A population of in-memory models of one architecture (their weights are copied).
+
+        ``labels`` default to ``{"index": i}``. :meth:`model` builds copies of the
+        first model with the i-th weights written in.
+        """
+        models = list(models)
+        if not models:
+            raise ValueError("Population.from_models: the list of models is empty")
+        if labels is not None and len(labels) != len(models):
+            raise ValueError(
+                f"Population.from_models: {len(models)} models but {len(labels)} label dicts"
+            )
+        space = ParamSpace(models[0], buffers=buffers)
+        vectors = torch.empty(len(models), space.dim, dtype=space.dtype)
+        for i, m in enumerate(models):
+            vectors[i] = space.flatten(m, source=f"model {i}")
+        template = copy.deepcopy(models[0]).cpu()
+        labels = [{"index": i} for i in range(len(models))] if labels is None else labels
+        return cls(space, vectors, labels, None, factory=lambda: copy.deepcopy(template))
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike,
+        factory: Factory | None = None,
+        factory_kwargs: Mapping[str, Any] | None = None,
+        buffers: bool = False,
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> Population:
+        """The checkpoints written by :func:`lossatlas.train.train_population` into ``run_dir``.
+
+        The model factory and its arguments are read from ``run_dir/train.json``
+        unless given (needed when the run was trained with a non-importable callable).
+        """
+        run_dir = Path(run_dir)
+        manifest_path = run_dir / TRAIN_MANIFEST
+        manifest: dict[str, Any] = {}
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+        elif factory is None:
+            raise FileNotFoundError(
+                f"Population.from_run: {manifest_path} not found; is {run_dir} a training run? "
+                "(or pass factory= and use Population.from_checkpoints)"
+            )
+        if factory is None:
+            factory = manifest.get("model")
+            if factory is None:
+                raise ValueError(
+                    f"Population.from_run: {manifest_path} names no importable model factory "
+                    "(trained with a local callable); pass factory="
+                )
+            if factory_kwargs is None:
+                factory_kwargs = manifest.get("model_kwargs") or {}
+        ckpt_dir = run_dir / "checkpoints"
+        return cls.from_checkpoints(
+            str(ckpt_dir / "*.safetensors"), factory, factory_kwargs, buffers, nonfinite
+        )
+
+    # ---------------------------------------------------------------- basics
+    def __len__(self) -> int:
+        return self._vectors.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Length D of every flat vector."""
+        return self.space.dim
+
+    @property
+    def labels(self) -> list[dict[str, Any]]:
+        """One label dict per model (copies)."""
+        return [dict(lab) for lab in self._labels]
+
+    def __repr__(self) -> str:
+        return (
+            f"Population(n={len(self)}, dim={self.dim}, variants={len(self.variants)}, "
+            f"runs={len(self.trajectories())})"
+        )
+
+    def as_points(self) -> Tensor:
+        """All models as points Tensor[N, D] (not a copy: do not modify in place)."""
+        return self._vectors
+
+    def vector(self, i: int) -> Tensor:
+        """The flat vector Tensor[D] of model ``i``."""
+        return self._vectors[i]
+
+    def model(self, i: int) -> nn.Module:
+        """A fresh ``nn.Module`` (from the factory) holding the weights of model ``i``.
+
+        Tensors outside the vectors (buffers when ``buffers=False``) keep the
+        factory's initial values.
+        """
+        if self.factory is None:
+            raise ValueError(
+                "Population.model: this population has no model factory; build it with "
+                "from_checkpoints/from_run/from_models, or pass factory= to Population"
+            )
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"Population.model: index {i} out of range for {n} models")
+        m = self.factory()
+        self.space.load_into(m, self._vectors[i])
+        return m
+
+    # ---------------------------------------------------------------- labels
+    def label_table(self) -> dict[str, list[Any]]:
+        """Columns ``{label: [value per model]}``: variant, seed, epoch, step first,
+        then any other labels in order of appearance; None where a model lacks one."""
+        keys = list(LABEL_COLUMNS)
+        for lab in self._labels:
+            keys.extend(k for k in lab if k not in keys)
+        return {k: [lab.get(k) for lab in self._labels] for k in keys}
+
+    @property
+    def variants(self) -> list[Any]:
+        """Unique ``variant`` labels in order of first appearance."""
+        out: list[Any] = []
+        for lab in self._labels:
+            v = lab.get("variant")
+            if v is not None and v not in out:
+                out.append(v)
+        return out
+
+    def indices(self, **filters: Any) -> list[int]:
+        """Indices of the models whose labels match every filter.
+
+        A filter value is compared for equality, or membership if it is a list /
+        tuple / set, or called if it is callable: ``indices(variant=["A", "B"],
+        epoch=lambda e: e >= 5)``.
+        """
+        out = []
+        for i, lab in enumerate(self._labels):
+            if all(k in lab and _matches(lab[k], want) for k, want in filters.items()):
+                out.append(i)
+        return out
+
+    def subset(self, indices: Sequence[int]) -> Population:
+        """A population of the models at ``indices`` (vectors copied)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return Population(
+            self.space,
+            self._vectors.index_select(0, idx),
+            [self._labels[i] for i in idx.tolist()],
+            None if self.paths is None else [self.paths[i] for i in idx.tolist()],
+            factory=self.factory,
+            factory_spec=self.factory_spec,
+            factory_kwargs=self.factory_kwargs,
+        )
+
+    def select(self, **filters: Any) -> Population:
+        """The models whose labels match ``filters`` (see :meth:`indices`)."""
+        idx = self.indices(**filters)
+        if not idx:
+            known = {k: sorted({str(v) for v in col if v is not None})[:8]
+                     for k, col in self.label_table().items() if k in filters}
+            raise ValueError(f"Population.select: no model matches {filters}; labels: {known}")
+        return self.subset(idx)
+
+    def trajectories(self) -> dict[str, list[int]]:
+        """``{run key: [indices ordered by (epoch, step)]}``; the run key is
+        ``"{variant}/seed{seed}"`` (see :func:`run_key`)."""
+        groups: dict[str, list[int]] = {}
+        for i, lab in enumerate(self._labels):
+            groups.setdefault(run_key(lab), []).append(i)
+        return {
+            k: sorted(v, key=lambda i: (*_order_key(self._labels[i]), i))
+            for k, v in groups.items()
+        }
+
+    def final_indices(self) -> list[int]:
+        """Index of the last checkpoint (by epoch, step) of every variant/seed run."""
+        return [idx[-1] for idx in self.trajectories().values()]
+
+    def final(self) -> Population:
+        """The last checkpoint of every variant/seed run."""
+        return self.subset(self.final_indices())
+
+    # --------------------------------------------------------------- storage
+    def to_safetensors(self, path: str | os.PathLike) -> Path:
+        """Write the stacked vectors ``[N, D]`` and, as JSON in the file's metadata, the
+        labels, paths, layout and factory spec; atomically (temporary file, rename)."""
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": _FORMAT,
+            "labels": json.dumps(self._labels, default=str),
+            "paths": json.dumps(self.paths),
+            "layout": json.dumps(_layout(self.space)),
+            "buffers": json.dumps(bool(self.space.buffers)),
+            "factory": json.dumps(self.factory_spec),
+            "factory_kwargs": json.dumps(self.factory_kwargs, default=str),
+        }
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"vectors": self._vectors.contiguous()}, tmp, metadata=meta)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return p
+
+    @classmethod
+    def from_safetensors(
+        cls,
+        path: str | os.PathLike,
+        factory: Factory | None = None,
+        factory_kwargs: Mapping[str, Any] | None = None,
+    ) -> Population:
+        """Read a file written by :meth:`to_safetensors`; the factory defaults to the
+        stored spec. The factory's layout must equal the stored one."""
+        from safetensors import safe_open
+
+        from .checkpoints import CheckpointError
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"Population.from_safetensors: {p} not found")
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != _FORMAT or "vectors" not in f.keys():  # noqa: SIM118
+                raise CheckpointError(
+                    f"Population.from_safetensors: {p} is not a population file "
+                    f"(format {meta.get('format')!r}, expected {_FORMAT!r}); for single "
+                    "checkpoints use Population.from_checkpoints"
+                )
+            vectors = f.get_tensor("vectors")
+        if factory is None:
+            factory = json.loads(meta.get("factory", "null"))
+            if factory is None:
+                raise ValueError(
+                    f"Population.from_safetensors: {p} stores no importable model factory; "
+                    "pass factory="
+                )
+            if factory_kwargs is None:
+                factory_kwargs = json.loads(meta.get("factory_kwargs", "{}"))
+        build, spec = resolve_model_factory(factory, factory_kwargs)
+        space = ParamSpace(build(), buffers=json.loads(meta.get("buffers", "false")))
+        stored = json.loads(meta["layout"])
+        mine = _layout(space)
+        if stored != mine:
+            for a, b in zip(stored, mine, strict=False):
+                if a != b:
+                    raise CheckpointError(
+                        f"Population.from_safetensors: {p}: tensor {a[0]!r} shape {a[1]} does "
+                        f"not match the factory's {b[0]!r} shape {b[1]}"
+                    )
+            raise CheckpointError(
+                f"Population.from_safetensors: {p} has {len(stored)} tensors, the factory's "
+                f"model {len(mine)}"
+            )
+        return cls(
+            space,
+            vectors,
+            json.loads(meta["labels"]),
+            json.loads(meta.get("paths", "null")),
+            factory=build,
+            factory_spec=spec,
+            factory_kwargs=factory_kwargs,
+        )

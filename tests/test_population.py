@@ -1,0 +1,186 @@
+"""Tests of lossatlas.population: loading checkpoints, labels, selection, storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lossatlas.checkpoints import CheckpointError
+from lossatlas.models import create
+from lossatlas.population import Population, natural_key
+from lossatlas.space import ParamSpace
+
+KW = {"in_features": 4, "hidden": (6,), "num_classes": 3}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest (and steadiest on a busy machine) with one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny(seed: int, **kw):
+    torch.manual_seed(seed)
+    return create("mlp", **{**KW, **kw})
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path: Path) -> tuple[Path, list]:
+    """A directory with a .pt, a .safetensors (with sidecar) and a Lightning .ckpt."""
+    models = [tiny(i) for i in range(3)]
+    torch.save(models[0].state_dict(), tmp_path / "A_seed0_epoch001.pt")
+    save_file(
+        {k: v.contiguous() for k, v in models[1].state_dict().items()},
+        str(tmp_path / "variantB-s1-e2.safetensors"),
+    )
+    (tmp_path / "variantB-s1-e2.json").write_text(
+        json.dumps({"variant": "B", "seed": 1, "epoch": 2, "lr": 0.1})
+    )
+    lightning = {
+        "state_dict": {f"model.{k}": v for k, v in models[2].state_dict().items()},
+        "epoch": 3,
+        "global_step": 30,
+    }
+    torch.save(lightning, tmp_path / "epoch=3-step=30.ckpt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    return tmp_path, models
+
+
+def test_from_directory_vectors_labels_order(ckpt_dir):
+    d, models = ckpt_dir
+    pop = Population.from_checkpoints(d, "mlp", KW)
+    names = [Path(p).name for p in pop.paths]
+    assert names == ["A_seed0_epoch001.pt", "epoch=3-step=30.ckpt", "variantB-s1-e2.safetensors"]
+    space = ParamSpace(models[0])
+    order = [0, 2, 1]
+    for row, m in zip(pop.as_points(), (models[i] for i in order), strict=True):
+        assert torch.equal(row, space.flatten(m))
+    assert pop.labels[0] == {"variant": "A", "seed": 0, "epoch": 1}
+    assert pop.labels[1]["epoch"] == 3 and pop.labels[1]["step"] == 30
+    assert pop.labels[2] == {"variant": "B", "seed": 1, "epoch": 2, "lr": 0.1}
+    assert len(pop) == 3 and pop.dim == space.dim
+    # deterministic: a second load gives the same order and values
+    again = Population.from_checkpoints(d, "mlp", KW)
+    assert again.paths == pop.paths and torch.equal(again.as_points(), pop.as_points())
+    # model(i) holds the i-th weights
+    assert torch.equal(space.flatten(pop.model(2)), pop.vector(2))
+
+
+def test_from_glob_and_list(ckpt_dir):
+    d, models = ckpt_dir
+    pop = Population.from_checkpoints(str(d / "*.safetensors"), "mlp", KW)
+    assert len(pop) == 1 and pop.labels[0]["variant"] == "B"
+    (d / "sub").mkdir()
+    torch.save(models[1].state_dict(), d / "sub" / "Z_seed0_epoch000.pt")
+    pop = Population.from_checkpoints(str(d / "**" / "*.pt"), "mlp", KW)
+    assert [Path(p).name for p in pop.paths] == ["A_seed0_epoch001.pt", "Z_seed0_epoch000.pt"]
+    listed = [d / "variantB-s1-e2.safetensors", d / "A_seed0_epoch001.pt"]
+    pop = Population.from_checkpoints(listed, "lossatlas.models.mlp:mlp", KW)
+    assert [Path(p).name for p in pop.paths] == [p.name for p in listed]  # list order kept
+
+
+def test_mismatched_architecture_names_file_and_tensor(ckpt_dir):
+    d, _ = ckpt_dir
+    torch.save(tiny(5, hidden=(7,)).state_dict(), d / "wide_seed0_epoch009.pt")
+    with pytest.raises(CheckpointError) as err:
+        Population.from_checkpoints(d, "mlp", KW)
+    msg = str(err.value)
+    assert "wide_seed0_epoch009.pt" in msg and "layers.0.weight" in msg
+    assert "\n" not in msg
+    torch.save(tiny(5, hidden=(6, 6)).state_dict(), d / "wide_seed0_epoch009.pt")
+    with pytest.raises(CheckpointError, match=r"wide_seed0_epoch009\.pt.*layers\.2"):
+        Population.from_checkpoints(d, "mlp", KW)
+
+
+def test_nan_weights_error_names_file(ckpt_dir):
+    d, _ = ckpt_dir
+    state = tiny(7).state_dict()
+    state["layers.1.bias"][0] = float("nan")
+    torch.save(state, d / "diverged.pt")
+    with pytest.raises(CheckpointError) as err:
+        Population.from_checkpoints(d, "mlp", KW)
+    assert "diverged.pt" in str(err.value) and "layers.1.bias" in str(err.value)
+    pop = Population.from_checkpoints(d, "mlp", KW, nonfinite="skip")
+    assert len(pop) == 3 and all("diverged" not in p for p in pop.paths)
+
+
+def test_empty_sources_and_bad_factory(tmp_path, ckpt_dir):
+    d, _ = ckpt_dir
+    pattern = str(tmp_path / "nothing_here_*.pt")
+    with pytest.raises(FileNotFoundError, match="nothing_here_"):
+        Population.from_checkpoints(pattern, "mlp", KW)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        Population.from_checkpoints(empty, "mlp", KW)
+    with pytest.raises(ValueError, match="no_such_module_xyz:make"):
+        Population.from_checkpoints(d, "no_such_module_xyz:make")
+    with pytest.raises(ValueError, match="lossatlas.models.mlp:nope"):
+        Population.from_checkpoints(d, "lossatlas.models.mlp:nope")
+    with pytest.raises(KeyError, match="mlpp"):
+        Population.from_checkpoints(d, "mlpp")
+
+
+def _labelled_population() -> Population:
+    models, labels = [], []
+    for variant in ("A", "B"):
+        for seed in (0, 1):
+            for epoch in (4, 0, 2):  # stored out of order on purpose
+                models.append(tiny(len(models)))
+                labels.append({"variant": variant, "seed": seed, "epoch": epoch,
+                               "step": epoch * 10})
+    return Population.from_models(models, labels)
+
+
+def test_labels_select_final_trajectories():
+    pop = _labelled_population()
+    assert len(pop) == 12 and pop.variants == ["A", "B"]
+    table = pop.label_table()
+    assert list(table)[:4] == ["variant", "seed", "epoch", "step"]
+    assert table["epoch"][:3] == [4, 0, 2]
+    sub = pop.select(variant="B", epoch=[0, 4])
+    assert len(sub) == 4 and set(sub.label_table()["epoch"]) == {0, 4}
+    assert torch.equal(sub.as_points()[0], pop.as_points()[6])
+    assert len(pop.select(epoch=lambda e: e >= 2)) == 8
+    with pytest.raises(ValueError, match="no model matches"):
+        pop.select(variant="Z")
+    traj = pop.trajectories()
+    assert list(traj) == ["A/seed0", "A/seed1", "B/seed0", "B/seed1"]
+    assert [pop.labels[i]["epoch"] for i in traj["A/seed1"]] == [0, 2, 4]
+    final = pop.final()
+    assert len(final) == 4 and all(lab["epoch"] == 4 for lab in final.labels)
+    m = pop.model(5)
+    assert torch.equal(ParamSpace(m).flatten(m), pop.vector(5))
+
+
+def test_safetensors_round_trip(tmp_path, ckpt_dir):
+    d, _ = ckpt_dir
+    pop = Population.from_checkpoints(d, "mlp", KW)
+    path = pop.to_safetensors(tmp_path / "out" / "pop.safetensors")
+    assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
+    back = Population.from_safetensors(path)  # factory from the stored spec
+    assert torch.equal(back.as_points(), pop.as_points())
+    assert back.labels == pop.labels and back.paths == pop.paths
+    assert torch.equal(ParamSpace(back.model(1)).flatten(back.model(1)), pop.vector(1))
+    with pytest.raises(CheckpointError, match=r"pop\.safetensors.*layers\.0\.weight"):
+        Population.from_safetensors(path, "mlp", {**KW, "hidden": (5,)})
+    with pytest.raises(CheckpointError, match="not a population file"):
+        Population.from_safetensors(d / "variantB-s1-e2.safetensors", "mlp", KW)
+
+
+def test_constructor_checks_and_natural_key():
+    space = ParamSpace(tiny(0))
+    with pytest.raises(ValueError, match=r"Tensor\[N, "):
+        Population(space, torch.zeros(2, space.dim + 1), [{}, {}])
+    with pytest.raises(ValueError, match="label dicts"):
+        Population(space, torch.zeros(2, space.dim), [{}])
+    with pytest.raises(ValueError, match="no model factory"):
+        Population(space, torch.zeros(1, space.dim), [{}]).model(0)
+    assert sorted(["e10", "e9", "e100"], key=natural_key) == ["e9", "e10", "e100"]
