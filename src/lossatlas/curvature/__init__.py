@@ -11,6 +11,9 @@ Eigenvalues are in units of loss per squared parameter.
 from .density import SpectralDensity, slq, spectral_density
 from .hvp import HVP, LinearOperator, MatrixOperator
 from .lanczos import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
+from .llc import SGLDState, default_nbeta, llc, sgld_init, sgld_step
+from .plot import plot_density, plot_llc_trace
+from .sharpness import max_loss_increase, sharpness
 from .spectrum import (
     group_spectra,
     hessian_density,
@@ -20,15 +23,18 @@ from .spectrum import (
     hessian_trace_estimate,
     layer_groups,
 )
+from .terrain import terrain
 from .trace import TraceEstimate, exact_trace, hutch_plusplus, hutchinson
 
 __all__ = [
-    "HVP",
     "EigenResult",
+    "HVP",
     "LinearOperator",
     "MatrixOperator",
+    "SGLDState",
     "SpectralDensity",
     "TraceEstimate",
+    "default_nbeta",
     "exact_trace",
     "group_spectra",
     "hessian_density",
@@ -41,7 +47,15 @@ __all__ = [
     "lanczos",
     "lanczos_tridiagonal",
     "layer_groups",
+    "llc",
+    "max_loss_increase",
+    "plot_density",
+    "plot_llc_trace",
     "power_iteration",
+    "sgld_init",
+    "sgld_step",
+    "sharpness",
     "slq",
     "spectral_density",
+    "terrain",
 ]

@@ -1,0 +1,244 @@
+"""Local learning coefficient (Lau et al. 2023) by SGLD chains run together with vmap."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad_and_value, vmap
+
+from ._objective import LossFn, Objective
+from .lanczos import _generator
+
+__all__ = ["SGLDState", "default_nbeta", "llc", "sgld_init", "sgld_step"]
+
+log = logging.getLogger(__name__)
+
+
+def default_nbeta(batch_size: int) -> float:
+    """devinterp's default inverse temperature ``n beta = m / log m`` for batch size ``m``
+    (Watanabe's WBIC temperature ``1 / log n`` with the batch size in place of ``n``)."""
+    m = int(batch_size)
+    return 1.0 if m <= 1 else m / math.log(m)
+
+
+class SGLDState(NamedTuple):
+    """State of ``C`` chains: ``w`` Tensor[C, Dg] (current points), ``step`` int."""
+
+    w: Tensor
+    step: int
+
+
+def sgld_init(center: Tensor, num_chains: int) -> SGLDState:
+    """All chains start at ``center`` [Dg] (the localisation point ``w*``)."""
+    return SGLDState(center.detach().expand(num_chains, -1).clone(), 0)
+
+
+def sgld_step(
+    state: SGLDState,
+    grads: Tensor,
+    center: Tensor,
+    *,
+    epsilon: float,
+    nbeta: float,
+    gamma: float,
+    generator: torch.Generator,
+) -> SGLDState:
+    """``w <- w - (eps / 2) (nbeta grad L_batch(w) + gamma (w - w*)) + N(0, eps)``.
+
+    ``grads`` Tensor[C, Dg] are the batch-loss gradients at ``state.w``.
+    """
+    w = state.w
+    drift = nbeta * grads + gamma * (w - center)
+    noise = torch.randn(w.shape, device=w.device, dtype=w.dtype, generator=generator)
+    return SGLDState(w - 0.5 * epsilon * drift + math.sqrt(epsilon) * noise, state.step + 1)
+
+
+def _batch_indices(
+    num_samples: int, batch_size: int, num_chains: int, num_steps: int, gen: torch.Generator, device
+):
+    """Per chain, consecutive batches of independent random permutations (epochs,
+    dropping the incomplete last batch): yields Tensor[C, m] per step."""
+    per_epoch = num_samples // batch_size
+    perm = None
+    for t in range(num_steps):
+        j = t % per_epoch
+        if j == 0:
+            perm = torch.argsort(
+                torch.rand(num_chains, num_samples, generator=gen, device=device), 1
+            )
+        yield perm[:, j * batch_size : (j + 1) * batch_size]
+
+
+def _diverged(trace: Tensor, init_loss: float, nbeta: float) -> Tensor:
+    """Chains with a non-finite loss, or whose loss rises at the end: the last fifth's
+    mean excess over ``L(w*)`` is more than 10x the first fifth's and above 1 / nbeta."""
+    bad = ~torch.isfinite(trace).all(1)
+    d = trace.shape[1]
+    seg = max(1, d // 5)
+    early = (trace[:, :seg].mean(1) - init_loss).abs()
+    late = trace[:, -seg:].mean(1) - init_loss
+    blow = (late > 10 * early) & (late > 1.0 / nbeta)
+    return bad | (blow & (d >= 10))
+
+
+def llc(
+    model: nn.Module,
+    data,
+    *,
+    epsilon: float = 1e-3,
+    nbeta: float | None = None,
+    gamma: float = 100.0,
+    num_chains: int = 8,
+    num_draws: int = 200,
+    num_burnin_steps: int = 0,
+    num_steps_bw_draws: int = 1,
+    batch_size: int = 32,
+    loss_fn: LossFn | None = None,
+    params: Tensor | None = None,
+    group: str | Sequence[str] | None = None,
+    train: bool = False,
+    init_loss: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int | None = 0,
+) -> dict[str, Any]:
+    """Estimate the local learning coefficient at ``w*`` with SGLD (Lau et al. 2023).
+
+    All chains run together (``vmap`` of ``functional_call`` over the stacked chain
+    states), each on its own random mini-batches of ``data``. Update (as devinterp's
+    SGLD)::
+
+        w <- w - (eps / 2) * (nbeta * grad L_batch(w) + gamma * (w - w*)) + N(0, eps)
+
+    and per chain ``llc = nbeta * (mean over draws of L_batch(w_t) - L(w*))``, where
+    ``L_batch(w_t)`` is the batch loss at the step's start (as devinterp records it).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Supplies ``w*`` (unless ``params``), the architecture and buffers; unchanged.
+    data : (X, y) tensors, Dataset or DataLoader
+        The ``n`` training samples.
+    epsilon : float
+        SGLD step size.
+    nbeta : float, optional
+        Inverse temperature ``n beta``; default :func:`default_nbeta` (``m / log m``
+        with ``m = batch_size``, devinterp's default).
+    gamma : float
+        Localisation strength (pull towards ``w*``).
+    num_chains, num_draws, num_burnin_steps, num_steps_bw_draws, batch_size : int
+        ``num_burnin_steps + num_draws * num_steps_bw_draws`` steps per chain.
+    loss_fn : callable(output, target) -> scalar batch mean
+        Default mean cross-entropy. For regression with Gaussian noise of variance
+        ``s^2`` use the negative log-likelihood ``mse / (2 s^2)`` (the learning
+        coefficient refers to the log-likelihood's scale).
+    params : Tensor[D], optional
+        ``w*`` in the ``ParamSpace(model)`` layout; default the model's values.
+    group : str or list of str, optional
+        Sample only these tensors (name prefixes); others stay at ``w*``.
+    train : bool
+        Model in train mode (BatchNorm batch statistics); default eval mode.
+    init_loss : float, optional
+        ``L(w*)``; default the mean loss over all of ``data`` (devinterp averages
+        ``num_chains`` mini-batches instead).
+    device : optional
+        Default: the model's device.
+    seed : int, optional
+        Seeds batches and noise (a generator on ``device``).
+
+    Returns
+    -------
+    dict with ``llc_mean``, ``llc_std`` (across chains, unbiased), ``llc_per_chain``
+    Tensor[C], ``loss_trace`` Tensor[C, num_draws], ``init_loss``, the
+    hyper-parameters, ``mode``, ``diverged`` (bool) and ``diverged_chains``
+    Tensor[C] (non-finite or blowing-up loss traces), ``negative`` (an estimate < 0),
+    and ``warnings`` (list of str; also logged).
+    """
+    obj = Objective(
+        model,
+        data,
+        loss_fn=loss_fn,
+        params=params,
+        group=group,
+        train=train,
+        batch_size=None,
+        device=device,
+        where="llc",
+    )
+    n = obj.num_samples
+    m = int(batch_size)
+    if m < 1 or m > n:
+        raise ValueError(f"llc: batch_size must be between 1 and the {n} samples, got {batch_size}")
+    for name, value in (("num_chains", num_chains), ("num_draws", num_draws)):
+        if int(value) < 1:
+            raise ValueError(f"llc: {name} must be >= 1, got {value}")
+    if num_burnin_steps < 0 or num_steps_bw_draws < 1:
+        raise ValueError(
+            f"llc: num_burnin_steps must be >= 0 and num_steps_bw_draws >= 1, got "
+            f"{num_burnin_steps} and {num_steps_bw_draws}"
+        )
+    if epsilon <= 0:
+        raise ValueError(f"llc: epsilon must be positive, got {epsilon}")
+    nbeta = default_nbeta(m) if nbeta is None else float(nbeta)
+    C = int(num_chains)
+    L0 = float(obj.value()) if init_loss is None else float(init_loss)
+
+    center = obj.origin
+    gen = _generator(seed, obj.device)
+    step_fn = vmap(grad_and_value(obj.group_loss), randomness="different")
+    num_steps = num_burnin_steps + num_draws * num_steps_bw_draws
+    trace = torch.zeros(C, num_draws, device=obj.device, dtype=torch.float64)
+    state = sgld_init(center, C)
+    x_all, y_all = obj.data.x, obj.data.y
+    for t, idx in enumerate(_batch_indices(n, m, C, num_steps, gen, obj.device)):
+        g, loss = step_fn(state.w, x_all[idx], y_all[idx])
+        k = t - num_burnin_steps
+        if k >= 0 and k % num_steps_bw_draws == 0:
+            trace[:, k // num_steps_bw_draws] = loss.detach().double()
+        state = sgld_step(
+            state, g.detach(), center, epsilon=epsilon, nbeta=nbeta, gamma=gamma, generator=gen
+        )
+
+    trace = trace.cpu()
+    per_chain = nbeta * (trace.mean(1) - L0)
+    diverged_chains = _diverged(trace, L0, nbeta)
+    warnings: list[str] = []
+    if bool(diverged_chains.any()):
+        warnings.append(
+            f"llc: {int(diverged_chains.sum())} of {C} chains diverged (non-finite or rising "
+            f"loss); lower epsilon or raise gamma"
+        )
+    negative = bool((per_chain < 0).any())
+    if negative:
+        warnings.append(
+            "llc: negative estimate in some chains: w* is not a local minimum of the loss at "
+            "this resolution, or epsilon is too large; check the loss traces"
+        )
+    for w in warnings:
+        log.warning(w)
+    return {
+        "llc_mean": float(per_chain.mean()),
+        "llc_std": float(per_chain.std()) if C > 1 else 0.0,
+        "llc_per_chain": per_chain,
+        "loss_trace": trace,
+        "init_loss": L0,
+        "nbeta": nbeta,
+        "epsilon": float(epsilon),
+        "gamma": float(gamma),
+        "num_chains": C,
+        "num_draws": int(num_draws),
+        "num_burnin_steps": int(num_burnin_steps),
+        "num_steps_bw_draws": int(num_steps_bw_draws),
+        "batch_size": m,
+        "num_samples": n,
+        "mode": obj.mode,
+        "group": obj.group,
+        "diverged": bool(diverged_chains.any()),
+        "diverged_chains": diverged_chains,
+        "negative": negative,
+        "warnings": warnings,
+    }

@@ -1,0 +1,56 @@
+import torch
+from conftest import tiny_data, tiny_mlp
+
+from lossatlas.curvature import (
+    hessian_density,
+    hessian_eigenvalues,
+    llc,
+    plot_density,
+    plot_llc_trace,
+    terrain,
+)
+from lossatlas.space import ParamSpace
+
+
+def test_terrain_of_a_population(problem):
+    model, x, y, H = problem
+    models = [model, tiny_mlp(seed=7)]
+    ds = terrain(
+        models,
+        model,
+        (x, y),
+        k=2,
+        num_probes=30,
+        llc_kwargs=dict(num_chains=2, num_draws=20, batch_size=16, epsilon=1e-4),
+        labels=["a", "b"],
+    )
+    assert list(ds.model.values) == ["a", "b"]
+    assert ds.eigenvalues.dims == ("model", "rank") and ds.eigenvalues.shape == (2, 2)
+    top = torch.linalg.eigvalsh(H).flip(0)[:2]
+    torch.testing.assert_close(
+        torch.from_numpy(ds.eigenvalues.values[0]), top, rtol=1e-5, atol=1e-9
+    )
+    other = hessian_eigenvalues(model, (x, y), k=2, params=ParamSpace(model).flatten(models[1]))
+    assert abs(float(ds.top_eigenvalue.sel(model="b")) - float(other[0])) < 1e-6 * float(other[0])
+    for name in ("trace", "epsilon_sharpness", "adaptive_sharpness", "llc_mean", "llc_std", "loss"):
+        assert ds[name].dims == ("model",) and bool(ds[name].notnull().all()), name
+    assert bool((ds.epsilon_sharpness > 0).all())
+    assert ds.attrs["mode"] == "eval"
+    only = terrain(
+        torch.stack([ParamSpace(model).flatten(m) for m in models]),
+        model,
+        (x, y),
+        measures=["trace"],
+        num_probes=9,
+    )
+    assert set(only.data_vars) == {"loss", "trace", "trace_std"}
+
+
+def test_plots_write_pngs(tmp_path):
+    model = tiny_mlp()
+    x, y = tiny_data()
+    res = llc(model, (x, y), num_chains=3, num_draws=20, batch_size=16, epsilon=1e-4)
+    fig = plot_llc_trace(res, tmp_path / "trace.png")
+    assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG" and fig.axes
+    plot_density(hessian_density(model, (x, y), num_iter=20, num_runs=2), tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000
