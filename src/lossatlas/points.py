@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PointSource", "AffineSource", "ExplicitSource", "MappedSource", "grid_axes"]
+__all__ = [
+    "PointSource", "AffineSource", "ExplicitSource", "MappedSource", "LatentSource", "grid_axes",
+]
 
 
 def _hash_arrays(*arrays) -> str:
@@ -182,3 +184,28 @@ class MappedSource(PointSource):
 
     def fingerprint(self) -> str:
         return _hash_arrays(np.frombuffer(self.key.encode(), dtype=np.uint8), *self.coords.values())
+
+
+class LatentSource(PointSource):
+    """Points ``fn(codes[i])`` for a list of latent codes Float[P, d], along dim ``sample``.
+
+    ``fn(Tensor[P, d]) -> Tensor[P, D]`` (e.g. an embedding's decoder) runs per
+    chunk on the device; ``key`` identifies it for resuming.
+    """
+
+    kind = "latent"
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], codes: np.ndarray, key: str,
+                 dim: str = "sample"):
+        codes = np.atleast_2d(np.asarray(codes, dtype=np.float64))
+        self.fn = fn
+        self.codes = codes
+        self.key = key
+        self.dims = (dim,)
+        self.coords = {dim: np.arange(len(codes))}
+
+    def points(self, start: int, stop: int, device: torch.device | str = "cpu") -> Tensor:
+        return self.fn(torch.as_tensor(self.codes[start:stop], dtype=torch.float32, device=device))
+
+    def fingerprint(self) -> str:
+        return _hash_arrays(np.frombuffer(self.key.encode(), dtype=np.uint8), self.codes)

@@ -37,7 +37,11 @@ def delaunay_edges(points: np.ndarray) -> np.ndarray:
     tri = Delaunay(points, qhull_options="Qbb Qc Qz Q12" if points.shape[1] <= 3 else "Qbb Qc Qx")
     simplices = tri.simplices
     pairs = [simplices[:, [i, j]] for i, j in itertools.combinations(range(simplices.shape[1]), 2)]
+    if len(tri.coplanar):
+        # points qhull left out (coincident or nearly so): join them to their nearest vertex
+        pairs.append(tri.coplanar[:, [0, 2]])
     e = np.sort(np.concatenate(pairs), axis=1)
+    e = e[e[:, 0] != e[:, 1]]
     return np.unique(e, axis=0)
 
 
@@ -53,6 +57,7 @@ class RefinedField:
     edges : int[m, 2]         Delaunay adjacency of the samples
     level : int[n]            refinement level of each sample (0 = base grid, -1 = inserted)
     rounds : int              refinement rounds done
+    extra_index : int[k]      the sample holding each of the ``extra_points`` (duplicates share)
     """
 
     coords: np.ndarray
@@ -64,7 +69,7 @@ class RefinedField:
     lo: np.ndarray
     hi: np.ndarray
     resolution: int
-    _interp: object = field(default=None, repr=False)
+    extra_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
     @property
     def n(self) -> int:
@@ -173,7 +178,18 @@ def refine_field(
     extra = np.zeros((0, d)) if extra_points is None else np.atleast_2d(extra_points).astype(float)
     focus = extra if focus_points is None else np.atleast_2d(focus_points).astype(float)
     n_lattice0 = len(coords)
-    for z in extra:
+    # identical extra points (e.g. models sharing an initialisation) become one sample
+    unique, extra_inverse = (np.unique(extra, axis=0, return_inverse=True) if len(extra)
+                             else (extra, np.zeros(0, dtype=int)))
+    first = np.full(len(unique), -1)
+    for i, u in enumerate(extra_inverse.reshape(-1)):
+        if first[u] < 0:
+            first[u] = i
+    order = np.argsort(first)  # keep the order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    extra_index = n_lattice0 + rank[extra_inverse.reshape(-1)]
+    for z in unique[order]:
         coords.append(np.asarray(z, dtype=np.float64))
         levels.append(-1)
 
@@ -265,6 +281,7 @@ def refine_field(
         edges=delaunay_edges(pts),
         level=np.asarray(levels),
         rounds=rounds,
+        extra_index=extra_index,
         lo=lo,
         hi=hi,
         resolution=resolution,

@@ -1,0 +1,378 @@
+"""The global atlas of a population: invertible map, refined loss field, merge tree.
+
+One object per run, as in a notebook::
+
+    atlas = Atlas(population, (X, y), "runs/mine")
+    atlas.embed("ae", dim=2)        # span reduction + embedding, stored
+    atlas.field(resolution=48)      # decoded loss field, refined near the models
+    atlas.topology()                # merge tree, basins, models per basin
+    atlas.faithfulness()            # how far to trust the map
+    atlas.plot_landscape("landscape.png")
+
+Every stage is stored in the run directory and reused when called again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .correction import ResidualCorrection
+from .evaluate import Evaluator
+from .fields import compute_field
+from .points import LatentSource
+from .refine import RefinedField, refine_field
+from .store import Run, atomic_write_json
+
+__all__ = ["Atlas"]
+
+log = logging.getLogger(__name__)
+
+
+def _digest(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _embedding_kwargs(method: str, dim: int, seed: int, kwargs: dict) -> dict:
+    key = "latent_dim" if method == "ae" else "n_components"
+    out = {key: dim, **kwargs}
+    if method in ("ae", "umap"):
+        out.setdefault("seed" if method == "ae" else "random_state", seed)
+    return out
+
+
+class Atlas:
+    """The global loss landscape of a population, stored in a run directory.
+
+    Parameters
+    ----------
+    population : Population
+        Models of one architecture (``.space``, ``.as_points()``, ``.labels``, ``.model(i)``).
+    data : (X, y) tensors, Dataset or DataLoader
+        The data the loss is measured on (as in :class:`Evaluator`).
+    run_dir : path
+        Where every stage is stored (created if missing).
+    loss_fn, device, precision, batch_size : as in :class:`Evaluator`.
+    seed : int
+        Seed of the embedding's training.
+
+    Attributes (after each stage)
+    -----------------------------
+    codes_ : Tensor[N, d]      the models' latent codes (after ``embed``)
+    field_ : RefinedField      samples, values and adjacency (after ``field``)
+    tree_ : MergeTree          the simplified merge tree (after ``topology``)
+    basins_ : int array [N]    basin of every model (after ``topology``)
+    """
+
+    def __init__(self, population, data, run_dir, loss_fn=None, device=None,
+                 precision: str = "fp32", batch_size: int | None = None, seed: int = 0):
+        self.population = population
+        self.run = Run(run_dir)
+        self.seed = seed
+        self.evaluator = Evaluator(
+            population.model(0), data, loss_fn=loss_fn, device=device, precision=precision,
+            space=population.space, batch_size=batch_size,
+        )
+        self.device = self.evaluator.device
+        self.X = population.as_points().float()
+        self._true: dict[str, Tensor] | None = None
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def true_values(self) -> dict[str, Tensor]:
+        """Loss and metrics of the population models themselves (Tensor[N] each)."""
+        if self._true is None:
+            self._true = self.evaluator.evaluate(self.X)
+        return self._true
+
+    # --------------------------------------------------------------- embed
+    def embed(self, method: str = "ae", dim: int = 2, exact: bool = True, refit: bool = False,
+              standardize: bool = False, **kwargs: Any) -> Atlas:
+        """Span reduction, then ``method`` in {"ae", "pca", "kpca", "umap"} with ``dim`` latents.
+
+        ``exact=True`` adds a smooth residual correction so every model decodes
+        exactly to itself at its code (see :class:`ResidualCorrection`).
+        Stored in ``RUN/embedding/``; reused unless ``refit``.
+        """
+        from .manifold import SpanReduction, load_embedding, make_embedding
+
+        t0 = time.perf_counter()
+        folder = self.path / "embedding"
+        config = {"method": method, "dim": dim, "exact": exact, "standardize": standardize,
+                  "seed": self.seed, "kwargs": kwargs, "population": _digest(self.X)}
+        meta_path = folder / "embedding.json"
+        if not refit and meta_path.exists() and json.loads(meta_path.read_text()) == config:
+            self.reduction_ = load_embedding(folder / "reduction")
+            self.inner_ = load_embedding(folder / "inner")
+            state = load_file(str(folder / "codes.safetensors"))
+            self.codes_ = state["codes"]
+            self.correction_ = (ResidualCorrection.from_state(
+                {k[4:]: v for k, v in state.items() if k.startswith("cor.")}) if exact else None)
+            log.info("embedding reused from %s", folder)
+            return self
+        torch.manual_seed(self.seed)
+        self.reduction_ = SpanReduction(standardize=standardize).fit(self.X)
+        C = self.reduction_.encode(self.X)
+        self.inner_ = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))
+        self.inner_.fit(C)
+        self.codes_ = self.inner_.encode(C).float()
+        state = {"codes": self.codes_.contiguous()}
+        self.correction_ = None
+        if exact:
+            residual = C.double() - self.inner_.decode(self.codes_).double()
+            self.correction_ = ResidualCorrection(self.codes_, residual)
+            state.update({f"cor.{k}": v.contiguous() for k, v in self.correction_.state().items()})
+        folder.mkdir(parents=True, exist_ok=True)
+        self.reduction_.save(folder / "reduction")
+        self.inner_.save(folder / "inner")
+        tmp = folder / ".codes.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(folder / "codes.safetensors")
+        atomic_write_json(meta_path, config)
+        self.run.update("embedding", config)
+        self.run.record_stage("embed", time.perf_counter() - t0, method=method, dim=dim,
+                              components=int(C.shape[1]))
+        return self
+
+    def _check(self, attr: str, stage: str) -> None:
+        if not hasattr(self, attr):
+            raise RuntimeError(f"Atlas: call {stage} first")
+
+    def decode(self, z: Tensor, corrected: bool = True) -> Tensor:
+        """Parameter vectors Tensor[P, D] of latent points z [P, d] (on z's device)."""
+        self._check("codes_", "embed()")
+        c = self.inner_.decode(z.float().cpu()).to(z.device)
+        if corrected and self.correction_ is not None:
+            c = c + self.correction_(z.double()).to(c.dtype)
+        return self.reduction_.decode(c, device=z.device)
+
+    def encode(self, points: Tensor) -> Tensor:
+        """Latent codes Tensor[P, d] of parameter vectors [P, D] (e.g. curve points)."""
+        self._check("codes_", "embed()")
+        return self.inner_.encode(self.reduction_.encode(points.float())).float()
+
+    def _decoder_key(self) -> str:
+        return _digest(self.codes_) + json.dumps(self.run.read().get("embedding", {}),
+                                                 sort_keys=True)
+
+    # --------------------------------------------------------------- field
+    def box(self, margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+        """Latent box around the codes, widened by ``margin`` of its extent per side."""
+        self._check("codes_", "embed()")
+        z = self.codes_.numpy()
+        lo, hi = z.min(0), z.max(0)
+        ext = np.maximum(hi - lo, 1e-6)
+        return lo - margin * ext, hi + margin * ext
+
+    def field(self, resolution: int = 48, margin: float = 0.2, refine: bool = True,
+              tol: float = 0.1, budget: int = 6000, max_level: int = 6,
+              include_models: bool = True, progress: bool = False) -> RefinedField:
+        """The loss field over the latent box, refined where the loss changes fast.
+
+        Starts from a ``resolution``^d grid plus the models' codes; with ``refine``
+        splits cells whose corners differ by more than ``tol`` decades of loss,
+        prioritising cells holding models, until ``budget`` samples. Each round is
+        stored as a field of the run, so an interrupted call resumes.
+        ``include_models=False`` leaves the models' codes out of the samples (to
+        measure what a grid alone shows; topology then needs them, so it refuses).
+        """
+        self._check("codes_", "embed()")
+        t0 = time.perf_counter()
+        lo, hi = self.box(margin)
+        key = self._decoder_key()
+        settings = json.dumps([resolution, margin, refine, tol, budget, max_level,
+                               include_models, key])
+        tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
+        rounds = [0]
+
+        def evaluate(z: np.ndarray) -> dict[str, np.ndarray]:
+            name = f"atlas-{tag}-r{rounds[0]:03d}"
+            rounds[0] += 1
+            src = LatentSource(lambda c: self.decode(c), z, key)
+            ds = compute_field(self.evaluator, src, self.run, name, progress=progress,
+                               overwrite=False)
+            return {v: ds[v].values.astype(np.float64) for v in ds.data_vars}
+
+        field = refine_field(
+            evaluate, lo, hi, resolution=resolution, tol=tol if refine else np.inf,
+            budget=max(budget, resolution ** len(lo) + len(self.codes_)),
+            max_level=max_level,
+            extra_points=self.codes_.numpy() if include_models else None,
+            focus_points=self.codes_.numpy(),
+        )
+        field.values["distance"] = self._distances(field.coords)
+        self.field_ = field
+        self._n_base = resolution ** len(lo)
+        self._save_field(field)
+        self.run.record_stage("field", time.perf_counter() - t0, samples=field.n,
+                              rounds=field.rounds, resolution=resolution, tol=tol,
+                              budget=budget, box=[lo.tolist(), hi.tolist()])
+        return field
+
+    def _distances(self, z: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Euclidean distance of each decoded point to the nearest population model."""
+        X = self.X.to(self.device)
+        out = []
+        for i in range(0, len(z), chunk):
+            p = self.decode(torch.as_tensor(z[i:i + chunk], dtype=torch.float32,
+                                            device=self.device))
+            out.append(torch.cdist(p, X).min(1).values.cpu())
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def _save_field(self, f: RefinedField) -> None:
+        d = f.coords.shape[1]
+        ds = xr.Dataset(
+            {k: ("sample", np.asarray(v, dtype=np.float64)) for k, v in f.values.items()},
+            coords={f"z{i}": ("sample", f.coords[:, i]) for i in range(d)},
+        )
+        ds["level"] = ("sample", f.level)
+        ds["edges"] = (("edge", "end"), f.edges)
+        ds["is_model"] = ("sample", f.level == -1)
+        ds["model_sample"] = ("model", f.extra_index)
+        ds.attrs.update({"box_lo": f.lo.tolist(), "box_hi": f.hi.tolist(),
+                         "resolution": f.resolution, "rounds": f.rounds})
+        self.run.save_dataset("atlas", ds)
+
+    # ------------------------------------------------------------ topology
+    def model_samples(self) -> np.ndarray:
+        """Index of the field sample at each model's own code (Int[N])."""
+        self._check("field_", "field()")
+        if len(self.field_.extra_index) != len(self.population):
+            raise RuntimeError("Atlas: the field was computed with include_models=False")
+        return self.field_.extra_index
+
+    def topology(self, threshold: float | str = "auto") -> Any:
+        """Merge tree of log10 loss on the refined field; basins of every model.
+
+        ``threshold``: persistence in decades, "auto" (largest gap of the
+        persistence diagram) or a string like "10%" (fraction of the population's
+        own log10-loss range, min to max over the models).
+        """
+        from .topology import graph_merge_tree, graph_persistence
+
+        self._check("field_", "field()")
+        t0 = time.perf_counter()
+        values = self.field_.values["log10_loss"]
+        if isinstance(threshold, str) and threshold.endswith("%"):
+            own = values[self.model_samples()]
+            own = own[np.isfinite(own)]
+            threshold = float(threshold[:-1]) / 100 * float(np.ptp(own)) if len(own) else 0.0
+        self.pairs_ = graph_persistence(values, self.field_.edges)
+        self.tree_ = graph_merge_tree(values, self.field_.edges, threshold=threshold)
+        labels = np.asarray(self.tree_.labels).reshape(-1)
+        self.basins_ = labels[self.model_samples()]
+        summary = self._basin_summary()
+        atomic_write_json(self.path / "topology.json", summary)
+        self.run.record_stage("topology", time.perf_counter() - t0,
+                              basins=summary["num_basins"], threshold=summary["threshold"])
+        return self.tree_
+
+    def _basin_summary(self) -> dict:
+        labels = self.population.labels
+        minima = np.asarray(self.tree_.minima).reshape(-1)
+        values = self.field_.values
+        basins = []
+        for b, m in enumerate(minima):
+            members = np.flatnonzero(self.basins_ == b)
+            variants = Counter(str(labels[i].get("variant", "?")) for i in members)
+            basins.append({
+                "basin": b, "min_loss": float(values["loss"][m]),
+                "min_log10_loss": float(values["log10_loss"][m]),
+                "coords": self.field_.coords[m].tolist(), "models": members.tolist(),
+                "variants": dict(variants),
+            })
+        n_variants = len({str(lab.get("variant", "?")) for lab in labels})
+        return {"num_basins": len(minima), "num_variants": n_variants,
+                "threshold": float(self.tree_.threshold) if hasattr(self.tree_, "threshold")
+                else None,
+                "basins": basins, "model_basin": self.basins_.tolist()}
+
+    # -------------------------------------------------------- faithfulness
+    def faithfulness(self) -> dict:
+        """How far to trust the map, in decades of loss (log10), per model and median.
+
+        - ``decoded_raw``: loss of decode(encode(model)) by the embedding alone vs true
+        - ``field_at_model``: the field's sample at the model's code vs true
+        - ``field_loo``: the field interpolated at the code from the other samples
+          (the code's own sample left out) vs true: what the refined field shows
+        - ``max_step_near_models``: largest log10-loss step across an edge at a model
+        """
+        self._check("field_", "field()")
+        true = self.true_values()
+        t_log = np.log10(np.maximum(true["loss"].double().numpy(), 1e-12))
+        raw_pts = self.decode(self.codes_.to(self.device), corrected=False)
+        raw = self.evaluator.evaluate(raw_pts)
+        raw_log = np.log10(np.maximum(raw["loss"].double().numpy(), 1e-12))
+        idx = self.model_samples()
+        values = self.field_.values["log10_loss"]
+        at_model = values[idx]
+        keep = self.field_.level != -1
+        loo = RefinedField(self.field_.coords[keep], {"v": values[keep]}, "v",
+                           np.zeros((0, 2), dtype=int), self.field_.level[keep], 0,
+                           self.field_.lo, self.field_.hi, self.field_.resolution)
+        loo_vals = loo.interpolate(self.field_.coords[idx])
+        edges = self.field_.edges
+        steps = np.zeros(len(idx))
+        for k, i in enumerate(idx):
+            nb = np.concatenate([edges[edges[:, 0] == i, 1], edges[edges[:, 1] == i, 0]])
+            d = np.abs(values[nb] - values[i])
+            steps[k] = float(np.max(d[np.isfinite(d)])) if np.isfinite(d).any() else np.inf
+        recon = float(((raw_pts.cpu() - self.X) ** 2).mean())
+
+        def med(a: np.ndarray) -> float:
+            a = a[np.isfinite(a)]
+            return float(np.median(a)) if len(a) else float("nan")
+
+        out = {
+            "reconstruction_mse_raw": recon,
+            "median_decades": {
+                "decoded_raw": med(np.abs(raw_log - t_log)),
+                "field_at_model": med(np.abs(at_model - t_log)),
+                "field_loo": med(np.abs(loo_vals - t_log)),
+                "max_step_near_models": med(steps),
+            },
+            "per_model": {
+                "true_loss": true["loss"].tolist(), "decoded_raw_loss": raw["loss"].tolist(),
+                "field_log10_at_model": at_model.tolist(), "field_log10_loo": loo_vals.tolist(),
+                "max_step": steps.tolist(),
+            },
+            "decoded_loss_relative_error_median": med(
+                np.abs(raw["loss"].double().numpy() / true["loss"].double().numpy() - 1)),
+        }
+        atomic_write_json(self.path / "faithfulness.json", out)
+        return out
+
+    # ----------------------------------------------------------- summary
+    def summary(self) -> dict:
+        """A JSON-able summary of the stages done."""
+        out: dict[str, Any] = {"run": str(self.path), "models": len(self.population)}
+        if hasattr(self, "codes_"):
+            out["embedding"] = self.run.read().get("embedding")
+        if hasattr(self, "field_"):
+            out["field"] = {"samples": self.field_.n, "rounds": self.field_.rounds}
+        if hasattr(self, "tree_"):
+            s = self._basin_summary()
+            out["basins"] = {"num_basins": s["num_basins"], "num_variants": s["num_variants"],
+                             "variants_per_basin": [b["variants"] for b in s["basins"]]}
+        return out
+
+    # ------------------------------------------------------------- figures
+    def plot_landscape(self, path=None, ax=None, trajectories: bool = True):
+        """Filled contours of log10 loss over the latent map with basins and models."""
+        from .atlas_plot import plot_landscape
+
+        return plot_landscape(self, path=path, ax=ax, trajectories=trajectories)

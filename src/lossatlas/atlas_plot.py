@@ -1,0 +1,117 @@
+"""Figures of an atlas: the latent landscape, its merge tree and persistence diagram."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.tri as mtri  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_landscape", "plot_atlas_tree", "plot_atlas_persistence", "save_figure"]
+
+MARKERS = "osD^v<>pPX*h"
+
+
+def save_figure(fig, path) -> Path:
+    """Save ``fig`` as PNG atomically (temp file, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    os.replace(tmp, path)
+    plt.close(fig)
+    return path
+
+
+def _variant_styles(labels: list[dict]) -> dict[str, tuple[str, object]]:
+    variants = sorted({str(lab.get("variant", "?")) for lab in labels})
+    cmap = plt.get_cmap("tab10")
+    return {v: (MARKERS[i % len(MARKERS)], cmap(i % 10)) for i, v in enumerate(variants)}
+
+
+def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True):
+    """Filled contours of log10 loss on the refined latent field (2-D maps).
+
+    Basin boundaries (after simplification) are drawn as black lines when the
+    topology stage has run; models are markers coloured and shaped by variant,
+    trajectories are lines through each run's checkpoints in order.
+    """
+    f = atlas.field_
+    if f.coords.shape[1] != 2:
+        raise ValueError(
+            f"plot_landscape: draws 2-D maps; this atlas has dim {f.coords.shape[1]}"
+        )
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    values = f.values["log10_loss"].copy()
+    finite = np.isfinite(values)
+    cap = np.nanmax(values[finite]) if finite.any() else 1.0
+    values[~finite] = cap
+    tri = mtri.Triangulation(f.coords[:, 0], f.coords[:, 1])
+    levels = np.linspace(np.nanmin(values), cap, 30)
+    cs = ax.tricontourf(tri, values, levels=levels, cmap="viridis")
+    ax.figure.colorbar(cs, ax=ax, label="log10 loss (mean loss per sample, nats)")
+    if hasattr(atlas, "tree_"):
+        labels = np.asarray(atlas.tree_.labels).reshape(-1).astype(float)
+        if len(np.unique(labels)) > 1:
+            ax.tricontour(tri, labels, levels=np.unique(labels)[:-1] + 0.5, colors="k",
+                          linewidths=0.8)
+    z = atlas.codes_.numpy()
+    labels = atlas.population.labels
+    styles = _variant_styles(labels)
+    if trajectories and hasattr(atlas.population, "trajectories"):
+        for idx in atlas.population.trajectories().values():
+            if len(idx) > 1:
+                ax.plot(z[idx, 0], z[idx, 1], "-", color="white", lw=0.8, alpha=0.7)
+    for v, (marker, color) in styles.items():
+        idx = [i for i, lab in enumerate(labels) if str(lab.get("variant", "?")) == v]
+        ax.scatter(z[idx, 0], z[idx, 1], marker=marker, color=color, edgecolor="k", s=36,
+                   linewidths=0.6, label=f"variant {v}", zorder=3)
+    ax.set_xlabel("latent z0")
+    ax.set_ylabel("latent z1")
+    ax.set_title(f"Loss landscape of {len(labels)} models ({f.n} samples)")
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+    if path is not None and own:
+        save_figure(ax.figure, path)
+    return ax
+
+
+def plot_atlas_tree(atlas, path=None, ax=None):
+    """The simplified merge tree, leaves labelled with the variants in their basin."""
+    from .topology import plot_merge_tree
+
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = atlas.population.labels
+    names = []
+    for b in range(len(np.asarray(atlas.tree_.minima).reshape(-1))):
+        members = np.flatnonzero(atlas.basins_ == b)
+        vs = sorted({str(labels[i].get("variant", "?")) for i in members})
+        names.append(",".join(vs) if vs else "-")
+    plot_merge_tree(atlas.tree_, leaf_labels=names, ax=ax)
+    ax.set_ylabel("log10 loss")
+    if path is not None and own:
+        save_figure(ax.figure, path)
+    return ax
+
+
+def plot_atlas_persistence(atlas, path=None, ax=None):
+    """Persistence diagram (birth vs death, log10 loss) of the atlas field."""
+    from .topology import plot_persistence_diagram
+
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    plot_persistence_diagram(atlas.pairs_, ax=ax)
+    ax.set_xlabel("birth (log10 loss)")
+    ax.set_ylabel("death (log10 loss)")
+    if path is not None and own:
+        save_figure(ax.figure, path)
+    return ax

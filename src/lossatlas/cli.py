@@ -1,0 +1,521 @@
+"""The ``lossatlas`` command line: a thin layer over the Python API.
+
+Every command prints a short summary table at the end (or, with ``--json``, one
+JSON object on stdout) and exits non-zero with a one-line ``error:`` message on
+bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Map the loss landscape of a population of PyTorch models.")
+surface_app = typer.Typer(no_args_is_help=True, help="1-D/2-D/3-D slices of the loss landscape.")
+app.add_typer(surface_app, name="surface")
+
+err = Console(stderr=True)
+out = Console()
+
+
+class UsageError(ValueError):
+    """Bad command-line input (reported as one line)."""
+
+
+def _handle(fn):
+    """Turn expected errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .checkpoints import CheckpointError
+        from .registry import FactoryError, UnknownNameError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, CheckpointError, FactoryError, UnknownNameError, ValueError,
+                KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            err.print(f"[bold red]error:[/] {str(msg).splitlines()[0] if msg else type(e).__name__}",
+                      highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """Parse ``key=value`` options (values as JSON when possible)."""
+    result: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise UsageError(f"{option} expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            result[k] = json.loads(v)
+        except json.JSONDecodeError:
+            result[k] = v
+    return result
+
+
+def _load_data(spec: str, args: list[str] | None, split: str, samples: int | None):
+    from . import data as data_mod
+
+    splits = data_mod.create(spec, **_kv(args, "--data-arg"))
+    if split not in ("train", "test"):
+        raise UsageError(f"--split must be 'train' or 'test', got {split!r}")
+    if hasattr(splits, "x_train"):
+        x, y = (splits.x_train, splits.y_train) if split == "train" else (splits.x_test,
+                                                                          splits.y_test)
+    elif isinstance(splits, (tuple, list)) and len(splits) == 2:
+        x, y = splits
+    else:
+        raise UsageError(
+            f"--data {spec!r}: the factory must return a DatasetSplits or an (X, y) pair, "
+            f"got {type(splits).__name__}"
+        )
+    if samples is not None:
+        if samples < 1:
+            raise UsageError(f"--samples must be >= 1, got {samples}")
+        x, y = x[:samples], y[:samples]
+    return splits, (x, y)
+
+
+def _model_factory(spec: str, args: list[str] | None, splits=None):
+    from .population import resolve_model_factory
+
+    kwargs = _kv(args, "--model-arg")
+    if splits is not None and hasattr(splits, "num_classes"):
+        from .train import _infer_model_kwargs
+
+        kwargs = _infer_model_kwargs(spec, splits, kwargs)
+    build, _ = resolve_model_factory(spec, kwargs)
+    return build, kwargs
+
+
+def _table(title: str, rows: dict[str, Any]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column("", style="bold")
+    t.add_column("")
+    for k, v in rows.items():
+        t.add_row(str(k), f"{v:.4g}" if isinstance(v, float) else str(v))
+    return t
+
+
+def _finish(summary: dict, as_json: bool, title: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    else:
+        flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+        out.print(_table(title, flat))
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+Verbose = typer.Option(False, "--verbose", "-v", help="Log what happens.")
+Json = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
+
+
+# ------------------------------------------------------------------- list
+@app.command("list")
+@_handle
+def list_cmd(what: str = typer.Argument("models", help="models | datasets")):
+    """List the built-in models or datasets."""
+    from . import data, models
+
+    if what == "models":
+        names = models.list_models()
+    elif what == "datasets":
+        names = data.list_datasets()
+    else:
+        raise UsageError(f"list: expected 'models' or 'datasets', got {what!r}")
+    for n in names:
+        out.print(n)
+
+
+# ------------------------------------------------------------------ train
+@app.command()
+@_handle
+def train(
+    out_dir: Path = typer.Option(..., "--out", help="Run directory for checkpoints and metrics."),
+    model: str = typer.Option("mlp", help="Registered model name or package.module:function."),
+    model_arg: list[str] = typer.Option(None, help="Model factory argument key=value."),
+    data: str = typer.Option("mnist1d", help="Registered dataset or package.module:function."),
+    data_arg: list[str] = typer.Option(None, help="Dataset factory argument key=value."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds."),
+    lr: str = typer.Option(None, help="Comma-separated learning rates (grid)."),
+    batch_size: str = typer.Option(None, help="Comma-separated batch sizes (grid)."),
+    weight_decay: str = typer.Option(None, help="Comma-separated weight decays (grid)."),
+    epochs: int = typer.Option(8, help="Epochs per variant."),
+    every: int = typer.Option(2, help="Save a checkpoint every k epochs."),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
+    as_json: bool = Json,
+    verbose: bool = Verbose,
+):
+    """Train a population: variants over a grid of seeds, learning rates, batch sizes and
+    weight decays (default: the 7 demo variants), with a checkpoint every k epochs."""
+    from .train import read_metrics, train_population
+
+    _setup_logging(verbose)
+    t0 = time.perf_counter()
+    grid = {}
+    for key, val, cast in (("lr", lr, float), ("batch_size", batch_size, int),
+                           ("weight_decay", weight_decay, float)):
+        if val:
+            try:
+                grid[key] = [cast(v) for v in val.split(",")]
+            except ValueError:
+                raise UsageError(f"--{key.replace('_', '-')}: cannot parse {val!r}") from None
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    pop = train_population(
+        model, data, out_dir=out_dir, grid=grid or None, seeds=seed_list,
+        checkpoint_every=every, epochs=epochs, model_kwargs=_kv(model_arg, "--model-arg"),
+        data_kwargs=_kv(data_arg, "--data-arg"), device=device, progress=not as_json,
+    )
+    metrics = read_metrics(out_dir)
+    summary = {"run": str(out_dir), "checkpoints": len(pop), "variants": len(pop.variants),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    if not as_json:
+        _print_training_table(metrics)
+    _finish(summary, as_json, "train")
+
+
+def _print_training_table(metrics: dict) -> None:
+    runs = metrics.get("runs", metrics) if isinstance(metrics, dict) else {}
+    t = Table(title="final metrics per variant", title_justify="left")
+    for c in ("run", "train loss", "train acc", "test loss", "test acc"):
+        t.add_column(c)
+    for key, rec in (runs.items() if isinstance(runs, dict) else []):
+        epochs = rec.get("epochs") if isinstance(rec, dict) else None
+        if not epochs:
+            continue
+        last = epochs[-1]
+        t.add_row(str(key), *(f"{last.get(k, float('nan')):.4g}" for k in
+                              ("train_loss", "train_accuracy", "test_loss", "test_accuracy")))
+    if t.row_count:
+        out.print(t)
+
+
+# ---------------------------------------------------------------- surface
+def _surface_common(model, model_arg, data, data_arg, split, samples, device, precision):
+    from .evaluate import Evaluator
+
+    splits, xy = _load_data(data, data_arg, split, samples)
+    factory, kwargs = _model_factory(model, model_arg, splits)
+    return splits, xy, factory, kwargs, functools.partial(
+        Evaluator, data=xy, device=device, precision=precision)
+
+
+def _load_models(paths: list[Path], factory) -> list:
+    from .checkpoints import load_for_model
+
+    models = []
+    for p in paths:
+        m = factory()
+        m.load_state_dict(load_for_model(p, m))
+        models.append(m)
+    return models
+
+
+def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_json: bool,
+                 extra: dict | None = None):
+    from .store import Run
+    from .surfaces import plot_contour, plot_curve, plot_surface, plot_trajectory, save_figure
+    from .surfaces.slices import slice_field
+
+    t0 = time.perf_counter()
+    run = Run(out_dir)
+    ds = slice_field(ev, sl, run, name, progress=not as_json, overwrite=overwrite)
+    figs = []
+    ndim = len(sl.dims)
+    if ndim == 1:
+        figs.append(save_figure(plot_curve(ds), out_dir / f"{name}.png"))
+    elif ndim == 2:
+        if kind == "pca":
+            figs.append(save_figure(plot_trajectory(sl, ds), out_dir / f"{name}.png"))
+        else:
+            figs.append(save_figure(plot_contour(ds, points=sl.anchors or None),
+                                    out_dir / f"{name}.png"))
+        figs.append(save_figure(plot_surface(ds), out_dir / f"{name}_3d.png"))
+    loss = ds["loss"].values
+    import numpy as np
+
+    finite = loss[np.isfinite(loss)]
+    summary = {
+        "field": name, "kind": kind, "shape": "x".join(map(str, ds["loss"].shape)),
+        "points": int(loss.size), "min_loss": float(finite.min()) if finite.size else None,
+        "max_loss": float(finite.max()) if finite.size else None,
+        "nonfinite": int(ds.attrs.get("nonfinite", 0)),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "points_per_second": round(loss.size / max(time.perf_counter() - t0, 1e-9), 1),
+        "store": str(run.field_path(name)), "figures": [str(f) for f in figs], **(extra or {}),
+    }
+    _finish(summary, as_json, f"surface {kind}")
+    return ds
+
+
+_MODEL = typer.Option("mlp", "--model", help="Registered model name or package.module:function.")
+_MODEL_ARG = typer.Option(None, "--model-arg", help="Model factory argument key=value.")
+_DATA = typer.Option("mnist1d", "--data", help="Registered dataset or package.module:function.")
+_DATA_ARG = typer.Option(None, "--data-arg", help="Dataset factory argument key=value.")
+_SPLIT = typer.Option("train", help="Evaluate on the train or test split.")
+_SAMPLES = typer.Option(None, help="Use only the first N samples.")
+_DEVICE = typer.Option(None, help="cpu, cuda, ... (default: cuda if available).")
+_PRECISION = typer.Option("fp32", help="fp32 | tf32 | bf16")
+_OUT = typer.Option(Path("runs/surface"), "--out", help="Run directory.")
+_NAME = typer.Option(None, help="Field name in the run (default: the slice kind).")
+_OVERWRITE = typer.Option(False, help="Recompute a stored field from scratch.")
+_RES = typer.Option(51, help="Grid points per axis.")
+
+
+@surface_app.command("interp")
+@_handle
+def surface_interp(
+    a: Path, b: Path, steps: int = typer.Option(25, help="Points on [0, 1]."),
+    extrapolate: float = typer.Option(0.0, help="Extend t by this much on both sides."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
+    name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
+    verbose: bool = Verbose,
+):
+    """Loss along the straight line between checkpoints A and B."""
+    from .surfaces import interpolation
+
+    _setup_logging(verbose)
+    _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
+                                                samples, device, precision)
+    ma, mb = _load_models([a, b], factory)
+    sl = interpolation(ma, mb, steps=steps, extrapolate=extrapolate)
+    _write_slice("interp", sl, make_ev(ma), out_dir, name or "interp", overwrite, as_json)
+
+
+@surface_app.command("random")
+@_handle
+def surface_random(
+    checkpoint: Path, dim: int = typer.Option(2, help="1, 2 or 3 random directions."),
+    resolution: int = _RES, span: float = typer.Option(1.0, help="Coordinates in [-span, span]."),
+    normalization: str = typer.Option("filter", help="filter | layer | model | none"),
+    ignore: str = typer.Option("biasbn", help="biasbn (zero 1-D parameters) or none"),
+    seed: int = typer.Option(0, help="Seed of the directions."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
+    name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
+    verbose: bool = Verbose,
+):
+    """Slice around one checkpoint along random (filter-normalised) directions."""
+    from .surfaces import random_slice
+
+    _setup_logging(verbose)
+    _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
+                                                samples, device, precision)
+    (m,) = _load_models([checkpoint], factory)
+    sl = random_slice(m, ndim=dim, resolution=resolution, span=span,
+                      normalization=normalization, ignore=None if ignore == "none" else ignore,
+                      seed=seed)
+    _write_slice("random", sl, make_ev(m), out_dir, name or f"random{dim}d", overwrite, as_json)
+
+
+@surface_app.command("plane")
+@_handle
+def surface_plane(
+    a: Path, b: Path, c: Path, resolution: int = _RES,
+    margin: float = typer.Option(0.2, help="Extra room around the three models."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
+    name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
+    verbose: bool = Verbose,
+):
+    """The plane through three checkpoints."""
+    from .surfaces import plane
+
+    _setup_logging(verbose)
+    _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
+                                                samples, device, precision)
+    ma, mb, mc = _load_models([a, b, c], factory)
+    sl = plane(ma, mb, mc, resolution=resolution, margin=margin)
+    _write_slice("plane", sl, make_ev(ma), out_dir, name or "plane", overwrite, as_json)
+
+
+@surface_app.command("pca")
+@_handle
+def surface_pca(
+    trajectory: list[Path] = typer.Argument(..., help="Checkpoints in training order "
+                                            "(files, a directory or a glob)."),
+    resolution: int = _RES, margin: float = typer.Option(0.2, help="Extra room."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
+    name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
+    verbose: bool = Verbose,
+):
+    """The PCA plane of a training trajectory, with the checkpoints projected onto it."""
+    from .population import Population
+    from .surfaces import pca_plane
+
+    _setup_logging(verbose)
+    _, _, factory, kwargs, make_ev = _surface_common(model, model_arg, data, data_arg, split,
+                                                     samples, device, precision)
+    src = [str(p) for p in trajectory] if len(trajectory) > 1 else str(trajectory[0])
+    pop = Population.from_checkpoints(src, model, factory_kwargs=kwargs)
+    if len(pop) < 3:
+        raise UsageError(f"surface pca: need at least 3 checkpoints, got {len(pop)}")
+    sl = pca_plane(pop.as_points(), resolution=resolution, margin=margin, space=pop.space)
+    extra = {"explained_variance": [round(float(v), 4) for v in sl.explained_variance],
+             "max_projection_error": float(max(sl.projection_error))}
+    _write_slice("pca", sl, make_ev(pop.model(len(pop) - 1)), out_dir, name or "pca", overwrite,
+                 as_json, extra)
+
+
+# ------------------------------------------------------------------ atlas
+def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, budget: int,
+                tol: float, threshold: str, device, precision, progress: bool,
+                embed_kwargs: dict | None = None):
+    """Embed, field, topology, faithfulness and figures; returns (atlas, summary)."""
+    from .atlas import Atlas
+    from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
+
+    atlas = Atlas(pop, xy, out_dir, device=device, precision=precision)
+    atlas.embed(method, dim=dim, **(embed_kwargs or {}))
+    atlas.field(resolution=resolution, budget=budget, tol=tol, progress=progress)
+    try:
+        thr: float | str = float(threshold)
+    except ValueError:
+        thr = threshold
+    atlas.topology(threshold=thr)
+    faith = atlas.faithfulness()
+    figs = []
+    if dim == 2:
+        figs.append(atlas.plot_landscape(out_dir / "landscape.png") and out_dir / "landscape.png")
+    plot_atlas_tree(atlas, out_dir / "merge_tree.png")
+    plot_atlas_persistence(atlas, out_dir / "persistence.png")
+    figs += [out_dir / "merge_tree.png", out_dir / "persistence.png"]
+    s = atlas.summary()
+    summary = {
+        "run": str(out_dir), "models": len(pop), "method": method, "dim": dim,
+        "samples": s["field"]["samples"], "basins": s["basins"]["num_basins"],
+        "variants": s["basins"]["num_variants"],
+        "variants_per_basin": s["basins"]["variants_per_basin"],
+        "reconstruction_mse": faith["reconstruction_mse_raw"],
+        "decoded_loss_rel_error_median": faith["decoded_loss_relative_error_median"],
+        "field_error_decades_median": faith["median_decades"]["field_loo"],
+        "figures": [str(f) for f in figs if f],
+    }
+    atomic = __import__("lossatlas.store", fromlist=["atomic_write_json"]).atomic_write_json
+    atomic(out_dir / "atlas_summary.json", summary)
+    return atlas, summary
+
+
+@app.command()
+@_handle
+def atlas(
+    population: str = typer.Option(..., help="Checkpoint directory, glob, or a train run."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    method: str = typer.Option("ae", help="ae | pca | kpca | umap"),
+    dim: int = typer.Option(2, help="Latent dimension (2 to 4)."),
+    resolution: int = typer.Option(48, help="Base grid points per latent axis."),
+    budget: int = typer.Option(6000, help="Most field samples after refinement."),
+    tol: float = typer.Option(0.1, help="Refine cells whose corners differ by more (decades)."),
+    threshold: str = typer.Option("auto", help="Persistence threshold: decades, 'auto' or "
+                                  "'N%' of the population's log-loss range."),
+    device: str = _DEVICE, precision: str = _PRECISION,
+    out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory."),
+    as_json: bool = Json, verbose: bool = Verbose,
+):
+    """The global atlas: embedding, refined loss field, merge tree and basins."""
+    from .population import Population
+
+    _setup_logging(verbose)
+    splits, xy = _load_data(data, data_arg, split, samples)
+    factory, kwargs = _model_factory(model, model_arg, splits)
+    pdir = Path(population)
+    if (pdir / "checkpoints").is_dir():
+        pop = Population.from_run(pdir)
+    else:
+        pop = Population.from_checkpoints(population, model, factory_kwargs=kwargs)
+    if len(pop) < 3:
+        raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
+    _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
+                             device, precision, progress=not as_json)
+    _finish(summary, as_json, "atlas")
+
+
+# ------------------------------------------------------------------- demo
+@app.command()
+@_handle
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
+    epochs: int = typer.Option(8, help="Epochs per variant."),
+    every: int = typer.Option(2, help="Checkpoint every k epochs."),
+    samples: int = typer.Option(2000, help="Training samples the landscape is measured on."),
+    resolution: int = typer.Option(40, help="Base grid of the atlas field."),
+    budget: int = typer.Option(4000, help="Field samples after refinement."),
+    device: str = _DEVICE, as_json: bool = Json, verbose: bool = Verbose,
+):
+    """Train 7 MLP variants on MNIST-1D, draw slices, build the atlas, write the figures."""
+    from .data import create as create_data
+    from .evaluate import Evaluator
+    from .population import Population
+    from .surfaces import interpolation, pca_plane, random_slice
+    from .train import default_demo_variants, train_population
+
+    _setup_logging(verbose)
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    splits = create_data("mnist1d")
+    model_kwargs = {"hidden": (128, 128)}
+    train_population("mlp", splits, out_dir=out_dir / "train", variants=default_demo_variants(),
+                     epochs=epochs, checkpoint_every=every, model_kwargs=model_kwargs,
+                     device=device, progress=not as_json)
+    pop = Population.from_run(out_dir / "train")
+    stages["train"] = time.perf_counter() - t0
+    xy = (splits.x_train[:samples], splits.y_train[:samples])
+    final = pop.final_indices()
+    ev = Evaluator(pop.model(final[0]), xy, device=device, space=pop.space)
+    t1 = time.perf_counter()
+    quiet = True
+    a, b = pop.model(final[0]), pop.model(final[1])
+    _write_slice("interp", interpolation(a, b, steps=25, extrapolate=0.25), ev,
+                 out_dir / "slices", "interp", False, quiet)
+    _write_slice("random", random_slice(a, ndim=2, resolution=25, span=1.0), ev,
+                 out_dir / "slices", "random2d", False, quiet)
+    traj = pop.trajectories()
+    first = next(iter(traj.values()))
+    sl = pca_plane(pop.as_points()[first], resolution=25, space=pop.space)
+    _write_slice("pca", sl, ev, out_dir / "slices", "pca", False, quiet)
+    stages["slices"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    _, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1, "auto",
+                             device, "fp32", progress=not as_json)
+    stages["atlas"] = time.perf_counter() - t2
+    summary.update({f"{k}_seconds": round(v, 1) for k, v in stages.items()})
+    summary["total_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["basins_vs_variants"] = f"{summary['basins']} basins for {summary['variants']} variants"
+    _finish(summary, as_json, "demo")
+    if not as_json:
+        out.print(f"figures and fields in {out_dir}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,111 @@
+"""The global atlas end to end on a small real population (MNIST-1D MLPs)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lossatlas.atlas import Atlas
+from lossatlas.data import create
+from lossatlas.population import Population
+from lossatlas.refine import RefinedField
+from lossatlas.train import train_population
+
+VARIANTS = [
+    {"name": "A", "optimizer": "sgd", "lr": 0.05, "batch_size": 64, "weight_decay": 0.0},
+    {"name": "B", "optimizer": "adam", "lr": 2e-3, "batch_size": 64, "weight_decay": 0.0},
+    {"name": "C", "optimizer": "sgd", "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4},
+]
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pop")
+    splits = create("mnist1d", num_samples=1500)
+    train_population("mlp", splits, out_dir=root, variants=VARIANTS, epochs=6,
+                     checkpoint_every=2, model_kwargs={"hidden": (32, 32)})
+    pop = Population.from_run(root)
+    keep = [i for i, lab in enumerate(pop.labels) if lab["epoch"] > 0]
+    return pop.subset(keep), (splits.x_train[:800], splits.y_train[:800])
+
+
+@pytest.fixture(scope="module")
+def atlas(population, tmp_path_factory):
+    pop, xy = population
+    a = Atlas(pop, xy, tmp_path_factory.mktemp("atlas"))
+    a.embed("ae", dim=2, epochs=800)
+    a.field(resolution=20, budget=1000, tol=0.1)
+    a.topology()
+    return a
+
+
+def test_decoded_models_keep_their_loss(atlas):
+    faith = atlas.faithfulness()
+    # the autoencoder alone (no correction) decodes models to within 1% of their loss
+    assert faith["decoded_loss_relative_error_median"] < 0.01
+    # the refined field, interpolated at each code from the other samples
+    assert faith["median_decades"]["field_loo"] < 0.05
+    assert faith["median_decades"]["field_at_model"] < 1e-4
+    assert (atlas.path / "faithfulness.json").exists()
+
+
+def test_uniform_grid_alone_misses_the_models(atlas):
+    """Why refinement exists: a plain grid interpolated at the codes is far off."""
+    lo, hi = atlas.box(0.2)
+    res = 20
+    axes = [np.linspace(lo[i], hi[i], res) for i in range(2)]
+    zz = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    out = atlas.evaluator.evaluate(atlas.decode(torch.as_tensor(zz, dtype=torch.float32)))
+    grid = RefinedField(zz, {"v": np.log10(out["loss"].double().numpy())}, "v",
+                        np.zeros((0, 2), int), np.zeros(len(zz), int), 0, lo, hi, res)
+    true = np.log10(atlas.true_values()["loss"].double().numpy())
+    grid_err = np.median(np.abs(grid.interpolate(atlas.codes_.numpy()) - true))
+    refined_err = atlas.faithfulness()["median_decades"]["field_loo"]
+    assert grid_err > 2 * refined_err
+
+
+def test_every_model_has_a_basin_and_summary_is_stored(atlas):
+    assert len(atlas.basins_) == len(atlas.population)
+    n_minima = len(np.asarray(atlas.tree_.minima).reshape(-1))
+    assert n_minima >= 1 and atlas.basins_.max() < n_minima
+    summary = json.loads((atlas.path / "topology.json").read_text())
+    assert summary["num_basins"] == n_minima
+    assert sum(len(b["models"]) for b in summary["basins"]) == len(atlas.population)
+    stored = atlas.run.open_field("atlas")
+    assert stored.sizes["sample"] == atlas.field_.n
+    assert "edges" in stored and "distance" in stored
+
+
+def test_field_reused_and_embedding_reloaded(atlas, population):
+    pop, xy = population
+    again = Atlas(pop, xy, atlas.path)
+    again.embed("ae", dim=2, epochs=800)
+    torch.testing.assert_close(again.codes_, atlas.codes_)
+    before = again.evaluator.points_evaluated
+    again.field(resolution=20, budget=1000, tol=0.1)
+    assert again.evaluator.points_evaluated == before  # every round came from the store
+    np.testing.assert_array_equal(again.field_.values["loss"], atlas.field_.values["loss"])
+
+
+def test_encode_decode_exact_at_models(atlas):
+    X = atlas.X
+    torch.testing.assert_close(atlas.decode(atlas.codes_), X, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(atlas.encode(X), atlas.codes_, rtol=1e-4, atol=1e-4)
+
+
+def test_landscape_figure(atlas, tmp_path):
+    from lossatlas.atlas_plot import plot_atlas_persistence, plot_atlas_tree
+
+    atlas.plot_landscape(tmp_path / "l.png")
+    plot_atlas_tree(atlas, tmp_path / "t.png")
+    plot_atlas_persistence(atlas, tmp_path / "p.png")
+    for f in ("l.png", "t.png", "p.png"):
+        assert (tmp_path / f).stat().st_size > 5000
+
+
+def test_stage_order_errors(population, tmp_path):
+    pop, xy = population
+    a = Atlas(pop, xy, tmp_path)
+    with pytest.raises(RuntimeError, match="embed"):
+        a.field()
