@@ -45,8 +45,8 @@ def _handle(fn):
         except (UsageError, CheckpointError, FactoryError, UnknownNameError, ValueError,
                 KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            err.print(f"[bold red]error:[/] {str(msg).splitlines()[0] if msg else type(e).__name__}",
-                      highlight=False, markup=True)
+            line = str(msg).splitlines()[0] if str(msg).strip() else type(e).__name__
+            sys.stderr.write(f"error: {line}\n")
             raise typer.Exit(1) from None
 
     return wrapper

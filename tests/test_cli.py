@@ -1,0 +1,114 @@
+"""The command line: summaries, --json, and one-line errors naming the culprit."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lossatlas.checkpoints import save_state_dict
+from lossatlas.cli import app
+from lossatlas.models import create
+
+runner = CliRunner()
+MODEL = ["--model", "mlp", "--model-arg", "hidden=[16]", "--data", "blobs",
+         "--data-arg", "num_features=40", "--data-arg", "num_classes=10"]
+
+
+@pytest.fixture()
+def checkpoints(tmp_path):
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = create("mlp", in_features=40, hidden=(16,), num_classes=10)
+        p = tmp_path / f"m{seed}.pt"
+        save_state_dict(m.state_dict(), p)
+        paths.append(p)
+    return paths
+
+
+def _json(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_surface_interp_json(checkpoints, tmp_path):
+    res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(checkpoints[1]),
+                              *MODEL, "--steps", "7", "--out", str(tmp_path / "run"), "--json"])
+    out = _json(res)
+    assert out["points"] == 7 and out["nonfinite"] == 0
+    assert (tmp_path / "run" / "interp.png").exists()
+
+
+def test_surface_random_and_plane(checkpoints, tmp_path):
+    out = _json(runner.invoke(app, ["surface", "random", str(checkpoints[0]), *MODEL,
+                                    "--resolution", "5", "--out", str(tmp_path), "--json"]))
+    assert out["shape"] == "5x5"
+    out = _json(runner.invoke(app, ["surface", "plane", *map(str, checkpoints), *MODEL,
+                                    "--resolution", "4", "--out", str(tmp_path), "--json"]))
+    assert out["points"] == 16
+
+
+def test_summary_table_without_json(checkpoints, tmp_path):
+    res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(checkpoints[1]),
+                              *MODEL, "--steps", "4", "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "surface interp" in res.output and "points" in res.output
+
+
+def _error(result, *needles):
+    assert result.exit_code != 0
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in result.output, result.output
+
+
+def test_corrupt_checkpoint(checkpoints, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(bad), *MODEL,
+                              "--out", str(tmp_path / "r")])
+    _error(res, "bad.pt")
+
+
+def test_wrong_architecture(checkpoints, tmp_path):
+    m = create("mlp", in_features=40, hidden=(8,), num_classes=10)
+    wrong = tmp_path / "wrong.pt"
+    save_state_dict(m.state_dict(), wrong)
+    res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(wrong), *MODEL,
+                              "--out", str(tmp_path / "r")])
+    _error(res, "wrong.pt", "layers.0.weight")
+
+
+def test_nan_weights(tmp_path):
+    for i in range(3):
+        m = create("mlp", in_features=40, hidden=(16,), num_classes=10)
+        sd = m.state_dict()
+        if i == 1:
+            sd["layers.0.weight"][0, 0] = float("nan")
+        save_state_dict(sd, tmp_path / f"c{i}.pt")
+    res = runner.invoke(app, ["surface", "pca", str(tmp_path), *MODEL, "--out",
+                              str(tmp_path / "r")])
+    _error(res, "c1.pt")
+
+
+def test_missing_factory(checkpoints, tmp_path):
+    res = runner.invoke(app, ["surface", "random", str(checkpoints[0]), "--model",
+                              "no_such_pkg.models:make", "--data", "blobs",
+                              "--out", str(tmp_path)])
+    _error(res, "no_such_pkg.models:make")
+
+
+def test_bad_option_values(checkpoints, tmp_path):
+    res = runner.invoke(app, ["surface", "random", str(checkpoints[0]), *MODEL,
+                              "--precision", "fp8", "--out", str(tmp_path)])
+    _error(res, "precision")
+    res = runner.invoke(app, ["surface", "random", str(checkpoints[0]), *MODEL,
+                              "--split", "valid", "--out", str(tmp_path)])
+    _error(res, "--split")
+
+
+def test_list_models():
+    res = runner.invoke(app, ["list", "models"])
+    assert res.exit_code == 0 and "resnet20" in res.output
