@@ -249,16 +249,21 @@ class AutoencoderEmbedding(Embedding):
     def _curvature(
         dec: nn.Module, Z: Tensor, gen: torch.Generator, rel_step: float = 0.05
     ) -> Tensor:
-        """Mean squared second difference of ``dec`` at random points in Z's box, / step^4."""
-        Zd = Z.detach()
-        lo, hi = Zd.min(dim=0).values, Zd.max(dim=0).values
+        """Mean squared second difference of ``dec`` at random points of Z's padded box,
+        with a step proportional to Z's spread, / step^4.
+
+        The box and the step follow Z with gradients, so the value and its gradient are
+        invariant to rescaling the latent (encoder x c, decoder / c): the penalty cannot
+        be lowered by inflating the codes.
+        """
+        lo, hi = Z.min(dim=0).values, Z.max(dim=0).values
         pad = 0.1 * (hi - lo)
         lo, hi = lo - pad, hi + pad
-        u = torch.rand(Zd.shape, generator=gen, device=Zd.device, dtype=Zd.dtype)
+        u = torch.rand(Z.shape, generator=gen, device=Z.device, dtype=Z.dtype)
         z = lo + u * (hi - lo)
-        v = torch.randn(Zd.shape, generator=gen, device=Zd.device, dtype=Zd.dtype)
+        v = torch.randn(Z.shape, generator=gen, device=Z.device, dtype=Z.dtype)
         v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        h = rel_step * Zd.std(dim=0).clamp_min(1e-12) * v
+        h = rel_step * Z.std(dim=0).clamp_min(1e-12) * v
         second = dec(z + h) - 2.0 * dec(z) + dec(z - h)
         return second.square().mean() / rel_step**4
 
