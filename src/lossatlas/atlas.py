@@ -255,23 +255,33 @@ class Atlas:
             raise RuntimeError("Atlas: the field was computed with include_models=False")
         return self.field_.extra_index
 
-    def topology(self, threshold: float | str = "auto") -> Any:
+    def topology(self, threshold: float | str = "auto", min_persistence: float = 0.01) -> Any:
         """Merge tree of log10 loss on the refined field; basins of every model.
 
         ``threshold``: persistence in decades, "auto" (largest gap of the
         persistence diagram) or a string like "10%" (fraction of the population's
-        own log10-loss range, min to max over the models).
+        own log10-loss range, min to max over the models). Basins shallower than
+        ``min_persistence`` decades (default 0.01, about 2%) are always merged:
+        differences that small are within evaluation noise.
         """
-        from .topology import graph_merge_tree, graph_persistence
+        from .topology import auto_threshold, graph_merge_tree, graph_persistence
 
         self._check("field_", "field()")
         t0 = time.perf_counter()
         values = self.field_.values["log10_loss"]
+        self.pairs_ = graph_persistence(values, self.field_.edges)
         if isinstance(threshold, str) and threshold.endswith("%"):
             own = values[self.model_samples()]
             own = own[np.isfinite(own)]
             threshold = float(threshold[:-1]) / 100 * float(np.ptp(own)) if len(own) else 0.0
-        self.pairs_ = graph_persistence(values, self.field_.edges)
+        elif threshold == "auto":
+            threshold = auto_threshold(self.pairs_)
+        elif isinstance(threshold, str):
+            raise ValueError(
+                f"Atlas.topology: threshold must be a number (decades), 'auto' or 'N%', "
+                f"got {threshold!r}"
+            )
+        threshold = max(float(threshold), float(min_persistence))
         self.tree_ = graph_merge_tree(values, self.field_.edges, threshold=threshold)
         labels = np.asarray(self.tree_.labels).reshape(-1)
         self.basins_ = labels[self.model_samples()]
