@@ -109,3 +109,19 @@ def test_stage_order_errors(population, tmp_path):
     a = Atlas(pop, xy, tmp_path)
     with pytest.raises(RuntimeError, match="embed"):
         a.field()
+
+
+def test_overlay_of_models_and_a_path(atlas):
+    X = atlas.X
+    # the models themselves project onto their own codes, where the field is exact
+    res = atlas.overlay(X[:3], "models")
+    np.testing.assert_allclose(res["projected_loss"], res["true_loss"], rtol=1e-3)
+    assert res["mae"] < 1e-3 * max(res["true_range"])
+    assert len(res["basin"]) == 3 and (atlas.path / "overlays" / "models.json").exists()
+    # a straight path between two models: projected losses stay within the field's range
+    t = torch.linspace(0, 1, 7)[:, None]
+    path = (1 - t) * X[0] + t * X[-1]
+    res = atlas.overlay(path, "line")
+    assert np.isfinite(res["projected_loss"]).all() and len(res["codes"]) == 7
+    with pytest.raises(ValueError, match="points must be"):
+        atlas.overlay(X[:, :5], "bad")

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -112,3 +113,27 @@ def test_bad_option_values(checkpoints, tmp_path):
 def test_list_models():
     res = runner.invoke(app, ["list", "models"])
     assert res.exit_code == 0 and "resnet20" in res.output
+
+
+def test_connect_linear_and_align(checkpoints, tmp_path):
+    out = _json(runner.invoke(app, ["connect", str(checkpoints[0]), str(checkpoints[1]), *MODEL,
+                                    "--curve", "linear", "--points", "9",
+                                    "--out", str(tmp_path), "--json"]))
+    assert out["line_barrier"] >= 0
+    out = _json(runner.invoke(app, ["align", str(checkpoints[0]), str(checkpoints[1]), *MODEL,
+                                    "--steps", "5", "--out", str(tmp_path), "--json"]))
+    assert out["distance_aligned"] <= out["distance_none"] + 1e-6
+    assert (tmp_path / "m1_aligned.safetensors").exists()
+
+
+def test_hessian_and_llc(checkpoints, tmp_path):
+    out = _json(runner.invoke(app, ["hessian", str(checkpoints[0]), *MODEL, "--top", "2",
+                                    "--trace", "--samples", "200", "--out", str(tmp_path),
+                                    "--json"]))
+    assert len(out["eigenvalues"]) == 2 and out["eigenvalues"][0] >= out["eigenvalues"][1]
+    out = _json(runner.invoke(app, ["llc", str(checkpoints[0]), *MODEL, "--chains", "2",
+                                    "--draws", "20", "--samples", "200", "--out",
+                                    str(tmp_path), "--json"]))
+    assert np.isfinite(out["llc_mean"])
+    res = runner.invoke(app, ["hessian", *MODEL, "--out", str(tmp_path)])
+    _error(res, "checkpoint")

@@ -366,6 +366,41 @@ class Atlas:
         atomic_write_json(self.path / "faithfulness.json", out)
         return out
 
+    # ------------------------------------------------------------ overlays
+    def overlay(self, points: Tensor, name: str, labels: list[str] | None = None) -> dict:
+        """Project parameter points (a curve, re-basined models, a trajectory) onto the map.
+
+        Encodes ``points`` [P, D], reads the field there (piecewise-linear in
+        log10 loss) and compares with the points' true loss, as the seed's Table 2.
+        Stored as ``RUN/overlays/NAME.json``; returns codes, true and projected
+        losses, their ranges, the mean absolute error (nats) and the basin at each
+        projected code.
+        """
+        from scipy.spatial import cKDTree
+
+        self._check("field_", "field()")
+        points = torch.as_tensor(points, dtype=torch.float32)
+        if points.ndim != 2 or points.shape[1] != self.X.shape[1]:
+            raise ValueError(
+                f"Atlas.overlay: points must be [P, {self.X.shape[1]}], got {tuple(points.shape)}"
+            )
+        codes = self.encode(points).numpy().astype(np.float64)
+        true = self.evaluator.evaluate(points)["loss"].double().numpy()
+        projected = 10.0 ** self.field_.interpolate(codes)
+        out: dict[str, Any] = {
+            "name": name, "codes": codes.tolist(), "true_loss": true.tolist(),
+            "projected_loss": projected.tolist(),
+            "true_range": [float(np.nanmin(true)), float(np.nanmax(true))],
+            "projected_range": [float(np.nanmin(projected)), float(np.nanmax(projected))],
+            "mae": float(np.nanmean(np.abs(projected - true))),
+            "labels": labels or [str(i) for i in range(len(points))],
+        }
+        if hasattr(self, "tree_"):
+            nearest = cKDTree(self.field_.coords).query(codes)[1]
+            out["basin"] = np.asarray(self.tree_.labels).reshape(-1)[nearest].tolist()
+        atomic_write_json(self.path / "overlays" / f"{name}.json", out)
+        return out
+
     # ----------------------------------------------------------- summary
     def summary(self) -> dict:
         """A JSON-able summary of the stages done."""

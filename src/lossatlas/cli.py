@@ -519,3 +519,7 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# verbs defined in their own modules register themselves on ``app``
+from . import cli_connect, cli_terrain  # noqa: E402,F401

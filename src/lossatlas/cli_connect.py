@@ -1,0 +1,182 @@
+"""CLI verbs of connectivity and symmetry: ``lossatlas connect`` and ``lossatlas align``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from .cli import (
+    _DATA,
+    _DATA_ARG,
+    _DEVICE,
+    _MODEL,
+    _MODEL_ARG,
+    _SAMPLES,
+    _SPLIT,
+    Json,
+    UsageError,
+    Verbose,
+    _finish,
+    _handle,
+    _load_data,
+    _load_models,
+    _model_factory,
+    _setup_logging,
+    app,
+)
+from .store import Run, atomic_write_json
+
+__all__ = ["connect", "align", "population_barriers"]
+
+
+def _pair_paths(a: Path | None, b: Path | None, population: str | None) -> None:
+    if population is None and (a is None or b is None):
+        raise UsageError("give two checkpoints A B, or --population DIR")
+
+
+def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
+                        device=None, steps: int = 25, progress: bool = False) -> dict:
+    """Barrier matrices of ``models`` before (and after weight matching onto the first).
+
+    Writes ``OUT/connectivity.json`` (matrices in nats, names, definition) and
+    ``OUT/barriers.png``; returns the JSON dict.
+    """
+    import matplotlib.pyplot as plt
+
+    from .connectivity import barrier_matrix
+    from .surfaces import save_figure
+    from .symmetry import weight_matching
+
+    mats = {"before": barrier_matrix(models, xy, steps=steps, names=names, device=device)}
+    if align_models:
+        ref = models[0]
+        aligned = [ref] + [weight_matching(ref, m) for m in models[1:]]
+        mats["after"] = barrier_matrix(aligned, xy, steps=steps, names=names, device=device)
+    result = {
+        "names": list(names), "definition": "entezari", "units": "nats",
+        "alignment": "weight matching onto the first model" if align_models else None,
+        **{k: np.asarray(v.values).tolist() for k, v in mats.items()},
+    }
+    fig, axes = plt.subplots(1, len(mats), figsize=(5.2 * len(mats), 4.4), squeeze=False)
+    vmax = max(float(np.nanmax(np.asarray(v.values))) for v in mats.values())
+    for ax, (k, v) in zip(axes[0], mats.items(), strict=True):
+        im = ax.imshow(np.asarray(v.values), cmap="cividis", vmin=0, vmax=max(vmax, 1e-9))
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_title(f"loss barrier, {k} alignment")
+        fig.colorbar(im, ax=ax, label="barrier (nats)")
+    fig.tight_layout()
+    save_figure(fig, out_dir / "barriers.png")
+    atomic_write_json(out_dir / "connectivity.json", result)
+    return result
+
+
+@app.command()
+@_handle
+def connect(
+    a: Path = typer.Argument(None, help="First checkpoint."),
+    b: Path = typer.Argument(None, help="Second checkpoint."),
+    curve: str = typer.Option("bezier", help="bezier | polychain | linear"),
+    train_steps: int = typer.Option(1000, help="Curve training steps (mini-batches)."),
+    points: int = typer.Option(61, help="Points evaluated along the path."),
+    population: str = typer.Option(None, help="Population mode: checkpoint dir or train run; "
+                                   "writes the barrier matrix of its final models."),
+    align_models: bool = typer.Option(False, "--align", help="Population mode: also the "
+                                      "matrix after weight matching."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE,
+    out_dir: Path = typer.Option(Path("runs/connect"), "--out", help="Run directory."),
+    as_json: bool = Json, verbose: bool = Verbose,
+):
+    """Loss along the straight path and along a trained curve between two models
+    (Garipov et al. 2018), or the barrier matrix of a population."""
+    from .connectivity import barrier_curve, train_curve
+    from .surfaces import plot_curve, save_figure
+
+    _setup_logging(verbose)
+    _pair_paths(a, b, population)
+    t0 = time.perf_counter()
+    splits, xy = _load_data(data, data_arg, split, samples)
+    factory, kwargs = _model_factory(model, model_arg, splits)
+    run = Run(out_dir)
+    if population is not None:
+        from .population import Population
+
+        pdir = Path(population)
+        pop = (Population.from_run(pdir) if (pdir / "checkpoints").is_dir()
+               else Population.from_checkpoints(population, model, factory_kwargs=kwargs))
+        idx = pop.final_indices()
+        names = [str(pop.labels[i].get("variant", i)) for i in idx]
+        res = population_barriers([pop.model(i) for i in idx], names, xy, out_dir,
+                                  align_models, device, progress=not as_json)
+        summary = {"models": len(idx), "mean_barrier_before": float(np.mean(res["before"]))}
+        if "after" in res:
+            summary["mean_barrier_after"] = float(np.mean(res["after"]))
+        summary.update(store=str(out_dir / "connectivity.json"),
+                       seconds=round(time.perf_counter() - t0, 2))
+        _finish(summary, as_json, "connect (population)")
+        return
+    if curve not in ("bezier", "polychain", "linear"):
+        raise UsageError(f"--curve must be bezier, polychain or linear, got {curve!r}")
+    ma, mb = _load_models([a, b], factory)
+    line = barrier_curve(ma, mb, xy, steps=points, device=device)
+    run.save_dataset("line", line)
+    summary = {"line_barrier": float(line.attrs["barrier"])}
+    figs = [save_figure(plot_curve(line), out_dir / "line.png")]
+    if curve != "linear":
+        res = train_curve(ma, mb, xy, kind=curve, steps=train_steps, points=points,
+                          device=device)
+        run.save_dataset(f"curve-{curve}", res.curve)
+        figs.append(save_figure(plot_curve(res.curve), out_dir / f"curve-{curve}.png"))
+        summary.update(curve=curve, curve_barrier=float(res.barrier),
+                       arc_length=float(res.arc_length), line_length=float(res.line_length))
+        from safetensors.torch import save_file
+
+        save_file({"bends": res.bends.contiguous()}, str(out_dir / f"curve-{curve}.safetensors"))
+    summary.update(figures=[str(f) for f in figs], seconds=round(time.perf_counter() - t0, 2))
+    atomic_write_json(out_dir / "connect.json", summary)
+    _finish(summary, as_json, "connect")
+
+
+@app.command()
+@_handle
+def align(
+    a: Path = typer.Argument(..., help="Reference checkpoint."),
+    b: Path = typer.Argument(..., help="Checkpoint permuted onto A."),
+    method: str = typer.Option("weight", help="weight | activation"),
+    rescale: bool = typer.Option(False, help="Also remove ReLU positive rescaling."),
+    steps: int = typer.Option(25, help="Points on the straight path for barriers."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE,
+    out_dir: Path = typer.Option(Path("runs/align"), "--out", help="Run directory."),
+    as_json: bool = Json, verbose: bool = Verbose,
+):
+    """Permute B onto A (weight or activation matching); distances and barriers before
+    and after, side by side; the aligned B saved as safetensors."""
+    from .checkpoints import save_state_dict
+    from .symmetry import align as align_models
+    from .symmetry import compare_alignment
+
+    _setup_logging(verbose)
+    if method not in ("weight", "activation"):
+        raise UsageError(f"--method must be 'weight' or 'activation', got {method!r}")
+    t0 = time.perf_counter()
+    splits, xy = _load_data(data, data_arg, split, samples)
+    factory, _ = _model_factory(model, model_arg, splits)
+    ma, mb = _load_models([a, b], factory)
+    table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=steps,
+                              device=device)
+    _, aligned = align_models(ma, mb, method, xy, rescale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_state_dict(aligned.state_dict(), out_dir / f"{Path(b).stem}_aligned.safetensors")
+    summary = {f"{k}_{al}": float(table[k].sel(alignment=al)) for k in table.data_vars
+               for al in ("none", "aligned")}
+    summary.update(method=method, aligned_checkpoint=str(path),
+                   seconds=round(time.perf_counter() - t0, 2))
+    atomic_write_json(out_dir / "align.json", summary)
+    _finish(summary, as_json, "align")

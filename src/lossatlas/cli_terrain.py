@@ -1,0 +1,167 @@
+"""CLI verbs of terrain: ``lossatlas hessian`` and ``lossatlas llc`` (one model or a population)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from .cli import (
+    _DATA,
+    _DATA_ARG,
+    _DEVICE,
+    _MODEL,
+    _MODEL_ARG,
+    _SAMPLES,
+    _SPLIT,
+    Json,
+    UsageError,
+    Verbose,
+    _finish,
+    _handle,
+    _load_data,
+    _load_models,
+    _model_factory,
+    _setup_logging,
+    app,
+)
+from .store import Run, atomic_write_json
+
+__all__ = ["hessian", "llc_cmd", "population_terrain"]
+
+
+def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace", "sharpness"),
+                       k: int = 3, llc_kwargs: dict | None = None, device=None,
+                       final_only: bool = True) -> dict:
+    """Terrain (top eigenvalues, trace, sharpness, LLC) of a population's models.
+
+    Stored as ``OUT/fields/terrain.zarr`` (dim ``model``) and ``OUT/terrain.json``.
+    """
+    from .curvature import terrain
+
+    idx = pop.final_indices() if final_only else list(range(len(pop)))
+    names = [f"{pop.labels[i].get('variant', i)}" + (f"/e{pop.labels[i]['epoch']}"
+             if not final_only and "epoch" in pop.labels[i] else "") for i in idx]
+    ds = terrain(pop.as_points()[idx], pop.model(idx[0]), xy, measures=list(measures), k=k,
+                 llc_kwargs=llc_kwargs, device=device, labels=names)
+    Run(out_dir).save_dataset("terrain", ds)
+    table = {"models": names, "indices": idx}
+    for v in ds.data_vars:
+        table[v] = np.asarray(ds[v].values).tolist()
+    atomic_write_json(out_dir / "terrain.json", table)
+    return table
+
+
+def _single_or_population(checkpoint, population):
+    if (checkpoint is None) == (population is None):
+        raise UsageError("give one checkpoint MODEL, or --population DIR (not both)")
+
+
+def _population(population: str, model: str, kwargs: dict):
+    from .population import Population
+
+    pdir = Path(population)
+    if (pdir / "checkpoints").is_dir():
+        return Population.from_run(pdir)
+    return Population.from_checkpoints(population, model, factory_kwargs=kwargs)
+
+
+@app.command()
+@_handle
+def hessian(
+    checkpoint: Path = typer.Argument(None, help="A checkpoint (or use --population)."),
+    top: int = typer.Option(5, help="Top-k eigenvalues (Lanczos, largest first)."),
+    trace: bool = typer.Option(False, "--trace", help="Also the trace (Hutch++)."),
+    density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ)."),
+    population: str = typer.Option(None, help="Population mode: dir or train run."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE,
+    out_dir: Path = typer.Option(Path("runs/hessian"), "--out", help="Run directory."),
+    as_json: bool = Json, verbose: bool = Verbose,
+):
+    """Hessian spectrum of the mean loss: top eigenvalues, trace, density (eval mode)."""
+    from .curvature import hessian_density, hessian_eigen, hessian_trace_estimate, plot_density
+    from .surfaces import save_figure
+
+    _setup_logging(verbose)
+    _single_or_population(checkpoint, population)
+    t0 = time.perf_counter()
+    splits, xy = _load_data(data, data_arg, split, samples)
+    factory, kwargs = _model_factory(model, model_arg, splits)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if population is not None:
+        measures = ["eigenvalues"] + (["trace"] if trace else [])
+        table = population_terrain(_population(population, model, kwargs), xy, out_dir,
+                                   measures, k=top, device=device)
+        summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
+                   "seconds": round(time.perf_counter() - t0, 2)}
+        _finish(summary, as_json, "hessian (population)")
+        return
+    (m,) = _load_models([checkpoint], factory)
+    eig = hessian_eigen(m, xy, k=top, device=device)
+    summary: dict = {"eigenvalues": [float(v) for v in eig.eigenvalues]}
+    if trace:
+        tr = hessian_trace_estimate(m, xy, device=device)
+        summary.update(trace=float(tr.trace), trace_std=float(tr.std))
+    if density:
+        dens = hessian_density(m, xy, device=device)
+        fig = plot_density(dens)
+        fig = getattr(fig, "figure", fig)
+        summary["density_figure"] = str(save_figure(fig, out_dir / "density.png"))
+    summary["top_eigenvalue"] = summary["eigenvalues"][0]
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out_dir / "hessian.json", summary)
+    _finish(summary, as_json, "hessian")
+
+
+@app.command("llc")
+@_handle
+def llc_cmd(
+    checkpoint: Path = typer.Argument(None, help="A checkpoint (or use --population)."),
+    chains: int = typer.Option(8, help="SGLD chains (run together with vmap)."),
+    draws: int = typer.Option(200, help="Draws per chain."),
+    burnin: int = typer.Option(0, help="Burn-in steps per chain."),
+    epsilon: float = typer.Option(1e-3, help="SGLD step size."),
+    nbeta: float = typer.Option(None, help="n * beta (default: devinterp's default_nbeta)."),
+    gamma: float = typer.Option(100.0, help="Localisation strength."),
+    batch_size: int = typer.Option(32, help="SGLD mini-batch size."),
+    population: str = typer.Option(None, help="Population mode: dir or train run."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    device: str = _DEVICE,
+    out_dir: Path = typer.Option(Path("runs/llc"), "--out", help="Run directory."),
+    as_json: bool = Json, verbose: bool = Verbose,
+):
+    """Local learning coefficient by SGLD with localisation (chains, diagnostics, trace plot)."""
+    from .curvature import llc, plot_llc_trace
+    from .surfaces import save_figure
+
+    _setup_logging(verbose)
+    _single_or_population(checkpoint, population)
+    t0 = time.perf_counter()
+    splits, xy = _load_data(data, data_arg, split, samples)
+    factory, kwargs = _model_factory(model, model_arg, splits)
+    sgld = {"num_chains": chains, "num_draws": draws, "num_burnin_steps": burnin,
+            "epsilon": epsilon, "nbeta": nbeta, "gamma": gamma, "batch_size": batch_size}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if population is not None:
+        table = population_terrain(_population(population, model, kwargs), xy, out_dir,
+                                   ["llc"], llc_kwargs=sgld, device=device)
+        summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
+                   "seconds": round(time.perf_counter() - t0, 2)}
+        _finish(summary, as_json, "llc (population)")
+        return
+    (m,) = _load_models([checkpoint], factory)
+    res = llc(m, xy, device=device, **sgld)
+    fig = plot_llc_trace(res)
+    fig = getattr(fig, "figure", fig)
+    summary = {"llc_mean": float(res["llc_mean"]), "llc_std": float(res["llc_std"]),
+               "chains": chains, "draws": draws,
+               "warnings": res.get("warnings", []),
+               "trace_figure": str(save_figure(fig, out_dir / "llc_trace.png")),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    atomic_write_json(out_dir / "llc.json", summary)
+    _finish(summary, as_json, "llc")
