@@ -77,6 +77,7 @@ def test_estimator_contract(name, population, tmp_path):
     assert torch.equal(loaded.decode(M), W)
     assert torch.allclose(loaded.encode(X), Z, atol=1e-6)
     assert type(emb).load(path).n_features_in_ == 300
+    assert loaded.fingerprint() == emb.fingerprint()
     # wrong widths are refused by name
     with pytest.raises(ValueError, match=r"expected latent points of shape \[M, "):
         emb.decode(torch.zeros(2, d + 1))

@@ -23,6 +23,7 @@ file and renamed.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import json
 import os
@@ -325,6 +326,18 @@ class Embedding:
             "params": self._json_params(),
             "fitted": self._meta(),
         }
+
+    def fingerprint(self) -> str:
+        """A short hash of the class, hyper-parameters and fitted tensors: the ``key`` of a
+        ``MappedSource`` that decodes latent grids, so a stored field resumes only with the
+        same embedding."""
+        self._check_fitted("fingerprint")
+        h = hashlib.sha256(json.dumps(self._header(), sort_keys=True).encode())
+        for name, t in sorted(self._state().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{_dtype_name(t.dtype)}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Store the fitted embedding in ``path`` (a ``.safetensors`` file).

@@ -348,7 +348,8 @@ class SpanReduction(Embedding):
                 )
             var = s_all[:rank].square()
             frac = torch.cumsum(var, 0) / var.sum() if rank else var
-            return int(torch.searchsorted(frac, torch.tensor(float(k), dtype=frac.dtype)) + 1)
+            found = int(torch.searchsorted(frac, torch.tensor(float(k), dtype=frac.dtype))) + 1
+            return min(found, rank)
         k = int(k)
         if k < 1 or k > N - 1:
             raise ValueError(
