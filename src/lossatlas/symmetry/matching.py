@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def match_weights(
     state_b: Mapping[str, Tensor],
     max_iter: int = 100,
     seed: int = 0,
-    init: Mapping[str, Tensor] | None = None,
+    init: Literal["forward", "identity"] | Mapping[str, Tensor] = "forward",
     device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
     """Permutations that align ``state_b``'s units onto ``state_a``'s by weight matching.
@@ -66,8 +67,13 @@ def match_weights(
         Rounds over all groups at most; stops earlier when a round improves none.
     seed : int
         Seeds the random group order of each round.
-    init : dict group -> LongTensor[n], optional
-        Starting permutations (default: identity).
+    init : "forward", "identity" or dict group -> LongTensor[n]
+        Starting permutations. "forward" (default) first matches the groups in
+        graph order, each using only the tensors whose other axes belong to
+        groups already matched (or to no group), e.g. a layer's incoming weights
+        once its inputs are aligned; coordinate descent from the identity can
+        stall in a poor local optimum on wide untrained networks (measured on
+        ResNet-20 x16: 255 of 256 units wrong), the forward start does not.
     device : where the similarity products run (default: ``state_a``'s device).
 
     Returns
@@ -82,26 +88,45 @@ def match_weights(
     a = {k: state_a[k].detach().to(dev, torch.float32) for k in names}
     b = {k: state_b[k].detach().to(dev, torch.float32) for k in names}
     perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
-    if init is not None:
-        perms.update({g: torch.as_tensor(p).long().cpu() for g, p in init.items()})
     axes_of = spec.axes_of()
-    gen = torch.Generator().manual_seed(int(seed))
     groups = list(spec.groups)
+
+    def cost_of(g: str, usable: set[str] | None = None) -> np.ndarray:
+        n = spec.sizes[g]
+        cost = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        for ax in spec.groups[g]:
+            others = [(g2, ax2) for g2, ax2 in axes_of[ax.name] if (g2, ax2.axis) != (g, ax.axis)]
+            if usable is not None and any(g2 not in usable for g2, _ in others):
+                continue
+            wb = b[ax.name]
+            for g2, ax2 in others:
+                wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block)
+            cost += (_units_matrix(a[ax.name], ax.axis, n)
+                     @ _units_matrix(wb, ax.axis, n).T).double()
+        return cost.cpu().numpy()
+
+    if isinstance(init, str):
+        if init not in ("forward", "identity"):
+            raise ValueError(
+                f"match_weights: init must be 'forward', 'identity' or a dict, got {init!r}"
+            )
+        if init == "forward":
+            done: set[str] = set()
+            for g in groups:  # spec order follows the graph
+                c = cost_of(g, usable=done | {g})
+                if np.any(c):
+                    perms[g] = torch.as_tensor(linear_sum_assignment(c, maximize=True)[1])
+                done.add(g)
+    else:
+        perms.update({g: torch.as_tensor(p).long().cpu() for g, p in init.items()})
+    gen = torch.Generator().manual_seed(int(seed))
     rounds = 0
     for rounds in range(1, int(max_iter) + 1):  # noqa: B007 - reported below
         improved = False
         for k in torch.randperm(len(groups), generator=gen).tolist():
             g = groups[k]
             n = spec.sizes[g]
-            cost = torch.zeros(n, n, dtype=torch.float64, device=dev)
-            for ax in spec.groups[g]:
-                wb = b[ax.name]
-                for g2, ax2 in axes_of[ax.name]:
-                    if (g2, ax2.axis) != (g, ax.axis):
-                        wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block)
-                cost += (_units_matrix(a[ax.name], ax.axis, n)
-                         @ _units_matrix(wb, ax.axis, n).T).double()
-            c = cost.cpu().numpy()
+            c = cost_of(g)
             rows, cols = linear_sum_assignment(c, maximize=True)
             old = float(c[np.arange(n), perms[g].numpy()].sum())
             new = float(c[rows, cols].sum())
