@@ -1,0 +1,185 @@
+"""Benchmark: top-k Hessian eigenvalues and trace, lossatlas vs PyHessian (and
+hessian-eigenthings when installed).
+
+    python bench/hessian.py --device cuda            # MLP 40-512-512-10 (4000 samples), ResNet-20
+    python bench/hessian.py --quick                  # small sizes, CPU
+
+Accuracy is measured against a tight lossatlas Lanczos run (residual tol 1e-7):
+"eig rel" is the largest relative difference over the top-k eigenvalues; the
+trace columns give the estimate and its difference to the Hutch++ estimate
+with many probes. Times are wall-clock seconds (CUDA synchronised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from lossatlas.curvature import HVP, hutch_plusplus, lanczos
+
+try:
+    from lossatlas.models import create as create_model
+except ImportError:  # the models module is optional for this script
+    create_model = None
+
+
+# ---------------------------------------------------------------- models
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+def _resnet20() -> nn.Module:
+    if create_model is not None:
+        return create_model("resnet20")
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    c = 16
+    for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(3):
+            layers.append(_Block(c, c_out, stride if i == 0 else 1))
+            c = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    return nn.Sequential(*layers)
+
+
+def _problem(name: str, n: int, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(
+            nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+        )
+        x = torch.randn(n, 40, generator=g)
+    else:
+        model = _resnet20()
+        x = torch.randn(n, 3, 32, 32, generator=g)
+        model.train()
+        with torch.no_grad():  # non-trivial BatchNorm statistics
+            model(x[:256])
+    y = torch.randint(0, 10, (n,), generator=g)
+    return model.to(device).eval(), x.to(device), y.to(device)
+
+
+# ---------------------------------------------------------------- runners
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device, fn, *args):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn(*args)
+    _sync(device)
+    return out, time.perf_counter() - t
+
+
+def _ours(model, x, y, k, batch_size, tol, probes, device):
+    H = HVP(model, (x, y), batch_size=batch_size, device=device)
+    eig = lanczos(H, k, tol=tol)
+    n_eig = H.num_hvp
+    tr = hutch_plusplus(H, probes, probe_batch=10 if device.type == "cuda" else 3)
+    return eig.eigenvalues.double().cpu().numpy(), tr.trace, n_eig, H.num_hvp - n_eig
+
+
+def _pyhessian(model, x, y, k, device):
+    from pyhessian import hessian
+
+    m = copy.deepcopy(model)
+    ref = hessian(m, nn.CrossEntropyLoss(), data=(x, y), cuda=device.type == "cuda")
+    vals, _ = ref.eigenvalues(top_n=k)
+    samples = ref.trace()
+    return np.sort(np.array(vals))[::-1], float(np.mean(samples)), len(samples)
+
+
+def _eigenthings(model, x, y, k, device, probes):
+    import hessian_eigenthings as he
+
+    op = he.HessianOperator(
+        copy.deepcopy(model), [(x, y)], he.supervised_loss(nn.functional.cross_entropy)
+    )
+    res = he.lanczos(op, k=k, max_iter=max(4 * k, k + 40), seed=0, which="LA")
+    tr = he.hutch_plus_plus(op, num_matvecs=probes, seed=0)
+    return res.eigenvalues.double().cpu().numpy(), float(tr.estimate)
+
+
+def _rel(a, ref):
+    return float(np.max(np.abs(np.asarray(a) - ref) / np.abs(ref)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", default="mlp,resnet20")
+    ap.add_argument("--samples", type=int, default=4000, help="MLP samples")
+    ap.add_argument("--resnet-samples", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=None, help="HVP batch (default: all)")
+    ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--tol", type=float, default=1e-4, help="our Lanczos residual tolerance")
+    ap.add_argument("--probes", type=int, default=99, help="Hutch++ probes")
+    ap.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.samples, args.resnet_samples = min(args.samples, 256), min(args.resnet_samples, 16)
+        args.probes = min(args.probes, 15)
+    device = torch.device(args.device)
+    rows = []
+    for name in args.models.split(","):
+        n = args.samples if name == "mlp" else args.resnet_samples
+        model, x, y = _problem(name, n, device)
+        D = sum(p.numel() for p in model.parameters())
+        common = (model, x, y, args.k, args.batch_size)
+        (ref, ref_tr, _, _), t_ref = _timed(device, _ours, *common, 1e-7, 3 * args.probes, device)
+        (vals, tr, n_eig, n_tr), t_ours = _timed(
+            device, _ours, *common, args.tol, args.probes, device
+        )
+        rows.append((name, D, n, "lossatlas", t_ours, _rel(vals, ref), tr, n_eig + n_tr))
+        torch.manual_seed(0)
+        (pvals, ptr, pn), t_py = _timed(device, _pyhessian, model, x, y, args.k, device)
+        rows.append((name, D, n, "pyhessian", t_py, _rel(pvals, ref), ptr, None))
+        try:
+            (evals, etr), t_e = _timed(
+                device, _eigenthings, model, x, y, args.k, device, args.probes
+            )
+            rows.append((name, D, n, "eigenthings", t_e, _rel(evals, ref), etr, None))
+        except ImportError:
+            print("note: hessian-eigenthings is not installed; skipped")
+        print(
+            f"{name}: reference top-{args.k} {np.array2string(ref, precision=4)}, "
+            f"trace (Hutch++ x{3 * args.probes}) {ref_tr:.4g}, {t_ref:.1f} s; "
+            f"PyHessian trace samples {pn}"
+        )
+    print()
+    hdr = f"{'model':10s} {'D':>8s} {'N':>6s} {'method':12s} {'time s':>8s} {'ratio':>7s} "
+    print(hdr + f"{'eig rel':>9s} {'trace':>10s} {'HVPs':>6s}")
+    base = {r[0]: r[4] for r in rows if r[3] == "lossatlas"}
+    for name, D, n, method, t, rel, tr, nh in rows:
+        print(
+            f"{name:10s} {D:8d} {n:6d} {method:12s} {t:8.2f} {t / base[name]:7.2f} "
+            f"{rel:9.1e} {tr:10.4g} {'' if nh is None else nh:>6}"
+        )
+
+
+if __name__ == "__main__":
+    main()
