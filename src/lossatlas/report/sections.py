@@ -1,0 +1,795 @@
+"""The report's sections: a small registry of builders, one function per section.
+
+A builder takes a :class:`~lossatlas.report.rundir.RunView` and returns a
+:class:`Section` (HTML, plotly figures, a machine-readable summary) or ``None``
+when the run lacks its inputs; the page then lists it under "Absent from this
+run" with the command that produces it. Adding a section is one function::
+
+    @section("terrain", "Terrain", hint="run `lossatlas hessian` or `lossatlas llc`")
+    def terrain(view: RunView) -> Section | None:
+        ds = view.field("terrain")
+        if ds is None:
+            return None
+        return Section(html="...", figures={...}, summary={...})
+
+Builders never evaluate a loss: they read stored values. The merge tree and the
+persistence pairs are recomputed from the stored field values and edges (cheap,
+exact, the same functions the Atlas used), since ``topology.json`` keeps only the
+basins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import figures as F
+from .html import esc, fmt, img, table
+from .rundir import RunView
+
+__all__ = ["Section", "SectionSpec", "SECTIONS", "section", "build_sections"]
+
+
+@dataclass
+class Section:
+    """What one builder returns.
+
+    html : body of the section (escaped); plot placeholders are ``<div id=FIG_ID>``
+    figures : {FIG_ID: plotly figure dict}; ids must be unique in the page
+    summary : JSON-able facts for ``summary.json``
+    """
+
+    html: str
+    figures: dict[str, dict] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """A registered section: anchor ``key``, ``title`` (DESIGN.md vocabulary), the
+    ``hint`` shown when absent and its ``build`` function."""
+
+    key: str
+    title: str
+    hint: str
+    build: Callable[[RunView], Section | None]
+
+
+SECTIONS: dict[str, SectionSpec] = {}
+"""Registered sections, in page order."""
+
+
+def section(key: str, title: str, hint: str) -> Callable:
+    """Register ``fn(view) -> Section | None`` as the section ``key`` (page order = order
+    of registration). Re-registering a key replaces it in place."""
+
+    def deco(fn: Callable[[RunView], Section | None]) -> Callable[[RunView], Section | None]:
+        SECTIONS[key] = SectionSpec(key, title, hint, fn)
+        return fn
+
+    return deco
+
+
+def build_sections(view: RunView) -> list[tuple[SectionSpec, Section | None]]:
+    """Every registered section built on ``view`` (None for the absent ones).
+
+    A builder that fails raises a ``RuntimeError`` naming the section and the run.
+    """
+    out = []
+    for spec in SECTIONS.values():
+        try:
+            out.append((spec, spec.build(view)))
+        except Exception as err:
+            raise RuntimeError(
+                f"report: section {spec.title!r} failed on run {view.path}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+    return out
+
+
+def plot_div(fig_id: str, tall: bool = False) -> str:
+    return f'<div class="plot{" tall" if tall else ""}" id="{esc(fig_id)}"></div>'
+
+
+def _kv(items: dict[str, str]) -> str:
+    """A definition list; values must already be HTML (escaped)."""
+    return '<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>"
+                                      for k, v in items.items()) + "</dl>"
+
+
+def _seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "n/a"
+    return fmt(float(s), "s", 3) if s < 120 else fmt(float(s) / 60, "min", 3)
+
+
+def _variant(lab: dict[str, Any]) -> str:
+    return str(lab.get("variant", "all models"))
+
+
+def _runs_of(labels: list[dict[str, Any]]) -> list[list[int]]:
+    """Model indices of each training run (variant, seed), ordered by epoch/step."""
+    runs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels):
+        if "epoch" in lab or "step" in lab:
+            runs[(str(lab.get("variant")), str(lab.get("seed")))].append(i)
+
+    def key(i: int) -> tuple[float, float]:
+        lab = labels[i]
+        e, s = lab.get("epoch", -1), lab.get("step", -1)
+        return (float(e) if isinstance(e, (int, float)) else -1.0,
+                float(s) if isinstance(s, (int, float)) else -1.0)
+
+    return [sorted(idx, key=key) for idx in runs.values()]
+
+
+def _collapse_rounds(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row for the refinement rounds of the atlas field (``field:atlas-TAG-rNNN``)."""
+    out: list[dict[str, Any]] = []
+    rounds: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in stages:
+        head, _, tail = s["stage"].partition(":atlas-")
+        if tail:
+            key = (s["where"], head)
+            if key not in rounds:
+                rounds[key] = {"where": s["where"], "stage": f"{head}: atlas rounds",
+                               "seconds": 0.0, "info": {"rounds": 0, "points": 0}}
+                out.append(rounds[key])
+            r = rounds[key]
+            r["seconds"] += float(s["seconds"] or 0.0)
+            r["info"]["rounds"] += 1
+            r["info"]["points"] += int(s["info"].get("points", 0) or 0)
+        else:
+            out.append(s)
+    return out
+
+
+# ===================================================================== overview
+@section("overview", "Overview", hint="")
+def overview(view: RunView) -> Section | None:
+    """What was run: population, data, embedding, versions, time per stage."""
+    meta = view.meta
+    manifest = view.train_manifest or {}
+    labels = view.labels
+    info: dict[str, str] = {"run directory": esc(view.path.name)}
+    if meta.get("created"):
+        info["created"] = esc(meta["created"])
+    n = view.num_models
+    if n is not None:
+        variants = sorted({_variant(lab) for lab in labels})
+        info["population"] = fmt(n, "models") + (
+            f" in {len(variants)} variant(s): " + esc(", ".join(variants)) if labels else "")
+        info["labels from"] = esc(view.labels_and_source[1])
+    if manifest:
+        model = manifest.get("model")
+        kw = manifest.get("model_kwargs") or {}
+        info["model"] = esc(f"{model} {json.dumps(kw, sort_keys=True)}" if kw else model)
+        data = manifest.get("data") or "given in Python (not a registered name)"
+        info["training data"] = esc(data)
+        info["checkpoints"] = esc(f"every {manifest.get('checkpoint_every', '?')} epoch(s), "
+                                  f"device {manifest.get('device', '?')}")
+    config = meta.get("config") or {}
+    if config:
+        info["configuration"] = f"<code>{esc(json.dumps(config, sort_keys=True))}</code>"
+    emb = view.embedding or meta.get("embedding")
+    if emb:
+        info["embedding"] = esc(
+            f"{emb.get('method')} to {emb.get('dim')}-D latent, exact residual correction "
+            f"{'on' if emb.get('exact') else 'off'}, seed {emb.get('seed')}")
+    if view.atlas is not None:
+        a = view.atlas.attrs
+        info["field"] = (fmt(int(view.atlas.sizes["sample"]), "samples")
+                         + esc(f", base grid {a.get('resolution', '?')} per axis, "
+                               f"{a.get('rounds', '?')} refinement round(s)"))
+    parts = ["<p class=\"intro\">What was run, on which models and data, and how long each "
+             "stage took. Times come from the stages recorded in <code>run.json</code>.</p>",
+             _kv(info)]
+    variants_table = manifest.get("variants") or []
+    if variants_table:
+        keys = sorted({k for v in variants_table for k in v if k != "name"})
+        rows = [[v.get("name", "?"), *[v.get(k, "") for k in keys]] for v in variants_table]
+        parts.append(table(["variant", *keys], rows, caption="Variants (hyper-parameters)"))
+    stages = _collapse_rounds(view.stages)
+    if stages:
+        rows = [[s["where"], s["stage"], _seconds(s["seconds"]),
+                 esc(", ".join(f"{k}={json.dumps(v)}" for k, v in s["info"].items()
+                               if not isinstance(v, (list, dict)))) or ""]
+                for s in stages]
+        parts.append(table(["folder", "stage", "time", "details"], rows, raw=True,
+                           caption="Time per stage"))
+    if view.versions:
+        parts.append(table(["package", "version"], sorted(view.versions.items()),
+                           caption="Versions"))
+    total = sum(s["seconds"] for s in stages if isinstance(s["seconds"], (int, float)))
+    summary = {"models": n, "variants": sorted({_variant(lab) for lab in labels}),
+               "stages": {f"{s['where']}/{s['stage']}".removeprefix("./"): s["seconds"]
+                          for s in stages},
+               "total_stage_seconds": round(total, 3), "versions": view.versions}
+    return Section("".join(parts), {}, summary)
+
+
+# ======================================================================= basins
+def _model_table(view: RunView) -> dict[str, Any] | None:
+    """Per model: label text, loss (true when stored), accuracy, basin, code."""
+    ds = view.atlas
+    if ds is None or "model_sample" not in ds:
+        return None
+    idx = ds["model_sample"].values.astype(int)
+    loss = ds["loss"].values[idx].astype(float)
+    faith = view.faithfulness or {}
+    true = (faith.get("per_model") or {}).get("true_loss")
+    if true is not None and len(true) == len(idx):
+        loss = np.array([np.nan if v is None else v for v in true], dtype=float)
+    acc = ds["accuracy"].values[idx].astype(float) if "accuracy" in ds else None
+    topo = view.topology or {}
+    basin = topo.get("model_basin")
+    basin = np.asarray(basin if basin is not None and len(basin) == len(idx)
+                       else [-1] * len(idx), dtype=int)
+    texts = view.label_texts
+    hover = []
+    for i in range(len(idx)):
+        lines = [f"<b>{esc(texts[i])}</b>", f"loss {fmt(loss[i], 'nats')}"]
+        if acc is not None:
+            lines.append(f"accuracy {fmt(100 * acc[i], '%', 3)}")
+        if basin[i] >= 0:
+            lines.append(f"basin {basin[i]}")
+        hover.append("<br>".join(lines))
+    return {"sample": idx, "loss": loss, "accuracy": acc, "basin": basin, "text": texts,
+            "hover": hover}
+
+
+def _model_groups(view: RunView, codes: np.ndarray, models: dict[str, Any]) -> list[dict]:
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, lab in enumerate(view.labels):
+        by[_variant(lab)].append(i)
+    if not by:
+        by["models"] = list(range(len(codes)))
+    return [{"name": esc(f"variant {v}" if v != "all models" else v),
+             "x": codes[ix, 0], "y": codes[ix, 1], "index": ix,
+             "text": [models["hover"][i] for i in ix], "basin": models["basin"][ix]}
+            for v, ix in by.items()]
+
+
+_SYMMETRY_PREFIXES = ("rebasin", "aligned", "symmetry", "orbit")
+
+
+def _overlay_groups(view: RunView, symmetry: bool) -> list[dict]:
+    out = []
+    for name, o in view.overlays.items():
+        if name.startswith(_SYMMETRY_PREFIXES) != symmetry:
+            continue
+        codes = np.asarray(o.get("codes") or [], dtype=float)
+        if codes.ndim != 2 or codes.shape[1] < 2:
+            continue
+        labs = o.get("labels") or [str(i) for i in range(len(codes))]
+        true, proj = o.get("true_loss") or [], o.get("projected_loss") or []
+        texts = []
+        for i in range(len(codes)):
+            t = true[i] if i < len(true) else None
+            p = proj[i] if i < len(proj) else None
+            texts.append(f"<b>{esc(name)}: {esc(labs[i] if i < len(labs) else i)}</b><br>"
+                         f"true loss {fmt(t, 'nats')}<br>on the map {fmt(p, 'nats')}")
+        out.append({"name": esc(name), "x": codes[:, 0], "y": codes[:, 1], "text": texts})
+    return out
+
+
+def _tree(view: RunView):
+    """Merge tree and persistence pairs from the stored field (no evaluation)."""
+    from lossatlas.topology import graph_merge_tree, graph_persistence
+
+    ds, topo = view.atlas, view.topology
+    values = ds["log10_loss"].values.astype(np.float64)
+    edges = ds["edges"].values.astype(np.int64)
+    pairs = graph_persistence(values, edges)
+    tree = None
+    if topo is not None and topo.get("threshold") is not None:
+        tree = graph_merge_tree(values, edges, threshold=float(topo["threshold"]))
+    return tree, pairs
+
+
+@section("basins", "Basins", hint="run `lossatlas atlas` (or Atlas.embed/field/topology)")
+def basins(view: RunView) -> Section | None:
+    """Latent landscape, merge tree, persistence diagram, 3-D surface, basin table."""
+    ds = view.atlas
+    if ds is None or "log10_loss" not in ds or len(view.latent_dims) < 2:
+        return None
+    dims = view.latent_dims
+    coords = np.stack([ds[c].values for c in dims], axis=1).astype(np.float64)
+    logl = ds["log10_loss"].values.astype(np.float64)
+    models = _model_table(view)
+    topo = view.topology
+    figs: dict[str, dict] = {}
+    notes: list[str] = []
+    tree, pairs = _tree(view) if "edges" in ds else (None, np.zeros((0, 2)))
+    summary: dict[str, Any] = {"samples": int(len(logl)), "latent_dim": len(dims)}
+    html = ['<p class="intro">The population\'s loss landscape on its latent map: colour is '
+            "log10 of the loss decoded at each point (the field is refined near the models, "
+            "so contours between samples are interpolated). Basins are leaves of the merge "
+            "tree; their boundaries are drawn in black. Hover a model for its label, loss and "
+            "basin; click a leaf of the merge tree to highlight its models on the map.</p>"]
+    if len(dims) == 2:
+        lo = ds.attrs.get("box_lo") or coords.min(0).tolist()
+        hi = ds.attrs.get("box_hi") or coords.max(0).tolist()
+        grid = F.grid_field(coords, logl, 160, lo, hi)
+        basin_grid = None
+        if tree is not None:
+            lab = np.asarray(tree.labels).reshape(-1).astype(float)
+            basin_grid = F.grid_field(coords, lab, 160, lo, hi, method="nearest")[2]
+            basin_grid[~np.isfinite(grid[2])] = np.nan
+        codes = coords[models["sample"]] if models else np.zeros((0, 2))
+        groups = _model_groups(view, codes, models) if models else []
+        minima = []
+        if tree is not None:
+            for b, flat in enumerate(np.asarray(tree.minima_flat)):
+                minima.append({"x": float(coords[flat, 0]), "y": float(coords[flat, 1]),
+                               "label": f"basin {b}",
+                               "text": f"minimum of basin {b}<br>loss "
+                                       f"{fmt(10 ** float(logl[flat]), 'nats')}"})
+        fig = F.landscape_figure(grid, coords, logl, groups, basin_grid, minima,
+                                 _runs_of(view.labels), _overlay_groups(view, False),
+                                 title=f"Latent landscape: {len(codes)} models, "
+                                       f"{len(logl)} samples")
+        figs["fig-landscape"] = fig
+        html.append(plot_div("fig-landscape", tall=True))
+        html.append('<p id="basin-selection" class="note"></p>')
+        pts = []
+        for g in groups:
+            z = np.log10(np.maximum(models["loss"][g["index"]], 1e-12))
+            pts.append({"name": g["name"], "x": g["x"], "y": g["y"], "z": z, "text": g["text"]})
+        figs["fig-surface"] = F.surface_figure(grid, pts)
+    else:
+        notes.append(f"The map is {len(dims)}-D: the contour and surface views need 2-D.")
+    row = []
+    if tree is not None:
+        k = tree.n_leaves
+        per_leaf = [0] * k
+        if models is not None:
+            for b in models["basin"]:
+                if 0 <= b < k:
+                    per_leaf[b] += 1
+        leaf_text = []
+        stored = (topo or {}).get("basins") or []
+        for b in range(k):
+            variants = stored[b].get("variants", {}) if b < len(stored) else {}
+            vtext = ", ".join(f"{v}: {c}" for v, c in variants.items())
+            leaf_text.append(f"<b>basin {b}</b><br>minimum loss "
+                             f"{fmt(10 ** float(tree.minimum_values[b]), 'nats')}<br>"
+                             f"{per_leaf[b]} model(s)" + (f"<br>{esc(vtext)}" if vtext else ""))
+        figs["fig-merge-tree"] = F.merge_tree_figure(tree.parent, tree.node_values, k,
+                                                     leaf_text, per_leaf)
+        row.append(plot_div("fig-merge-tree"))
+        if topo is not None and topo.get("num_basins") not in (None, k):
+            notes.append(f"topology.json lists {topo['num_basins']} basins, the merge tree "
+                         f"of the stored field {k}: the field changed after topology ran.")
+    elif topo is None:
+        notes.append("No topology.json: basins, merge tree and boundaries are not shown "
+                     "(run Atlas.topology).")
+    if len(pairs):
+        thr = (topo or {}).get("threshold")
+        figs["fig-persistence"] = F.persistence_figure(pairs, thr)
+        row.append(plot_div("fig-persistence"))
+    if row:
+        html.append('<div class="grid2">' + "".join(row) + "</div>")
+    if "fig-surface" in figs:
+        html.append("<h3>3-D view</h3>" + plot_div("fig-surface", tall=True))
+    if topo is not None:
+        rows = []
+        for b in topo.get("basins") or []:
+            pers = None
+            if tree is not None and int(b.get("basin", -1)) < tree.n_leaves:
+                pers = float(tree.persistence[int(b["basin"])])
+            variants = ", ".join(f"{v}: {c}" for v, c in (b.get("variants") or {}).items())
+            rows.append([fmt(b.get("basin")), fmt(b.get("min_loss"), "nats"),
+                         fmt(pers, "decades", 3), fmt(len(b.get("models") or []), "models"),
+                         esc(variants)])
+        html.append(table(["basin", "minimum loss", "depth (persistence)", "models",
+                           "variants (models)"], rows, raw=True,
+                          caption=f"{topo.get('num_basins')} basin(s) for "
+                                  f"{topo.get('num_variants')} variant(s); persistence "
+                                  f"threshold {fmt(topo.get('threshold'), 'decades', 3)}"))
+        summary.update({"num_basins": topo.get("num_basins"),
+                        "num_variants": topo.get("num_variants"),
+                        "threshold_decades": topo.get("threshold"),
+                        "basins": [{"basin": b.get("basin"), "min_loss": b.get("min_loss"),
+                                    "models": len(b.get("models") or []),
+                                    "variants": b.get("variants")}
+                                   for b in topo.get("basins") or []]})
+    for png, alt in (("landscape.png", "Landscape (static figure)"),
+                     ("merge_tree.png", "Merge tree (static figure)"),
+                     ("persistence.png", "Persistence diagram (static figure)")):
+        p = view.png(png)
+        if p is not None:
+            html.append(f"<details><summary>{esc(alt)}</summary>{img(p, alt)}</details>")
+    html += [f'<p class="note">{esc(n)}</p>' for n in notes]
+    summary["persistence_pairs"] = int(len(pairs))
+    return Section("".join(html), figs, summary)
+
+
+# ================================================================ connectivity
+def _matrix(ds) -> tuple[np.ndarray, list[str], list[str], str, str] | None:
+    for name, da in ds.data_vars.items():
+        if da.ndim == 2:
+            d0, d1 = da.dims
+            ylab = [str(v) for v in (ds[d0].values if d0 in ds.coords else range(da.shape[0]))]
+            xlab = [str(v) for v in (ds[d1].values if d1 in ds.coords else range(da.shape[1]))]
+            return da.values.astype(float), xlab, ylab, str(name), str(da.attrs.get("units", ""))
+    return None
+
+
+@section("connectivity", "Connectivity", hint="run `lossatlas connect`")
+def connectivity(view: RunView) -> Section | None:
+    """Barrier matrices (``fields/barriers*.zarr``, before/after alignment), loss along
+    connecting curves (``fields/curve*.zarr`` over ``t``), layer-wise barriers."""
+    mats = view.fields_named("barriers")
+    curves = view.fields_named("curve")
+    layers = view.fields_named("layerwise")
+    if not (mats or curves or layers):
+        return None
+    figs: dict[str, dict] = {}
+    html = ['<p class="intro">Loss barriers between models: the highest loss along the path '
+            "between two models above the straight interpolation of their losses. Low "
+            "barriers mean connected (one basin); high barriers mean isolated. After "
+            "alignment (permutation symmetry removed) barriers drop where models are the "
+            "same solution up to symmetry.</p>"]
+    row, summary = [], {"barrier_matrices": {}, "curves": {}}
+    for name, ds in mats.items():
+        m = _matrix(ds)
+        if m is None:
+            continue
+        z, xl, yl, var, units = m
+        fid = f"fig-conn-{len(figs)}"
+        title = name.replace("_", " ")
+        figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl],
+                                     esc(title), esc(f"{var} ({units})" if units else var))
+        row.append(plot_div(fid))
+        off = z[~np.eye(*z.shape, dtype=bool)] if z.shape[0] == z.shape[1] else z.ravel()
+        off = off[np.isfinite(off)]
+        summary["barrier_matrices"][name] = {
+            "shape": list(z.shape), "median": float(np.median(off)) if len(off) else None,
+            "max": float(off.max()) if len(off) else None, "units": units}
+    if row:
+        html.append('<div class="grid2">' + "".join(row) + "</div>")
+    lines = []
+    for name, ds in curves.items():
+        if "t" not in ds.dims or "loss" not in ds:
+            continue
+        da = ds["loss"]
+        other = [d for d in da.dims if d != "t"]
+        if other:
+            for k, lab in enumerate(ds[other[0]].values if other[0] in ds.coords
+                                    else range(da.sizes[other[0]])):
+                lines.append({"name": esc(f"{name} {lab}"), "x": ds["t"].values,
+                              "y": da.isel({other[0]: k}).values})
+        else:
+            lines.append({"name": esc(name), "x": ds["t"].values, "y": da.values})
+        v = da.values[np.isfinite(da.values)]
+        summary["curves"][name] = {"max_loss": float(v.max()) if len(v) else None}
+    if lines:
+        figs["fig-conn-curves"] = F.curve_figure(lines, "t (position along the path)",
+                                                 "Loss along paths and curves")
+        html.append(plot_div("fig-conn-curves"))
+    for name, ds in layers.items():
+        m = _matrix(ds)
+        if m is None:
+            continue
+        z, xl, yl, var, units = m
+        fid = f"fig-conn-{len(figs)}"
+        figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl],
+                                     esc(f"Layer-wise barriers: {name}"),
+                                     esc(f"{var} ({units})" if units else var))
+        html.append(plot_div(fid))
+    if not figs:
+        return None
+    return Section("".join(html), figs, summary)
+
+
+# =================================================================== symmetry
+@section("symmetry", "Symmetry orbits", hint="run `lossatlas align`")
+def symmetry(view: RunView) -> Section | None:
+    """Re-basined models on the map (overlays named ``rebasin*``/``aligned*``) and the
+    alignment summary of ``symmetry.json`` (distances before/after, per pair)."""
+    groups = _overlay_groups(view, True)
+    sym = view.symmetry
+    if not groups and not sym:
+        return None
+    figs: dict[str, dict] = {}
+    html = ['<p class="intro">Models that are the same solution up to a permutation of hidden '
+            "units (and ReLU rescaling) form one symmetry orbit. Re-basined models are "
+            "permuted onto a reference; on the map they should land near it.</p>"]
+    ds = view.atlas
+    models = _model_table(view)
+    if groups and ds is not None and models is not None and len(view.latent_dims) == 2:
+        coords = np.stack([ds[c].values for c in view.latent_dims], 1).astype(float)
+        logl = ds["log10_loss"].values.astype(float)
+        lo = ds.attrs.get("box_lo") or coords.min(0).tolist()
+        hi = ds.attrs.get("box_hi") or coords.max(0).tolist()
+        grid = F.grid_field(coords, logl, 120, lo, hi)
+        codes = coords[models["sample"]]
+        fig = F.landscape_figure(grid, coords, logl, _model_groups(view, codes, models),
+                                 overlays=groups, title="Re-basined models on the map")
+        for tr in fig["data"]:
+            if (tr.get("meta") or {}).get("role") == "models":
+                tr["meta"] = {"role": "models-symmetry"}
+        figs["fig-symmetry-map"] = fig
+        html.append(plot_div("fig-symmetry-map", tall=True))
+    summary: dict[str, Any] = {"overlays": [g["name"] for g in groups]}
+    if isinstance(sym, dict):
+        pairs = sym.get("pairs") or []
+        if pairs:
+            keys = sorted({k for p in pairs for k in p})
+            html.append(table(keys, [[fmt(p.get(k)) if isinstance(p.get(k), (int, float))
+                                      else esc(p.get(k, "")) for k in keys] for p in pairs],
+                              raw=True, caption="Alignment per pair"))
+        scalars = {k: v for k, v in sym.items() if isinstance(v, (int, float, str))}
+        if scalars:
+            html.append(_kv({k: fmt(v) for k, v in scalars.items()}))
+        summary.update(scalars)
+    return Section("".join(html), figs, summary)
+
+
+# ==================================================================== terrain
+_TERRAIN_UNITS = {"top_eigenvalue": "loss / param²", "trace": "loss / param²",
+                  "epsilon_sharpness": "nats", "adaptive_sharpness": "nats", "llc": ""}
+
+
+@section("terrain", "Terrain", hint="run `lossatlas hessian` / `lossatlas llc`")
+def terrain(view: RunView) -> Section | None:
+    """Local qualifiers per model from ``fields/terrain.zarr`` (dim ``model``): top
+    Hessian eigenvalues, trace, sharpness, local learning coefficient."""
+    ds = view.field("terrain")
+    if ds is None or "model" not in ds.dims:
+        return None
+    labels = [esc(v) for v in (ds["model"].values if "model" in ds.coords
+                               else range(ds.sizes["model"]))]
+    measures = {str(k): ds[k].values.astype(float) for k, da in ds.data_vars.items()
+                if da.dims == ("model",) and not str(k).endswith(("_std", "_diverged"))}
+    if not measures:
+        return None
+    figs = {"fig-terrain": F.per_model_figure(labels, measures, _TERRAIN_UNITS,
+                                              "Local qualifiers per model")}
+    html = ['<p class="intro">Terrain at each model: sharpness (top Hessian eigenvalue, '
+            "trace, epsilon / adaptive sharpness) and the local learning coefficient "
+            "(flatter minima have a smaller one).</p>", plot_div("fig-terrain", tall=True)]
+    if "eigenvalues" in ds and ds["eigenvalues"].ndim == 2:
+        ev = ds["eigenvalues"].values.astype(float)
+        html.append(table(["model", *[f"λ{r + 1}" for r in range(ev.shape[1])]],
+                          [[lab, *[fmt(v) for v in row]] for lab, row in zip(labels, ev,
+                                                                             strict=True)],
+                          raw=True, caption="Top Hessian eigenvalues (loss per squared "
+                                            "parameter)"))
+    summary = {k: {"median": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
+               for k, v in measures.items()}
+    return Section("".join(html), figs, summary)
+
+
+# ========================================================= phase transitions
+@section("phase-transitions", "Phase transitions",
+         hint="train with `lossatlas train` (metrics) and run `lossatlas dynamics`")
+def phase_transitions(view: RunView) -> Section | None:
+    """Metrics along training per run (``train/metrics.json``), with the transitions,
+    defect and stages of ``dynamics.json`` marked when present."""
+    metrics = view.metrics
+    dyn = view.dynamics if isinstance(view.dynamics, dict) else None
+    if not metrics and not dyn:
+        return None
+    runs_in = (metrics or {}).get("runs", metrics or {})
+    variants = sorted({str(r.get("variant", k)) for k, r in runs_in.items()
+                       if isinstance(r, dict)})
+    runs, summary = [], {"runs": {}}
+    for key, r in runs_in.items():
+        rows = r.get("epochs") if isinstance(r, dict) else None
+        if not rows:
+            continue
+        series = {}
+        for m in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            vals = [row.get(m) for row in rows]
+            if any(v is not None for v in vals):
+                series[m] = [np.nan if v is None else float(v) for v in vals]
+        x = [row.get("epoch", i) for i, row in enumerate(rows)]
+        group = variants.index(str(r.get("variant", key)))
+        runs.append({"name": esc(key), "group": group, "x": x, "series": series})
+        last = rows[-1]
+        summary["runs"][key] = {m: last.get(m) for m in series}
+    marks = []
+    transitions = (dyn or {}).get("transitions") or {}
+    for key, points in transitions.items():
+        for p in points if isinstance(points, list) else []:
+            x = p.get("epoch") if isinstance(p, dict) else p
+            text = p.get("metric", "transition") if isinstance(p, dict) else "transition"
+            group = next((r["group"] for r in runs if r["name"] == esc(key)), 0)
+            if isinstance(x, (int, float)):
+                marks.append({"x": x, "text": esc(f"{key}: {text}"), "group": group})
+    figs = {}
+    html = ['<p class="intro">Behavioural metrics along each training run: loss (top, log '
+            "scale) and accuracy (bottom); solid lines are the training split, dashed the test "
+            "split. Change points found by <code>lossatlas dynamics</code> are dotted vertical "
+            "lines.</p>"]
+    if runs:
+        figs["fig-training"] = F.training_figure(runs, marks)
+        html.append(plot_div("fig-training", tall=True))
+    if dyn:
+        for name in ("defect", "stages"):
+            val = dyn.get(name)
+            if isinstance(val, dict):
+                lines = [{"name": esc(k), "x": v.get("x") or v.get("epoch") or [],
+                          "y": v.get("y") or v.get("value") or []}
+                         for k, v in val.items() if isinstance(v, dict)]
+                if lines:
+                    fid = f"fig-dynamics-{name}"
+                    figs[fid] = F.curve_figure(lines, "epoch", f"{name.capitalize()} along "
+                                               "training", ylabel=name, log=False)
+                    html.append(plot_div(fid))
+        summary["transitions"] = {k: len(v) for k, v in transitions.items()
+                                  if isinstance(v, list)}
+    else:
+        html.append('<p class="note">No change-point analysis stored (run '
+                    "<code>lossatlas dynamics</code>): only the metrics are shown.</p>")
+    if not figs:
+        return None
+    return Section("".join(html), figs, summary)
+
+
+# ======================================================= algorithmic branches
+@section("branches", "Algorithmic branches", hint="run `lossatlas dynamics --branches`")
+def branches(view: RunView) -> Section | None:
+    """Models of one basin whose functions differ (``branches.json``: per basin the
+    models, prediction disagreement and CKA matrices, and the branches found)."""
+    br = view.branches
+    if not isinstance(br, dict) or not br.get("basins"):
+        return None
+    texts = view.label_texts
+    figs, html = {}, ['<p class="intro">Models in one basin (low barrier) can still compute '
+                      "different functions: prediction disagreement and representation "
+                      "similarity (CKA) between them split a basin into branches.</p>"]
+    rows = []
+    for b in br["basins"]:
+        members = b.get("models") or []
+        names = [esc(texts[i] if isinstance(i, int) and i < len(texts) else i) for i in members]
+        for key, title, scale in (("disagreement", "prediction disagreement", "Cividis"),
+                                  ("cka", "CKA", "Viridis")):
+            if b.get(key):
+                fid = f"fig-branch-{b.get('basin')}-{key}"
+                figs[fid] = F.heatmap_figure(np.asarray(b[key], float), names, names,
+                                             esc(f"basin {b.get('basin')}: {title}"),
+                                             title, colorscale=scale)
+                html.append(plot_div(fid))
+        rows.append([fmt(b.get("basin")), fmt(len(members)),
+                     fmt(len(b.get("branches") or []) or None)])
+    html.append(table(["basin", "models", "branches"], rows, raw=True))
+    return Section("".join(html), figs, {"basins": len(br["basins"])})
+
+
+# =============================================================== faithfulness
+@section("faithfulness", "Faithfulness",
+         hint="run `lossatlas atlas` (Atlas.faithfulness)")
+def faithfulness(view: RunView) -> Section | None:
+    """How far to trust the map: reconstruction, decoded-vs-true loss per model, field
+    error at the models, projection error of overlays (curves, trajectories)."""
+    faith = view.faithfulness
+    if not isinstance(faith, dict) and not view.overlays:
+        return None
+    figs: dict[str, dict] = {}
+    html = ['<p class="intro">How far to trust the map, in decades of loss (|log10 ratio|; '
+            "0.01 decades is 2.3 %). <i>decoded raw</i>: the embedding's decoder alone at "
+            "each model's code; <i>field at model</i>: the field sample at the code (exact by "
+            "construction with the residual correction); <i>field left-one-out</i>: the field "
+            "interpolated at the code from the other samples — what the map shows between "
+            "samples.</p>"]
+    summary: dict[str, Any] = {}
+    if isinstance(faith, dict):
+        med = faith.get("median_decades") or {}
+        rows = [[esc(k.replace("_", " ")), fmt(v, "decades", 3)] for k, v in med.items()]
+        rows.append([esc("reconstruction MSE (raw decoder)"),
+                     fmt(faith.get("reconstruction_mse_raw"), "per parameter²", 3)])
+        rows.append([esc("decoded loss relative error (median)"),
+                     fmt(100 * faith["decoded_loss_relative_error_median"], "%", 3)
+                     if isinstance(faith.get("decoded_loss_relative_error_median"), float)
+                     else "n/a"])
+        html.append(table(["measure (median over models)", "value"], rows, raw=True,
+                          caption="Reconstruction"))
+        per = faith.get("per_model") or {}
+        true = np.asarray([np.nan if v is None else v for v in per.get("true_loss", [])], float)
+        texts = [esc(t) for t in view.label_texts]
+        if len(texts) != len(true):
+            texts = [esc(f"model {i}") for i in range(len(true))]
+        series = []
+        if len(true):
+            if per.get("decoded_raw_loss"):
+                series.append({"name": "decoded raw",
+                               "x": true, "y": np.asarray(per["decoded_raw_loss"], float),
+                               "text": texts})
+            for key, name in (("field_log10_loo", "field left-one-out"),
+                              ("field_log10_at_model", "field at model")):
+                if per.get(key):
+                    v = np.asarray([np.nan if x is None else x for x in per[key]], float)
+                    series.append({"name": name, "x": true, "y": 10 ** v, "text": texts})
+        if series:
+            figs["fig-faith"] = F.scatter_compare_figure(series, "true loss (nats)",
+                                                         "loss on the map (nats)",
+                                                         "Decoded vs true loss per model")
+            html.append(plot_div("fig-faith"))
+        summary = {"median_decades": med,
+                   "reconstruction_mse_raw": faith.get("reconstruction_mse_raw"),
+                   "decoded_loss_relative_error_median":
+                       faith.get("decoded_loss_relative_error_median")}
+    if view.overlays:
+        rows = []
+        for name, o in view.overlays.items():
+            tr, pr = o.get("true_range") or [None, None], o.get("projected_range") or [None,
+                                                                                      None]
+            rows.append([esc(name), fmt(len(o.get("codes") or []), "points"),
+                         fmt(o.get("mae"), "nats"),
+                         f"{fmt(tr[0])} – {fmt(tr[1], 'nats')}",
+                         f"{fmt(pr[0])} – {fmt(pr[1], 'nats')}"])
+        html.append(table(["overlay", "points", "mean abs. error", "true loss range",
+                           "loss range on the map"], rows, raw=True,
+                          caption="Projection error of curves, trajectories and re-basined "
+                                  "models"))
+        summary["overlays_mae"] = {n: o.get("mae") for n, o in view.overlays.items()}
+    return Section("".join(html), figs, summary)
+
+
+# ===================================================================== slices
+@section("slices", "Slices", hint="run `lossatlas surface interp|random|plane|pca`")
+def slices(view: RunView) -> Section | None:
+    """The stored 1-D / 2-D slices (fields with ``attrs["slice"]``) and their PNGs."""
+    found = view.slices
+    if not found:
+        return None
+    figs: dict[str, dict] = {}
+    html = ['<p class="intro">Classic local views on the same footing: the loss along a line '
+            "between two models, and on planes (random filter-normalised directions, or the "
+            "PCA plane of a training trajectory).</p>"]
+    summary: dict[str, Any] = {}
+    row = []
+    for k, (name, ds) in enumerate(found.items()):
+        info = view.slice_info(name)
+        da = ds["loss"]
+        dims = list(da.dims)
+        kind = info.get("kind", "slice")
+        title = f"{name.split('/')[-1]} ({kind})"
+        units = info.get("units") or {}
+        fid = f"fig-slice-{k}"
+        vals = da.values.astype(float)
+        fin = vals[np.isfinite(vals)]
+        summary[name] = {"kind": kind, "shape": list(da.shape),
+                         "min_loss": float(fin.min()) if len(fin) else None,
+                         "max_loss": float(fin.max()) if len(fin) else None}
+        anchors = info.get("anchors") or {}
+        if len(dims) == 1:
+            d = dims[0]
+            marks = []
+            for a, pos in anchors.items():
+                if pos:
+                    j = int(np.argmin(np.abs(ds[d].values - pos[0])))
+                    marks.append({"x": float(ds[d].values[j]), "y": float(vals[j]),
+                                  "text": esc(a)})
+            figs[fid] = F.curve_figure(
+                [{"name": "loss", "x": ds[d].values, "y": vals, "marks": marks}],
+                esc(f"{d} ({units.get(d)})" if units.get(d) else d), esc(title))
+        elif len(dims) == 2:
+            d0, d1 = dims
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.log10(np.where(vals > 0, vals, np.nan)).T  # [d1, d0]
+            pts = [{"x": p[0], "y": p[1], "text": esc(a)} for a, p in anchors.items()
+                   if len(p) >= 2]
+            figs[fid] = F.contour_figure(ds[d0].values, ds[d1].values, z, esc(d0), esc(d1),
+                                         esc(title), pts)
+        else:
+            continue
+        row.append(plot_div(fid))
+        for p in view.slice_pngs(name):
+            row.append("")
+            html_png = f"<details><summary>{esc(p.name)}</summary>{img(p, p.name)}</details>"
+            summary[name].setdefault("figures", []).append(str(p.relative_to(view.path)))
+            row[-1] = html_png
+    html.append('<div class="grid2">' + "".join(r for r in row if r.startswith("<div"))
+                + "</div>")
+    html.extend(r for r in row if r.startswith("<details"))
+    return Section("".join(html), figs, summary)
+

@@ -1,0 +1,94 @@
+"""Variants of the small run for the report tests (copies; the session run is not changed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+EVIL = "<script>alert(1)</script>"
+
+
+def copy_run(src: Path, dst: Path, keep: tuple[str, ...] | None = None) -> Path:
+    """Copy a run without its report outputs; ``keep`` limits the top-level entries."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        if p.name in ("report.html", "summary.json") or (keep is not None and p.name not in keep):
+            continue
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, dst / p.name)
+    return dst
+
+
+def with_evil_labels(src: Path, dst: Path) -> Path:
+    """The run with variant A renamed to ``<script>alert(1)</script>`` everywhere its
+    name is stored (checkpoint sidecars, metrics, topology)."""
+    copy_run(src, dst)
+    for side in (dst / "train" / "checkpoints").glob("A_*.json"):
+        lab = json.loads(side.read_text())
+        lab["variant"] = EVIL
+        side.write_text(json.dumps(lab))
+    mpath = dst / "train" / "metrics.json"
+    metrics = json.loads(mpath.read_text())
+    runs = metrics["runs"]
+    rec = runs.pop("A_seed0")
+    rec["variant"] = EVIL
+    runs[f"{EVIL}_seed0"] = rec
+    mpath.write_text(json.dumps(metrics))
+    tpath = dst / "topology.json"
+    topo = json.loads(tpath.read_text())
+    for b in topo["basins"]:
+        if "A" in b["variants"]:
+            b["variants"][EVIL] = b["variants"].pop("A")
+    tpath.write_text(json.dumps(topo))
+    return dst
+
+
+def _save(ds: xr.Dataset, path: Path) -> None:
+    with warnings.catch_warnings():  # zarr: string coordinates have no v3 spec yet
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", consolidated=False)
+
+
+def with_all_results(src: Path, dst: Path) -> Path:
+    """The run plus stored results of the other stages in the formats the report reads
+    (barrier matrices, a curve, terrain, a re-basined overlay, dynamics, branches)."""
+    copy_run(src, dst)
+    n = len(json.loads((dst / "topology.json").read_text())["model_basin"])
+    names = [f"m{i}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0, 0.5, (n, n))
+    b = (b + b.T) / 2
+    np.fill_diagonal(b, 0)
+    for name, mat in (("barriers", b), ("barriers_aligned", b / 4)):
+        da = xr.DataArray(mat, dims=("model_i", "model_j"),
+                          coords={"model_i": names, "model_j": names}, name="loss_barrier",
+                          attrs={"units": "nats (mean loss per sample)"})
+        _save(da.to_dataset(), dst / "fields" / f"{name}.zarr")
+    t = np.linspace(0, 1, 11)
+    _save(xr.Dataset({"loss": ("t", 1 + np.sin(np.pi * t))}, coords={"t": t}),
+          dst / "fields" / "curve_bezier.zarr")
+    _save(xr.Dataset({"top_eigenvalue": ("model", rng.uniform(1, 5, n)),
+                      "trace": ("model", rng.uniform(10, 50, n)),
+                      "llc": ("model", rng.uniform(5, 9, n)),
+                      "eigenvalues": (("model", "rank"), rng.uniform(0, 5, (n, 3)))},
+                     coords={"model": names, "rank": np.arange(3)}),
+          dst / "fields" / "terrain.zarr")
+    ov = json.loads((dst / "overlays" / "interp_path.json").read_text()) \
+        if (dst / "overlays" / "interp_path.json").exists() else None
+    if ov is not None:
+        ov["name"] = "rebasin_B_to_A"
+        (dst / "overlays" / "rebasin_B_to_A.json").write_text(json.dumps(ov))
+    (dst / "dynamics.json").write_text(json.dumps(
+        {"transitions": {"A_seed0": [{"epoch": 2, "metric": "test_accuracy"}]},
+         "defect": {"A_seed0": {"x": [0, 2, 4], "y": [0.1, 0.5, 0.2]}}}))
+    (dst / "branches.json").write_text(json.dumps(
+        {"basins": [{"basin": 0, "models": [0, 1, 2], "disagreement": b[:3, :3].tolist(),
+                     "cka": (1 - b[:3, :3]).tolist(), "branches": [[0, 1], [2]]}]}))
+    (dst / "symmetry.json").write_text(json.dumps(
+        {"method": "weight matching", "pairs": [{"a": "B", "b": "A", "distance_before": 3.2,
+                                                  "distance_after": 1.1}]}))
+    return dst
