@@ -30,8 +30,8 @@ def build_small_run(root: Path) -> Path:
 
     torch.manual_seed(0)
     splits = create("mnist1d", num_samples=750)
-    train_population("mlp", splits, out_dir=root / "train", variants=VARIANTS, epochs=4,
-                     checkpoint_every=2, model_kwargs={"hidden": (16,)})
+    train_population("mlp", splits, out_dir=root / "train", variants=VARIANTS, epochs=2,
+                     checkpoint_every=1, model_kwargs={"hidden": (16,)})
     pop = Population.from_run(root / "train")
     xy = (splits.x_train[:600], splits.y_train[:600])
     final = pop.final_indices()
@@ -41,7 +41,7 @@ def build_small_run(root: Path) -> Path:
     slice_field(ev, interpolation(a, b, steps=11, extrapolate=0.2), slices, "interp")
     slice_field(ev, random_slice(a, ndim=2, resolution=9, span=1.0), slices, "random2d")
     atlas = Atlas(pop, xy, root)
-    atlas.embed("ae", dim=2, epochs=150)
+    atlas.embed("ae", dim=2, epochs=100)
     atlas.field(resolution=16, budget=500, tol=0.1)
     atlas.topology()
     atlas.faithfulness()

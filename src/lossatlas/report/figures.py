@@ -196,7 +196,7 @@ def landscape_figure(
     layout = _layout(
         title, xaxis=_axis("latent z0", range=[float(x[0]), float(x[-1])]),
         yaxis=_axis("latent z1", range=[float(y[0]), float(y[-1])]),
-        legend={"orientation": "h", "y": -0.12, "x": 0}, hovermode="closest",
+        legend={"orientation": "h", "y": -0.1, "x": 0, "yanchor": "top"}, hovermode="closest",
         margin={"l": 60, "r": 20, "t": 40, "b": 40}, clickmode="event",
     )
     return {"data": data, "layout": layout}
@@ -357,7 +357,7 @@ def persistence_figure(pairs: np.ndarray, threshold: float | None,
         })
     layout = _layout(title, xaxis=_axis("birth (log10 loss)"),
                      yaxis=_axis("death (log10 loss; top row = ∞)"),
-                     legend={"orientation": "h", "y": -0.2})
+                     legend={"orientation": "h", "y": -0.18, "yanchor": "top"})
     return {"data": data, "layout": layout}
 
 
@@ -391,7 +391,7 @@ def training_figure(runs: Sequence[Mapping[str, Any]], marks: Sequence[Mapping[s
         ann.append({"x": m["x"], "y": 1, "yref": "paper", "text": m["text"], "showarrow": False,
                     "yanchor": "bottom", "font": {"size": 10}})
     layout = _layout(
-        title, xaxis=_axis("epoch"),
+        title, xaxis=_axis("epoch", anchor="y2"),
         yaxis=_axis("loss (nats, log scale)", type="log", domain=[0.55, 1]),
         yaxis2=_axis("accuracy (fraction)", domain=[0, 0.45], anchor="x"),
         legend={"font": {"size": 10}}, shapes=shapes, annotations=ann, hovermode="closest",
@@ -418,7 +418,7 @@ def curve_figure(curves: Sequence[Mapping[str, Any]], xlabel: str, title: str,
                          "showlegend": False, "hovertemplate": f"{m['text']}<extra></extra>"})
     layout = _layout(title, xaxis=_axis(xlabel),
                      yaxis=_axis(ylabel, type="log" if log else "linear"),
-                     hovermode="closest", legend={"orientation": "h", "y": -0.2})
+                     hovermode="closest", legend={"orientation": "h", "y": -0.18, "yanchor": "top"})
     return {"data": data, "layout": layout}
 
 
@@ -478,7 +478,7 @@ def scatter_compare_figure(series: Sequence[Mapping[str, Any]], xlabel: str, yla
                                       + " %{y:.4g}<extra></extra>"})
     kind = "log" if log else "linear"
     layout = _layout(title, xaxis=_axis(xlabel, type=kind), yaxis=_axis(ylabel, type=kind),
-                     legend={"orientation": "h", "y": -0.2}, hovermode="closest")
+                     legend={"orientation": "h", "y": -0.18, "yanchor": "top"}, hovermode="closest")
     return {"data": data, "layout": layout}
 
 

@@ -683,7 +683,11 @@ def faithfulness(view: RunView) -> Section | None:
     summary: dict[str, Any] = {}
     if isinstance(faith, dict):
         med = faith.get("median_decades") or {}
-        rows = [[esc(k.replace("_", " ")), fmt(v, "decades", 3)] for k, v in med.items()]
+        names = {"decoded_raw": "decoded raw", "field_at_model": "field at model",
+                 "field_loo": "field left-one-out",
+                 "max_step_near_models": "largest step across an edge at a model"}
+        rows = [[esc(names.get(k, k.replace("_", " "))), fmt(v, "decades", 3)]
+                for k, v in med.items()]
         rows.append([esc("reconstruction MSE (raw decoder)"),
                      fmt(faith.get("reconstruction_mse_raw"), "per parameter²", 3)])
         rows.append([esc("decoded loss relative error (median)"),
