@@ -101,3 +101,15 @@ def test_standardize_input_modes_round_trip(curve, mode):
     ae = AutoencoderEmbedding(epochs=300, standardize_input=mode).fit(X)
     assert ae.reconstruction_error(X) / var < 0.05
     assert ae.decode(ae.encode(X)).shape == X.shape
+
+
+def test_small_problems_train_on_one_thread_and_restore_the_setting():
+    X = torch.randn(10, 20)
+    before = torch.get_num_threads()
+    ae = AutoencoderEmbedding(epochs=2)
+    assert ae._threads(10, 20, torch.device("cpu")) == 1
+    assert ae._threads(100, 300_000, torch.device("cpu")) is None  # full width: torch's setting
+    ae.fit(X)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads must be"):
+        AutoencoderEmbedding(num_threads=0).fit(X)
