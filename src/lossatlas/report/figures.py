@@ -196,8 +196,8 @@ def landscape_figure(
     layout = _layout(
         title, xaxis=_axis("latent z0", range=[float(x[0]), float(x[-1])]),
         yaxis=_axis("latent z1", range=[float(y[0]), float(y[-1])]),
-        legend={"orientation": "h", "y": -0.1, "x": 0, "yanchor": "top"}, hovermode="closest",
-        margin={"l": 60, "r": 20, "t": 40, "b": 40}, clickmode="event",
+        legend={"orientation": "h", "y": -0.17, "x": 0, "yanchor": "top"}, hovermode="closest",
+        margin={"l": 60, "r": 20, "t": 40, "b": 70}, clickmode="event",
     )
     return {"data": data, "layout": layout}
 
