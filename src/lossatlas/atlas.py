@@ -86,6 +86,9 @@ class Atlas:
         )
         self.device = self.evaluator.device
         self.X = population.as_points().float()
+        atomic_write_json(self.path / "population.json", {
+            "labels": population.labels, "paths": getattr(population, "paths", None),
+            "dim": int(population.space.dim)})
         self._true: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------ helpers

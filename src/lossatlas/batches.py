@@ -85,9 +85,10 @@ def as_tensor_data(data, where: str = "data") -> TensorData:
             raise ValueError(f"{where}: the DataLoader yielded no batches")
         return TensorData(torch.cat(xs), torch.cat(ys))
     if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], tuple):
+        from_numpy = not isinstance(data[0], torch.Tensor)
         x, y = torch.as_tensor(data[0]), torch.as_tensor(data[1])
-        if x.is_floating_point() and x.dtype == torch.float64:
-            x = x.float()
+        if from_numpy and x.dtype == torch.float64:
+            x = x.float()  # numpy's default float64 -> torch's default float32
         return TensorData(x, y)
     if isinstance(data, Dataset):
         n = len(data)  # type: ignore[arg-type]

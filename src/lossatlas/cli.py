@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .store import atomic_write_json
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Map the loss landscape of a population of PyTorch models.")
 surface_app = typer.Typer(no_args_is_help=True, help="1-D/2-D/3-D slices of the loss landscape.")
@@ -232,7 +234,7 @@ def _load_models(paths: list[Path], factory) -> list:
 
 
 def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_json: bool,
-                 extra: dict | None = None):
+                 extra: dict | None = None, show: bool = True):
     from .store import Run
     from .surfaces import plot_contour, plot_curve, plot_surface, plot_trajectory, save_figure
     from .surfaces.slices import slice_field
@@ -264,7 +266,8 @@ def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_jso
         "points_per_second": round(loss.size / max(time.perf_counter() - t0, 1e-9), 1),
         "store": str(run.field_path(name)), "figures": [str(f) for f in figs], **(extra or {}),
     }
-    _finish(summary, as_json, f"surface {kind}")
+    if show:
+        _finish(summary, as_json, f"surface {kind}")
     return ds
 
 
@@ -417,8 +420,7 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
         "field_error_decades_median": faith["median_decades"]["field_loo"],
         "figures": [str(f) for f in figs if f],
     }
-    atomic = __import__("lossatlas.store", fromlist=["atomic_write_json"]).atomic_write_json
-    atomic(out_dir / "atlas_summary.json", summary)
+    atomic_write_json(out_dir / "atlas_summary.json", summary)
     return atlas, summary
 
 
@@ -481,36 +483,127 @@ def demo(
     stages: dict[str, float] = {}
     splits = create_data("mnist1d")
     model_kwargs = {"hidden": (128, 128)}
-    train_population("mlp", splits, out_dir=out_dir / "train", variants=default_demo_variants(),
+    # independent initialisations, as in the Globscope setup
+    variants = [{**v, "init": "own"} for v in default_demo_variants()]
+    train_population("mlp", splits, out_dir=out_dir / "train", variants=variants,
                      epochs=epochs, checkpoint_every=every, model_kwargs=model_kwargs,
-                     device=device, progress=not as_json)
+                     device=device, progress=not as_json, num_threads=1)
     pop = Population.from_run(out_dir / "train")
     stages["train"] = time.perf_counter() - t0
     xy = (splits.x_train[:samples], splits.y_train[:samples])
     final = pop.final_indices()
     ev = Evaluator(pop.model(final[0]), xy, device=device, space=pop.space)
     t1 = time.perf_counter()
-    quiet = True
     a, b = pop.model(final[0]), pop.model(final[1])
+    quiet = {"overwrite": False, "as_json": True, "show": False}
     _write_slice("interp", interpolation(a, b, steps=25, extrapolate=0.25), ev,
-                 out_dir / "slices", "interp", False, quiet)
+                 out_dir / "slices", "interp", **quiet)
     _write_slice("random", random_slice(a, ndim=2, resolution=25, span=1.0), ev,
-                 out_dir / "slices", "random2d", False, quiet)
+                 out_dir / "slices", "random2d", **quiet)
     traj = pop.trajectories()
     first = next(iter(traj.values()))
     sl = pca_plane(pop.as_points()[first], resolution=25, space=pop.space)
-    _write_slice("pca", sl, ev, out_dir / "slices", "pca", False, quiet)
+    _write_slice("pca", sl, ev, out_dir / "slices", "pca", **quiet)
     stages["slices"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    _, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1, "auto",
-                             device, "fp32", progress=not as_json)
+    atlas_obj, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1,
+                                     "auto", device, "fp32", progress=not as_json)
     stages["atlas"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    summary.update(demo_connectivity(atlas_obj, xy, out_dir, device))
+    stages["connectivity"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    summary.update(demo_terrain(pop, xy, out_dir, device))
+    stages["terrain"] = time.perf_counter() - t4
     summary.update({f"{k}_seconds": round(v, 1) for k, v in stages.items()})
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     summary["basins_vs_variants"] = f"{summary['basins']} basins for {summary['variants']} variants"
+    from .report import write_report
+
+    summary["report"] = str(write_report(out_dir))
+    summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     _finish(summary, as_json, "demo")
     if not as_json:
         out.print(f"figures and fields in {out_dir}")
+        out.print(f"report: {summary['report']}")
+
+
+def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None) -> dict:
+    """The demo's connectivity: barrier matrix of the variants' final models before and
+    after weight matching, one trained Bezier curve and the re-basined models, both
+    projected onto the atlas."""
+    import torch
+
+    from .cli_connect import population_barriers
+    from .connectivity import curve_points, train_curve
+    from .symmetry import weight_matching
+
+    pop = atlas_obj.population
+    idx = pop.final_indices()
+    names = [str(pop.labels[i].get("variant", i)) for i in idx]
+    models = [pop.model(i) for i in idx]
+    res = population_barriers(models, names, xy, out_dir, align_models=True, device=device)
+    import numpy as np
+
+    off = ~np.eye(len(idx), dtype=bool)
+    before = float(np.asarray(res["before"])[off].mean())
+    after = float(np.asarray(res["after"])[off].mean())
+    curve = train_curve(models[0], models[1], xy, kind="bezier", steps=400, device=device)
+    t = torch.linspace(0, 1, 61)
+    w_a, w_b = pop.as_points()[idx[0]], pop.as_points()[idx[1]]
+    pts = curve_points(curve.bends, w_a, w_b, t, "bezier")
+    ov_curve = atlas_obj.overlay(pts, f"curve-{names[0]}-{names[1]}",
+                                 labels=[f"t={v:.3f}" for v in t.tolist()])
+    rebased = [weight_matching(models[0], m) for m in models[1:]]
+    space = pop.space
+    ov_rebasin = atlas_obj.overlay(torch.stack([space.flatten(m) for m in rebased]),
+                                   "rebasin", labels=[f"{n} onto {names[0]}" for n in names[1:]])
+    atomic_write_json(out_dir / "curves.json", {
+        "pair": names[:2], "kind": "bezier", "barrier": curve.barrier,
+        "line_barrier": curve.line_barrier, "arc_length": curve.arc_length,
+        "t": curve.curve["t"].values.tolist(), "loss": curve.curve["loss"].values.tolist(),
+        "line_loss": curve.line["loss"].values.tolist(),
+    })
+    return {"mean_barrier_before_matching": before, "mean_barrier_after_matching": after,
+            "bezier_barrier": float(curve.barrier), "line_barrier": float(curve.line_barrier),
+            "curve_projection_mae": ov_curve["mae"], "rebasin_projection_mae": ov_rebasin["mae"]}
+
+
+def demo_terrain(pop, xy, out_dir: Path, device=None) -> dict:
+    """The demo's terrain table: top eigenvalue, trace, sharpness and LLC per variant."""
+    from .cli_terrain import population_terrain
+
+    table = population_terrain(pop, xy, out_dir, ("eigenvalues", "trace", "sharpness", "llc"),
+                               k=1, llc_kwargs={"num_chains": 4, "num_draws": 100},
+                               device=device)
+    cols = [c for c in ("top_eigenvalue", "trace", "epsilon_sharpness", "adaptive_sharpness",
+                        "llc_mean") if c in table]
+    if cols:
+        t = Table(title="terrain of the final models", title_justify="left")
+        t.add_column("model")
+        for c in cols:
+            t.add_column(c)
+        for i, name in enumerate(table["models"]):
+            row = []
+            for c in cols:
+                v = table[c][i]
+                v = v[0] if isinstance(v, list) else v
+                row.append(f"{v:.4g}")
+            t.add_row(name, *row)
+        err.print(t)
+    return {"terrain": str(out_dir / "terrain.json")}
+
+
+@app.command()
+@_handle
+def report(run: Path = typer.Argument(..., help="Run directory."), as_json: bool = Json):
+    """Write RUN/report.html (one self-contained page, opens offline) and RUN/summary.json,
+    from what the run directory holds (nothing is recomputed)."""
+    from .report import write_report
+
+    path = write_report(run)
+    _finish({"report": str(path), "summary": str(Path(run) / "summary.json")}, as_json,
+            "report")
 
 
 def main() -> None:  # pragma: no cover

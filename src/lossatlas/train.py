@@ -60,6 +60,7 @@ HPARAM_DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "optimizer": "sgd",
     "epochs": 10,
+    "init": "shared",
 }
 """Hyper-parameters of a variant not given explicitly (``epochs=`` of
 :func:`train_population` overrides ``epochs``)."""
@@ -170,6 +171,9 @@ def _check_hparams(name: str, hp: dict[str, Any]) -> None:
         raise ValueError(f"{where}: batch_size must be an int >= 1, got {hp['batch_size']!r}")
     if int(hp["epochs"]) != hp["epochs"] or hp["epochs"] < 1:
         raise ValueError(f"{where}: epochs must be an int >= 1, got {hp['epochs']!r}")
+    if hp["init"] not in ("shared", "own"):
+        raise ValueError(f"{where}: init must be 'shared' (variants of a seed start from one "
+                         f"initialisation) or 'own', got {hp['init']!r}")
     if hp["weight_decay"] < 0 or hp["momentum"] < 0:
         raise ValueError(f"{where}: weight_decay and momentum must be >= 0")
     hp["batch_size"], hp["epochs"] = int(hp["batch_size"]), int(hp["epochs"])
@@ -302,7 +306,8 @@ def _train_one(
     """Train one (variant, seed); returns its metrics record."""
     name, hp = variant["name"], _hparams(variant)
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
+    # "shared": every variant of a seed starts from one initialisation; "own": its own
+    torch.manual_seed(seed if hp["init"] == "shared" else _stable_seed(seed, f"{name}/init"))
     model = build().to(device)
     model.train()
     gen = torch.Generator().manual_seed(_stable_seed(seed, name))
