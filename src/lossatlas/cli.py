@@ -469,9 +469,16 @@ def demo(
     samples: int = typer.Option(2000, help="Training samples the landscape is measured on."),
     resolution: int = typer.Option(40, help="Base grid of the atlas field."),
     budget: int = typer.Option(4000, help="Field samples after refinement."),
+    threads: int = typer.Option(1, help="CPU threads (small models run best on one)."),
     device: str = _DEVICE, as_json: bool = Json, verbose: bool = Verbose,
 ):
-    """Train 7 MLP variants on MNIST-1D, draw slices, build the atlas, write the figures."""
+    """Train 7 MLP variants on MNIST-1D, draw slices, build the atlas, measure connectivity
+    and terrain, and write the report."""
+    import torch
+
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     from .data import create as create_data
     from .evaluate import Evaluator
     from .population import Population
@@ -487,7 +494,7 @@ def demo(
     variants = [{**v, "init": "own"} for v in default_demo_variants()]
     train_population("mlp", splits, out_dir=out_dir / "train", variants=variants,
                      epochs=epochs, checkpoint_every=every, model_kwargs=model_kwargs,
-                     device=device, progress=not as_json, num_threads=1)
+                     device=device, progress=not as_json)
     pop = Population.from_run(out_dir / "train")
     stages["train"] = time.perf_counter() - t0
     xy = (splits.x_train[:samples], splits.y_train[:samples])
@@ -574,8 +581,8 @@ def demo_terrain(pop, xy, out_dir: Path, device=None) -> dict:
     from .cli_terrain import population_terrain
 
     table = population_terrain(pop, xy, out_dir, ("eigenvalues", "trace", "sharpness", "llc"),
-                               k=1, llc_kwargs={"num_chains": 4, "num_draws": 100},
-                               device=device)
+                               k=1, num_probes=30,
+                               llc_kwargs={"num_chains": 4, "num_draws": 100}, device=device)
     cols = [c for c in ("top_eigenvalue", "trace", "epsilon_sharpness", "adaptive_sharpness",
                         "llc_mean") if c in table]
     if cols:

@@ -34,7 +34,7 @@ __all__ = ["hessian", "llc_cmd", "population_terrain"]
 
 def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace", "sharpness"),
                        k: int = 3, llc_kwargs: dict | None = None, device=None,
-                       final_only: bool = True) -> dict:
+                       final_only: bool = True, num_probes: int = 99) -> dict:
     """Terrain (top eigenvalues, trace, sharpness, LLC) of a population's models.
 
     Stored as ``OUT/fields/terrain.zarr`` (dim ``model``) and ``OUT/terrain.json``.
@@ -45,7 +45,7 @@ def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace",
     names = [f"{pop.labels[i].get('variant', i)}" + (f"/e{pop.labels[i]['epoch']}"
              if not final_only and "epoch" in pop.labels[i] else "") for i in idx]
     ds = terrain(pop.as_points()[idx], pop.model(idx[0]), xy, measures=list(measures), k=k,
-                 llc_kwargs=llc_kwargs, device=device, labels=names)
+                 num_probes=num_probes, llc_kwargs=llc_kwargs, device=device, labels=names)
     Run(out_dir).save_dataset("terrain", ds)
     table = {"models": names, "indices": idx}
     for v in ds.data_vars:
