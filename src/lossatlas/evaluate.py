@@ -16,6 +16,8 @@ from torch.func import functional_call, vmap
 from .batches import as_tensor_data
 from .kernels.bnfold import FoldPlan, fold_batchnorm
 from .kernels.mlp import MLPPlan, detect_mlp, mlp_logits
+from .kernels.mlp_triton import fused_mlp_ce
+from .kernels.mlp_triton import supports as fused_supports
 from .space import ParamSpace
 
 __all__ = ["Evaluator", "accuracy", "precision_context"]
@@ -86,7 +88,9 @@ class Evaluator:
     backend : {"auto", "fast", "vmap", "sequential"}
         "fast" uses a specialised path (:mod:`lossatlas.kernels`): ``"fast-mlp"``
         for a plain chain of Linear layers and elementwise activations (first
-        layer as one GEMM over all points, batched GEMMs after), or
+        layer as one GEMM over all points, batched GEMMs after; on CUDA in bf16
+        with the default loss and metrics, a Linear-ReLU-Linear-ReLU-Linear MLP
+        runs as one fused Triton kernel, ``"fast-mlp-fused"``), or
         ``"fast-bnfold"`` for eval-mode BatchNorm after convolutions (folded into
         the convolution weights per point); it raises when neither applies.
         "vmap" runs ``torch.func.functional_call`` vectorised over points;
@@ -177,6 +181,8 @@ class Evaluator:
         self._fixed = {k: v for k, v in state.items() if k not in set(self.space.names)}
 
         host = as_tensor_data(data, "Evaluator data")
+        if host.x.is_floating_point() and host.x.dtype != self.space.dtype:
+            host = type(host)(host.x.to(self.space.dtype), host.y)
         self.num_samples = len(host)
         self.memory_budget = memory_budget or self._default_budget()
         # Keep the data on the device when it takes at most half the budget-free memory.
@@ -201,6 +207,9 @@ class Evaluator:
         self.batch_size = batch_size or self._default_batch_size()
         self.chunk_size = chunk_size or self._default_chunk_size()
         self._fold_vmap = self.batch_size < 256
+        if self.backend == "fast-mlp" and self._fused_applies():
+            self.backend = "fast-mlp-fused"
+        self._fused_checked = False
         self._compiled: Callable | None = None
         self._compile_failed = False
         self.points_evaluated = 0
@@ -222,6 +231,12 @@ class Evaluator:
                 1 + float(ref.abs().max()))):
             return "its output differs from the model's"
         return None
+
+    def _fused_applies(self) -> bool:
+        assert self._mlp is not None
+        return (self.device.type == "cuda" and self.precision == "bf16"
+                and self.loss_fn is _cross_entropy and list(self.metrics) == ["accuracy"]
+                and fused_supports(self._mlp) is None and not self.data.y.is_floating_point())
 
     def _choose_backend(self, backend: str) -> str:
         if self.bn == "recompute" or backend == "sequential":
@@ -316,7 +331,7 @@ class Evaluator:
 
     def _default_chunk_size(self) -> int:
         cap = 1024 if self.device.type == "cuda" else 64
-        if self.backend == "fast-mlp":
+        if self.backend.startswith("fast-mlp"):
             per_point = self._mlp_bytes() * self.batch_size
         elif self.backend == "fast-bnfold":
             # Folded weights of every point of the chunk; activations of one point at a time.
@@ -395,6 +410,31 @@ class Evaluator:
             outs.append(fn({**fixed, **own}, x))
         return torch.stack(outs)
 
+    def _evaluate_fused(self, chunk: Tensor) -> dict[str, Tensor]:
+        """The fused Triton kernel: sums of loss and correct predictions, no activations stored."""
+        assert self._mlp is not None
+        batched = self.space.unflatten(chunk)
+        loss = torch.zeros(len(chunk), device=self.device)
+        correct = torch.zeros(len(chunk), device=self.device)
+        for x, y in self.data.batches(self.batch_size):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            l_sum, c_sum = fused_mlp_ce(self._mlp, batched, self._fixed, len(chunk), x, y)
+            loss += l_sum
+            correct += c_sum
+        res = {"loss": loss / self.num_samples, "accuracy": correct / self.num_samples}
+        if not self._fused_checked:
+            # Once: the kernel must agree with the batched-GEMM path (both bf16).
+            self._fused_checked = True
+            ref = self._accumulate(lambda x: self._point_outputs_mlp(chunk[:2], x), len(chunk[:2]))
+            if not torch.allclose(res["loss"][:2], ref["loss"], rtol=2e-2, atol=1e-3):
+                log.warning("Evaluator: the fused MLP kernel disagrees with the batched-GEMM path "
+                            "(%s vs %s); using the latter", res["loss"][:2].tolist(),
+                            ref["loss"].tolist())
+                self.backend = "fast-mlp"
+                return self._evaluate_chunk(chunk)
+        return res
+
     def _batch_stats(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Mean loss and metrics per point of one batch: ``out [P, n, ...]`` -> Tensor[P] each."""
         res: dict[str, Tensor] = {}
@@ -463,12 +503,22 @@ class Evaluator:
                 return self._evaluate_sequential(chunk)
             finally:
                 self.model.load_state_dict(snapshot)
+        if self.backend == "fast-mlp-fused":
+            with torch.no_grad():
+                return self._evaluate_fused(chunk)
         if self.backend == "fast-mlp":
             with torch.no_grad():
                 return self._accumulate(lambda x: self._point_outputs_mlp(chunk, x), len(chunk))
         if self.backend == "fast-bnfold":
-            with torch.no_grad():
-                return self._accumulate(lambda x: self._point_outputs_folded(chunk, x), len(chunk))
+            old = torch.backends.cudnn.benchmark
+            # Fixed shapes over many points: let cuDNN time its algorithms once.
+            torch.backends.cudnn.benchmark = self.device.type == "cuda" or old
+            try:
+                with torch.no_grad():
+                    return self._accumulate(
+                        lambda x: self._point_outputs_folded(chunk, x), len(chunk))
+            finally:
+                torch.backends.cudnn.benchmark = old
         try:
             with torch.no_grad():
                 return self._accumulate(lambda x: self._point_outputs_vmap(chunk, x), len(chunk))
