@@ -100,3 +100,20 @@ def test_permuted_copy_is_one_branch_and_shortcut_is_another():
     assert res2.branch[3] not in res2.branch[:3]
     with pytest.raises(KeyError, match="no module named"):
         representations(a, held, ["nope"])
+
+
+def test_branches_report_on_a_population(tmp_path):
+    from lossatlas.dynamics import branches_report
+    from lossatlas.population import Population
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    init = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
+    x = _data(300, False, g)
+    a = _train(_permuted(_permuted(init)), x, (x[:, 0] > 0).long(), steps=100)
+    pop = Population.from_models([a, _permuted(a)], labels=[{"variant": "A", "seed": 0},
+                                                            {"variant": "B", "seed": 0}])
+    out = branches_report(pop, (x, (x[:, 0] > 0).long()), out_dir=tmp_path)
+    assert out["num_branches"] == {"0": 1}
+    assert len(out["barrier_matrix"]) == 2
+    assert (tmp_path / "branches.json").is_file()

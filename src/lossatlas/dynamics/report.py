@@ -163,6 +163,8 @@ def dynamics_report(
     rows = _metric_rows(run_dir)
     pop, data = _load_population_and_data(run_dir, data)
     trajectories = pop.trajectories() if pop is not None else {}
+    if list(rows) == ["run"] and len(trajectories) == 1:  # unlabelled Recorder metrics
+        rows = {next(iter(trajectories)): rows["run"]}
     report: dict[str, Any] = {"run": str(run_dir), "runs": {}}
     for key, run_rows in rows.items():
         steps, metrics = _series(run_rows)
