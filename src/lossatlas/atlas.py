@@ -49,6 +49,9 @@ def _embedding_kwargs(method: str, dim: int, seed: int, kwargs: dict) -> dict:
     out = {key: dim, **kwargs}
     if method in ("ae", "umap"):
         out.setdefault("seed" if method == "ae" else "random_state", seed)
+    if method == "ae":
+        # on span coordinates an epoch costs microseconds; more of them buy faithfulness
+        out.setdefault("epochs", 4000)
     return out
 
 
@@ -258,12 +261,13 @@ class Atlas:
             raise RuntimeError("Atlas: the field was computed with include_models=False")
         return self.field_.extra_index
 
-    def topology(self, threshold: float | str = "auto", min_persistence: float = 0.01) -> Any:
+    def topology(self, threshold: float | str = 0.1, min_persistence: float = 0.01) -> Any:
         """Merge tree of log10 loss on the refined field; basins of every model.
 
-        ``threshold``: persistence in decades, "auto" (largest gap of the
-        persistence diagram) or a string like "10%" (fraction of the population's
-        own log10-loss range, min to max over the models). Basins shallower than
+        ``threshold``: persistence in decades (default 0.1: a basin must be at
+        least 26% deeper in loss than the pass out of it), "auto" (largest gap of
+        the persistence diagram) or a string like "10%" (fraction of the
+        population's own log10-loss range, min to max over the models). Basins shallower than
         ``min_persistence`` decades (default 0.01, about 2%) are always merged:
         differences that small are within evaluation noise.
         """
@@ -310,6 +314,7 @@ class Atlas:
             })
         n_variants = len({str(lab.get("variant", "?")) for lab in labels})
         return {"num_basins": len(minima), "num_variants": n_variants,
+                "num_model_basins": int(sum(1 for b in basins if b["models"])),
                 "threshold": float(self.tree_.threshold) if hasattr(self.tree_, "threshold")
                 else None,
                 "basins": basins, "model_basin": self.basins_.tolist()}
@@ -415,7 +420,9 @@ class Atlas:
         if hasattr(self, "tree_"):
             s = self._basin_summary()
             out["basins"] = {"num_basins": s["num_basins"], "num_variants": s["num_variants"],
-                             "variants_per_basin": [b["variants"] for b in s["basins"]]}
+                             "num_model_basins": s["num_model_basins"],
+                             "variants_per_basin": [b["variants"] for b in s["basins"]
+                                                    if b["models"]]}
         return out
 
     # ------------------------------------------------------------- figures

@@ -413,6 +413,7 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
     summary = {
         "run": str(out_dir), "models": len(pop), "method": method, "dim": dim,
         "samples": s["field"]["samples"], "basins": s["basins"]["num_basins"],
+        "basins_with_models": s["basins"]["num_model_basins"],
         "variants": s["basins"]["num_variants"],
         "variants_per_basin": s["basins"]["variants_per_basin"],
         "reconstruction_mse": faith["reconstruction_mse_raw"],
@@ -435,7 +436,7 @@ def atlas(
     resolution: int = typer.Option(48, help="Base grid points per latent axis."),
     budget: int = typer.Option(6000, help="Most field samples after refinement."),
     tol: float = typer.Option(0.1, help="Refine cells whose corners differ by more (decades)."),
-    threshold: str = typer.Option("auto", help="Persistence threshold: decades, 'auto' or "
+    threshold: str = typer.Option("0.1", help="Persistence threshold: decades, 'auto' or "
                                   "'N%' of the population's log-loss range."),
     device: str = _DEVICE, precision: str = _PRECISION,
     out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory."),
@@ -514,7 +515,7 @@ def demo(
     stages["slices"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     atlas_obj, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1,
-                                     "auto", device, "fp32", progress=not as_json)
+                                     "0.1", device, "fp32", progress=not as_json)
     stages["atlas"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     summary.update(demo_connectivity(atlas_obj, xy, out_dir, device))
@@ -524,7 +525,9 @@ def demo(
     stages["terrain"] = time.perf_counter() - t4
     summary.update({f"{k}_seconds": round(v, 1) for k, v in stages.items()})
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
-    summary["basins_vs_variants"] = f"{summary['basins']} basins for {summary['variants']} variants"
+    summary["basins_vs_variants"] = (
+        f"{summary['basins_with_models']} basins hold models, for {summary['variants']} variants "
+        f"({summary['basins']} basins in all)")
     from .report import write_report
 
     summary["report"] = str(write_report(out_dir))
