@@ -137,3 +137,18 @@ def test_hessian_and_llc(checkpoints, tmp_path):
     assert np.isfinite(out["llc_mean"])
     res = runner.invoke(app, ["hessian", *MODEL, "--out", str(tmp_path)])
     _error(res, "checkpoint")
+
+
+def test_train_dynamics_and_branches(tmp_path):
+    run = tmp_path / "pop"
+    out = _json(runner.invoke(app, ["train", "--out", str(run), "--model", "mlp", "--model-arg",
+                                    "hidden=[16]", "--data", "blobs", "--data-arg",
+                                    "num_features=8", "--epochs", "4", "--every", "1",
+                                    "--lr", "0.05,0.2", "--json"]))
+    assert out["checkpoints"] == 10 and out["variants"] == 2
+    out = _json(runner.invoke(app, ["dynamics", str(run), "--no-defect", "--json"]))
+    assert out["runs"] == 2 and (run / "dynamics.json").exists()
+    out = _json(runner.invoke(app, ["branches", str(run), "--data", "blobs", "--data-arg",
+                                    "num_features=8", "--json"]))
+    assert out["models"] == 2 and out["branches"] >= 1
+    _error(runner.invoke(app, ["dynamics", str(tmp_path / "missing")]), "missing")

@@ -625,4 +625,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # verbs defined in their own modules register themselves on ``app``
-from . import cli_connect, cli_terrain  # noqa: E402,F401
+from . import cli_connect, cli_dynamics, cli_terrain  # noqa: E402,F401
