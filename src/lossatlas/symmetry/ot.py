@@ -1,0 +1,275 @@
+"""Soft alignment of two MLPs by optimal transport (OT fusion, Singh & Jaggi 2020).
+
+Layer by layer, from the input to the last hidden layer, a transport plan
+``T_l`` of shape ``[n_B, n_A]`` moves the uniform mass ``1 / n_B`` on model B's
+neurons of layer ``l`` onto the uniform mass ``1 / n_A`` on model A's. The
+ground cost between B's neuron ``j`` and A's neuron ``i`` is the squared
+distance of their incoming weights (and bias), with B's input axis first
+carried into A's previous-layer order by the previous plan:
+
+    W_B_hat = W_B @ (T_{l-1} * n_A_{l-1})          # [n_B, k_B] -> [n_B, k_A]
+    C[j, i] = |W_B_hat[j] - W_A[i]|^2              # [n_B, n_A]
+    W_aligned = (T_l * n_A)^T @ W_B_hat            # [n_A, k_A]
+
+The aligned layer is the *barycentric projection* of B's neurons onto A's: A's
+neuron ``i`` receives the average of B's incoming weights weighted by the mass
+``T_l[:, i]`` that B's neurons send it. With equal widths, uniform marginals and
+the exact solver (``ot.emd``), ``n * T_l`` is a permutation matrix and the
+result is B with its hidden units permuted (the same function as B). With
+Sinkhorn (``ot.sinkhorn``) or unequal widths the plan is soft: several B
+neurons are averaged into one slot (or one B neuron is split across slots), so
+the aligned model has A's widths but in general no longer computes B's function.
+The output layer keeps its classes; only its input axis is transported.
+
+Only plain chains of ``nn.Linear`` layers with element-wise activations in
+between are supported (:class:`lossatlas.models.MLP`, or an ``nn.Sequential`` of
+Linear / activation / Flatten / Dropout modules).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ot_align", "ot_plans"]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["exact", "sinkhorn"]
+
+_ELEMENTWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Sigmoid, nn.ELU, nn.Softplus,
+    nn.Identity, nn.Flatten, nn.Dropout,
+)
+
+
+def _linear_chain(model: nn.Module, which: str) -> list[tuple[str, nn.Linear]]:
+    """The Linear layers of a plain MLP in forward order, as ``(name, module)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"ot_align: {which} must be an nn.Module, got {type(model).__name__}")
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, nn.ModuleList) and all(isinstance(m, nn.Linear) for m in layers):
+        others = [n for n, m in model.named_children() if n not in ("layers", "act")]
+        act = getattr(model, "act", None)
+        if not others and (act is None or isinstance(act, _ELEMENTWISE)):
+            return [(f"layers.{i}", m) for i, m in enumerate(layers)]
+    if isinstance(model, nn.Sequential):
+        chain, bad = [], []
+        for name, m in model.named_children():
+            if isinstance(m, nn.Linear):
+                chain.append((name, m))
+            elif not isinstance(m, _ELEMENTWISE):
+                bad.append(f"{name} ({type(m).__name__})")
+        if not bad and chain:
+            return chain
+    raise TypeError(
+        f"ot_align: {which} ({type(model).__name__}) is not a plain chain of nn.Linear layers "
+        "with element-wise activations (lossatlas MLP or an nn.Sequential of Linear / "
+        "activation modules); use symmetry.weight_matching for other architectures"
+    )
+
+
+def _check_pair(
+    model_a: nn.Module, model_b: nn.Module
+) -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, nn.Linear]]]:
+    ca, cb = _linear_chain(model_a, "model_a"), _linear_chain(model_b, "model_b")
+    if len(ca) != len(cb):
+        raise ValueError(
+            f"ot_align: model_a has {len(ca)} Linear layers but model_b has {len(cb)}; "
+            "OT alignment needs the same depth"
+        )
+    (na, la), (nb, lb) = ca[0], cb[0]
+    if la.in_features != lb.in_features:
+        raise ValueError(
+            f"ot_align: input widths differ: model_a {na} has {la.in_features} inputs, "
+            f"model_b {nb} has {lb.in_features}"
+        )
+    (na, la), (nb, lb) = ca[-1], cb[-1]
+    if la.out_features != lb.out_features:
+        raise ValueError(
+            f"ot_align: output widths differ: model_a {na} has {la.out_features} outputs, "
+            f"model_b {nb} has {lb.out_features}"
+        )
+    for (na, la), (nb, lb) in zip(ca, cb, strict=True):
+        if (la.bias is None) != (lb.bias is None):
+            raise ValueError(f"ot_align: {na} of model_a and {nb} of model_b differ in having a bias")
+    return ca, cb
+
+
+def _rows(layer: nn.Linear) -> np.ndarray:
+    """Incoming weights and bias of each neuron, float64 ``[out, in (+1)]``."""
+    w = layer.weight.detach().double().cpu().numpy()
+    if layer.bias is None:
+        return w
+    return np.concatenate([w, layer.bias.detach().double().cpu().numpy()[:, None]], axis=1)
+
+
+def _plan(cost: np.ndarray, method: str, reg: float, num_iter: int) -> np.ndarray:
+    """Transport plan ``[n_B, n_A]`` between uniform marginals for ``cost`` ``[n_B, n_A]``."""
+    import ot
+
+    nb, na = cost.shape
+    a, b = np.full(nb, 1.0 / nb), np.full(na, 1.0 / na)
+    scale = cost.max()
+    c = cost / scale if scale > 0 else cost
+    if method == "exact":
+        return ot.emd(a, b, c, numItermax=max(100000, 50 * nb * na))
+    plan = ot.sinkhorn(a, b, c, reg, numItermax=num_iter, stopThr=1e-9)
+    if not np.all(np.isfinite(plan)):
+        raise FloatingPointError(
+            f"ot_align: Sinkhorn diverged with reg={reg} (cost normalised to max 1); "
+            "use a larger reg (e.g. 0.01-0.1) or method='exact'"
+        )
+    return plan
+
+
+def _as_permutation(plan: np.ndarray) -> np.ndarray | None:
+    """``perm`` with ``n * plan[perm[i], i] == 1`` if ``n * plan`` is a permutation matrix."""
+    nb, na = plan.shape
+    if nb != na:
+        return None
+    scaled = plan * na
+    perm = scaled.argmax(axis=0)
+    if np.allclose(scaled[perm, np.arange(na)], 1.0, atol=1e-9) and len(set(perm)) == na:
+        if np.abs(scaled).sum() <= na + 1e-6:
+            return perm
+    return None
+
+
+def ot_plans(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: Method = "exact",
+    reg: float = 0.05,
+    num_iter: int = 1000,
+) -> list[Tensor]:
+    """Layer-wise transport plans from ``model_b``'s hidden neurons to ``model_a``'s.
+
+    Parameters
+    ----------
+    model_a, model_b : plain MLPs of equal depth, input and output widths
+        (hidden widths may differ).
+    method : {"exact", "sinkhorn"}
+        ``ot.emd`` (network simplex; a permutation for equal widths) or
+        ``ot.sinkhorn`` (entropic, soft).
+    reg : float
+        Sinkhorn's entropic regularisation, relative to the layer's ground cost
+        normalised to a maximum of 1 (so it is scale-free); ignored by "exact".
+        Small values (< 0.005) approach the exact plan but may underflow.
+    num_iter : int
+        Sinkhorn iterations at most.
+
+    Returns
+    -------
+    list of Tensor[n_B_l, n_A_l] (float64), one per hidden layer, each with row
+    sums ``1 / n_B_l`` and column sums ``1 / n_A_l``.
+    """
+    if method not in ("exact", "sinkhorn"):
+        raise ValueError(f"ot_align: method must be 'exact' or 'sinkhorn', got {method!r}")
+    if method == "sinkhorn" and not float(reg) > 0:
+        raise ValueError(f"ot_align: reg must be > 0 for method='sinkhorn', got {reg}")
+    ca, cb = _check_pair(model_a, model_b)
+    plans, _ = _transport(ca, cb, method, float(reg), int(num_iter))
+    return [torch.as_tensor(p) for p in plans]
+
+
+def _transport(
+    ca: list[tuple[str, nn.Linear]],
+    cb: list[tuple[str, nn.Linear]],
+    method: str,
+    reg: float,
+    num_iter: int,
+) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray | None]]]:
+    """Plans per hidden layer and B's aligned ``(weight, bias)`` per layer (float64)."""
+    plans: list[np.ndarray] = []
+    aligned: list[tuple[np.ndarray, np.ndarray | None]] = []
+    carry: np.ndarray | None = None  # [k_B, k_A] = T_{l-1} * n_A_{l-1}
+    perm_prev: np.ndarray | None = None
+    for depth, ((_, la), (_, lb)) in enumerate(zip(ca, cb, strict=True)):
+        wb = lb.weight.detach().double().cpu().numpy()
+        bb = None if lb.bias is None else lb.bias.detach().double().cpu().numpy()
+        if perm_prev is not None:
+            wb_hat = wb[:, perm_prev]  # exact gather: no rounding
+        elif carry is not None:
+            wb_hat = wb @ carry
+        else:
+            wb_hat = wb
+        if depth == len(ca) - 1:  # classes stay in place
+            aligned.append((wb_hat, bb))
+            break
+        rows_b = wb_hat if bb is None else np.concatenate([wb_hat, bb[:, None]], axis=1)
+        rows_a = _rows(la)
+        cost = (
+            (rows_b**2).sum(1)[:, None] + (rows_a**2).sum(1)[None] - 2.0 * rows_b @ rows_a.T
+        ).clip(min=0.0)
+        plan = _plan(cost, method, reg, num_iter)
+        plans.append(plan)
+        na = plan.shape[1]
+        perm = _as_permutation(plan) if method == "exact" else None
+        if perm is not None:
+            aligned.append((wb_hat[perm], None if bb is None else bb[perm]))
+            perm_prev, carry = perm, None
+        else:
+            proj = (plan * na).T  # [n_A, n_B]: barycentric weights of B's neurons
+            aligned.append((proj @ wb_hat, None if bb is None else proj @ bb))
+            perm_prev, carry = None, plan * na
+    return plans, aligned
+
+
+def ot_align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: Method = "exact",
+    reg: float = 0.05,
+    num_iter: int = 1000,
+    return_plans: bool = False,
+) -> nn.Module | tuple[nn.Module, list[Tensor]]:
+    """``model_b`` transported onto ``model_a``'s neuron order and widths.
+
+    Parameters
+    ----------
+    model_a, model_b : plain MLPs (see the module docstring) with the same depth,
+        input and output widths; hidden widths may differ.
+    method, reg, num_iter : see :func:`ot_plans`.
+    return_plans : bool
+        Also return the plans (list of Tensor[n_B_l, n_A_l]).
+
+    Returns
+    -------
+    nn.Module
+        A copy of ``model_a``'s architecture (A's widths) holding B's weights
+        transported by barycentric projection. For equal widths with the exact
+        solver this is ``model_b`` with its hidden units permuted (the same
+        function, tensors copied exactly); otherwise a soft average of B's
+        neurons (a different function, close to B's when the plans are nearly
+        one-to-one). The inputs are never changed.
+
+    Example
+    -------
+    >>> aligned = ot_align(a, b, method="sinkhorn", reg=0.05)
+    >>> barrier(a, aligned, data)  # usually lower than barrier(a, b, data)
+    """
+    if method not in ("exact", "sinkhorn"):
+        raise ValueError(f"ot_align: method must be 'exact' or 'sinkhorn', got {method!r}")
+    if method == "sinkhorn" and not float(reg) > 0:
+        raise ValueError(f"ot_align: reg must be > 0 for method='sinkhorn', got {reg}")
+    ca, cb = _check_pair(model_a, model_b)
+    plans, aligned = _transport(ca, cb, method, float(reg), int(num_iter))
+    out = copy.deepcopy(model_a)
+    out_chain = _linear_chain(out, "model_a")
+    with torch.no_grad():
+        for (_, layer), (w, b) in zip(out_chain, aligned, strict=True):
+            layer.weight.copy_(torch.as_tensor(w, dtype=layer.weight.dtype))
+            if layer.bias is not None and b is not None:
+                layer.bias.copy_(torch.as_tensor(b, dtype=layer.bias.dtype))
+    log.info(
+        "ot_align: %s plans for %d hidden layers (widths B %s -> A %s)", method, len(plans),
+        [p.shape[0] for p in plans], [p.shape[1] for p in plans],
+    )
+    result_plans = [torch.as_tensor(p) for p in plans]
+    return (out, result_plans) if return_plans else out
