@@ -1,14 +1,58 @@
+"""Shared test set-up: a headless matplotlib, a fixed seed, and quick-training helpers."""
+
+from __future__ import annotations
+
 import os
 
 import matplotlib
 import pytest
 import torch
+from torch import nn
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# small models run fastest (and predictably on a busy machine) on one thread
+ONE_THREAD_DIRS = {"connectivity", "symmetry"}
+
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads(request):
     torch.manual_seed(0)
+    old = torch.get_num_threads()
+    if request.path.parent.name in ONE_THREAD_DIRS:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def train_quick(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300,
+                lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> nn.Module:
+    """Adam on random mini-batches; returns the model in eval mode."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch_size,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(old)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def train():
+    """The quick training function (fixtures avoid importing this conftest by name)."""
+    return train_quick
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from lossatlas import data
+
+    return data.create("digits")

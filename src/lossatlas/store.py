@@ -28,17 +28,25 @@ import xarray as xr
 
 from .points import PointSource
 
-__all__ = ["Run", "atomic_write_text", "atomic_write_json", "package_versions", "field_chunks"]
+__all__ = [
+    "Run", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "package_versions",
+    "field_chunks",
+]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -27,7 +27,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..store import atomic_write_bytes
 
 __all__ = ["Embedding", "NotFittedError", "load_embedding", "clone"]
 
@@ -132,20 +133,6 @@ def clone(estimator: Embedding) -> Embedding:
         for k, v in estimator.get_params().items()
     }
     return type(estimator)(**params)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Embedding:
@@ -354,8 +341,8 @@ class Embedding:
         header = self._header()
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self._state().items()}
         blob = save(tensors, metadata={_FORMAT: json.dumps(header)})
-        _atomic_write_bytes(path, blob)
-        _atomic_write_bytes(
+        atomic_write_bytes(path, blob)
+        atomic_write_bytes(
             path.with_suffix(".json"), (json.dumps(header, indent=2) + "\n").encode()
         )
         return path
