@@ -1,4 +1,8 @@
-"""Evaluate a point source into a labelled field, stored chunk by chunk when a run is given."""
+"""Evaluate a point source into a labelled field, stored chunk by chunk when a run is given.
+
+Under ``torchrun`` (see :mod:`lossatlas.distributed`) the chunks are shared out
+across the ranks; the result is the same as in one process.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import logging
 import time
 
 import numpy as np
+import torch.distributed
 import xarray as xr
 from tqdm.auto import tqdm
 
+from . import distributed
 from .evaluate import Evaluator
 from .points import PointSource
-from .store import Run
+from .store import FieldWriter, Run
 
 __all__ = ["compute_field", "log10_loss"]
 
@@ -45,8 +51,12 @@ def compute_field(
     ``attrs["nonfinite"]``.
     """
     variables = _variables(evaluator)
+    distributed.init_from_env()
     chunk_points = chunk_points or max(evaluator.chunk_size * 4, 256)
+    # every rank must cut the field the same way (default chunk sizes depend on free memory)
+    chunk_points = distributed.broadcast_object(chunk_points)
     attrs = {"precision": evaluator.precision, "samples": evaluator.num_samples, **(attrs or {})}
+    _check_device(evaluator)
     t0 = time.perf_counter()
     if run is None:
         ds = _compute_in_memory(evaluator, source, variables, chunk_points, progress)
@@ -57,26 +67,30 @@ def compute_field(
         if run.has_field(name) and not overwrite:
             log.info("field %s already complete in %s; reusing it", name, run.path)
             return run.open_field(name)
-        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite)
-        pending = writer.pending()
+        writer, pending = _open_writer(run, name, source, variables, chunk_points, attrs,
+                                       overwrite)
         skipped = writer.num_chunks - len(pending)
+        mine = distributed.shard(pending)
         bar = tqdm(
-            total=source.size, disable=not progress, desc=f"field {name}", unit="pt",
-            initial=source.size - sum(np.subtract(*writer.chunk_range(k)[::-1]) for k in pending),
+            total=sum(_chunk_points(writer, k) for k in mine), unit="pt",
+            disable=not progress or not distributed.is_main(), desc=f"field {name}",
         )
-        for k in pending:
+        for k in mine:
             start, stop = writer.chunk_range(k)
             res = evaluator.evaluate(source.points(start, stop, evaluator.device))
             writer.write(k, {v: res[v].numpy() for v in variables})
             bar.update(stop - start)
         bar.close()
-        writer.finish()
+        distributed.barrier()  # every chunk is on disk
+        if distributed.is_main():
+            writer.finish()
+            seconds = time.perf_counter() - t0
+            run.record_stage(
+                f"field:{name}", seconds, points=source.size, chunks_resumed=skipped,
+                ranks=distributed.world_size(), source=source.describe(),
+            )
+        distributed.barrier()  # the field is marked complete
         ds = run.open_field(name)
-        seconds = time.perf_counter() - t0
-        run.record_stage(
-            f"field:{name}", seconds, points=source.size, chunks_resumed=skipped,
-            source=json.loads(ds.attrs.get("source", "{}")),
-        )
     loss = ds["loss"].values
     ds.attrs["nonfinite"] = int((~np.isfinite(loss)).sum())
     if ds.attrs["nonfinite"]:
@@ -84,18 +98,76 @@ def compute_field(
     return ds
 
 
+def _chunk_points(writer: FieldWriter, k: int) -> int:
+    start, stop = writer.chunk_range(k)
+    return stop - start
+
+
+def _check_device(evaluator: Evaluator) -> None:
+    """Warn when, distributed on GPUs, the evaluator is not on this rank's GPU."""
+    if not distributed.is_distributed() or evaluator.device.type != "cuda":
+        return
+    index = evaluator.device.index
+    mine = distributed.device()
+    if index is not None and index != mine.index:
+        log.warning("compute_field: rank %d evaluates on %s, not on its own GPU %s; build the "
+                    "Evaluator with device=lossatlas.distributed.device()",
+                    distributed.rank(), evaluator.device, mine)
+
+
+def _open_writer(
+    run: Run, name: str, source: PointSource, variables: list[str], chunk_points: int,
+    attrs: dict, overwrite: bool,
+) -> tuple[FieldWriter, list[int]]:
+    """The field's writer and its pending chunks, the same on every rank.
+
+    Rank 0 alone creates (or checks) the zarr template and lists the pending
+    chunks; the others open the template once it exists.
+    """
+    if not distributed.is_distributed():
+        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite)
+        return writer, writer.pending()
+    error: str | None = None
+    pending: list[int] = []
+    failure: BaseException | None = None
+    if distributed.is_main():
+        try:
+            writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite)
+            pending = writer.pending()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
+            failure, error = err, str(err)
+    error, pending = distributed.broadcast_object((error, pending))
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise ValueError(f"compute_field: rank 0 could not open field {name!r}: {error}")
+    if not distributed.is_main():
+        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite=False)
+    return writer, pending
+
+
 def _compute_in_memory(
     evaluator: Evaluator, source: PointSource, variables: list[str], chunk_points: int,
     progress: bool,
 ) -> xr.Dataset:
     flat = {v: np.empty(source.size, dtype=np.float32) for v in variables}
-    with tqdm(total=source.size, disable=not progress, desc="field", unit="pt") as bar:
-        for start in range(0, source.size, chunk_points):
+    starts = distributed.shard(list(range(0, source.size, chunk_points)))
+    done: dict[int, dict[str, np.ndarray]] = {}
+    total = sum(min(source.size, s + chunk_points) - s for s in starts)
+    with tqdm(total=total, disable=not progress or not distributed.is_main(), desc="field",
+              unit="pt") as bar:
+        for start in starts:
             stop = min(source.size, start + chunk_points)
             res = evaluator.evaluate(source.points(start, stop, evaluator.device))
-            for v in variables:
-                flat[v][start:stop] = res[v].numpy()
+            done[start] = {v: res[v].numpy() for v in variables}
             bar.update(stop - start)
+    if distributed.is_distributed():
+        gathered: list = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(gathered, done)
+        done = {k: v for part in gathered for k, v in part.items()}
+    for start, values in done.items():
+        for v in variables:
+            flat[v][start:start + len(values[v])] = values[v]
     ds = xr.Dataset(
         {v: (source.dims, flat[v].reshape(source.shape)) for v in variables},
         coords={d: source.coords[d] for d in source.dims},
