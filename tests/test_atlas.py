@@ -125,3 +125,22 @@ def test_overlay_of_models_and_a_path(atlas):
     assert np.isfinite(res["projected_loss"]).all() and len(res["codes"]) == 7
     with pytest.raises(ValueError, match="points must be"):
         atlas.overlay(X[:, :5], "bad")
+
+
+def test_reconstruction_table_against_sklearn_pca(atlas):
+    from sklearn.decomposition import PCA
+
+    rows = atlas.reconstruction_table(methods=("pca", "kpca", "ae"),
+                                      variants={"ae-tanh": {"bounded": True, "epochs": 800}})
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"pca", "kpca", "ae", "ae-tanh"}
+    X = atlas.X.double().numpy()
+    pca = PCA(n_components=2).fit(X)
+    ref = pca.inverse_transform(pca.transform(X))
+    assert np.isclose(by["pca"]["mse"], float(((ref - X) ** 2).mean()), rtol=1e-3)
+    ref_loss = atlas.evaluator.evaluate(torch.as_tensor(ref, dtype=torch.float32))["loss"]
+    np.testing.assert_allclose(by["pca"]["decoded_loss"], ref_loss.numpy(), rtol=1e-3)
+    # the autoencoder reproduces the models far better than a linear 2-D map
+    assert by["ae"]["mse"] < 0.1 * by["pca"]["mse"]
+    assert by["ae"]["median_rel_loss_error"] < by["pca"]["median_rel_loss_error"]
+    assert (atlas.path / "reconstruction.json").exists()

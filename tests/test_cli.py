@@ -121,8 +121,9 @@ def test_connect_linear_and_align(checkpoints, tmp_path):
                                     "--out", str(tmp_path), "--json"]))
     assert out["line_barrier"] >= 0
     out = _json(runner.invoke(app, ["align", str(checkpoints[0]), str(checkpoints[1]), *MODEL,
-                                    "--steps", "5", "--out", str(tmp_path), "--json"]))
+                                    "--steps", "5", "--repair", "--out", str(tmp_path), "--json"]))
     assert out["distance_aligned"] <= out["distance_none"] + 1e-6
+    assert np.isfinite(out["midpoint_loss_repaired"]) and np.isfinite(out["midpoint_loss_aligned"])
     assert (tmp_path / "m1_aligned.safetensors").exists()
 
 

@@ -374,15 +374,60 @@ class Atlas:
         atomic_write_json(self.path / "faithfulness.json", out)
         return out
 
+    # ------------------------------------------------------ reconstruction
+    def reconstruction_table(self, methods: tuple[str, ...] = ("pca", "kpca", "umap", "ae"),
+                             dim: int = 2, variants: dict[str, dict] | None = None) -> list[dict]:
+        """The seed's Table 1 on this population: every method side by side.
+
+        For each method (fitted on the span coordinates, ``dim`` latents, no
+        residual correction): mean squared error over parameters of
+        decode(encode(model)), and the loss of every decoded model against the
+        model's own loss (per model, and the median relative error). ``variants``
+        adds autoencoder options by name, e.g. ``{"ae-tanh": {"bounded": True}}``.
+        Stored as ``RUN/reconstruction.json``.
+        """
+        from .manifold import SpanReduction, make_embedding
+
+        reduction = getattr(self, "reduction_", None) or SpanReduction().fit(self.X)
+        C = reduction.encode(self.X)
+        true = self.true_values()["loss"].double()
+        specs = {m: (m, {}) for m in methods}
+        specs.update({k: ("ae", v) for k, v in (variants or {}).items()})
+        rows = []
+        for name, (method, extra) in specs.items():
+            t0 = time.perf_counter()
+            try:
+                emb = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, extra))
+                emb.fit(C)
+            except (ImportError, ValueError) as err:
+                log.warning("reconstruction_table: %s skipped (%s)", name, err)
+                rows.append({"method": name, "skipped": str(err)})
+                continue
+            decoded = reduction.decode(emb.decode(emb.encode(C)).to(C.dtype))
+            loss = self.evaluator.evaluate(decoded)["loss"].double()
+            rel = (loss / true - 1).abs()
+            rows.append({
+                "method": name, "options": extra,
+                "mse": float(((decoded - self.X) ** 2).mean()),
+                "decoded_loss": loss.tolist(), "true_loss": true.tolist(),
+                "median_rel_loss_error": float(rel[torch.isfinite(rel)].median())
+                if torch.isfinite(rel).any() else float("inf"),
+                "seconds": round(time.perf_counter() - t0, 2),
+            })
+        atomic_write_json(self.path / "reconstruction.json", {"dim": dim, "rows": rows})
+        return rows
+
     # ------------------------------------------------------------ overlays
-    def overlay(self, points: Tensor, name: str, labels: list[str] | None = None) -> dict:
+    def overlay(self, points: Tensor, name: str, labels: list[str] | None = None,
+                partners: list[int] | None = None) -> dict:
         """Project parameter points (a curve, re-basined models, a trajectory) onto the map.
 
         Encodes ``points`` [P, D], reads the field there (piecewise-linear in
         log10 loss) and compares with the points' true loss, as the seed's Table 2.
         Stored as ``RUN/overlays/NAME.json``; returns codes, true and projected
         losses, their ranges, the mean absolute error (nats) and the basin at each
-        projected code.
+        projected code. ``partners`` (population indices, one per point, e.g. the
+        model each re-basined model was aligned onto) adds the partners' basins.
         """
         from scipy.spatial import cKDTree
 
@@ -406,6 +451,10 @@ class Atlas:
         if hasattr(self, "tree_"):
             nearest = cKDTree(self.field_.coords).query(codes)[1]
             out["basin"] = np.asarray(self.tree_.labels).reshape(-1)[nearest].tolist()
+            if partners is not None:
+                out["partner_basin"] = [int(self.basins_[i]) for i in partners]
+                out["same_basin_as_partner"] = [
+                    a == b for a, b in zip(out["basin"], out["partner_basin"], strict=True)]
         atomic_write_json(self.path / "overlays" / f"{name}.json", out)
         return out
 

@@ -516,6 +516,9 @@ def demo(
     t2 = time.perf_counter()
     atlas_obj, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1,
                                      "0.1", device, "fp32", progress=not as_json)
+    atlas_obj.reconstruction_table(
+        methods=("pca", "kpca", "umap", "ae"),
+        variants={"ae-tanh": {"bounded": True}, "ae-stress": {"stress": 0.1}})
     stages["atlas"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     summary.update(demo_connectivity(atlas_obj, xy, out_dir, device))
@@ -567,7 +570,8 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None) -> dict:
     rebased = [weight_matching(models[0], m) for m in models[1:]]
     space = pop.space
     ov_rebasin = atlas_obj.overlay(torch.stack([space.flatten(m) for m in rebased]),
-                                   "rebasin", labels=[f"{n} onto {names[0]}" for n in names[1:]])
+                                   "rebasin", labels=[f"{n} onto {names[0]}" for n in names[1:]],
+                                   partners=[idx[0]] * len(rebased))
     atomic_write_json(out_dir / "curves.json", {
         "pair": names[:2], "kind": "bezier", "barrier": curve.barrier,
         "line_barrier": curve.line_barrier, "arc_length": curve.arc_length,
@@ -576,7 +580,9 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None) -> dict:
     })
     return {"mean_barrier_before_matching": before, "mean_barrier_after_matching": after,
             "bezier_barrier": float(curve.barrier), "line_barrier": float(curve.line_barrier),
-            "curve_projection_mae": ov_curve["mae"], "rebasin_projection_mae": ov_rebasin["mae"]}
+            "curve_projection_mae": ov_curve["mae"], "rebasin_projection_mae": ov_rebasin["mae"],
+            "rebased_in_partner_basin": f"{sum(ov_rebasin.get('same_basin_as_partner', []))}"
+                                        f" of {len(rebased)}"}
 
 
 def demo_terrain(pop, xy, out_dir: Path, device=None) -> dict:

@@ -149,6 +149,8 @@ def align(
     b: Path = typer.Argument(..., help="Checkpoint permuted onto A."),
     method: str = typer.Option("weight", help="weight | activation"),
     rescale: bool = typer.Option(False, help="Also remove ReLU positive rescaling."),
+    repair: bool = typer.Option(False, help="Also the midpoint with REPAIRed (or reset) "
+                                "channel statistics (Jordan et al. 2022)."),
     steps: int = typer.Option(25, help="Points on the straight path for barriers."),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
@@ -176,6 +178,16 @@ def align(
     path = save_state_dict(aligned.state_dict(), out_dir / f"{Path(b).stem}_aligned.safetensors")
     summary = {f"{k}_{al}": float(table[k].sel(alignment=al)) for k in table.data_vars
                for al in ("none", "aligned")}
+    if repair:
+        from .evaluate import Evaluator
+        from .space import ParamSpace
+        from .symmetry import interpolate
+        from .symmetry import repair as repair_midpoint
+
+        ev = Evaluator(ma, xy, device=device, space=ParamSpace(ma, buffers=True))
+        mids = [interpolate(ma, aligned, 0.5), repair_midpoint(ma, aligned, 0.5, xy)]
+        plain, fixed = ev.evaluate_models(mids)["loss"].tolist()
+        summary.update(midpoint_loss_aligned=plain, midpoint_loss_repaired=fixed)
     summary.update(method=method, aligned_checkpoint=str(path),
                    seconds=round(time.perf_counter() - t0, 2))
     atomic_write_json(out_dir / "align.json", summary)
