@@ -48,7 +48,7 @@ def _embedding_kwargs(method: str, dim: int, seed: int, kwargs: dict) -> dict:
     key = "latent_dim" if method == "ae" else "n_components"
     out = {key: dim, **kwargs}
     if method in ("ae", "umap"):
-        out.setdefault("seed" if method == "ae" else "random_state", seed)
+        out.setdefault("seed", seed)
     if method == "ae":
         # on span coordinates an epoch costs microseconds; more of them buy faithfulness
         out.setdefault("epochs", 4000)
@@ -399,7 +399,7 @@ class Atlas:
             try:
                 emb = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, extra))
                 emb.fit(C)
-            except (ImportError, ValueError) as err:
+            except (ImportError, ValueError, TypeError) as err:
                 log.warning("reconstruction_table: %s skipped (%s)", name, err)
                 rows.append({"method": name, "skipped": str(err)})
                 continue

@@ -518,7 +518,8 @@ def demo(
                                      "0.1", device, "fp32", progress=not as_json)
     atlas_obj.reconstruction_table(
         methods=("pca", "kpca", "umap", "ae"),
-        variants={"ae-tanh": {"bounded": True}, "ae-stress": {"stress": 0.1}})
+        variants={"ae-tanh": {"bounded": True, "epochs": 2000},
+                  "ae-stress": {"stress": 0.1, "epochs": 2000}})
     stages["atlas"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     summary.update(demo_connectivity(atlas_obj, xy, out_dir, device))
@@ -572,6 +573,9 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None) -> dict:
     ov_rebasin = atlas_obj.overlay(torch.stack([space.flatten(m) for m in rebased]),
                                    "rebasin", labels=[f"{n} onto {names[0]}" for n in names[1:]],
                                    partners=[idx[0]] * len(rebased))
+    from .store import Run
+
+    Run(out_dir).save_dataset(f"curve-{names[0]}-{names[1]}", curve.curve)
     atomic_write_json(out_dir / "curves.json", {
         "pair": names[:2], "kind": "bezier", "barrier": curve.barrier,
         "line_barrier": curve.line_barrier, "arc_length": curve.arc_length,

@@ -55,6 +55,12 @@ def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
         ref = models[0]
         aligned = [ref] + [weight_matching(ref, m) for m in models[1:]]
         mats["after"] = barrier_matrix(aligned, xy, steps=steps, names=names, device=device)
+    run = Run(out_dir)
+    for k, v in mats.items():
+        v = v.copy()
+        v.attrs["units"] = "nats"
+        run.save_dataset("barriers" if k == "before" else "barriers_aligned",
+                         v.to_dataset(name="loss_barrier"))
     result = {
         "names": list(names), "definition": "entezari", "units": "nats",
         "alignment": "weight matching onto the first model" if align_models else None,

@@ -671,7 +671,8 @@ def faithfulness(view: RunView) -> Section | None:
     """How far to trust the map: reconstruction, decoded-vs-true loss per model, field
     error at the models, projection error of overlays (curves, trajectories)."""
     faith = view.faithfulness
-    if not isinstance(faith, dict) and not view.overlays:
+    if (not isinstance(faith, dict) and not view.overlays
+            and not (view.path / "reconstruction.json").is_file()):
         return None
     figs: dict[str, dict] = {}
     html = ['<p class="intro">How far to trust the map, in decades of loss (|log10 ratio|; '
@@ -721,6 +722,27 @@ def faithfulness(view: RunView) -> Section | None:
                    "reconstruction_mse_raw": faith.get("reconstruction_mse_raw"),
                    "decoded_loss_relative_error_median":
                        faith.get("decoded_loss_relative_error_median")}
+    recon = view.path / "reconstruction.json"
+    if recon.is_file():
+        import json
+
+        data = json.loads(recon.read_text())
+        rows = []
+        for r in data.get("rows", []):
+            if "skipped" in r:
+                rows.append([esc(r["method"]), "skipped", esc(r["skipped"]), ""])
+                continue
+            rel = r.get("median_rel_loss_error")
+            rows.append([esc(r["method"]), fmt(r.get("mse"), "per parameter²", 3),
+                         fmt(100 * rel, "%", 3) if isinstance(rel, float) else "n/a",
+                         fmt(r.get("seconds"), "s")])
+        html.append(table(["method (on span coordinates)", "reconstruction MSE",
+                           "decoded-model loss error (median)", "fit time"], rows, raw=True,
+                          caption=f"Embeddings side by side ({data.get('dim', 2)} latent "
+                                  "dimensions, no residual correction)"))
+        summary["reconstruction_table"] = [
+            {k: r.get(k) for k in ("method", "mse", "median_rel_loss_error", "skipped")}
+            for r in data.get("rows", [])]
     if view.overlays:
         rows = []
         for name, o in view.overlays.items():
