@@ -10,6 +10,19 @@ second descent to flat, degenerate minima. Each final model's top Hessian
 eigenvalue (Lanczos) and Hessian trace (exact for small models, Hutch++
 otherwise) of the mean training cross-entropy are recorded with its errors.
 
+Measured (one CPU thread, seed 0; the defaults: sklearn digits, 1000 training
+samples, 20 % of labels flipped, one-hidden-layer ReLU MLPs, full-batch Adam
+lr 1e-3 for up to 2000 steps, 13 widths in ~100 s): the noisy training set is
+fitted from width 32 (train error 0.004 at 24); test error (clean labels)
+falls to 0.15 at width 8, rises to 0.21-0.25 at widths 12-64 (peak 0.25 at
+24), then falls again to 0.13 at 512. lambda_max (2.8) and the trace (82) peak
+at width 16, just below the threshold, and fall 20x and 40x by width 512 (0.13,
+1.9). MNIST-1D with 4000 training samples (``dataset="mnist1d"``,
+``num_train=4000``, ~4.5 min) shows the same shape: test error 0.51 at width 16,
+peak 0.64 at 128 (train error 0.005; 0 from 256), 0.56 at 512; lambda_max 14
+and trace 540 at 128, down to 0.96 and 23 at 512. With only 400 MNIST-1D samples
+the test error stays near 0.75 at every width.
+
 Run directory::
 
     OUT/run.json                       config and stage timings (lossatlas.store.Run)

@@ -23,9 +23,15 @@ steps. Run directory::
     OUT/eos.png          lambda_max vs step with the 2/eta lines; loss vs step
 
 Measured (2-core CPU, one thread, seed 0): tanh MLP 40-64-64-10, 1000 MNIST-1D
-samples (800 train), MSE on one-hot targets, 600 steps at eta = 0.1 / 0.2 /
-0.4 (2/eta = 20 / 10 / 5): lambda_max rises from ~1.5 and settles at 2/eta
-for the two larger rates; see ``tests/studies/test_eos.py`` for the numbers checked.
+samples (800 train), MSE on one-hot targets, eta = 0.1 / 0.2 / 0.4 / 0.8
+(2/eta = 20 / 10 / 5 / 2.5), lambda_max ~3.9 at initialisation: at eta = 0.4 it
+reaches 2/eta at step 120 and stays within ~10 % above it (median ratio 1.08
+over steps 900-1200); at 0.2 it sharpens steadily, reaches 10 at step 480 and
+then hovers at ratio ~1.03; at 0.1 it is still sharpening at step 1200
+(lambda_max 12 < 20); at 0.8 (above 2/eta from the start) it drops at once to
+~2.9 and stays there while the loss keeps falling. 1200 steps at four rates take
+~2.5 min (~10 Hessian-vector products per recorded step at the edge, 1-3 while
+sharpening). ``tests/studies/test_eos.py`` checks the 0.4 run over 300 steps.
 """
 
 from __future__ import annotations
@@ -339,7 +345,7 @@ def plot_eos(traces: Sequence[dict[str, Any]], path: str | Path | None = None) -
 def run_eos(
     out_dir: str | Path,
     lrs: Sequence[float] = (0.1, 0.2, 0.4),
-    steps: int = 600,
+    steps: int = 1000,
     width: int = 64,
     num_samples: int = 1000,
     *,
