@@ -25,7 +25,7 @@ def copy_run(src: Path, dst: Path, keep: tuple[str, ...] | None = None) -> Path:
 
 def with_evil_labels(src: Path, dst: Path) -> Path:
     """The run with variant A renamed to ``<script>alert(1)</script>`` everywhere its
-    name is stored (checkpoint sidecars, metrics, topology)."""
+    name is stored (checkpoint sidecars, population.json, metrics, topology)."""
     copy_run(src, dst)
     for side in (dst / "train" / "checkpoints").glob("A_*.json"):
         lab = json.loads(side.read_text())
@@ -38,6 +38,13 @@ def with_evil_labels(src: Path, dst: Path) -> Path:
     rec["variant"] = EVIL
     runs[f"{EVIL}_seed0"] = rec
     mpath.write_text(json.dumps(metrics))
+    ppath = dst / "population.json"  # the labels the Atlas stored with the run
+    if ppath.exists():
+        pop = json.loads(ppath.read_text())
+        for lab in pop["labels"]:
+            if lab.get("variant") == "A":
+                lab["variant"] = EVIL
+        ppath.write_text(json.dumps(pop))
     tpath = dst / "topology.json"
     topo = json.loads(tpath.read_text())
     for b in topo["basins"]:
