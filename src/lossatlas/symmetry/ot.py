@@ -21,6 +21,15 @@ neurons are averaged into one slot (or one B neuron is split across slots), so
 the aligned model has A's widths but in general no longer computes B's function.
 The output layer keeps its classes; only its input axis is transported.
 
+Measured (two MLPs 64-64-64-10 trained by Adam for 300 steps on sklearn digits
+from different seeds; loss barrier on the training set, Entezari definition):
+0.76 unaligned; 0.055 after ``method="exact"`` (weight matching: 0.046);
+Sinkhorn with reg 0.01 / 0.02 / 0.05: 0.031 / 0.005 / 0.0 -- but the aligned
+endpoint itself degrades as reg grows (train loss 0.03 for B, 0.13 / 0.24 / 1.0
+aligned; train error 1.3 / 2.6 / 13 %), so a vanishing barrier at large reg
+partly reflects a worse endpoint, not a better alignment. Keep reg small
+(default 0.01) when the aligned model should stay close to B's function.
+
 Only plain chains of ``nn.Linear`` layers with element-wise activations in
 between are supported (:class:`lossatlas.models.MLP`, or an ``nn.Sequential`` of
 Linear / activation / Flatten / Dropout modules).
@@ -74,6 +83,14 @@ def _linear_chain(model: nn.Module, which: str) -> list[tuple[str, nn.Linear]]:
     )
 
 
+def _nonlinear_parts(model: nn.Module) -> list[str]:
+    """The types of a checked chain's non-Linear modules, in order."""
+    if isinstance(model, nn.Sequential):
+        return [type(m).__name__ for m in model.children() if not isinstance(m, nn.Linear)]
+    act = getattr(model, "act", None)
+    return [type(act).__name__] if act is not None else []
+
+
 def _check_pair(
     model_a: nn.Module, model_b: nn.Module
 ) -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, nn.Linear]]]:
@@ -94,6 +111,12 @@ def _check_pair(
         raise ValueError(
             f"ot_align: output widths differ: model_a {na} has {la.out_features} outputs, "
             f"model_b {nb} has {lb.out_features}"
+        )
+    acts_a, acts_b = _nonlinear_parts(model_a), _nonlinear_parts(model_b)
+    if acts_a != acts_b:
+        raise ValueError(
+            f"ot_align: the activations differ (model_a {acts_a}, model_b {acts_b}); the "
+            "aligned weights would be read by model_a's"
         )
     for (na, la), (nb, lb) in zip(ca, cb, strict=True):
         if (la.bias is None) != (lb.bias is None):
@@ -145,8 +168,8 @@ def ot_plans(
     model_a: nn.Module,
     model_b: nn.Module,
     method: Method = "exact",
-    reg: float = 0.05,
-    num_iter: int = 1000,
+    reg: float = 0.01,
+    num_iter: int = 10000,
 ) -> list[Tensor]:
     """Layer-wise transport plans from ``model_b``'s hidden neurons to ``model_a``'s.
 
@@ -225,8 +248,8 @@ def ot_align(
     model_a: nn.Module,
     model_b: nn.Module,
     method: Method = "exact",
-    reg: float = 0.05,
-    num_iter: int = 1000,
+    reg: float = 0.01,
+    num_iter: int = 10000,
     return_plans: bool = False,
 ) -> nn.Module | tuple[nn.Module, list[Tensor]]:
     """``model_b`` transported onto ``model_a``'s neuron order and widths.
@@ -251,7 +274,7 @@ def ot_align(
 
     Example
     -------
-    >>> aligned = ot_align(a, b, method="sinkhorn", reg=0.05)
+    >>> aligned = ot_align(a, b, method="sinkhorn", reg=0.01)
     >>> barrier(a, aligned, data)  # usually lower than barrier(a, b, data)
     """
     if method not in ("exact", "sinkhorn"):
