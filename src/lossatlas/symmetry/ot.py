@@ -30,9 +30,9 @@ aligned; train error 1.3 / 2.6 / 13 %), so a vanishing barrier at large reg
 partly reflects a worse endpoint, not a better alignment. Keep reg small
 (default 0.01) when the aligned model should stay close to B's function.
 Unequal widths, same setting with B 64-128-128-10 (train loss 0.011) projected
-onto A 64-64-64-10: exact plans give train error 1.1 % but loss 0.94 (merged
-units average their pre-activations, so the logits lose confidence); Sinkhorn
-reg 0.01 gives 2.0 % and 1.17.
+onto A 64-64-64-10: exact plans give train error 1.1 % but loss 0.94 (the
+projection does not preserve B's function: most predictions survive, their
+confidence does not); Sinkhorn reg 0.01 gives 2.0 % and 1.17.
 
 Only plain chains of ``nn.Linear`` layers with element-wise activations in
 between are supported (:class:`lossatlas.models.MLP`, or an ``nn.Sequential`` of
