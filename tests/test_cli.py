@@ -153,3 +153,14 @@ def test_train_dynamics_and_branches(tmp_path):
                                     "num_features=8", "--json"]))
     assert out["models"] == 2 and out["branches"] >= 1
     _error(runner.invoke(app, ["dynamics", str(tmp_path / "missing")]), "missing")
+
+
+def test_study_and_ot_align(checkpoints, tmp_path):
+    out = _json(runner.invoke(app, ["study", "double-descent", "--widths", "2,4", "--steps",
+                                    "50", "--out", str(tmp_path / "dd"), "--json"]))
+    assert (tmp_path / "dd").is_dir() and out["seconds"] >= 0
+    _error(runner.invoke(app, ["study", "nope"]), "nope")
+    out = _json(runner.invoke(app, ["align", str(checkpoints[0]), str(checkpoints[1]), *MODEL,
+                                    "--method", "ot", "--steps", "5", "--out", str(tmp_path),
+                                    "--json"]))
+    assert out["loss_barrier_aligned"] >= 0 and np.isfinite(out["distance_aligned"])

@@ -522,8 +522,14 @@ def demo(
                   "ae-stress": {"stress": 0.1, "epochs": 2000}})
     stages["atlas"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    summary.update(demo_connectivity(atlas_obj, xy, out_dir, device))
+    summary.update(demo_connectivity(atlas_obj, xy, out_dir, device,
+                                     heldout=(splits.x_test, splits.y_test)))
     stages["connectivity"] = time.perf_counter() - t3
+    from .dynamics import dynamics_report
+
+    dyn = dynamics_report(out_dir / "train", data=splits, defect=False, figures=False)
+    summary["transitions"] = sum(len(v) for e in dyn["runs"].values()
+                                 for v in (e.get("transitions") or {}).values())
     t4 = time.perf_counter()
     summary.update(demo_terrain(pop, xy, out_dir, device))
     stages["terrain"] = time.perf_counter() - t4
@@ -542,7 +548,7 @@ def demo(
         out.print(f"report: {summary['report']}")
 
 
-def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None) -> dict:
+def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None, heldout=None) -> dict:
     """The demo's connectivity: barrier matrix of the variants' final models before and
     after weight matching, one trained Bezier curve and the re-basined models, both
     projected onto the atlas."""
@@ -582,7 +588,14 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None) -> dict:
         "t": curve.curve["t"].values.tolist(), "loss": curve.curve["loss"].values.tolist(),
         "line_loss": curve.line["loss"].values.tolist(),
     })
-    return {"mean_barrier_before_matching": before, "mean_barrier_after_matching": after,
+    from .dynamics import branches_report
+
+    branches = branches_report(pop, data=heldout if heldout is not None else xy,
+                               barrier_matrix=np.asarray(res["before"]),
+                               out_dir=out_dir)
+    nb = branches.get("num_branches", {})
+    return {"branches": sum(nb.values()) if isinstance(nb, dict) else nb,
+            "mean_barrier_before_matching": before, "mean_barrier_after_matching": after,
             "bezier_barrier": float(curve.barrier), "line_barrier": float(curve.line_barrier),
             "curve_projection_mae": ov_curve["mae"], "rebasin_projection_mae": ov_rebasin["mae"],
             "rebased_in_partner_basin": f"{sum(ov_rebasin.get('same_basin_as_partner', []))}"
@@ -635,4 +648,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # verbs defined in their own modules register themselves on ``app``
-from . import cli_connect, cli_dynamics, cli_terrain  # noqa: E402,F401
+from . import cli_connect, cli_dynamics, cli_studies, cli_terrain  # noqa: E402,F401

@@ -153,7 +153,10 @@ def connect(
 def align(
     a: Path = typer.Argument(..., help="Reference checkpoint."),
     b: Path = typer.Argument(..., help="Checkpoint permuted onto A."),
-    method: str = typer.Option("weight", help="weight | activation"),
+    method: str = typer.Option("weight", help="weight | activation | ot (optimal transport, "
+                               "MLPs; soft for unequal widths)"),
+    ot_solver: str = typer.Option("exact", help="With --method ot: exact | sinkhorn"),
+    reg: float = typer.Option(0.01, help="With --method ot sinkhorn: entropic regularisation."),
     rescale: bool = typer.Option(False, help="Also remove ReLU positive rescaling."),
     repair: bool = typer.Option(False, help="Also the midpoint with REPAIRed (or reset) "
                                 "channel statistics (Jordan et al. 2022)."),
@@ -171,19 +174,34 @@ def align(
     from .symmetry import compare_alignment
 
     _setup_logging(verbose)
-    if method not in ("weight", "activation"):
-        raise UsageError(f"--method must be 'weight' or 'activation', got {method!r}")
+    if method not in ("weight", "activation", "ot"):
+        raise UsageError(f"--method must be 'weight', 'activation' or 'ot', got {method!r}")
+    if ot_solver not in ("exact", "sinkhorn"):
+        raise UsageError(f"--ot-solver must be 'exact' or 'sinkhorn', got {ot_solver!r}")
     t0 = time.perf_counter()
     splits, xy = _load_data(data, data_arg, split, samples)
     factory, _ = _model_factory(model, model_arg, splits)
     ma, mb = _load_models([a, b], factory)
-    table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=steps,
-                              device=device)
-    _, aligned = align_models(ma, mb, method, xy, rescale)
+    if method == "ot":
+        from .connectivity import barrier
+        from .symmetry import ot_align, parameter_distance
+
+        aligned = ot_align(ma, mb, method=ot_solver, reg=reg)
+        table = None
+        summary = {"loss_barrier_none": barrier(ma, mb, xy, steps=steps, device=device),
+                   "loss_barrier_aligned": barrier(ma, aligned, xy, steps=steps,
+                                                   device=device),
+                   "distance_none": parameter_distance(ma, mb)["distance"],
+                   "distance_aligned": parameter_distance(ma, aligned)["distance"]}
+    else:
+        table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=steps,
+                                  device=device)
+        _, aligned = align_models(ma, mb, method, xy, rescale)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_state_dict(aligned.state_dict(), out_dir / f"{Path(b).stem}_aligned.safetensors")
-    summary = {f"{k}_{al}": float(table[k].sel(alignment=al)) for k in table.data_vars
-               for al in ("none", "aligned")}
+    if table is not None:
+        summary = {f"{k}_{al}": float(table[k].sel(alignment=al)) for k in table.data_vars
+                   for al in ("none", "aligned")}
     if repair:
         from .evaluate import Evaluator
         from .space import ParamSpace

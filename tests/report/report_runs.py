@@ -92,9 +92,12 @@ def with_all_results(src: Path, dst: Path) -> Path:
     (dst / "dynamics.json").write_text(json.dumps(
         {"transitions": {"A_seed0": [{"epoch": 2, "metric": "test_accuracy"}]},
          "defect": {"A_seed0": {"x": [0, 2, 4], "y": [0.1, 0.5, 0.2]}}}))
+    # the format of lossatlas.dynamics.branches_report
     (dst / "branches.json").write_text(json.dumps(
-        {"basins": [{"basin": 0, "models": [0, 1, 2], "disagreement": b[:3, :3].tolist(),
-                     "cka": (1 - b[:3, :3]).tolist(), "branches": [[0, 1], [2]]}]}))
+        {"models": [{"variant": "A"}, {"variant": "B"}, {"variant": "C"}],
+         "branch": [0, 0, 1], "basin": [0, 0, 0], "num_branches": {"0": 2},
+         "separation": {"0": {"ratio": 3.5, "silhouette": 0.6, "max_merge": 0.3}},
+         "distances": b[:3, :3].tolist(), "metric": "disagreement"}))
     (dst / "symmetry.json").write_text(json.dumps(
         {"method": "weight matching", "pairs": [{"a": "B", "b": "A", "distance_before": 3.2,
                                                   "distance_after": 1.1}]}))

@@ -321,7 +321,8 @@ class RunView:
 
     @cached_property
     def dynamics(self) -> dict | None:
-        return self._json("dynamics.json")
+        """``dynamics.json`` of the run, or of its ``train/`` folder."""
+        return self._json("dynamics.json") or self._json(Path("train") / "dynamics.json")
 
     @cached_property
     def branches(self) -> dict | None:

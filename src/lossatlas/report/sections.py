@@ -596,7 +596,19 @@ def phase_transitions(view: RunView) -> Section | None:
         last = rows[-1]
         summary["runs"][key] = {m: last.get(m) for m in series}
     marks = []
-    transitions = (dyn or {}).get("transitions") or {}
+    transitions = dict((dyn or {}).get("transitions") or {})
+    # the format of lossatlas.dynamics.dynamics_report: per run, per metric, change points
+    # with the row index of the metric series; placed at that row's epoch
+    for key, entry in ((dyn or {}).get("runs") or {}).items():
+        run_key = str(key).replace("/", "_")
+        xs = next((r["x"] for r in runs if r["name"] == esc(run_key)), None)
+        pts = []
+        for metric, found in (entry.get("transitions") or {}).items():
+            for p in found if isinstance(found, list) else []:
+                i = p.get("index") if isinstance(p, dict) else None
+                if xs is not None and isinstance(i, int) and 0 <= i < len(xs):
+                    pts.append({"epoch": xs[i], "metric": metric})
+        transitions[run_key] = pts
     for key, points in transitions.items():
         for p in points if isinstance(points, list) else []:
             x = p.get("epoch") if isinstance(p, dict) else p
@@ -635,33 +647,49 @@ def phase_transitions(view: RunView) -> Section | None:
 
 
 # ======================================================= algorithmic branches
-@section("branches", "Algorithmic branches", hint="run `lossatlas dynamics --branches`")
+@section("branches", "Algorithmic branches", hint="run `lossatlas branches`")
 def branches(view: RunView) -> Section | None:
-    """Models of one basin whose functions differ (``branches.json``: per basin the
-    models, prediction disagreement and CKA matrices, and the branches found)."""
+    """Models of one basin whose functions differ (``branches.json`` as written by
+    :func:`lossatlas.dynamics.branches_report`: per model its basin and branch, the
+    functional distance matrix, branches per basin and their separation)."""
     br = view.branches
-    if not isinstance(br, dict) or not br.get("basins"):
+    if not isinstance(br, dict) or "branch" not in br or "basin" not in br:
         return None
-    texts = view.label_texts
-    figs, html = {}, ['<p class="intro">Models in one basin (low barrier) can still compute '
-                      "different functions: prediction disagreement and representation "
-                      "similarity (CKA) between them split a basin into branches.</p>"]
+    models = br.get("models") or []
+    names = []
+    for i, lab in enumerate(models):
+        if isinstance(lab, dict):
+            parts = [str(lab.get("variant", i))] + [f"{k} {lab[k]}" for k in ("seed", "epoch")
+                                                     if k in lab]
+            names.append(esc(" / ".join(parts)))
+        else:
+            names.append(esc(str(lab)))
+    metric = str(br.get("metric", "disagreement"))
+    figs: dict[str, dict] = {}
+    html = ['<p class="intro">Models in one basin (low barrier between them) can still '
+            "compute different functions. The functional distance between models "
+            f"({esc(metric)}: prediction disagreement on held-out data, or 1 - CKA of "
+            "representations) splits each basin into branches; a basin with several "
+            "branches holds distinct algorithms.</p>"]
+    dist = br.get("distances")
+    if dist:
+        figs["fig-branches"] = F.heatmap_figure(np.asarray(dist, float), names, names,
+                                                esc(f"functional distance ({metric})"),
+                                                esc(metric), colorscale="Cividis")
+        html.append(plot_div("fig-branches"))
+    sep = br.get("separation") or {}
     rows = []
-    for b in br["basins"]:
-        members = b.get("models") or []
-        names = [esc(texts[i] if isinstance(i, int) and i < len(texts) else i) for i in members]
-        for key, title, scale in (("disagreement", "prediction disagreement", "Cividis"),
-                                  ("cka", "CKA", "Viridis")):
-            if b.get(key):
-                fid = f"fig-branch-{b.get('basin')}-{key}"
-                figs[fid] = F.heatmap_figure(np.asarray(b[key], float), names, names,
-                                             esc(f"basin {b.get('basin')}: {title}"),
-                                             title, colorscale=scale)
-                html.append(plot_div(fid))
-        rows.append([fmt(b.get("basin")), fmt(len(members)),
-                     fmt(len(b.get("branches") or []) or None)])
-    html.append(table(["basin", "models", "branches"], rows, raw=True))
-    return Section("".join(html), figs, {"basins": len(br["basins"])})
+    for b, n in sorted((br.get("num_branches") or {}).items(), key=lambda kv: str(kv[0])):
+        members = [names[i] for i, bb in enumerate(br["basin"]) if str(bb) == str(b)
+                   and i < len(names)]
+        ratio = (sep.get(str(b)) or {}).get("ratio")
+        rows.append([esc(b), ", ".join(members), fmt(n),
+                     fmt(ratio) if isinstance(ratio, float) and np.isfinite(ratio) else "n/a"])
+    html.append(table(["basin", "models", "branches", "separation (between / within)"], rows,
+                      raw=True))
+    return Section("".join(html), figs,
+                   {"basins": len(br.get("num_branches") or {}),
+                    "branches": int(sum((br.get("num_branches") or {}).values()))})
 
 
 # =============================================================== faithfulness

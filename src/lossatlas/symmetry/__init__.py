@@ -4,6 +4,7 @@ models, the ReLU-rescaling canonical form, and distances modulo symmetry."""
 
 from .distance import align, compare_alignment, parameter_distance
 from .matching import activation_matching, match_activations, match_weights, weight_matching
+from .ot import ot_align, ot_plans
 from .repair import interpolate, interpolate_state, repair, reset_bn
 from .rescale import apply_rescaling, canonical_rescaling, random_rescaling, rescale_canonical
 from .spec import (
@@ -35,6 +36,8 @@ __all__ = [
     "interpolate_state",
     "match_activations",
     "match_weights",
+    "ot_align",
+    "ot_plans",
     "parameter_distance",
     "permutation_spec",
     "permute_model",
