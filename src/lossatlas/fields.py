@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .evaluate import Evaluator
-from .points import PointSource
+from .points import MAX_GRID_POINTS, PointSource
 from .store import FieldWriter, Run
 
 __all__ = ["compute_field", "log10_loss"]
@@ -38,6 +38,7 @@ def compute_field(
     overwrite: bool = False,
     progress: bool = False,
     attrs: dict | None = None,
+    max_points: int | None = MAX_GRID_POINTS,
 ) -> xr.Dataset:
     """Loss and metrics at every point of ``source``, as an ``xarray.Dataset``.
 
@@ -49,7 +50,24 @@ def compute_field(
     per sample) and ``accuracy`` (fraction), plus any extra metrics; non-finite
     losses (diverged points) are kept as NaN/inf and counted in
     ``attrs["nonfinite"]``.
+
+    A source of more than ``max_points`` points (default 10**7) is refused before
+    anything is allocated; pass ``max_points=None`` to lift the limit.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is joined on first
+    use (:func:`lossatlas.distributed.init_from_env`) and the chunks are shared
+    out: with a run, rank 0 creates the store, the i-th pending chunk is computed
+    and written by rank ``i % world_size``, and every rank returns the complete
+    field once all are done; without a run the ranks' chunks are gathered. The
+    values are those of a single-process run; a killed rank loses only its
+    unfinished chunks.
     """
+    if max_points is not None and source.size > max_points:
+        raise ValueError(
+            f"compute_field: {source.size:.3g} points (grid {' x '.join(map(str, source.shape))})"
+            f" is over the limit of {max_points:.3g}; lower the resolution or pass "
+            "max_points=None"
+        )
     variables = _variables(evaluator)
     distributed.init_from_env()
     chunk_points = chunk_points or max(evaluator.chunk_size * 4, 256)
