@@ -79,9 +79,9 @@ def _setup():
     return scope["setup"]()
 
 
-def _torchrun(tmp_path, run_dir, nproc=2):
+def _torchrun(tmp_path, run_dir, nproc=2, worker=WORKER, check=True):
     (tmp_path / "setup_field.py").write_text(SETUP)
-    (tmp_path / "worker.py").write_text(WORKER)
+    (tmp_path / "worker.py").write_text(worker)
     out = tmp_path / "ranks"
     out.mkdir(exist_ok=True)
     for f in out.glob("*.json"):
@@ -94,6 +94,8 @@ def _torchrun(tmp_path, run_dir, nproc=2):
          f"--nproc-per-node={nproc}", str(tmp_path / "worker.py"), str(run_dir), str(out)],
         env=env, capture_output=True, text=True, timeout=120,
     )
+    if not check:
+        return proc, out
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
@@ -153,6 +155,37 @@ def test_two_ranks_resume_only_missing_chunks(tmp_path):
     assert Run(tmp_path / "dist").read()["stages"]["field:plane"]["chunks_resumed"] == 3
 
 
+MISMATCH = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from lossatlas import AffineSource, Run, compute_field, distributed
+    from setup_field import setup
+
+    distributed.init_from_env()
+    ev, src = setup()
+    other = AffineSource(src.origin, src.directions * 2, list(src.coords.values()))
+    try:
+        compute_field(ev, other, Run(sys.argv[1]), "plane", chunk_points=10)
+    except ValueError as err:
+        with open(os.path.join(sys.argv[2], f"rank{distributed.rank()}.json"), "w") as f:
+            json.dump({"error": str(err)}, f)
+    """
+)
+
+
+def test_every_rank_reports_a_store_that_cannot_resume(tmp_path):
+    ev, src = _setup()
+    Run(tmp_path / "dist").begin_field("plane", src, ["loss", "accuracy"], 10)
+    proc, out = _torchrun(tmp_path, tmp_path / "dist", worker=MISMATCH, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [json.loads((out / f"rank{r}.json").read_text())["error"] for r in range(2)]
+    assert all("different points" in e for e in errors), errors
+    assert "rank 0" in errors[1]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_compute_field_unchanged_without_torchrun(tmp_path):
     torch.manual_seed(0)
@@ -163,3 +196,30 @@ def test_compute_field_unchanged_without_torchrun(tmp_path):
     a = compute_field(ev, src, Run(tmp_path), "line", chunk_points=3)
     b = compute_field(ev, src)
     np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
+
+
+def test_small_memory_budget_same_field_smaller_chunks(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = (torch.randn(80, 6), torch.randint(0, 3, (80,)))
+    big = Evaluator(model, data, device="cpu")
+    small = Evaluator(model, data, device="cpu", memory_budget=16 << 10)
+    assert small.memory_budget == 16 << 10
+    assert small.chunk_size < big.chunk_size and small.batch_size <= big.batch_size
+    seen: list[int] = []
+    real = small._evaluate_chunk
+
+    def spy(chunk):
+        seen.append(len(chunk))
+        return real(chunk)
+
+    small._evaluate_chunk = spy
+    w = big.space.flatten(model)
+    dirs = torch.randn(2, big.space.dim, generator=torch.Generator().manual_seed(1))
+    src = AffineSource(w, dirs, [np.linspace(-1, 1, 11), np.linspace(-1, 1, 7)])
+    ref = compute_field(big, src, Run(tmp_path / "big"), "plane")
+    got = compute_field(small, src, Run(tmp_path / "small"), "plane")
+    assert seen and max(seen) <= small.chunk_size < big.chunk_size
+    assert sum(seen) == src.size
+    np.testing.assert_allclose(got["loss"].values, ref["loss"].values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got["accuracy"].values, ref["accuracy"].values)

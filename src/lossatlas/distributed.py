@@ -19,6 +19,7 @@ Example
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -29,7 +30,7 @@ import torch.distributed as dist
 
 __all__ = [
     "init_from_env", "is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier",
-    "broadcast_object", "device", "shard",
+    "broadcast_object", "device", "shard", "shutdown",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
 
     Returns True when running distributed (``WORLD_SIZE`` > 1), False otherwise
     (nothing is done then). Calling it again is harmless. On CUDA the current
-    device becomes ``cuda:LOCAL_RANK``.
+    device becomes ``cuda:LOCAL_RANK``. The group is left at exit (:func:`shutdown`).
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
@@ -82,8 +83,15 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
         torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
     dist.init_process_group(backend=backend, init_method="env://",
                             timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(shutdown)
     log.info("distributed: rank %d of %d (backend %s)", rank(), world_size(), backend)
     return dist.get_world_size() > 1
+
+
+def shutdown() -> None:
+    """Leave the process group (local; registered to run at exit by :func:`init_from_env`)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
