@@ -48,7 +48,7 @@ def _env_int(name: str, default: int) -> int:
         ) from None
 
 
-def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
+def init_from_env(backend: str | None = None, timeout_s: float = 6 * 3600.0) -> bool:
     """Join the process group described by ``torchrun``'s environment variables.
 
     Parameters
@@ -56,7 +56,9 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
     backend : {"nccl", "gloo"}, optional
         Default: ``nccl`` when CUDA is available, else ``gloo``.
     timeout_s : float
-        Seconds a collective (e.g. a barrier) waits for the other ranks.
+        Seconds a collective waits for the other ranks (the ranks that finish
+        their chunks first wait at a barrier for the slowest; a rank that dies is
+        noticed by torchrun, which stops the others).
 
     Returns True when running distributed (``WORLD_SIZE`` > 1), False otherwise
     (nothing is done then). Calling it again is harmless. On CUDA the current

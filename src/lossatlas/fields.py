@@ -89,9 +89,10 @@ def compute_field(
                                        overwrite)
         skipped = writer.num_chunks - len(pending)
         mine = distributed.shard(pending)
+        resumed = source.size - sum(_chunk_points(writer, k) for k in pending)
         bar = tqdm(
-            total=sum(_chunk_points(writer, k) for k in mine), unit="pt",
-            disable=not progress or not distributed.is_main(), desc=f"field {name}",
+            total=resumed + sum(_chunk_points(writer, k) for k in mine), initial=resumed,
+            unit="pt", disable=not progress or not distributed.is_main(), desc=f"field {name}",
         )
         for k in mine:
             start, stop = writer.chunk_range(k)
