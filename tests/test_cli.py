@@ -164,3 +164,19 @@ def test_study_and_ot_align(checkpoints, tmp_path):
                                     "--method", "ot", "--steps", "5", "--out", str(tmp_path),
                                     "--json"]))
     assert out["loss_barrier_aligned"] >= 0 and np.isfinite(out["distance_aligned"])
+
+
+def test_absurd_sizes_are_refused_before_any_work(checkpoints, tmp_path):
+    res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(checkpoints[1]),
+                              *MODEL, "--steps", str(2**40), "--out", str(tmp_path)])
+    _error(res, "--steps")
+    res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(checkpoints[1]),
+                              *MODEL, "--extrapolate", "nan", "--out", str(tmp_path)])
+    _error(res, "--extrapolate")
+    res = runner.invoke(app, ["atlas", "--population", str(tmp_path), *MODEL,
+                              "--resolution", "10000000", "--out", str(tmp_path / "a")])
+    _error(res, "--resolution")
+    res = runner.invoke(app, ["surface", "random", str(checkpoints[0]), "--model", "mlp",
+                              "--model-arg", "hidden=abc", "--data", "blobs",
+                              "--out", str(tmp_path)])
+    _error(res, "--model-arg")

@@ -42,7 +42,7 @@ from .train import train_population
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("surfaces", "manifold", "topology", "connectivity", "symmetry", "curvature",
-                "dynamics", "report")
+                "dynamics", "report", "studies", "distributed", "kernels")
 
 
 def __getattr__(name: str):

@@ -45,7 +45,8 @@ def _handle(fn):
         try:
             return fn(*args, **kwargs)
         except (UsageError, CheckpointError, FactoryError, UnknownNameError, ValueError,
-                KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
+                KeyError, FileNotFoundError, TypeError, RuntimeError, MemoryError,
+                OverflowError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             line = str(msg).splitlines()[0] if str(msg).strip() else type(e).__name__
             sys.stderr.write(f"error: {line}\n")
@@ -70,8 +71,14 @@ def _kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
 
 def _load_data(spec: str, args: list[str] | None, split: str, samples: int | None):
     from . import data as data_mod
+    from .registry import FactoryError, UnknownNameError
 
-    splits = data_mod.create(spec, **_kv(args, "--data-arg"))
+    try:
+        splits = data_mod.create(spec, **_kv(args, "--data-arg"))
+    except (FactoryError, UnknownNameError, UsageError):
+        raise
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--data {spec!r} / --data-arg: {e}") from e
     if split not in ("train", "test"):
         raise UsageError(f"--split must be 'train' or 'test', got {split!r}")
     if hasattr(splits, "x_train"):
@@ -100,6 +107,10 @@ def _model_factory(spec: str, args: list[str] | None, splits=None):
 
         kwargs = _infer_model_kwargs(spec, splits, kwargs)
     build, _ = resolve_model_factory(spec, kwargs)
+    try:
+        build()  # fail here, naming the options, rather than deep inside a command
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--model {spec!r} / --model-arg: {e}") from e
     return build, kwargs
 
 
@@ -214,8 +225,11 @@ def _print_training_table(metrics: dict) -> None:
 
 # ---------------------------------------------------------------- surface
 def _surface_common(model, model_arg, data, data_arg, split, samples, device, precision):
+    from . import distributed
     from .evaluate import Evaluator
 
+    if distributed.init_from_env() and device is None:
+        device = str(distributed.device())
     splits, xy = _load_data(data, data_arg, split, samples)
     factory, kwargs = _model_factory(model, model_arg, splits)
     return splits, xy, factory, kwargs, functools.partial(
@@ -235,6 +249,7 @@ def _load_models(paths: list[Path], factory) -> list:
 
 def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_json: bool,
                  extra: dict | None = None, show: bool = True):
+    from . import distributed
     from .store import Run
     from .surfaces import plot_contour, plot_curve, plot_surface, plot_trajectory, save_figure
     from .surfaces.slices import slice_field
@@ -242,11 +257,14 @@ def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_jso
     t0 = time.perf_counter()
     run = Run(out_dir)
     ds = slice_field(ev, sl, run, name, progress=not as_json, overwrite=overwrite)
+    if not distributed.is_main():
+        return ds
     figs = []
+    small = any(n < 2 for n in ds["loss"].shape)
     ndim = len(sl.dims)
     if ndim == 1:
         figs.append(save_figure(plot_curve(ds), out_dir / f"{name}.png"))
-    elif ndim == 2:
+    elif ndim == 2 and not small:
         if kind == "pca":
             figs.append(save_figure(plot_trajectory(sl, ds), out_dir / f"{name}.png"))
         else:
@@ -297,9 +315,17 @@ def surface_interp(
     verbose: bool = Verbose,
 ):
     """Loss along the straight line between checkpoints A and B."""
+    import math
+
+    from .points import MAX_GRID_POINTS
     from .surfaces import interpolation
 
     _setup_logging(verbose)
+    if not math.isfinite(extrapolate) or extrapolate < 0:
+        raise UsageError(f"--extrapolate must be a finite number >= 0, got {extrapolate}")
+    if steps < 2 or (steps - 1) * (1 + 2 * extrapolate) + 1 > MAX_GRID_POINTS:
+        raise UsageError(f"--steps {steps} with --extrapolate {extrapolate}: need 2 to "
+                         f"{MAX_GRID_POINTS} points on the path")
     _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
                                                 samples, device, precision)
     ma, mb = _load_models([a, b], factory)
@@ -377,8 +403,9 @@ def surface_pca(
                                                      samples, device, precision)
     src = [str(p) for p in trajectory] if len(trajectory) > 1 else str(trajectory[0])
     pop = Population.from_checkpoints(src, model, factory_kwargs=kwargs)
-    if len(pop) < 3:
-        raise UsageError(f"surface pca: need at least 3 checkpoints, got {len(pop)}")
+    if len(pop) < 4:
+        raise UsageError(f"surface pca: need at least 4 checkpoints (two directions from the "
+                         f"differences to the last, centred), got {len(pop)}")
     sl = pca_plane(pop.as_points(), resolution=resolution, margin=margin, space=pop.space)
     extra = {"explained_variance": [round(float(v), 4) for v in sl.explained_variance],
              "max_projection_error": float(max(sl.projection_error))}
@@ -443,9 +470,15 @@ def atlas(
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """The global atlas: embedding, refined loss field, merge tree and basins."""
+    from .points import MAX_GRID_POINTS
     from .population import Population
 
     _setup_logging(verbose)
+    if not 1 <= dim <= 4:
+        raise UsageError(f"--dim must be 1 to 4, got {dim}")
+    if resolution < 2 or resolution**dim > MAX_GRID_POINTS:
+        raise UsageError(f"--resolution {resolution} with --dim {dim}: the base grid must have "
+                         f"2 to {MAX_GRID_POINTS} points per side^dim")
     splits, xy = _load_data(data, data_arg, split, samples)
     factory, kwargs = _model_factory(model, model_arg, splits)
     pdir = Path(population)
