@@ -98,6 +98,9 @@ def test_landscape_figure(atlas, tmp_path):
     from lossatlas.atlas_plot import plot_atlas_persistence, plot_atlas_tree
 
     atlas.plot_landscape(tmp_path / "l.png")
+    atlas.plot_landscape(tmp_path / "terrain.png", marker_values={0: 1.0, 2: 3.0},
+                         marker_label="top eigenvalue")
+    assert (tmp_path / "terrain.png").stat().st_size > 5000
     plot_atlas_tree(atlas, tmp_path / "t.png")
     plot_atlas_persistence(atlas, tmp_path / "p.png")
     for f in ("l.png", "t.png", "p.png"):

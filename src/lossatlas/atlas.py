@@ -475,8 +475,12 @@ class Atlas:
         return out
 
     # ------------------------------------------------------------- figures
-    def plot_landscape(self, path=None, ax=None, trajectories: bool = True):
-        """Filled contours of log10 loss over the latent map with basins and models."""
+    def plot_landscape(self, path=None, ax=None, trajectories: bool = True,
+                       marker_values: dict[int, float] | None = None,
+                       marker_label: str = ""):
+        """Filled contours of log10 loss over the latent map with basins and models
+        (optionally rings sized by a per-model value: see ``atlas_plot.plot_landscape``)."""
         from .atlas_plot import plot_landscape
 
-        return plot_landscape(self, path=path, ax=ax, trajectories=trajectories)
+        return plot_landscape(self, path=path, ax=ax, trajectories=trajectories,
+                              marker_values=marker_values, marker_label=marker_label)

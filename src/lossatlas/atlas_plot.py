@@ -34,12 +34,16 @@ def _variant_styles(labels: list[dict]) -> dict[str, tuple[str, object]]:
     return {v: (MARKERS[i % len(MARKERS)], cmap(i % 10)) for i, v in enumerate(variants)}
 
 
-def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True):
+def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
+                   marker_values: dict[int, float] | None = None, marker_label: str = ""):
     """Filled contours of log10 loss on the refined latent field (2-D maps).
 
     Basin boundaries (after simplification) are drawn as black lines when the
     topology stage has run; models are markers coloured and shaped by variant,
     trajectories are lines through each run's checkpoints in order.
+    ``marker_values`` (population index -> value, e.g. the top Hessian eigenvalue)
+    draws a ring around those models whose area grows with the value, labelled
+    ``marker_label``: terrain on the map.
     """
     f = atlas.field_
     if f.coords.shape[1] != 2:
@@ -58,10 +62,13 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True):
     cs = ax.tricontourf(tri, values, levels=levels, cmap="viridis")
     ax.figure.colorbar(cs, ax=ax, label="log10 loss (mean loss per sample, nats)")
     if hasattr(atlas, "tree_"):
-        labels = np.asarray(atlas.tree_.labels).reshape(-1).astype(float)
-        if len(np.unique(labels)) > 1:
-            ax.tricontour(tri, labels, levels=np.unique(labels)[:-1] + 0.5, colors="k",
-                          linewidths=0.8)
+        labels = np.asarray(atlas.tree_.labels).reshape(-1)
+        basins = np.unique(labels)
+        if len(basins) > 1:
+            # one contour per basin of its indicator: a single line along each boundary
+            for b in basins:
+                ax.tricontour(tri, (labels == b).astype(float), levels=[0.5], colors="k",
+                              linewidths=0.8)
     z = atlas.codes_.numpy()
     labels = atlas.population.labels
     styles = _variant_styles(labels)
@@ -73,6 +80,16 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True):
         idx = [i for i, lab in enumerate(labels) if str(lab.get("variant", "?")) == v]
         ax.scatter(z[idx, 0], z[idx, 1], marker=marker, color=color, edgecolor="k", s=36,
                    linewidths=0.6, label=f"variant {v}", zorder=3)
+    if marker_values:
+        idx = np.asarray(list(marker_values))
+        vals = np.asarray([marker_values[i] for i in idx], dtype=float)
+        ok = np.isfinite(vals)
+        if ok.any():
+            lo, hi = np.min(vals[ok]), np.max(vals[ok])
+            sizes = 80 + 600 * (vals[ok] - lo) / max(hi - lo, 1e-12)
+            ax.scatter(z[idx[ok], 0], z[idx[ok], 1], s=sizes, facecolors="none",
+                       edgecolors="white", linewidths=1.5, zorder=4,
+                       label=f"{marker_label}: {lo:.3g} (small) to {hi:.3g} (large)")
     ax.set_xlabel("latent z0")
     ax.set_ylabel("latent z1")
     ax.set_title(f"Loss landscape of {len(labels)} models ({f.n} samples)")

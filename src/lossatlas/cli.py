@@ -565,6 +565,13 @@ def demo(
                                  for v in (e.get("transitions") or {}).values())
     t4 = time.perf_counter()
     summary.update(demo_terrain(pop, xy, out_dir, device))
+    terrain_table = json.loads((out_dir / "terrain.json").read_text())
+    if "top_eigenvalue" in terrain_table:
+        atlas_obj.plot_landscape(
+            out_dir / "landscape_terrain.png",
+            marker_values=dict(zip(terrain_table["indices"], terrain_table["top_eigenvalue"],
+                                   strict=True)),
+            marker_label="top Hessian eigenvalue")
     stages["terrain"] = time.perf_counter() - t4
     summary.update({f"{k}_seconds": round(v, 1) for k, v in stages.items()})
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)

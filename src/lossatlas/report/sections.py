@@ -562,6 +562,11 @@ def terrain(view: RunView) -> Section | None:
                                                                              strict=True)],
                           raw=True, caption="Top Hessian eigenvalues (loss per squared "
                                             "parameter)"))
+    p = view.png("landscape_terrain.png")
+    if p is not None:  # terrain on the map: rings sized by the top eigenvalue
+        html.append("<p>Terrain on the map: each ring's area grows with the model's top "
+                    "Hessian eigenvalue (sharper minima, larger rings).</p>"
+                    + img(p, "Latent landscape with rings sized by the top Hessian eigenvalue"))
     summary = {k: {"median": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
                for k, v in measures.items()}
     return Section("".join(html), figs, summary)
