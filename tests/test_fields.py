@@ -15,15 +15,19 @@ from torch import nn
 from lossatlas import AffineSource, Evaluator, ExplicitSource, Run, compute_field
 
 
-def _setup():
+def _setup(alpha=(-1, 1, 9), beta=(-0.5, 0.5, 6)):
+    """A small MLP, its Evaluator and a plane through it (the same in every process)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.randn(80, 6), torch.randint(0, 3, (80,))
     ev = Evaluator(model, (x, y))
     w = ev.space.flatten(model)
     dirs = torch.randn(2, ev.space.dim, generator=torch.Generator().manual_seed(1))
-    src = AffineSource(w, dirs, [np.linspace(-1, 1, 9), np.linspace(-0.5, 0.5, 6)])
+    src = AffineSource(w, dirs, [np.linspace(*alpha), np.linspace(*beta)])
     return model, ev, src
+
+
+KILL_GRID = {"alpha": (-1, 1, 20), "beta": (-1, 1, 5)}
 
 
 def test_in_memory_field_is_labelled_and_correct():
@@ -58,17 +62,12 @@ def test_changed_points_refuse_to_resume(tmp_path):
 
 
 SCRIPT = textwrap.dedent(
-    """
-    import sys, time, torch, numpy as np
-    from torch import nn
-    from lossatlas import AffineSource, Evaluator, Run, compute_field
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-    x, y = torch.randn(80, 6), torch.randint(0, 3, (80,))
-    ev = Evaluator(model, (x, y))
-    w = ev.space.flatten(model)
-    dirs = torch.randn(2, ev.space.dim, generator=torch.Generator().manual_seed(1))
-    src = AffineSource(w, dirs, [np.linspace(-1, 1, 20), np.linspace(-1, 1, 5)])
+    f"""
+    import sys, time
+    sys.path.insert(0, {str(os.path.dirname(os.path.abspath(__file__)))!r})
+    from test_fields import KILL_GRID, _setup
+    from lossatlas import Run, compute_field
+    _, ev, src = _setup(**KILL_GRID)
     real = ev.evaluate
     def slow(p):
         time.sleep(0.3)
@@ -96,18 +95,12 @@ def test_killed_field_resumes_only_missing_chunks(tmp_path):
     assert 3 <= done_before < 10, done_before
     assert not (progress / "complete").exists()
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-    x, y = torch.randn(80, 6), torch.randint(0, 3, (80,))
-    ev = Evaluator(model, (x, y))
-    w = ev.space.flatten(model)
-    dirs = torch.randn(2, ev.space.dim, generator=torch.Generator().manual_seed(1))
-    src = AffineSource(w, dirs, [np.linspace(-1, 1, 20), np.linspace(-1, 1, 5)])
+    _, ev, src = _setup(**KILL_GRID)
     resumed = compute_field(ev, src, Run(run_dir), "plane", chunk_points=10)
     assert ev.points_evaluated == 100 - 10 * done_before
     # identical to an uninterrupted run with the same settings
-    full = compute_field(Evaluator(model, (x, y)), src, Run(tmp_path / "ref"), "plane",
-                         chunk_points=10)
+    _, ev_ref, _ = _setup(**KILL_GRID)
+    full = compute_field(ev_ref, src, Run(tmp_path / "ref"), "plane", chunk_points=10)
     np.testing.assert_array_equal(resumed["loss"].values, full["loss"].values)
     np.testing.assert_array_equal(resumed["accuracy"].values, full["accuracy"].values)
     assert (progress / "complete").exists()
