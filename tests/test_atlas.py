@@ -147,3 +147,38 @@ def test_reconstruction_table_against_sklearn_pca(atlas):
     assert by["ae"]["mse"] < 0.1 * by["pca"]["mse"]
     assert by["ae"]["median_rel_loss_error"] < by["pca"]["median_rel_loss_error"]
     assert (atlas.path / "reconstruction.json").exists()
+
+
+def test_mapped_population_under_a_memory_budget_gives_the_same_atlas(population, tmp_path):
+    """A memory-mapped population, read by blocks with the basis on disk and points
+    decoded in small chunks, gives the in-memory atlas: same codes, field and basins."""
+    pop, xy = population
+    mapped = Population.from_safetensors(pop.to_safetensors(tmp_path / "pop.safetensors"),
+                                         mmap=True)
+    assert mapped.is_mapped
+    atlases = []
+    for p, budget, where in ((pop, None, "mem"), (mapped, "200kB", "mapped")):
+        a = Atlas(p, xy, tmp_path / where, memory_budget=budget)
+        a.embed("pca", dim=2)
+        a.field(resolution=12, budget=300, tol=0.1)
+        a.topology()
+        atlases.append(a)
+    mem, lazy = atlases
+    assert lazy.reduction_.on_disk and not mem.reduction_.on_disk
+    assert (lazy.path / "embedding" / "reduction.components.safetensors").exists()
+    assert lazy._chunk_points() < len(pop)  # decoding really was chunked
+    torch.testing.assert_close(lazy.codes_, mem.codes_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(lazy.field_.values["log10_loss"], mem.field_.values["log10_loss"],
+                               atol=1e-4)
+    np.testing.assert_allclose(lazy.field_.values["distance"], mem.field_.values["distance"],
+                               rtol=1e-4, atol=1e-4)
+    assert lazy.basins_.tolist() == mem.basins_.tolist()
+    f_lazy, f_mem = lazy.faithfulness(), mem.faithfulness()
+    assert f_lazy["reconstruction_mse_raw"] == pytest.approx(f_mem["reconstruction_mse_raw"],
+                                                             rel=1e-3, abs=1e-9)
+    # the distance field, computed in span coordinates, equals decoding and measuring
+    z = lazy.field_.coords[:25]
+    pts = mem.decode(torch.as_tensor(z, dtype=torch.float32))
+    direct = torch.cdist(pts.double(), pop.as_points().double()).min(1).values.numpy()
+    np.testing.assert_allclose(lazy.field_.values["distance"][:25], direct, rtol=1e-4,
+                               atol=1e-4)

@@ -180,3 +180,28 @@ def test_absurd_sizes_are_refused_before_any_work(checkpoints, tmp_path):
                               "--model-arg", "hidden=abc", "--data", "blobs",
                               "--out", str(tmp_path)])
     _error(res, "--model-arg")
+
+
+def test_atlas_with_a_memory_budget_streams_the_population(checkpoints, tmp_path):
+    """--memory-budget: the checkpoints go into RUN/population.safetensors (reused on a
+    re-run), the basis stays on disk, and the atlas equals the unbudgeted one."""
+    for seed in range(3, 5):
+        torch.manual_seed(seed)
+        m = create("mlp", in_features=40, hidden=(16,), num_classes=10)
+        save_state_dict(m.state_dict(), checkpoints[0].parent / f"m{seed}.pt")
+    src = str(checkpoints[0].parent / "m*.pt")
+    common = ["atlas", "--population", src, *MODEL, "--method", "pca", "--resolution", "6",
+              "--budget", "60", "--json"]
+    plain = _json(runner.invoke(app, [*common, "--out", str(tmp_path / "plain")]))
+    run = tmp_path / "budget"
+    lean = _json(runner.invoke(app, [*common, "--memory-budget", "64kB", "--out", str(run)]))
+    stream = run / "population.safetensors"
+    assert stream.exists() and (run / "embedding" / "reduction.components.safetensors").exists()
+    for key in ("samples", "basins", "basins_with_models"):
+        assert lean[key] == plain[key]
+    assert lean["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-9)
+    stamp = stream.stat().st_mtime_ns
+    _json(runner.invoke(app, [*common, "--memory-budget", "64kB", "--out", str(run)]))
+    assert stream.stat().st_mtime_ns == stamp  # reused, not rewritten
+    _error(runner.invoke(app, [*common, "--memory-budget", "lots", "--out", str(run)]),
+           "--memory-budget")

@@ -184,3 +184,37 @@ def test_constructor_checks_and_natural_key():
     with pytest.raises(ValueError, match="no model factory"):
         Population(space, torch.zeros(1, space.dim), [{}]).model(0)
     assert sorted(["e10", "e9", "e100"], key=natural_key) == ["e9", "e10", "e100"]
+
+
+def test_streamed_into_a_mapped_population_file(tmp_path, ckpt_dir):
+    """from_checkpoints(out=) writes one checkpoint at a time; the mapped population
+    reads the same vectors, labels and models as the in-memory one."""
+    d, _ = ckpt_dir
+    state = tiny(7).state_dict()
+    state["layers.1.bias"][0] = float("inf")
+    torch.save(state, d / "diverged.pt")
+    mem = Population.from_checkpoints(d, "mlp", KW, nonfinite="skip")
+    mapped = Population.from_checkpoints(d, "mlp", KW, nonfinite="skip",
+                                         out=tmp_path / "pop.safetensors")
+    assert mapped.is_mapped and not mem.is_mapped and len(mapped) == 3
+    assert torch.equal(mapped.as_points(), mem.as_points())
+    assert mapped.labels == mem.labels and mapped.paths == mem.paths
+    assert torch.equal(mapped.vector(2), mem.vector(2))
+    m = mapped.model(1)
+    assert torch.equal(ParamSpace(m).flatten(m), mem.vector(1))
+    sub = mapped.subset([2, 0])
+    assert sub.is_mapped and torch.equal(sub.as_points(), mem.as_points()[[2, 0]])
+    back = Population.from_safetensors(tmp_path / "pop.safetensors", mmap=True)
+    assert back.is_mapped and torch.equal(back.as_points(), mem.as_points())
+    assert back.labels == mem.labels
+    copy = sub.to_safetensors(tmp_path / "sub.safetensors")
+    assert torch.equal(Population.from_safetensors(copy).as_points(), mem.as_points()[[2, 0]])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+
+
+def test_failed_stream_leaves_no_file(tmp_path, ckpt_dir):
+    d, _ = ckpt_dir
+    torch.save(tiny(0, hidden=(5,)).state_dict(), d / "zz_other.pt")
+    with pytest.raises(CheckpointError, match="zz_other.pt"):
+        Population.from_checkpoints(d, "mlp", KW, out=tmp_path / "out" / "pop.safetensors")
+    assert list((tmp_path / "out").iterdir()) == []

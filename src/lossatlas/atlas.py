@@ -34,6 +34,7 @@ from .fields import compute_field
 from .points import LatentSource
 from .refine import RefinedField, refine_field
 from .store import Run, atomic_write_json
+from .vectors import VectorFile, parse_bytes, return_freed_memory
 
 __all__ = ["Atlas"]
 
@@ -66,9 +67,16 @@ class Atlas:
         The data the loss is measured on (as in :class:`Evaluator`).
     run_dir : path
         Where every stage is stored (created if missing).
-    loss_fn, device, precision, batch_size : as in :class:`Evaluator`.
+    loss_fn, device, precision, batch_size, backend : as in :class:`Evaluator`.
     seed : int
         Seed of the embedding's training.
+    memory_budget : int or str, optional
+        Host memory (bytes, or ``"512MB"``, ``"4GiB"``) the stages may use beyond the
+        model and data: the population and the span basis are read by blocks sized to
+        it, points are decoded and evaluated in chunks that fit, and the basis is kept
+        on disk (``RUN/embedding/reduction.components.safetensors``) when it would take
+        more than a quarter of it. A memory-mapped population (``Population.
+        from_checkpoints(..., out=)``) is always read by blocks. Default: no limit.
 
     Attributes (after each stage)
     -----------------------------
@@ -79,16 +87,24 @@ class Atlas:
     """
 
     def __init__(self, population, data, run_dir, loss_fn=None, device=None,
-                 precision: str = "fp32", batch_size: int | None = None, seed: int = 0):
+                 precision: str = "fp32", batch_size: int | None = None, seed: int = 0,
+                 memory_budget: int | str | None = None, backend: str = "auto"):
         self.population = population
         self.run = Run(run_dir)
         self.seed = seed
+        self.memory_budget = None if memory_budget is None else parse_bytes(
+            memory_budget, "Atlas: memory_budget")
+        if self.memory_budget is not None:
+            return_freed_memory()
         self.evaluator = Evaluator(
             population.model(0), data, loss_fn=loss_fn, device=device, precision=precision,
-            space=population.space, batch_size=batch_size,
+            space=population.space, batch_size=batch_size, backend=backend,
+            memory_budget=None if self.memory_budget is None else self.memory_budget // 4,
         )
         self.device = self.evaluator.device
-        self.X = population.as_points().float()
+        # Tensor[N, D] in memory, or a VectorFile read by rows and column blocks
+        self.X = population.matrix if getattr(population, "is_mapped", False) else (
+            population.as_points().float())
         atomic_write_json(self.path / "population.json", {
             "labels": population.labels, "paths": getattr(population, "paths", None),
             "dim": int(population.space.dim)})
@@ -102,8 +118,54 @@ class Atlas:
     def true_values(self) -> dict[str, Tensor]:
         """Loss and metrics of the population models themselves (Tensor[N] each)."""
         if self._true is None:
-            self._true = self.evaluator.evaluate(self.X)
+            parts = [self.evaluator.evaluate(rows) for _, rows in self._row_chunks()]
+            self._true = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return self._true
+
+    # ------------------------------------------------------- memory budget
+    @property
+    def _streamed(self) -> bool:
+        return isinstance(self.X, VectorFile)
+
+    def _chunk_points(self) -> int | None:
+        """Points decoded / evaluated at once under the memory budget (None: no limit)."""
+        if self.memory_budget is None:
+            return None
+        return max(1, self.memory_budget // (4 * 4 * self.X.shape[1]))
+
+    def _row_chunks(self):
+        """``(start, Tensor[n, D])`` chunks of the population's vectors."""
+        n = self.X.shape[0]
+        step = self._chunk_points() or n
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            rows = (self.X.rows(slice(start, stop)) if self._streamed
+                    else self.X[start:stop])
+            yield start, rows
+
+    def _block_size(self) -> int | None:
+        """Parameters per column block of the span reduction under the budget."""
+        if self.memory_budget is None:
+            return None
+        # a float64 block (and each of its two temporaries) takes 1/8 of the budget
+        return max(1024, self.memory_budget // (8 * 8 * self.X.shape[0]))
+
+    def _population_digest(self) -> str:
+        return self.X.digest() if self._streamed else _digest(self.X)
+
+    def _span_points(self, R: Tensor) -> tuple[dict[str, Tensor], float]:
+        """Loss and metrics of span coordinates ``R`` [N, k] (one row per model) decoded,
+        and the mean squared error of the decoded points against the models' vectors;
+        decoded and evaluated a chunk at a time."""
+        parts, sse = [], 0.0
+        for start, rows in self._row_chunks():
+            pts = self.reduction_.decode(R[start:start + len(rows)].to(self.device),
+                                         device=self.device)
+            parts.append(self.evaluator.evaluate(pts))
+            sse += float((rows - pts.cpu().float()).square_().sum())
+            del pts, rows  # before the next chunk is read
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return out, sse / (self.X.shape[0] * self.X.shape[1])
 
     # --------------------------------------------------------------- embed
     def embed(self, method: str = "ae", dim: int = 2, exact: bool = True, refit: bool = False,
@@ -115,14 +177,17 @@ class Atlas:
         Stored in ``RUN/embedding/``; reused unless ``refit``.
         """
         from .manifold import SpanReduction, load_embedding, make_embedding
+        from .manifold.span import components_file
 
         t0 = time.perf_counter()
         folder = self.path / "embedding"
         config = {"method": method, "dim": dim, "exact": exact, "standardize": standardize,
-                  "seed": self.seed, "kwargs": kwargs, "population": _digest(self.X)}
+                  "seed": self.seed, "kwargs": kwargs,
+                  "population": self._population_digest()}
         meta_path = folder / "embedding.json"
         if not refit and meta_path.exists() and json.loads(meta_path.read_text()) == config:
             self.reduction_ = load_embedding(folder / "reduction")
+            self._span_codes = None
             self.inner_ = load_embedding(folder / "inner")
             state = load_file(str(folder / "codes.safetensors"))
             self.codes_ = state["codes"]
@@ -131,8 +196,17 @@ class Atlas:
             log.info("embedding reused from %s", folder)
             return self
         torch.manual_seed(self.seed)
-        self.reduction_ = SpanReduction(standardize=standardize).fit(self.X)
+        N, D = self.X.shape
+        on_disk = self._streamed or (
+            self.memory_budget is not None and 4 * N * D > self.memory_budget // 4)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.reduction_ = SpanReduction(
+            standardize=standardize, block_size=self._block_size(),
+            components_path=components_file(folder / "reduction") if on_disk else None,
+            device=self.device if self.device.type == "cuda" else None,
+        ).fit(self.X)
         C = self.reduction_.encode(self.X)
+        self._span_codes = C
         self.inner_ = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))
         self.inner_.fit(C)
         self.codes_ = self.inner_.encode(C).float()
@@ -210,7 +284,7 @@ class Atlas:
             rounds[0] += 1
             src = LatentSource(lambda c: self.decode(c), z, key)
             ds = compute_field(self.evaluator, src, self.run, name, progress=progress,
-                               overwrite=False)
+                               overwrite=False, chunk_points=self._chunk_points())
             return {v: ds[v].values.astype(np.float64) for v in ds.data_vars}
 
         field = refine_field(
@@ -229,14 +303,38 @@ class Atlas:
                               budget=budget, box=[lo.tolist(), hi.tolist()])
         return field
 
-    def _distances(self, z: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """Euclidean distance of each decoded point to the nearest population model."""
-        X = self.X.to(self.device)
+    def _distances(self, z: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Euclidean distance (in parameter space) of each decoded point to the nearest
+        population model.
+
+        Decoded points and models both lie in the span (the models up to float rounding),
+        ``x = mean + (B^T c) * scale``, so the distance is ``|L^T (c - c_i)|`` with
+        ``L L^T = M`` the Gram matrix of the scaled basis ``B * scale`` (the identity
+        when unscaled): computed in span coordinates, without decoding.
+        """
+        red = self.reduction_
+        if getattr(self, "_span_codes", None) is None:
+            self._span_codes = red.encode(self.X)
+        Cm = self._span_codes.double().cpu()
+        k = Cm.shape[1]
+        M = torch.zeros(k, k, dtype=torch.float64)
+        D = red.n_features_in_
+        step = red.block_size or max(1, 2**23 // max(1, k))
+        for start in range(0, D, step):
+            stop = min(D, start + step)
+            B = red._comp_block(start, stop).double().cpu()
+            if red.scale_ is not None:
+                B = B * red.scale_[start:stop].double().cpu()
+            M += B @ B.T
+        L = torch.linalg.cholesky(M + 1e-12 * torch.eye(k, dtype=M.dtype)) if k else M
+        Ym = Cm @ L
         out = []
         for i in range(0, len(z), chunk):
-            p = self.decode(torch.as_tensor(z[i:i + chunk], dtype=torch.float32,
-                                            device=self.device))
-            out.append(torch.cdist(p, X).min(1).values.cpu())
+            zc = torch.as_tensor(z[i:i + chunk], dtype=torch.float32)
+            c = self.inner_.decode(zc).double()
+            if self.correction_ is not None:
+                c = c + self.correction_(zc.double()).double()
+            out.append(torch.cdist(c @ L, Ym).min(1).values)
         return torch.cat(out).numpy().astype(np.float64)
 
     def _save_field(self, f: RefinedField) -> None:
@@ -332,8 +430,7 @@ class Atlas:
         self._check("field_", "field()")
         true = self.true_values()
         t_log = np.log10(np.maximum(true["loss"].double().numpy(), 1e-12))
-        raw_pts = self.decode(self.codes_.to(self.device), corrected=False)
-        raw = self.evaluator.evaluate(raw_pts)
+        raw, recon = self._span_points(self.inner_.decode(self.codes_.float().cpu()))
         raw_log = np.log10(np.maximum(raw["loss"].double().numpy(), 1e-12))
         idx = self.model_samples()
         values = self.field_.values["log10_loss"]
@@ -349,7 +446,6 @@ class Atlas:
             nb = np.concatenate([edges[edges[:, 0] == i, 1], edges[edges[:, 1] == i, 0]])
             d = np.abs(values[nb] - values[i])
             steps[k] = float(np.max(d[np.isfinite(d)])) if np.isfinite(d).any() else np.inf
-        recon = float(((raw_pts.cpu() - self.X) ** 2).mean())
 
         def med(a: np.ndarray) -> float:
             a = a[np.isfinite(a)]
@@ -388,8 +484,9 @@ class Atlas:
         """
         from .manifold import SpanReduction, make_embedding
 
-        reduction = getattr(self, "reduction_", None) or SpanReduction().fit(self.X)
-        C = reduction.encode(self.X)
+        if getattr(self, "reduction_", None) is None:
+            self.reduction_ = SpanReduction(block_size=self._block_size()).fit(self.X)
+        C = self.reduction_.encode(self.X)
         true = self.true_values()["loss"].double()
         specs = {m: (m, {}) for m in methods}
         specs.update({k: ("ae", v) for k, v in (variants or {}).items()})
@@ -403,12 +500,12 @@ class Atlas:
                 log.warning("reconstruction_table: %s skipped (%s)", name, err)
                 rows.append({"method": name, "skipped": str(err)})
                 continue
-            decoded = reduction.decode(emb.decode(emb.encode(C)).to(C.dtype))
-            loss = self.evaluator.evaluate(decoded)["loss"].double()
+            values, mse = self._span_points(emb.decode(emb.encode(C)).to(C.dtype))
+            loss = values["loss"].double()
             rel = (loss / true - 1).abs()
             rows.append({
                 "method": name, "options": extra,
-                "mse": float(((decoded - self.X) ** 2).mean()),
+                "mse": mse,
                 "decoded_loss": loss.tolist(), "true_loss": true.tolist(),
                 "median_rel_loss_error": float(rel[torch.isfinite(rel)].median())
                 if torch.isfinite(rel).any() else float("inf"),

@@ -416,12 +416,13 @@ def surface_pca(
 # ------------------------------------------------------------------ atlas
 def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, budget: int,
                 tol: float, threshold: str, device, precision, progress: bool,
-                embed_kwargs: dict | None = None):
+                embed_kwargs: dict | None = None, memory_budget: int | None = None):
     """Embed, field, topology, faithfulness and figures; returns (atlas, summary)."""
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
 
-    atlas = Atlas(pop, xy, out_dir, device=device, precision=precision)
+    atlas = Atlas(pop, xy, out_dir, device=device, precision=precision,
+                  memory_budget=memory_budget)
     atlas.embed(method, dim=dim, **(embed_kwargs or {}))
     atlas.field(resolution=resolution, budget=budget, tol=tol, progress=progress)
     try:
@@ -466,12 +467,16 @@ def atlas(
     threshold: str = typer.Option("0.1", help="Persistence threshold: decades, 'auto' or "
                                   "'N%' of the population's log-loss range."),
     device: str = _DEVICE, precision: str = _PRECISION,
+    memory_budget: str = typer.Option(
+        None, help="Host memory the stages may use, e.g. 4GB: the checkpoints are streamed "
+        "into RUN/population.safetensors and read by blocks (populations larger than memory)."),
     out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """The global atlas: embedding, refined loss field, merge tree and basins."""
     from .points import MAX_GRID_POINTS
     from .population import Population
+    from .vectors import parse_bytes
 
     _setup_logging(verbose)
     if not 1 <= dim <= 4:
@@ -481,15 +486,17 @@ def atlas(
                          f"2 to {MAX_GRID_POINTS} points per side^dim")
     splits, xy = _load_data(data, data_arg, split, samples)
     factory, kwargs = _model_factory(model, model_arg, splits)
+    mem = None if memory_budget is None else parse_bytes(memory_budget, "--memory-budget")
+    stream = None if mem is None else out_dir / "population.safetensors"
     pdir = Path(population)
     if (pdir / "checkpoints").is_dir():
-        pop = Population.from_run(pdir)
+        pop = Population.from_run(pdir, out=stream)
     else:
-        pop = Population.from_checkpoints(population, model, factory_kwargs=kwargs)
+        pop = Population.from_checkpoints(population, model, factory_kwargs=kwargs, out=stream)
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
-                             device, precision, progress=not as_json)
+                             device, precision, progress=not as_json, memory_budget=mem)
     _finish(summary, as_json, "atlas")
 
 

@@ -9,9 +9,13 @@ and ``step`` (any others, e.g. hyper-parameters, are carried along)::
     pop.trajectories()         # {"A/seed0": [0, 1, 2, ...], ...} ordered by epoch/step
     net = pop.model(3)         # a fresh nn.Module holding the 4th model's weights
 
-The vectors are held in memory (``[N, D]`` float32); a lazy source for populations
-too large for memory can replace ``_vectors`` later without changing this interface
-(every access goes through :meth:`as_points` / :meth:`vector`).
+The vectors are held in memory (``[N, D]`` float32), or, for populations larger than
+memory, in a memory-mapped population file (:class:`~lossatlas.vectors.VectorFile`) read
+by rows and column blocks: ``Population.from_checkpoints(..., out="pop.safetensors")``
+streams the checkpoints into such a file one at a time, and
+``Population.from_safetensors(path, mmap=True)`` reopens one. :attr:`matrix` gives the
+vectors in whichever form they are held, for readers that work by blocks
+(:class:`~lossatlas.manifold.SpanReduction` does).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from .checkpoints import SUFFIXES, load_state_dict, match_state_dict, read_labels
 from .space import ParamSpace
+from .vectors import VectorFile, VectorFileWriter
 
 __all__ = ["Population", "TRAIN_MANIFEST", "natural_key", "resolve_model_factory", "run_key"]
 
@@ -189,6 +193,34 @@ def _layout(space: ParamSpace) -> list[list]:
     return [[s.name, list(s.shape), s.is_buffer] for s in space]
 
 
+def _reuse(out: str | os.PathLike, meta: Mapping[str, str]) -> VectorFile | None:
+    """The population file ``out`` if it exists and was written from the same sources
+    with the same layout and options, else None."""
+    if not Path(out).is_file():
+        return None
+    try:
+        vf = VectorFile(out, "vectors")
+    except (ValueError, OSError):
+        return None
+    same = ("sources", "layout", "buffers", "factory", "factory_kwargs")
+    return vf if all(vf.metadata.get(k) == meta[k] for k in same) else None
+
+
+def _file_metadata(labels: Sequence[Mapping[str, Any]], paths: Sequence[str] | None,
+                   space: ParamSpace, spec: str | None,
+                   factory_kwargs: Mapping[str, Any] | None) -> dict[str, str]:
+    """The metadata of a population file (all values JSON strings)."""
+    return {
+        "format": _FORMAT,
+        "labels": json.dumps(list(labels), default=str),
+        "paths": json.dumps(None if paths is None else list(paths)),
+        "layout": json.dumps(_layout(space)),
+        "buffers": json.dumps(bool(space.buffers)),
+        "factory": json.dumps(spec),
+        "factory_kwargs": json.dumps(dict(factory_kwargs or {}), default=str),
+    }
+
+
 # ----------------------------------------------------------------------------- Population
 class Population:
     """Models of one architecture as flat vectors in one :class:`ParamSpace`, with labels.
@@ -197,8 +229,9 @@ class Population:
     ----------
     space : ParamSpace
         The layout shared by all models.
-    vectors : Tensor[N, D]
-        One flat parameter vector per model (``D = space.dim``).
+    vectors : Tensor[N, D] or VectorFile
+        One flat parameter vector per model (``D = space.dim``), in memory or in a
+        memory-mapped population file.
     labels : list of N dicts
         ``variant``, ``seed``, ``epoch``, ``step`` and any other labels.
     paths : list of N str, optional
@@ -215,7 +248,7 @@ class Population:
     def __init__(
         self,
         space: ParamSpace,
-        vectors: Tensor,
+        vectors: Tensor | VectorFile,
         labels: Sequence[Mapping[str, Any]],
         paths: Sequence[str | os.PathLike] | None = None,
         factory: Callable[[], nn.Module] | None = None,
@@ -224,8 +257,10 @@ class Population:
     ):
         if not isinstance(space, ParamSpace):
             raise TypeError(f"Population: space must be a ParamSpace, got {type(space).__name__}")
-        if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[1] != space.dim:
-            shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        if (not isinstance(vectors, (Tensor, VectorFile)) or vectors.ndim != 2
+                or vectors.shape[1] != space.dim):
+            shape = (tuple(vectors.shape) if isinstance(vectors, (Tensor, VectorFile))
+                     else type(vectors).__name__)
             raise ValueError(f"Population: vectors must be Tensor[N, {space.dim}], got {shape}")
         if len(labels) != vectors.shape[0]:
             raise ValueError(
@@ -250,6 +285,7 @@ class Population:
         factory_kwargs: Mapping[str, Any] | None = None,
         buffers: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
+        out: str | os.PathLike | None = None,
     ) -> Population:
         """Load checkpoints of one architecture.
 
@@ -267,6 +303,12 @@ class Population:
         nonfinite : {"raise", "skip"}
             A checkpoint with NaN/inf in a laid-out tensor raises `CheckpointError`
             naming the file and tensor (default), or is left out with a warning.
+        out : path, optional
+            Stream the vectors into this population file (one checkpoint in memory at a
+            time) and return a memory-mapped population: for populations larger than
+            memory. The file is written atomically; reopen it with
+            ``from_safetensors(out, mmap=True)``. An existing ``out`` written from the
+            same checkpoint files (paths, sizes, modification times) is reused.
 
         Labels come from :func:`lossatlas.checkpoints.read_labels` (sidecar JSON,
         directory ``labels.json``, file name). A checkpoint that does not fit the
@@ -288,28 +330,59 @@ class Population:
                 "Population: the model has float buffers (BatchNorm statistics?) that are "
                 "not in the vectors; pass buffers=True to keep each checkpoint's own"
             )
-        vectors = torch.empty(len(paths), space.dim, dtype=space.dtype)
-        kept_paths: list[Path] = []
-        for p in paths:
-            state = match_state_dict(load_state_dict(p), template, p)
-            problem = _check_finite(state, space, str(p))
-            if problem is not None:
-                if nonfinite == "raise":
-                    raise CheckpointError(problem)
-                log.warning("Population: skipped %s", problem)
-                continue
-            vectors[len(kept_paths)] = space.flatten(state, source=str(p))
-            kept_paths.append(p)
-        if not kept_paths:
-            raise CheckpointError(
-                f"Population.from_checkpoints: every checkpoint of {source} has non-finite "
-                "weights"
-            )
-        vectors = vectors[: len(kept_paths)]
-        labels = [read_labels(p) for p in kept_paths]
-        log.info("Population: loaded %d checkpoints, D=%d", len(kept_paths), space.dim)
+        all_labels = [read_labels(p) for p in paths]
+        writer = None
+        if out is not None:
+            sources = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns]
+                                  for p in paths])
+            meta = {**_file_metadata(all_labels, [str(p) for p in paths], space, spec,
+                                     factory_kwargs), "sources": sources}
+            reused = _reuse(out, meta)
+            if reused is not None:
+                log.info("Population: reusing %s (written from the same checkpoints)", out)
+                return cls(space, reused, json.loads(reused.metadata["labels"]),
+                           json.loads(reused.metadata["paths"]), factory=build,
+                           factory_spec=spec, factory_kwargs=factory_kwargs)
+            writer = VectorFileWriter(out, (len(paths), space.dim), metadata=meta)
+            vectors: Tensor | VectorFile = torch.empty(0)
+        else:
+            vectors = torch.empty(len(paths), space.dim, dtype=space.dtype)
+        kept: list[int] = []
+        try:
+            for i, p in enumerate(paths):
+                state = match_state_dict(load_state_dict(p), template, p)
+                problem = _check_finite(state, space, str(p))
+                if problem is not None:
+                    if nonfinite == "raise":
+                        raise CheckpointError(problem)
+                    log.warning("Population: skipped %s", problem)
+                    continue
+                row = space.flatten(state, source=str(p))
+                if writer is not None:
+                    writer.write_rows(len(kept), row)
+                else:
+                    vectors[len(kept)] = row
+                kept.append(i)
+            if not kept:
+                raise CheckpointError(
+                    f"Population.from_checkpoints: every checkpoint of {source} has non-finite "
+                    "weights"
+                )
+            labels = [all_labels[i] for i in kept]
+            kept_paths = [str(paths[i]) for i in kept]
+            if writer is not None:
+                writer.metadata = {**_file_metadata(labels, kept_paths, space, spec,
+                                                    factory_kwargs), "sources": sources}
+                vectors = writer.commit(len(kept))
+            else:
+                vectors = vectors[: len(kept)]
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        log.info("Population: loaded %d checkpoints, D=%d", len(kept), space.dim)
         return cls(
-            space, vectors, labels, [str(p) for p in kept_paths],
+            space, vectors, labels, kept_paths,
             factory=build, factory_spec=spec, factory_kwargs=factory_kwargs,
         )
 
@@ -348,11 +421,13 @@ class Population:
         factory_kwargs: Mapping[str, Any] | None = None,
         buffers: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
+        out: str | os.PathLike | None = None,
     ) -> Population:
         """The checkpoints written by :func:`lossatlas.train.train_population` into ``run_dir``.
 
         The model factory and its arguments are read from ``run_dir/train.json``
         unless given (needed when the run was trained with a non-importable callable).
+        ``out`` streams them into a memory-mapped population file (see `from_checkpoints`).
         """
         run_dir = Path(run_dir)
         manifest_path = run_dir / TRAIN_MANIFEST
@@ -375,7 +450,7 @@ class Population:
                 factory_kwargs = manifest.get("model_kwargs") or {}
         ckpt_dir = run_dir / "checkpoints"
         return cls.from_checkpoints(
-            str(ckpt_dir / "*.safetensors"), factory, factory_kwargs, buffers, nonfinite
+            str(ckpt_dir / "*.safetensors"), factory, factory_kwargs, buffers, nonfinite, out
         )
 
     # ---------------------------------------------------------------- basics
@@ -398,12 +473,27 @@ class Population:
             f"runs={len(self.trajectories())})"
         )
 
+    @property
+    def is_mapped(self) -> bool:
+        """True when the vectors live in a memory-mapped population file."""
+        return isinstance(self._vectors, VectorFile)
+
+    @property
+    def matrix(self) -> Tensor | VectorFile:
+        """The vectors as held: Tensor[N, D], or a :class:`VectorFile` read by blocks."""
+        return self._vectors
+
     def as_points(self) -> Tensor:
-        """All models as points Tensor[N, D] (not a copy: do not modify in place)."""
+        """All models as points Tensor[N, D] (in memory: not a copy, do not modify in
+        place; mapped: a copy of the whole file, so prefer :attr:`matrix` for large ones)."""
+        if isinstance(self._vectors, VectorFile):
+            return self._vectors.to_tensor()
         return self._vectors
 
     def vector(self, i: int) -> Tensor:
         """The flat vector Tensor[D] of model ``i``."""
+        if isinstance(self._vectors, VectorFile):
+            return self._vectors.row(i)
         return self._vectors[i]
 
     def model(self, i: int) -> nn.Module:
@@ -421,7 +511,7 @@ class Population:
         if not -n <= i < n:
             raise IndexError(f"Population.model: index {i} out of range for {n} models")
         m = self.factory()
-        self.space.load_into(m, self._vectors[i])
+        self.space.load_into(m, self.vector(i))
         return m
 
     # ---------------------------------------------------------------- labels
@@ -457,11 +547,16 @@ class Population:
         return out
 
     def subset(self, indices: Sequence[int]) -> Population:
-        """A population of the models at ``indices`` (vectors copied)."""
+        """A population of the models at ``indices`` (in memory: vectors copied; mapped:
+        a view of the same file)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
+        if isinstance(self._vectors, VectorFile):
+            vectors: Tensor | VectorFile = self._vectors.take(idx.numpy())
+        else:
+            vectors = self._vectors.index_select(0, idx)
         return Population(
             self.space,
-            self._vectors.index_select(0, idx),
+            vectors,
             [self._labels[i] for i in idx.tolist()],
             None if self.paths is None else [self.paths[i] for i in idx.tolist()],
             factory=self.factory,
@@ -500,29 +595,19 @@ class Population:
     # --------------------------------------------------------------- storage
     def to_safetensors(self, path: str | os.PathLike) -> Path:
         """Write the stacked vectors ``[N, D]`` and, as JSON in the file's metadata, the
-        labels, paths, layout and factory spec; atomically (temporary file, rename)."""
-        from safetensors.torch import save_file
-
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": _FORMAT,
-            "labels": json.dumps(self._labels, default=str),
-            "paths": json.dumps(self.paths),
-            "layout": json.dumps(_layout(self.space)),
-            "buffers": json.dumps(bool(self.space.buffers)),
-            "factory": json.dumps(self.factory_spec),
-            "factory_kwargs": json.dumps(self.factory_kwargs, default=str),
-        }
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"vectors": self._vectors.contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return p
+        labels, paths, layout and factory spec; atomically (temporary file, rename), a
+        chunk of models at a time."""
+        meta = _file_metadata(self._labels, self.paths, self.space, self.factory_spec,
+                              self.factory_kwargs)
+        chunk = max(1, (64 * 2**20) // (4 * max(1, self.dim)))
+        with VectorFileWriter(path, (len(self), self.dim), dtype=self.space.dtype,
+                              metadata=meta) as writer:
+            for start in range(0, len(self), chunk):
+                stop = min(len(self), start + chunk)
+                rows = (self._vectors.rows(slice(start, stop))
+                        if isinstance(self._vectors, VectorFile) else self._vectors[start:stop])
+                writer.write_rows(start, rows)
+        return Path(path)
 
     @classmethod
     def from_safetensors(
@@ -530,9 +615,11 @@ class Population:
         path: str | os.PathLike,
         factory: Factory | None = None,
         factory_kwargs: Mapping[str, Any] | None = None,
+        mmap: bool = False,
     ) -> Population:
-        """Read a file written by :meth:`to_safetensors`; the factory defaults to the
-        stored spec. The factory's layout must equal the stored one."""
+        """Read a file written by :meth:`to_safetensors` (or ``from_checkpoints(out=)``);
+        the factory defaults to the stored spec. The factory's layout must equal the
+        stored one. ``mmap=True`` leaves the vectors on disk, read by rows and blocks."""
         from safetensors import safe_open
 
         from .checkpoints import CheckpointError
@@ -548,7 +635,7 @@ class Population:
                     f"(format {meta.get('format')!r}, expected {_FORMAT!r}); for single "
                     "checkpoints use Population.from_checkpoints"
                 )
-            vectors = f.get_tensor("vectors")
+            vectors = VectorFile(p, "vectors") if mmap else f.get_tensor("vectors")
         if factory is None:
             factory = json.loads(meta.get("factory", "null"))
             if factory is None:

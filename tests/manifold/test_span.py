@@ -155,3 +155,34 @@ def test_decode_on_device_in_chunks_matches_whole():
     red = SpanReduction().fit(X)
     C = torch.randn(25, 9)
     assert torch.allclose(red.decode(C, device="cpu", chunk_size=4), red.decode(C), atol=1e-6)
+
+
+def test_basis_on_disk_matches_memory(tmp_path):
+    """components_path: the basis written by blocks to a file equals the in-memory one;
+    a memory-mapped population is read by blocks; save / load keep the file."""
+    from lossatlas.manifold import load_embedding
+    from lossatlas.vectors import VectorFileWriter
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(9, 4000, generator=g) * torch.linspace(0.1, 2.0, 4000)
+    with VectorFileWriter(tmp_path / "pop.safetensors", X.shape) as w:
+        w.write_rows(0, X)
+    from lossatlas.vectors import VectorFile
+
+    vf = VectorFile(tmp_path / "pop.safetensors")
+    for standardize in (False, True):
+        mem = SpanReduction(standardize=standardize).fit(X)
+        disk = SpanReduction(standardize=standardize, block_size=700,
+                             components_path=tmp_path / "basis.safetensors").fit(vf)
+        assert disk.on_disk and not mem.on_disk
+        torch.testing.assert_close(disk.components_.to_tensor(), mem.components_,
+                                   rtol=0, atol=1e-6)
+        C = disk.encode(vf)
+        torch.testing.assert_close(C, mem.encode(X), rtol=0, atol=1e-5)
+        torch.testing.assert_close(disk.decode(C), X, rtol=0, atol=1e-5)  # streamed decode
+        assert float(disk.reconstruction_errors(vf).max()) < 1e-10
+        disk.save(tmp_path / "red")
+        back = load_embedding(tmp_path / "red")
+        assert back.on_disk and back.components_.path.name == "red.components.safetensors"
+        torch.testing.assert_close(back.decode(C), X, rtol=0, atol=1e-5)
+        assert back.fingerprint() == disk.fingerprint() != mem.fingerprint()

@@ -305,6 +305,9 @@ class Embedding:
         self.n_features_in_ = int(meta["n_features_in_"])
         self.dtype_ = getattr(torch, meta["dtype_"])
 
+    def _save_files(self, path: Path) -> None:
+        """Hook: write tensors kept in files of their own beside ``path`` (none here)."""
+
     def _header(self) -> dict[str, Any]:
         return {
             "format": _FORMAT,
@@ -324,7 +327,12 @@ class Embedding:
             t = t.detach().cpu().contiguous()
             h.update(f"{name}:{_dtype_name(t.dtype)}:{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(self._files_digest().encode())
         return h.hexdigest()[:16]
+
+    def _files_digest(self) -> str:
+        """Hook: a digest of tensors kept in files of their own ("" when none)."""
+        return ""
 
     def save(self, path: str | os.PathLike) -> Path:
         """Store the fitted embedding in ``path`` (a ``.safetensors`` file).
@@ -341,6 +349,7 @@ class Embedding:
         header = self._header()
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self._state().items()}
         blob = save(tensors, metadata={_FORMAT: json.dumps(header)})
+        self._save_files(path)
         atomic_write_bytes(path, blob)
         atomic_write_bytes(
             path.with_suffix(".json"), (json.dumps(header, indent=2) + "\n").encode()
@@ -392,7 +401,7 @@ def load_embedding(path: str | os.PathLike, **options: Any) -> Embedding:
     cls = _embedding_class(header["class"])
     params = {k: _from_json_param(v) for k, v in header["params"].items()}
     emb = cls(**params)
-    emb._restore(state, header["fitted"], **options)
+    emb._restore(state, header["fitted"], _path=path, **options)
     return emb
 
 

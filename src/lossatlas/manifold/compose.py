@@ -9,6 +9,7 @@ basis on the requested device, chunk by chunk. The population may be lazy (anyth
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,6 +132,12 @@ class ReducedEmbedding(Embedding):
         state.update({f"inner.{k}": v for k, v in self.inner_._state().items()})
         return state
 
+    def _save_files(self, path: Path) -> None:
+        self.reduction_._save_files(path)
+
+    def _files_digest(self) -> str:
+        return self.reduction_._files_digest()
+
     def _meta(self) -> dict[str, Any]:
         return {
             **super()._meta(),
@@ -149,7 +156,8 @@ class ReducedEmbedding(Embedding):
     def _restore(self, state: dict[str, Tensor], meta: dict[str, Any], **options: Any) -> None:
         super()._restore(state, meta)
         reduction = clone(self.reduction) if self.reduction is not None else SpanReduction()
-        reduction._restore(_sub_state(state, "reduction."), meta["reduction_"]["fitted"])
+        reduction._restore(_sub_state(state, "reduction."), meta["reduction_"]["fitted"],
+                           **options)
         inner = clone(self.inner)
         inner._restore(_sub_state(state, "inner."), meta["inner_"]["fitted"], **options)
         self.reduction_ = reduction

@@ -12,22 +12,30 @@ The population may be a tensor, a numpy array (a ``np.memmap`` is read block by 
 a `BlockSource` (anything with ``blocks(block_size) -> Iterator[Tensor[N, b]]``), a
 callable returning a fresh iterator of column blocks, or a one-shot iterator of column
 blocks (its blocks are kept in memory, since the reduction reads the population twice).
+A memory-mapped population (:class:`~lossatlas.vectors.VectorFile`) is a block source.
+
+The basis ``components_`` ([r, D], about the population's size) is held in memory, or,
+with ``components_path``, written block by block to a safetensors file and read from it
+by blocks (decoding on the CPU streams it; on a GPU it is copied there once).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..vectors import VectorFile, VectorFileWriter
 from .base import Embedding, _as_population, _dtype_name, _out_dtype
 
-__all__ = ["BlockSource", "SpanReduction", "TensorBlocks", "centered_gram"]
+__all__ = ["BlockSource", "SpanReduction", "TensorBlocks", "centered_gram", "components_file"]
 
 # default block: about 64 MiB of float64 per block of columns
 _BLOCK_BYTES = 64 * 2**20
@@ -68,6 +76,12 @@ def _keep_one_shot(X: Any) -> Any:
 
 def _default_block_size(n_models: int) -> int:
     return max(1, _BLOCK_BYTES // (8 * max(n_models, 1)))
+
+
+def components_file(path: str | os.PathLike) -> Path:
+    """Where `SpanReduction.save(path)` keeps an on-disk basis: beside ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".components.safetensors")
 
 
 class _Reader:
@@ -138,6 +152,17 @@ def _scale_floor(std: Tensor) -> Tensor:
     return torch.maximum(std, floor)
 
 
+def _concat(parts: list[Tensor]) -> Tensor:
+    """``torch.cat(parts)``, emptying the list as it goes (one copy in memory, not two)."""
+    out = torch.empty(sum(len(p) for p in parts), dtype=parts[0].dtype, device=parts[0].device)
+    start = 0
+    while parts:
+        p = parts.pop(0)
+        out[start:start + len(p)] = p
+        start += len(p)
+    return out
+
+
 def _gram_pass(
     reader: _Reader, standardize: bool, device: torch.device | None
 ) -> tuple[Tensor, Tensor, Tensor | None, torch.dtype]:
@@ -152,20 +177,21 @@ def _gram_pass(
     in_dtype: torch.dtype | None = None
     for block in reader.blocks():
         in_dtype = block.dtype if in_dtype is None else in_dtype
-        b = block.to(device=device, dtype=torch.float64) if device is not None else block.double()
+        b = block.to(device=device or block.device, dtype=torch.float64, copy=True)  # modified below
         mu = b.mean(dim=0)
-        xc = b - mu
+        b.sub_(mu)
         means.append(mu)
         if standardize:
-            stds.append(xc.square().mean(dim=0).sqrt())
+            stds.append(b.square().mean(dim=0).sqrt())
         else:
-            G = xc @ xc.T if G is None else G.addmm_(xc, xc.T)
+            G = b @ b.T if G is None else G.addmm_(b, b.T)
+        del b
     if in_dtype is None:
         raise ValueError(f"{reader.who}: the population has no parameters (no column blocks)")
-    mean = torch.cat(means)
+    mean = _concat(means)
     scale = None
     if standardize:
-        scale = _scale_floor(torch.cat(stds))
+        scale = _scale_floor(_concat(stds))
         start = 0
         for block in reader.blocks():
             b = block.to(device=mean.device, dtype=torch.float64)
@@ -222,13 +248,17 @@ class SpanReduction(Embedding):
         Columns per block when reading the population (default: ~64 MiB of float64).
     device : torch.device or str, optional
         Where the Gram matrix and basis are computed and kept (default: the data's device).
+    components_path : path, optional
+        Write the basis to this safetensors file and keep it there (memory-mapped, read by
+        blocks) instead of in memory: for populations larger than memory.
 
     Attributes
     ----------
     mean_ : Tensor[D]
     scale_ : Tensor[D] or None
-    components_ : Tensor[r, D]
-        Orthonormal rows (in standardised units when ``standardize``).
+    components_ : Tensor[r, D] or VectorFile
+        Orthonormal rows (in standardised units when ``standardize``); a `VectorFile`
+        with ``components_path``.
     singular_values_ : Tensor[r] float64
     explained_variance_ : Tensor[r] float64, ``s^2 / (N - 1)``
     explained_variance_ratio_ : Tensor[r] float64, fraction of the total variance
@@ -260,12 +290,14 @@ class SpanReduction(Embedding):
         tol: float | None = None,
         block_size: int | None = None,
         device: torch.device | str | None = None,
+        components_path: str | os.PathLike | None = None,
     ):
         self.n_components = n_components
         self.standardize = standardize
         self.tol = tol
         self.block_size = block_size
         self.device = device
+        self.components_path = None if components_path is None else str(components_path)
 
     def fit(self, X: Any) -> SpanReduction:
         """Fit the basis of the population's span.
@@ -309,17 +341,34 @@ class SpanReduction(Embedding):
 
         self.dtype_ = _out_dtype(in_dtype)
         D = mean.shape[0]
-        comps = torch.empty(k, D, dtype=self.dtype_, device=mean.device)
+        writer = None
+        if self.components_path is not None:
+            writer = VectorFileWriter(self.components_path, (k, D), "components_",
+                                      dtype=self.dtype_)
+            comps: Tensor | VectorFile = torch.empty(0)
+        else:
+            comps = torch.empty(k, D, dtype=self.dtype_, device=mean.device)
         start = 0
-        for block in reader.blocks():
-            b = block.to(device=mean.device, dtype=torch.float64)
-            stop = start + b.shape[1]
-            xc = b - mean[start:stop]
-            if scale is not None:
-                xc = xc / scale[start:stop]
-            if k:
-                comps[:, start:stop] = (W.T @ xc).to(self.dtype_)
-            start = stop
+        try:
+            for block in reader.blocks():
+                xc = block.to(device=mean.device, dtype=torch.float64, copy=True)
+                stop = start + xc.shape[1]
+                xc.sub_(mean[start:stop])
+                if scale is not None:
+                    xc.div_(scale[start:stop])
+                if k:
+                    part = (W.T @ xc).to(self.dtype_)
+                    if writer is not None:
+                        writer.write_block(start, part)
+                    else:
+                        comps[:, start:stop] = part
+                start = stop
+            if writer is not None:
+                comps = writer.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
 
         total = float(evals.clamp_min(0).sum())
         self.n_models_ = N
@@ -365,15 +414,27 @@ class SpanReduction(Embedding):
         return k
 
     # -- basis on a device ----------------------------------------------------------------
+    @property
+    def on_disk(self) -> bool:
+        """True when the basis is kept in a file (``components_path``)."""
+        return isinstance(self.components_, VectorFile)
+
+    def _comp_block(self, start: int, stop: int) -> Tensor:
+        """Columns ``start:stop`` of the basis, on the mean's device."""
+        if isinstance(self.components_, VectorFile):
+            return self.components_.block(start, stop).to(self.mean_.device)
+        return self.components_[:, start:stop]
+
     def _on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
-        if self.components_.device == device:
+        if not self.on_disk and self.components_.device == device:
             return self.mean_, self.components_, self.scale_
         cache = self.__dict__.setdefault("_device_cache", {})
         if device not in cache:
             cache.clear()  # keep at most one extra copy of the basis
+            comps = self.components_
             cache[device] = (
                 self.mean_.to(device),
-                self.components_.to(device),
+                comps.to_tensor(device) if isinstance(comps, VectorFile) else comps.to(device),
                 None if self.scale_ is None else self.scale_.to(device),
             )
         return cache[device]
@@ -411,18 +472,20 @@ class SpanReduction(Embedding):
 
     def _encode_reader(self, reader: _Reader, who: str) -> Tensor:
         """Codes in float64 on the basis's device, accumulated over column blocks."""
-        mean, comps, scale = self.mean_, self.components_, self.scale_
+        mean, scale = self.mean_, self.scale_
         C: Tensor | None = None
         for start, stop, b in self._blocks_checked(reader, who):
             xc = b - mean[start:stop].double()
             if scale is not None:
                 xc = xc / scale[start:stop].double()
-            part = xc @ comps[:, start:stop].double().T
+            part = xc @ self._comp_block(start, stop).double().T
             C = part if C is None else C.add_(part)
         assert C is not None
         return C
 
     def _decode(self, C: Tensor) -> Tensor:
+        if self.on_disk and C.device.type == "cpu":
+            return self._decode_streamed(C)
         mean, comps, scale = self._on(C.device)
         if self.n_components_ == 0:
             return mean.expand(C.shape[0], -1).clone()
@@ -430,6 +493,23 @@ class SpanReduction(Embedding):
         if scale is not None:
             Y.mul_(scale)
         return Y.add_(mean)
+
+    def _decode_streamed(self, C: Tensor) -> Tensor:
+        """`_decode` reading an on-disk basis by column blocks (one block in memory)."""
+        D = self.n_features_in_
+        mean, scale = self.mean_.cpu(), None if self.scale_ is None else self.scale_.cpu()
+        Y = mean.expand(C.shape[0], -1).clone()
+        if self.n_components_ == 0:
+            return Y
+        step = self.block_size or _default_block_size(self.n_components_)
+        C = C.to(self.dtype_)
+        for start in range(0, D, step):
+            stop = min(D, start + step)
+            part = C @ self.components_.block(start, stop)
+            if scale is not None:
+                part.mul_(scale[start:stop])
+            Y[:, start:stop] += part
+        return Y
 
     def reconstruction_errors(self, X: Any, chunk_size: int | None = None) -> Tensor:
         """Per-model mean squared error over parameters of the round trip, Tensor[N].
@@ -449,11 +529,11 @@ class SpanReduction(Embedding):
     def _residual_errors(self, X: Any, C_hat: Tensor, who: str) -> Tensor:
         """Per-model MSE of ``X`` vs ``decode(C_hat)``, computed over column blocks."""
         reader = _Reader(X, who, self.block_size)
-        mean, comps, scale = self.mean_, self.components_, self.scale_
+        mean, scale = self.mean_, self.scale_
         C_hat = C_hat.to(device=mean.device, dtype=torch.float64)
         sse: Tensor | None = None
         for start, stop, b in self._blocks_checked(reader, who):
-            Y = C_hat @ comps[:, start:stop].double()
+            Y = C_hat @ self._comp_block(start, stop).double()
             if scale is not None:
                 Y = Y * scale[start:stop].double()
             Y = Y + mean[start:stop].double()
@@ -466,14 +546,31 @@ class SpanReduction(Embedding):
     def _state(self) -> dict[str, Tensor]:
         state = {
             "mean_": self.mean_,
-            "components_": self.components_,
             "singular_values_": self.singular_values_,
             "explained_variance_": self.explained_variance_,
             "explained_variance_ratio_": self.explained_variance_ratio_,
         }
+        if not self.on_disk:
+            state["components_"] = self.components_
         if self.scale_ is not None:
             state["scale_"] = self.scale_
         return state
+
+    def _save_files(self, path: Path) -> None:
+        """An on-disk basis goes beside the saved file (see `components_file`)."""
+        if not self.on_disk:
+            return
+        target = components_file(path)
+        if target.resolve() == self.components_.path.resolve():
+            return
+        comps = self.components_
+        with VectorFileWriter(target, comps.shape, "components_", dtype=comps.dtype) as w:
+            step = _default_block_size(max(1, comps.shape[0]))
+            for start in range(0, comps.shape[1], step):
+                w.write_block(start, comps.block(start, min(comps.shape[1], start + step)))
+
+    def _files_digest(self) -> str:
+        return self.components_.digest() if self.on_disk else ""
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -481,6 +578,7 @@ class SpanReduction(Embedding):
             "n_models_": int(self.n_models_),
             "rank_": int(self.rank_),
             "dtype_": _dtype_name(self.dtype_),
+            "components_on_disk": bool(self.on_disk),
         }
 
     def _restore(self, state: dict[str, Tensor], meta: dict[str, Any], **options: Any) -> None:
@@ -489,7 +587,12 @@ class SpanReduction(Embedding):
         self.rank_ = int(meta["rank_"])
         device = torch.device(self.device) if self.device is not None else torch.device("cpu")
         self.mean_ = state["mean_"].to(device)
-        self.components_ = state["components_"].to(device)
+        if meta.get("components_on_disk"):
+            if options.get("_path") is None:
+                raise ValueError("SpanReduction: an on-disk basis is restored by load_embedding")
+            self.components_ = VectorFile(components_file(options["_path"]), "components_")
+        else:
+            self.components_ = state["components_"].to(device)
         self.scale_ = state["scale_"].to(device) if "scale_" in state else None
         self.singular_values_ = state["singular_values_"]
         self.explained_variance_ = state["explained_variance_"]
