@@ -54,7 +54,9 @@ def init_from_env(backend: str | None = None, timeout_s: float = 6 * 3600.0) -> 
     Parameters
     ----------
     backend : {"nccl", "gloo"}, optional
-        Default: ``nccl`` when CUDA is available, else ``gloo``.
+        Default: the ``LOSSATLAS_DIST_BACKEND`` environment variable if set, else
+        ``nccl`` when CUDA is available, else ``gloo`` (gloo lets several ranks share
+        one GPU, which NCCL refuses).
     timeout_s : float
         Seconds a collective waits for the other ranks (the ranks that finish
         their chunks first wait at a barrier for the slowest; a rank that dies is
@@ -80,9 +82,12 @@ def init_from_env(backend: str | None = None, timeout_s: float = 6 * 3600.0) -> 
             "launch with torchrun (python -m torch.distributed.run)"
         )
     cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if cuda else "gloo")
+    backend = backend or os.environ.get("LOSSATLAS_DIST_BACKEND") or (
+        "nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"distributed: backend must be 'nccl' or 'gloo', got {backend!r}")
     if cuda:
-        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+        torch.cuda.set_device(device())
     dist.init_process_group(backend=backend, init_method="env://",
                             timeout=datetime.timedelta(seconds=timeout_s))
     atexit.register(shutdown)
