@@ -3,7 +3,7 @@
 A 12-layer pre-LN transformer (d_model 768, 12 heads, MLP 3072, 8192-token vocabulary,
 sequences of 128 tokens; 98M parameters, ``lossatlas.models.ModularTransformer``) is
 trained on synthetic tokens (the label of a sequence is its first token: the model must
-carry it across 127 positions). Several runs (own seeds and learning rates) checkpoint
+carry it across 127 positions; it is one of 16 marker tokens). Several runs (own seeds and learning rates) checkpoint
 along the way; the checkpoints are the population. Then the atlas, stage by stage: load
 the population (streamed into one memory-mapped file with ``--mapped``), span reduction +
 autoencoder, refined loss field, merge tree, faithfulness.
@@ -48,11 +48,13 @@ def make_model(size: str) -> nn.Module:
     return ModularTransformer(norm="pre", activation="gelu", **SIZES[size])
 
 
-def tokens(n: int, size: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequences of random tokens; the label is the first token."""
+def tokens(n: int, size: str, seed: int, classes: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences of random tokens whose first token is one of ``classes`` marker tokens;
+    the label is that marker (to be carried across the sequence by attention)."""
     cfg = SIZES[size]
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, cfg["p"], (n, cfg["seq_len"]), generator=g)
+    x[:, 0] = torch.randint(0, classes, (n,), generator=g)
     return x, x[:, 0].clone()
 
 
@@ -132,6 +134,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1200, help="field samples")
     ap.add_argument("--epochs", type=int, default=4000, help="autoencoder epochs")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--compare-backends", action="store_true")
     ap.add_argument("--mapped", action="store_true",
                     help="stream the checkpoints into a memory-mapped population file")
     ap.add_argument("--memory-budget", default=None)
@@ -188,6 +191,23 @@ def main() -> None:
     eval_s = (time.perf_counter() - t0) / len(pts)
     del pts
 
+    backends = {}
+    if args.compare_backends:
+        from lossatlas import Evaluator
+
+        pts = atlas.decode(z[:32])
+        for b in ("vmap", "sequential"):
+            ev = Evaluator(pop.model(0), data, device=device, precision="bf16", backend=b)
+            ev.evaluate(pts[:2])
+            sync(device)
+            t1 = time.perf_counter()
+            ev.evaluate(pts)
+            sync(device)
+            backends[b] = len(pts) / (time.perf_counter() - t1)
+            print(f"  backend {b}: {backends[b]:.1f} points/s "
+                  f"(chunk {ev.chunk_size}, batch {ev.batch_size})")
+        del pts
+
     t0 = time.perf_counter()
     atlas.topology()
     stages["topology (merge tree)"] = time.perf_counter() - t0
@@ -209,7 +229,7 @@ def main() -> None:
         "field_points": points, "field_points_per_s": points / field_s,
         "field_tflops": field_rate / 1e12, "field_fraction_of_gemm": field_rate / rate,
         "eval_only_points_per_s": 1 / eval_s, "eval_only_tflops": eval_rate / 1e12,
-        "eval_only_fraction_of_gemm": eval_rate / rate,
+        "eval_only_fraction_of_gemm": eval_rate / rate, "backends_points_per_s": backends,
         "basins": summary["basins"]["num_basins"],
         "basins_with_models": summary["basins"]["num_model_basins"],
         "decoded_loss_rel_error_median": faith["decoded_loss_relative_error_median"],

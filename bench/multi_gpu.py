@@ -124,6 +124,8 @@ def worker(args) -> None:
     pop = Population.from_safetensors(args.rundir / "population.safetensors", factory, mmap=True)
     atlas = Atlas(pop, data, args.rundir, device=distributed.device(), precision="bf16")
     atlas.embed("pca", dim=2)  # reused from the prepared run
+    # fixed sizes: the defaults follow free memory, which differs between set-ups
+    atlas.evaluator.use_sizes(args.eval_chunk, min(args.samples, args.eval_batch))
     codes = np.load(args.rundir / "grid.npy")
     src = LatentSource(lambda c: atlas.decode(c), codes, "bench")
     atlas.evaluator.evaluate(atlas.decode(torch.as_tensor(codes[:2], dtype=torch.float32,
@@ -149,6 +151,7 @@ def launch(args, base: Path, n: int, tag: str, env_extra: dict | None = None,
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={n}", str(Path(__file__).resolve()), "--worker",
            "--case", args.case, "--samples", str(args.samples), "--chunk", str(args.chunk),
+           "--eval-chunk", str(args.eval_chunk), "--eval-batch", str(args.eval_batch),
            "--rundir", str(run)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode and not env_extra:
@@ -171,6 +174,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2048)
     ap.add_argument("--resolution", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=8, help="points per stored chunk")
+    ap.add_argument("--eval-chunk", type=int, default=8, help="points per forward")
+    ap.add_argument("--eval-batch", type=int, default=1024, help="samples per forward")
     ap.add_argument("--kill", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_multi_gpu"))
     ap.add_argument("--json", type=Path, default=None)

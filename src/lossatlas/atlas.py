@@ -99,7 +99,7 @@ class Atlas:
         self.evaluator = Evaluator(
             population.model(0), data, loss_fn=loss_fn, device=device, precision=precision,
             space=population.space, batch_size=batch_size, backend=backend,
-            memory_budget=None if self.memory_budget is None else self.memory_budget // 4,
+            memory_budget=self._host_share(device),
         )
         self.device = self.evaluator.device
         # Tensor[N, D] in memory, or a VectorFile read by rows and column blocks
@@ -127,16 +127,28 @@ class Atlas:
     def _streamed(self) -> bool:
         return isinstance(self.X, VectorFile)
 
-    def _chunk_points(self) -> int | None:
-        """Points decoded / evaluated at once under the memory budget (None: no limit)."""
+    def _host_share(self, device) -> int | None:
+        """The evaluator's activation budget: a quarter of the memory budget when it
+        evaluates on the CPU (on a GPU the budget, for host memory, does not apply)."""
+        on_cpu = device is None and not torch.cuda.is_available() or (
+            device is not None and torch.device(device).type == "cpu")
+        return None if self.memory_budget is None or not on_cpu else self.memory_budget // 4
+
+    def _rows_per_chunk(self) -> int | None:
+        """Vectors of D parameters held in host memory at once (None: no limit)."""
         if self.memory_budget is None:
             return None
         return max(1, self.memory_budget // (4 * 4 * self.X.shape[1]))
 
+    def _chunk_points(self) -> int | None:
+        """Points decoded / evaluated at once: limited by the memory budget on the CPU
+        (on a GPU decoded points live in device memory: the evaluator's own chunking)."""
+        return self._rows_per_chunk() if self.device.type == "cpu" else None
+
     def _row_chunks(self):
         """``(start, Tensor[n, D])`` chunks of the population's vectors."""
         n = self.X.shape[0]
-        step = self._chunk_points() or n
+        step = self._rows_per_chunk() or n
         for start in range(0, n, step):
             stop = min(n, start + step)
             rows = (self.X.rows(slice(start, stop)) if self._streamed
@@ -205,7 +217,7 @@ class Atlas:
             components_path=components_file(folder / "reduction") if on_disk else None,
             device=self.device if self.device.type == "cuda" else None,
         ).fit(self.X)
-        C = self.reduction_.encode(self.X)
+        C = self.reduction_.encode(self.X).cpu()  # the inner embedding trains on the CPU
         self._span_codes = C
         self.inner_ = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))
         self.inner_.fit(C)

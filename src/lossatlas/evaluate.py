@@ -273,6 +273,13 @@ class Evaluator:
             )
         return "vmap"
 
+    def use_sizes(self, chunk_size: int, batch_size: int) -> None:
+        """Evaluate ``chunk_size`` points together over batches of ``batch_size`` samples
+        from now on. The values depend on these (the order of float sums), so processes
+        that must agree bit for bit (the ranks of a distributed field) use the same."""
+        self.chunk_size, self.batch_size = max(1, int(chunk_size)), max(1, int(batch_size))
+        self._fold_vmap = self.batch_size < 256
+
     # ------------------------------------------------------------- memory
     def _free_bytes(self) -> int:
         if self.device.type == "cuda":
@@ -325,9 +332,13 @@ class Evaluator:
             # One point at a time over a large batch: ~4 live activations of the largest size.
             fit = self.memory_budget // (4 * 4 * self._act_max)
             return int(max(1, min(self.num_samples, fit)))
-        # A forward pass of one point over a batch keeps ~2 live activations per element.
-        per_sample = 4 * 2 * self._act_per_sample
-        return int(max(1, min(self.num_samples, self.memory_budget // (8 * per_sample))))
+        return int(max(1, min(self.num_samples, self.memory_budget // (8 * self._live_bytes()))))
+
+    def _live_bytes(self) -> int:
+        """Bytes of activations alive at once for one sample at one point, without autograd:
+        a few of the largest module output (the sum of all outputs, counting every
+        container's too, overstates it many times for deep models), at most that sum."""
+        return 4 * 2 * min(self._act_per_sample, 6 * self._act_max)
 
     def _default_chunk_size(self) -> int:
         cap = 1024 if self.device.type == "cuda" else 64
@@ -338,7 +349,7 @@ class Evaluator:
             per_point = 4 * 2 * self.space.dim
             cap = 64 if self.device.type == "cuda" else 16
         else:
-            per_point = 4 * 2 * self._act_per_sample * self.batch_size
+            per_point = self._live_bytes() * self.batch_size
         return int(max(1, min(cap, self.memory_budget // per_point)))
 
     # ------------------------------------------------------------ forward

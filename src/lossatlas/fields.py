@@ -58,9 +58,11 @@ def compute_field(
     use (:func:`lossatlas.distributed.init_from_env`) and the chunks are shared
     out: with a run, rank 0 creates the store, the i-th pending chunk is computed
     and written by rank ``i % world_size``, and every rank returns the complete
-    field once all are done; without a run the ranks' chunks are gathered. The
-    values are those of a single-process run; a killed rank loses only its
-    unfinished chunks.
+    field once all are done; without a run the ranks' chunks are gathered. Every
+    rank evaluates with rank 0's ``chunk_size`` and ``batch_size``; the values are
+    those of a single-process run with the same sizes (pass them to the
+    :class:`Evaluator` to be independent of free memory). A killed rank loses only
+    its unfinished chunks.
     """
     if max_points is not None and source.size > max_points:
         raise ValueError(
@@ -71,8 +73,12 @@ def compute_field(
     variables = _variables(evaluator)
     distributed.init_from_env()
     chunk_points = chunk_points or max(evaluator.chunk_size * 4, 256)
-    # every rank must cut the field the same way (default chunk sizes depend on free memory)
+    # every rank must cut the field the same way and evaluate with the same sizes (the
+    # defaults depend on free memory): rank 0's are used
     chunk_points = distributed.broadcast_object(chunk_points)
+    if distributed.is_distributed():
+        evaluator.use_sizes(*distributed.broadcast_object(
+            (evaluator.chunk_size, evaluator.batch_size)))
     attrs = {"precision": evaluator.precision, "samples": evaluator.num_samples, **(attrs or {})}
     _check_device(evaluator)
     t0 = time.perf_counter()
