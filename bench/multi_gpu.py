@@ -108,6 +108,8 @@ def worker(args) -> None:
     from lossatlas.points import LatentSource
 
     distributed.init_from_env()
+    if args.deterministic:
+        torch.backends.cudnn.deterministic = True
     kill_after = int(os.environ.get("BENCH_KILL_AFTER", "0"))
     kill_rank = int(os.environ.get("BENCH_KILL_RANK", "1"))
     written = []
@@ -151,6 +153,7 @@ def launch(args, base: Path, n: int, tag: str, env_extra: dict | None = None,
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={n}", str(Path(__file__).resolve()), "--worker",
            "--case", args.case, "--samples", str(args.samples), "--chunk", str(args.chunk),
+           *(["--deterministic"] if args.deterministic else []),
            "--eval-chunk", str(args.eval_chunk), "--eval-batch", str(args.eval_batch),
            "--rundir", str(run)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -177,6 +180,8 @@ def main() -> None:
     ap.add_argument("--eval-chunk", type=int, default=8, help="points per forward")
     ap.add_argument("--eval-batch", type=int, default=1024, help="samples per forward")
     ap.add_argument("--kill", action="store_true")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="cuDNN deterministic algorithms (no per-process autotuning)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_multi_gpu"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -199,15 +204,18 @@ def main() -> None:
                       for r in range(n))
         values = field_values(run)
         reference = values if reference is None else reference
+        rel = np.abs(values / reference - 1)
         rows.append({"ranks": n, "seconds": round(seconds, 3), "points_per_s": points / seconds,
-                     "identical_to_1": bool(values.tobytes() == reference.tobytes())})
+                     "identical_to_1": bool(values.tobytes() == reference.tobytes()),
+                     "max_rel_diff": float(np.nanmax(rel))})
     t1 = rows[0]["points_per_s"]
-    print("\nranks  seconds  points/s  speed-up  efficiency  identical")
+    print("\nranks  seconds  points/s  speed-up  efficiency  identical  max rel diff")
     for r in rows:
         r["speedup"] = r["points_per_s"] / t1
         r["efficiency"] = r["speedup"] / r["ranks"]
         print(f"{r['ranks']:5d} {r['seconds']:8.2f} {r['points_per_s']:9.1f} "
-              f"{r['speedup']:8.2f}x {r['efficiency']:10.2f}  {r['identical_to_1']}")
+              f"{r['speedup']:8.2f}x {r['efficiency']:10.2f}  {r['identical_to_1']}  "
+              f"{r['max_rel_diff']:.1e}")
     result = {"case": args.case, "backend": args.backend, "points": points, "rows": rows,
               "device": device_name(), "gpus": torch.cuda.device_count()}
     if args.kill:

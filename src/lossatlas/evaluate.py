@@ -61,7 +61,11 @@ def precision_context(precision: Precision, device: torch.device) -> Iterator[No
 
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    """CUDA out-of-memory, or a failed host allocation (MemoryError, PyTorch's CPU
+    allocator's ``can't allocate memory``)."""
+    text = str(err).lower()
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        "out of memory" in text or "can't allocate memory" in text)
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -522,8 +526,12 @@ class Evaluator:
                 return self._accumulate(lambda x: self._point_outputs_mlp(chunk, x), len(chunk))
         if self.backend == "fast-bnfold":
             old = torch.backends.cudnn.benchmark
-            # Fixed shapes over many points: let cuDNN time its algorithms once.
-            torch.backends.cudnn.benchmark = self.device.type == "cuda" or old
+            # Fixed shapes over many points: let cuDNN time its algorithms once, unless
+            # deterministic results were asked for (the timing picks per process).
+            deterministic = (torch.backends.cudnn.deterministic
+                             or torch.are_deterministic_algorithms_enabled())
+            torch.backends.cudnn.benchmark = (self.device.type == "cuda"
+                                              and not deterministic) or old
             try:
                 with torch.no_grad():
                     return self._accumulate(
