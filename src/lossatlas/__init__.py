@@ -38,6 +38,7 @@ from .registry import FactoryError, Registry, UnknownNameError, resolve_factory
 from .space import ParamSpace
 from .store import Run
 from .train import train_population
+from .vectors import VectorFile, VectorFileWriter
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,8 @@ __all__ = [
     "Run",
     "TensorData",
     "UnknownNameError",
+    "VectorFile",
+    "VectorFileWriter",
     "as_tensor_data",
     "compute_field",
     "data",
