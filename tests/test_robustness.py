@@ -178,12 +178,15 @@ def test_surface_pca_populations(files, pop, resolution, margin):
 @given(pop=_often("pop_three", bad_populations), resolution=_often(st.integers(2, 4), st.integers(-1, 1)),
        dim=_often(st.integers(1, 2), st.integers(0, 5)),
        method=_often("pca", st.just("bogus")),
-       threshold=_often(st.sampled_from(["0.1", "auto", "10%"]), st.just("x")))
-def test_atlas_populations(files, pop, resolution, dim, method, threshold):
+       threshold=_often(st.sampled_from(["0.1", "auto", "10%"]), st.just("x")),
+       memory=_often(st.sampled_from([None, "64kB", "2MB"]),
+                     st.sampled_from(["1", "0", "abc", "-5GB", "1e20", "4 XB"])))
+def test_atlas_populations(files, pop, resolution, dim, method, threshold, memory):
     # absurd atlas resolutions are left out: see test_known_cli_gaps
     _invoke(["atlas", "--population", str(files[pop]), *MODEL, "--method", method,
              "--dim", str(dim), "--resolution", str(resolution), "--budget", "40",
-             "--threshold", threshold])
+             "--threshold", threshold,
+             *([] if memory is None else ["--memory-budget", memory])])
 
 
 garbage = st.one_of(
