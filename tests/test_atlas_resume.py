@@ -35,18 +35,21 @@ def population(tmp_path):
     return d
 
 
-def _cmd(pop, out):
+def _cmd(pop, out, extra=()):
     return [sys.executable, "-m", "lossatlas.cli", "atlas", "--population", str(pop), *ARGS,
-            "--out", str(out)]
+            *extra, "--out", str(out)]
 
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
 
-def test_killed_atlas_resumes_to_the_same_result(population, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--memory-budget", "64kB")], ids=["memory", "budget"])
+def test_killed_atlas_resumes_to_the_same_result(population, tmp_path, extra):
+    """With a budget the kill can also land while checkpoints are streamed into the
+    population file or the span basis is written to disk."""
     t0 = time.perf_counter()
-    ref = subprocess.run(_cmd(population, tmp_path / "ref"), capture_output=True, text=True,
+    ref = subprocess.run(_cmd(population, tmp_path / "ref", extra), capture_output=True, text=True,
                          env=_env(), timeout=300)
     wall = time.perf_counter() - t0
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -54,12 +57,12 @@ def test_killed_atlas_resumes_to_the_same_result(population, tmp_path):
     rng = np.random.default_rng(0)
     for k, frac in enumerate(rng.uniform(0.3, 0.9, size=2)):
         out = tmp_path / f"killed{k}"
-        proc = subprocess.Popen(_cmd(population, out), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(_cmd(population, out, extra), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=_env())
         time.sleep(frac * wall)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        done = subprocess.run(_cmd(population, out), capture_output=True, text=True,
+        done = subprocess.run(_cmd(population, out, extra), capture_output=True, text=True,
                               env=_env(), timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         got = Run(out).open_field("atlas")
