@@ -223,3 +223,47 @@ def test_small_memory_budget_same_field_smaller_chunks(tmp_path):
     assert sum(seen) == src.size
     np.testing.assert_allclose(got["loss"].values, ref["loss"].values, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(got["accuracy"].values, ref["accuracy"].values)
+
+
+ATLAS_ARGS = ["--model", "mlp", "--model-arg", "hidden=[16]", "--data", "blobs",
+              "--data-arg", "num_features=40", "--data-arg", "num_classes=10",
+              "--method", "pca", "--resolution", "8", "--budget", "100", "--json"]
+
+
+@pytest.mark.parametrize("extra", [(), ("--memory-budget", "64kB")], ids=["memory", "budget"])
+def test_atlas_cli_under_torchrun_equals_one_process(tmp_path, extra):
+    """`lossatlas atlas` under torchrun (2 gloo ranks): rank 0 embeds and writes, both
+    ranks evaluate every refinement round; the stored field, its edges and the basins
+    equal a one-process run, bit for bit; only rank 0 reports."""
+    from lossatlas.checkpoints import save_state_dict
+    from lossatlas.models import create
+
+    pop = tmp_path / "pop"
+    pop.mkdir()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        save_state_dict(create("mlp", in_features=40, hidden=(16,), num_classes=10)
+                        .state_dict(), pop / f"m{seed}.pt")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    cli = ["-m", "lossatlas.cli", "atlas", "--population", str(pop / "m*.pt"), *ATLAS_ARGS,
+           *extra]
+    one = subprocess.run([sys.executable, *cli, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", *cli, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    summaries = [ln for ln in two.stdout.splitlines() if ln.startswith("{")]
+    assert len(summaries) == 1  # rank 0 alone reports
+    a, b = Run(tmp_path / "one").open_field("atlas"), Run(tmp_path / "two").open_field("atlas")
+    for var in ("loss", "accuracy", "edges", "z0", "z1"):
+        assert a[var].values.tobytes() == b[var].values.tobytes(), var
+    ta = json.loads((tmp_path / "one" / "topology.json").read_text())
+    tb = json.loads((tmp_path / "two" / "topology.json").read_text())
+    assert ta["model_basin"] == tb["model_basin"]
+    stages = json.loads((tmp_path / "two" / "run.json").read_text())["stages"]
+    assert stages["field"]["samples"] == a.sizes["sample"]
+    assert any(s.get("ranks") == 2 for s in stages.values() if isinstance(s, dict))

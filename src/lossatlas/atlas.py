@@ -28,6 +28,7 @@ import xarray as xr
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from . import distributed
 from .correction import ResidualCorrection
 from .evaluate import Evaluator
 from .fields import compute_field
@@ -90,6 +91,11 @@ class Atlas:
                  precision: str = "fp32", batch_size: int | None = None, seed: int = 0,
                  memory_budget: int | str | None = None, backend: str = "auto"):
         self.population = population
+        # under torchrun: rank 0 fits the embedding and writes the run's files, every
+        # rank evaluates its share of each field (no-op in a single process)
+        distributed.init_from_env()
+        if device is None and distributed.is_distributed():
+            device = distributed.device()
         self.run = Run(run_dir)
         self.seed = seed
         self.memory_budget = None if memory_budget is None else parse_bytes(
@@ -186,8 +192,20 @@ class Atlas:
 
         ``exact=True`` adds a smooth residual correction so every model decodes
         exactly to itself at its code (see :class:`ResidualCorrection`).
-        Stored in ``RUN/embedding/``; reused unless ``refit``.
+        Stored in ``RUN/embedding/``; reused unless ``refit``. Under torchrun rank 0
+        fits and stores it, the other ranks then load it.
         """
+        if distributed.is_distributed():
+            if distributed.is_main():
+                self._embed(method, dim, exact, refit, standardize, **kwargs)
+            distributed.barrier()
+            if not distributed.is_main():
+                self._embed(method, dim, exact, False, standardize, **kwargs)
+            return self
+        return self._embed(method, dim, exact, refit, standardize, **kwargs)
+
+    def _embed(self, method: str, dim: int, exact: bool, refit: bool, standardize: bool,
+               **kwargs: Any) -> Atlas:
         from .manifold import SpanReduction, load_embedding, make_embedding
         from .manifold.span import components_file
 

@@ -418,6 +418,7 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
                 tol: float, threshold: str, device, precision, progress: bool,
                 embed_kwargs: dict | None = None, memory_budget: int | None = None):
     """Embed, field, topology, faithfulness and figures; returns (atlas, summary)."""
+    from . import distributed
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
 
@@ -431,6 +432,8 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
         thr = threshold
     atlas.topology(threshold=thr)
     faith = atlas.faithfulness()
+    if not distributed.is_main():  # under torchrun rank 0 draws and reports
+        return atlas, None
     figs = []
     if dim == 2:
         figs.append(atlas.plot_landscape(out_dir / "landscape.png") and out_dir / "landscape.png")
@@ -497,7 +500,8 @@ def atlas(
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
                              device, precision, progress=not as_json, memory_budget=mem)
-    _finish(summary, as_json, "atlas")
+    if summary is not None:  # rank 0 under torchrun
+        _finish(summary, as_json, "atlas")
 
 
 # ------------------------------------------------------------------- demo

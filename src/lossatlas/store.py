@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import distributed
 from .points import PointSource
 
 __all__ = [
@@ -141,7 +142,9 @@ class Run:
             raise ValueError(f"run directory {self.path}: run.json is not valid JSON ({err})") from err
 
     def _write(self, meta: dict) -> None:
-        atomic_write_json(self.json_path, meta)
+        # under torchrun only rank 0 writes: concurrent read-modify-writes would lose updates
+        if distributed.is_main():
+            atomic_write_json(self.json_path, meta)
 
     def update(self, key: str, value: Any) -> None:
         """Set ``run.json[key] = value`` atomically."""
@@ -177,8 +180,11 @@ class Run:
         return sorted(p.stem for p in d.glob("*.zarr")) if d.exists() else []
 
     def save_dataset(self, name: str, ds: xr.Dataset) -> Path:
-        """Store a finished Dataset under ``fields/NAME.zarr`` (write to a temp dir, rename)."""
+        """Store a finished Dataset under ``fields/NAME.zarr`` (write to a temp dir, rename;
+        under torchrun rank 0 writes, the other ranks hold the same dataset)."""
         path = self.field_path(name)
+        if not distributed.is_main():
+            return path
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds.to_zarr(tmp, mode="w", consolidated=False)
