@@ -54,6 +54,17 @@ def test_interrupted_write_leaves_nothing(tmp_path, matrix):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_writer_leaves_one_partial_file_that_the_next_reuses(tmp_path, matrix):
+    dead = VectorFileWriter(tmp_path / "m.safetensors", matrix.shape)
+    dead.write_rows(0, matrix[:4])  # killed here: no commit, no abort
+    del dead
+    assert [p.name for p in tmp_path.iterdir()] == [".m.safetensors.rank0.partial"]
+    with VectorFileWriter(tmp_path / "m.safetensors", matrix.shape) as w:
+        w.write_rows(0, matrix)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    assert torch.equal(VectorFile(tmp_path / "m.safetensors").to_tensor(), matrix)
+
+
 def test_bad_files_are_named(tmp_path, matrix):
     path = tmp_path / "m.safetensors"
     with VectorFileWriter(path, matrix.shape) as w:

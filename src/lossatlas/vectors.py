@@ -11,8 +11,9 @@ unmaps them again, so the process's resident memory holds the copy alone::
         ...
 
 Files are ordinary safetensors files (``safetensors.safe_open`` reads them too). They are
-written with :class:`VectorFileWriter` into a temporary file renamed on :meth:`commit`, so
-an interrupted write never leaves a partial file behind.
+written with :class:`VectorFileWriter` into ``.NAME.rankR.partial`` beside the target,
+renamed on :meth:`commit`, so an interrupted write never leaves a partial file under the
+target's name; the next writer of the same target reuses (overwrites) the partial file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -271,12 +271,12 @@ class VectorFileWriter:
             raise TypeError(f"VectorFileWriter: dtype {dtype} not supported (float32/64/16)")
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                   suffix=".tmp")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        # One partial file per target and rank, not a random name: a writer killed before
+        # commit() leaves a file (possibly of many GB) that the next writer reuses.
+        self._tmp = self.path.with_name(
+            f".{self.path.name}.rank{os.environ.get('RANK', '0')}.partial")
         self._header_len = len(self._header(self.shape[0], pad=_HEADER_SLACK))
-        with open(self._tmp, "r+b") as f:
+        with open(self._tmp, "w+b") as f:
             f.write(self._header(self.shape[0], length=self._header_len))
             f.truncate(8 + self._header_len + self._nbytes(self.shape[0]))
         self._done = False
