@@ -39,6 +39,9 @@ from .vectors import VectorFile, parse_bytes, return_freed_memory
 
 __all__ = ["Atlas"]
 
+# decoded parameter vectors held at once when no memory budget is given
+_DECODE_BYTES = 2**30
+
 log = logging.getLogger(__name__)
 
 
@@ -140,21 +143,28 @@ class Atlas:
             device is not None and torch.device(device).type == "cpu")
         return None if self.memory_budget is None or not on_cpu else self.memory_budget // 4
 
-    def _rows_per_chunk(self) -> int | None:
-        """Vectors of D parameters held in host memory at once (None: no limit)."""
+    def _rows_per_chunk(self) -> int:
+        """Vectors of D parameters held at once: a quarter of the memory budget, or
+        without one at most ``_DECODE_BYTES`` of them."""
         if self.memory_budget is None:
-            return None
+            return max(1, _DECODE_BYTES // (4 * self.X.shape[1]))
         return max(1, self.memory_budget // (4 * 4 * self.X.shape[1]))
 
-    def _chunk_points(self) -> int | None:
-        """Points decoded / evaluated at once: limited by the memory budget on the CPU
-        (on a GPU decoded points live in device memory: the evaluator's own chunking)."""
-        return self._rows_per_chunk() if self.device.type == "cpu" else None
+    def _chunk_points(self) -> int:
+        """Points decoded together per stored chunk of a field: under the memory budget
+        on the CPU; else compute_field's default (4 evaluator chunks, at least 256)
+        capped so the decoded vectors take at most ``_DECODE_BYTES`` (on a GPU they
+        live in device memory) but hold at least one evaluator chunk."""
+        if self.memory_budget is not None and self.device.type == "cpu":
+            return self._rows_per_chunk()
+        ev = self.evaluator.chunk_size
+        cap = max(ev, _DECODE_BYTES // (4 * self.X.shape[1]))
+        return min(cap, max(ev * 4, 256))
 
     def _row_chunks(self):
         """``(start, Tensor[n, D])`` chunks of the population's vectors."""
         n = self.X.shape[0]
-        step = self._rows_per_chunk() or n
+        step = self._rows_per_chunk()
         for start in range(0, n, step):
             stop = min(n, start + step)
             rows = (self.X.rows(slice(start, stop)) if self._streamed

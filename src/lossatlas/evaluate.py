@@ -346,14 +346,16 @@ class Evaluator:
 
     def _default_chunk_size(self) -> int:
         cap = 1024 if self.device.type == "cuda" else 64
+        # every point of a chunk also brings its parameters (and a working copy)
+        weights = 4 * 2 * self.space.dim
         if self.backend.startswith("fast-mlp"):
-            per_point = self._mlp_bytes() * self.batch_size
+            per_point = self._mlp_bytes() * self.batch_size + weights
         elif self.backend == "fast-bnfold":
             # Folded weights of every point of the chunk; activations of one point at a time.
-            per_point = 4 * 2 * self.space.dim
+            per_point = weights
             cap = 64 if self.device.type == "cuda" else 16
         else:
-            per_point = self._live_bytes() * self.batch_size
+            per_point = self._live_bytes() * self.batch_size + weights
         return int(max(1, min(cap, self.memory_budget // per_point)))
 
     # ------------------------------------------------------------ forward

@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -342,15 +343,22 @@ class Embedding:
         (``path.with_suffix(".json")``, for people; `load` reads only the safetensors
         file). Both are written to a temporary file and renamed. Returns the path.
         """
-        from safetensors.torch import save
+        from safetensors.torch import save_file
 
         self._check_fitted("save")
         path = Path(path)
         header = self._header()
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self._state().items()}
-        blob = save(tensors, metadata={_FORMAT: json.dumps(header)})
+        tensors = {k: _own(v) for k, v in self._state().items()}
         self._save_files(path)
-        atomic_write_bytes(path, blob)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:  # straight to a file: no in-memory copy of the tensors
+            save_file(tensors, tmp, metadata={_FORMAT: json.dumps(header)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         atomic_write_bytes(
             path.with_suffix(".json"), (json.dumps(header, indent=2) + "\n").encode()
         )
@@ -403,6 +411,14 @@ def load_embedding(path: str | os.PathLike, **options: Any) -> Embedding:
     emb = cls(**params)
     emb._restore(state, header["fitted"], _path=path, **options)
     return emb
+
+
+def _own(t: Tensor) -> Tensor:
+    """``t`` on the CPU, contiguous and owning its storage (safetensors refuses views
+    into larger or shared storage); copied only when it is not so already."""
+    t = t.detach().cpu().contiguous()
+    whole = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if whole else t.clone()
 
 
 def _sub_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
