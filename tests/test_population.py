@@ -173,6 +173,10 @@ def test_safetensors_round_trip(tmp_path, ckpt_dir):
         Population.from_safetensors(path, "mlp", {**KW, "hidden": (5,)})
     with pytest.raises(CheckpointError, match="not a population file"):
         Population.from_safetensors(d / "variantB-s1-e2.safetensors", "mlp", KW)
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:-20])
+    for mmap in (False, True):
+        with pytest.raises(CheckpointError, match=r"cut\.safetensors could not be read"):
+            Population.from_safetensors(tmp_path / "cut.safetensors", "mlp", KW, mmap=mmap)
 
 
 def test_constructor_checks_and_natural_key():

@@ -627,7 +627,14 @@ class Population:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"Population.from_safetensors: {p} not found")
-        with safe_open(str(p), framework="pt") as f:
+        try:
+            f = safe_open(str(p), framework="pt")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type
+            raise CheckpointError(
+                f"Population.from_safetensors: {p} could not be read (truncated or not a "
+                f"safetensors file?): {err}"
+            ) from err
+        with f:
             meta = f.metadata() or {}
             if meta.get("format") != _FORMAT or "vectors" not in f.keys():  # noqa: SIM118
                 raise CheckpointError(
