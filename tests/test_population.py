@@ -222,3 +222,21 @@ def test_failed_stream_leaves_no_file(tmp_path, ckpt_dir):
     with pytest.raises(CheckpointError, match="zz_other.pt"):
         Population.from_checkpoints(d, "mlp", KW, out=tmp_path / "out" / "pop.safetensors")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stream_reused_only_for_the_same_checkpoints_and_options(tmp_path, ckpt_dir):
+    d, _ = ckpt_dir
+    out = tmp_path / "streamed" / "pop.safetensors"  # outside the checkpoint directory
+    Population.from_checkpoints(d, "mlp", KW, out=out)
+    stamp = out.stat().st_mtime_ns
+    (d / "variantB-s1-e2.json").write_text(json.dumps({"variant": "B2", "seed": 1}))
+    again = Population.from_checkpoints(d, "mlp", KW, out=out)
+    assert out.stat().st_mtime_ns == stamp  # reused ...
+    assert "B2" in again.variants  # ... with the labels read afresh
+    state = tiny(7).state_dict()
+    state["layers.1.bias"][0] = float("nan")
+    torch.save(state, d / "zz_diverged.pt")
+    skipped = Population.from_checkpoints(d, "mlp", KW, nonfinite="skip", out=out)
+    assert len(skipped) == 3 and out.stat().st_mtime_ns != stamp  # new source: rewritten
+    with pytest.raises(CheckpointError, match="zz_diverged.pt"):  # other option: not reused
+        Population.from_checkpoints(d, "mlp", KW, out=out)

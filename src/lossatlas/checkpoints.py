@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .store import atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -211,6 +212,22 @@ def load_for_model(path: str | os.PathLike[str], model: nn.Module) -> dict[str, 
     return match_state_dict(load_state_dict(path, strip_prefix=False), model, path)
 
 
+def owned_tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors on the CPU, contiguous, each owning its whole storage, as safetensors
+    requires (views into larger or shared storage are copied; others are not)."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for k, v in state.items():
+        t = v.detach().cpu().contiguous()
+        storage = t.untyped_storage()
+        if (storage.data_ptr() in seen or t.storage_offset()
+                or storage.nbytes() != t.numel() * t.element_size()):
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
 def save_state_dict(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` atomically (temporary file in the same directory, then
     `os.replace`) as ``.pt``/``.pth`` (`torch.save`) or ``.safetensors``. Tensors are
@@ -220,34 +237,19 @@ def save_state_dict(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -
         raise CheckpointError(
             f"save_state_dict: cannot write {p}: suffix must be .pt, .pth or .safetensors"
         )
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, Tensor] = {}
-    seen: set[int] = set()
     for k, v in state.items():
         if not isinstance(v, Tensor):
             raise TypeError(
                 f"save_state_dict: value of {k!r} is a {type(v).__name__}, not a Tensor"
             )
-        t = v.detach().cpu().contiguous()
-        if p.suffix == ".safetensors":  # safetensors refuses shared or partial storage
-            storage = t.untyped_storage()
-            if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
-                t = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-        tensors[k] = t
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if p.suffix == ".safetensors":
+        from safetensors.torch import save_file
 
-            save_file(tensors, tmp)
-        else:
-            torch.save(tensors, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(p) as tmp:
+            save_file(owned_tensors(state), str(tmp))
+    else:
+        with atomic_path(p) as tmp:
+            torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
     return p
 
 

@@ -195,14 +195,15 @@ def _layout(space: ParamSpace) -> list[list]:
 
 def _reuse(out: str | os.PathLike, meta: Mapping[str, str]) -> VectorFile | None:
     """The population file ``out`` if it exists and was written from the same sources
-    with the same layout and options, else None."""
+    with the same layout and options, else None (labels are read afresh by the caller:
+    a sidecar may have changed)."""
     if not Path(out).is_file():
         return None
     try:
         vf = VectorFile(out, "vectors")
     except (ValueError, OSError):
         return None
-    same = ("sources", "layout", "buffers", "factory", "factory_kwargs")
+    same = ("sources", "nonfinite", "layout", "buffers", "factory", "factory_kwargs")
     return vf if all(vf.metadata.get(k) == meta[k] for k in same) else None
 
 
@@ -336,13 +337,16 @@ class Population:
             sources = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns]
                                   for p in paths])
             meta = {**_file_metadata(all_labels, [str(p) for p in paths], space, spec,
-                                     factory_kwargs), "sources": sources}
+                                     factory_kwargs), "sources": sources,
+                    "nonfinite": nonfinite}
             reused = _reuse(out, meta)
             if reused is not None:
                 log.info("Population: reusing %s (written from the same checkpoints)", out)
-                return cls(space, reused, json.loads(reused.metadata["labels"]),
-                           json.loads(reused.metadata["paths"]), factory=build,
-                           factory_spec=spec, factory_kwargs=factory_kwargs)
+                kept_paths = json.loads(reused.metadata["paths"])
+                where = {str(p): i for i, p in enumerate(paths)}
+                return cls(space, reused, [all_labels[where[p]] for p in kept_paths],
+                           kept_paths, factory=build, factory_spec=spec,
+                           factory_kwargs=factory_kwargs)
             writer = VectorFileWriter(out, (len(paths), space.dim), metadata=meta)
             vectors: Tensor | VectorFile = torch.empty(0)
         else:
@@ -372,7 +376,8 @@ class Population:
             kept_paths = [str(paths[i]) for i in kept]
             if writer is not None:
                 writer.metadata = {**_file_metadata(labels, kept_paths, space, spec,
-                                                    factory_kwargs), "sources": sources}
+                                                    factory_kwargs), "sources": sources,
+                                   "nonfinite": nonfinite}
                 vectors = writer.commit(len(kept))
             else:
                 vectors = vectors[: len(kept)]

@@ -27,7 +27,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..store import atomic_write_bytes
+from ..checkpoints import owned_tensors
+from ..store import atomic_path, atomic_write_bytes
 
 __all__ = ["Embedding", "NotFittedError", "load_embedding", "clone"]
 
@@ -348,17 +348,10 @@ class Embedding:
         self._check_fitted("save")
         path = Path(path)
         header = self._header()
-        tensors = {k: _own(v) for k, v in self._state().items()}
         self._save_files(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:  # straight to a file: no in-memory copy of the tensors
-            save_file(tensors, tmp, metadata={_FORMAT: json.dumps(header)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:  # straight to a file: no in-memory copy of the tensors
+            save_file(owned_tensors(self._state()), str(tmp),
+                      metadata={_FORMAT: json.dumps(header)})
         atomic_write_bytes(
             path.with_suffix(".json"), (json.dumps(header, indent=2) + "\n").encode()
         )
@@ -411,14 +404,6 @@ def load_embedding(path: str | os.PathLike, **options: Any) -> Embedding:
     emb = cls(**params)
     emb._restore(state, header["fitted"], _path=path, **options)
     return emb
-
-
-def _own(t: Tensor) -> Tensor:
-    """``t`` on the CPU, contiguous and owning its storage (safetensors refuses views
-    into larger or shared storage); copied only when it is not so already."""
-    t = t.detach().cpu().contiguous()
-    whole = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
-    return t if whole else t.clone()
 
 
 def _sub_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

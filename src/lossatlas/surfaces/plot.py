@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..fields import log10_loss
+from ..store import atomic_path
 from .slices import Slice
 
 __all__ = ["plot_contour", "plot_curve", "plot_surface", "plot_trajectory", "save_figure"]
@@ -260,13 +260,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix, PNG if none) through a temp file."""
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp.{fmt}")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".tmp.{fmt}") as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
