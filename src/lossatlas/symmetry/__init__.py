@@ -2,6 +2,7 @@
 and activation matching (git re-basin), REPAIR / BatchNorm reset for interpolated
 models, the ReLU-rescaling canonical form, and distances modulo symmetry."""
 
+from ._inputs import infer_example_input
 from .distance import align, compare_alignment, parameter_distance
 from .matching import activation_matching, match_activations, match_weights, weight_matching
 from .ot import ot_align, ot_plans
@@ -32,6 +33,7 @@ __all__ = [
     "check_spec",
     "compare_alignment",
     "identity_permutation",
+    "infer_example_input",
     "interpolate",
     "interpolate_state",
     "match_activations",

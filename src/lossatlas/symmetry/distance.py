@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..connectivity.barriers import barrier_curve
 from ..space import ParamSpace
+from ._inputs import resolve_example_input
 from .matching import activation_matching, weight_matching
 from .rescale import rescale_canonical
 from .spec import PermutationSpec, permutation_spec
@@ -49,14 +50,21 @@ def align(
     """``(model_a', model_b')`` with the symmetries removed: both in the
     ReLU-rescaling canonical form when ``rescale``, and ``model_b'`` permuted onto
     ``model_a'`` by weight or activation matching. Both compute their original
-    functions."""
+    functions.
+
+    ``spec`` defaults to ``model_a``'s permutation spec traced on
+    ``example_input``, else on the first samples of ``data``, else on an input
+    inferred from the model (:func:`~lossatlas.symmetry.infer_example_input`).
+
+    Returns
+    -------
+    ``(model_a', model_b')``: new models (``model_a`` itself when not ``rescale``).
+    """
     if method not in ("weight", "activation"):
         raise ValueError(f"align: method must be 'weight' or 'activation', got {method!r}")
-    if example_input is None and data is not None and not hasattr(model_a, "example_input"):
-        from ..batches import as_tensor_data
-
-        example_input = as_tensor_data(data, "align data").x[:2]
-    spec = spec or permutation_spec(model_a, example_input)
+    if spec is None:
+        spec = permutation_spec(model_a, resolve_example_input(model_a, example_input, data,
+                                                               where="align"))
     if rescale:
         model_a = rescale_canonical(model_a, spec)
         model_b = rescale_canonical(model_b, spec)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ..batches import as_tensor_data
+from ._inputs import resolve_example_input
 from .spec import PermutationSpec, apply_permutation, permutation_spec, permute_axis
 
 __all__ = [
@@ -148,15 +149,26 @@ def weight_matching(
     seed: int = 0,
     device: str | torch.device | None = None,
     return_perms: bool = False,
+    data: Any = None,
 ) -> nn.Module | tuple[nn.Module, dict[str, Tensor]]:
     """A copy of ``model_b`` permuted onto ``model_a`` by weight matching.
 
     The copy computes the same function as ``model_b``. ``spec`` defaults to
-    ``permutation_spec(model_a, example_input)``. With ``return_perms=True``
-    returns ``(model, perms)`` with ``perms`` as in :func:`match_weights`.
+    ``permutation_spec(model_a, example_input, data=data)``: traced on
+    ``example_input``, else on the first samples of ``data`` (only used for
+    that), else on ``model_a.example_input(2)``, else on an input inferred from
+    the model's first layer (:func:`~lossatlas.symmetry.infer_example_input`).
+
+    Returns
+    -------
+    The aligned copy of ``model_b``; with ``return_perms=True`` the pair
+    ``(model, perms)`` with ``perms`` as in :func:`match_weights`.
     """
     _check_models("weight_matching", model_a, model_b)
-    spec = spec or permutation_spec(model_a, example_input)
+    if spec is None:
+        example_input = resolve_example_input(model_a, example_input, data,
+                                              where="weight_matching")
+        spec = permutation_spec(model_a, example_input)
     perms = match_weights(spec, model_a.state_dict(), model_b.state_dict(), max_iter, seed,
                           device=device)
     aligned = copy.deepcopy(model_b)
@@ -283,12 +295,18 @@ def activation_matching(
 ) -> nn.Module | tuple[nn.Module, dict[str, Tensor]]:
     """A copy of ``model_b`` permuted onto ``model_a`` by activation matching on ``data``.
 
-    ``example_input`` defaults to the first samples of ``data`` (for tracing).
+    ``spec`` defaults to the permutation spec of ``model_a`` traced on
+    ``example_input``, else on the first samples of ``data``.
+
+    Returns
+    -------
+    The aligned copy of ``model_b``; with ``return_perms=True`` the pair
+    ``(model, perms)`` with ``perms`` as in :func:`match_weights`.
     """
     _check_models("activation_matching", model_a, model_b)
     if spec is None:
-        if example_input is None and not hasattr(model_a, "example_input"):
-            example_input = as_tensor_data(data, "activation_matching data").x[:2]
+        example_input = resolve_example_input(model_a, example_input, data,
+                                              where="activation_matching")
         spec = permutation_spec(model_a, example_input)
     perms = match_activations(spec, model_a, model_b, data, batch_size, max_samples, device)
     aligned = copy.deepcopy(model_b)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._inputs import resolve_example_input
 from .spec import PermutationSpec, permutation_spec
 
 __all__ = ["apply_rescaling", "canonical_rescaling", "random_rescaling", "rescale_canonical"]
@@ -108,10 +110,22 @@ def canonical_rescaling(
 
 def rescale_canonical(
     model: nn.Module, spec: PermutationSpec | None = None, example_input: Tensor | None = None,
-    max_iter: int = 1000, tol: float = 1e-10,
+    max_iter: int = 1000, tol: float = 1e-10, data: Any = None,
 ) -> nn.Module:
-    """A copy of ``model`` in the ReLU-rescaling canonical form (same function)."""
-    spec = spec or permutation_spec(model, example_input)
+    """A copy of ``model`` in the ReLU-rescaling canonical form (same function).
+
+    ``spec`` defaults to ``permutation_spec(model, example_input, data=data)``
+    (traced on ``example_input``, else the first samples of ``data``, else an
+    inferred input).
+
+    Returns
+    -------
+    nn.Module: a new model.
+    """
+    if spec is None:
+        example_input = resolve_example_input(model, example_input, data,
+                                              where="rescale_canonical")
+        spec = permutation_spec(model, example_input)
     state, _ = canonical_rescaling(spec, model.state_dict(), max_iter, tol)
     new = copy.deepcopy(model)
     new.load_state_dict(state)

@@ -45,6 +45,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ._inputs import resolve_example_input
 from ._trace import trace
 
 __all__ = [
@@ -626,7 +627,10 @@ class _Builder:
 
 
 def permutation_spec(
-    model: nn.Module, example_input: Tensor | tuple | None = None, strict: bool = False
+    model: nn.Module,
+    example_input: Tensor | tuple | None = None,
+    strict: bool = False,
+    data: Any = None,
 ) -> PermutationSpec:
     """The permutation symmetry groups of ``model``, found from its torch.fx graph.
 
@@ -635,11 +639,15 @@ def permutation_spec(
     model : nn.Module
         Traced in eval mode on ``example_input`` (its values are not used).
     example_input : Tensor or tuple of Tensors, optional
-        A small batch of inputs; default ``model.example_input(2)`` when the
-        model provides it.
+        A small batch of inputs. Default: the first samples of ``data`` when
+        given, else ``model.example_input(2)`` when the model provides it, else
+        a batch inferred from the model's first Linear / Conv / Embedding layer
+        (:func:`~lossatlas.symmetry.infer_example_input`).
     strict : bool
         Raise NotImplementedError on an operation the rules do not cover instead
         of leaving the group that flows into it unpermuted (with a SpecWarning).
+    data : (X, y) pair, Dataset, DataLoader or TensorData, optional
+        Only to take an example input from when ``example_input`` is None.
 
     Returns
     -------
@@ -647,13 +655,7 @@ def permutation_spec(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"permutation_spec: expected an nn.Module, got {type(model).__name__}")
-    if example_input is None:
-        if not hasattr(model, "example_input"):
-            raise ValueError(
-                f"permutation_spec: {type(model).__name__} has no example_input() method; pass "
-                "example_input=<a small batch of inputs>"
-            )
-        example_input = model.example_input(2)
+    example_input = resolve_example_input(model, example_input, data, where="permutation_spec")
     gm = trace(model, example_input)
     builder = _Builder(gm, strict)
     builder.run()
