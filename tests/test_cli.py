@@ -205,3 +205,44 @@ def test_atlas_with_a_memory_budget_streams_the_population(checkpoints, tmp_path
     assert stream.stat().st_mtime_ns == stamp  # reused, not rewritten
     _error(runner.invoke(app, [*common, "--memory-budget", "lots", "--out", str(run)]),
            "--memory-budget")
+
+
+_FLAT_CNN = '''
+import torch
+from torch import nn
+
+
+class FlatCNN(nn.Module):
+    """Flat 40-feature rows viewed as 5x8 images: its input cannot be inferred from
+    its layers, so tracing it needs the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 5 * 8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x.view(x.shape[0], 1, 5, 8)))
+        return self.fc(x.flatten(1))
+'''
+
+
+def test_align_and_connect_align_trace_a_custom_class_on_the_data(tmp_path, monkeypatch):
+    """A custom class without example_input(): `align` and `connect --align` trace it on
+    the loaded data instead of asking for an example input."""
+    (tmp_path / "lossatlas_cli_flatcnn.py").write_text(_FLAT_CNN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from lossatlas_cli_flatcnn import FlatCNN
+
+    ckpts = tmp_path / "ckpts"
+    for seed in range(3):
+        torch.manual_seed(seed)
+        save_state_dict(FlatCNN().state_dict(), ckpts / f"c{seed}.pt")
+    flat = ["--model", "lossatlas_cli_flatcnn:FlatCNN", "--data", "blobs", "--data-arg",
+            "num_features=40", "--data-arg", "num_samples=120"]
+    out = _json(runner.invoke(app, ["align", str(ckpts / "c0.pt"), str(ckpts / "c1.pt"), *flat,
+                                    "--steps", "3", "--out", str(tmp_path / "al"), "--json"]))
+    assert out["distance_aligned"] < out["distance_none"]
+    out = _json(runner.invoke(app, ["connect", "--population", str(ckpts / "c*.pt"), *flat,
+                                    "--align", "--out", str(tmp_path / "co"), "--json"]))
+    assert out["models"] == 3 and np.isfinite(out["mean_barrier_after"])

@@ -48,12 +48,13 @@ def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
 
     from .connectivity import barrier_matrix
     from .surfaces import save_figure
-    from .symmetry import weight_matching
+    from .symmetry import permutation_spec, weight_matching
 
     mats = {"before": barrier_matrix(models, xy, steps=steps, names=names, device=device)}
     if align_models:
         ref = models[0]
-        aligned = [ref] + [weight_matching(ref, m) for m in models[1:]]
+        spec = permutation_spec(ref, data=xy)  # traced once, on the data's first samples
+        aligned = [ref] + [weight_matching(ref, m, spec) for m in models[1:]]
         mats["after"] = barrier_matrix(aligned, xy, steps=steps, names=names, device=device)
     run = Run(out_dir)
     for k, v in mats.items():
@@ -194,9 +195,12 @@ def align(
                    "distance_none": parameter_distance(ma, mb)["distance"],
                    "distance_aligned": parameter_distance(ma, aligned)["distance"]}
     else:
+        from .symmetry import permutation_spec
+
+        spec = permutation_spec(ma, data=xy)  # traced once, on the data's first samples
         table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=steps,
-                                  device=device)
-        _, aligned = align_models(ma, mb, method, xy, rescale)
+                                  device=device, spec=spec)
+        _, aligned = align_models(ma, mb, method, xy, rescale, spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_state_dict(aligned.state_dict(), out_dir / f"{Path(b).stem}_aligned.safetensors")
     if table is not None:

@@ -90,8 +90,13 @@ def compare_alignment(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
     example_input: Tensor | None = None,
+    spec: PermutationSpec | None = None,
 ) -> xr.Dataset:
     """Distances (and barriers on ``data``) before and after alignment, side by side.
+
+    The alignment is :func:`align` (``spec``, ``example_input`` and ``data`` as
+    there: the spec is traced on ``example_input``, else on ``data``'s first
+    samples, else on an inferred input).
 
     Returns
     -------
@@ -100,7 +105,7 @@ def compare_alignment(
     ``loss_barrier`` (nats) and ``error_barrier`` (fraction); ``attrs``:
     ``method``, ``rescale``, ``definition``, ``bn``.
     """
-    a2, b2 = align(model_a, model_b, method, data, rescale, None, example_input)
+    a2, b2 = align(model_a, model_b, method, data, rescale, spec, example_input)
     rows = {"none": (model_a, model_b), "aligned": (a2, b2)}
     values: dict[str, list[float]] = {}
     for ma, mb in rows.values():
