@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lossatlas.batches import TensorData
 from lossatlas.symmetry import (
+    SpecWarning,
     activation_matching,
     align,
     infer_example_input,
@@ -207,3 +208,39 @@ def test_empty_data_is_refused_with_its_caller_named():
         permutation_spec(_mlp(), data=loader)
     with pytest.raises(ValueError, match="batch_size"):
         infer_example_input(_mlp(), batch_size=0)
+
+
+class TinyTokenModel(nn.Module):
+    """Token embeddings plus learned positions for at most 8 tokens, a residual MLP and
+    a head on the mean; no example_input() method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.pos = nn.Parameter(torch.randn(8, 16))
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.pos[: x.shape[-1]]
+        h = h + self.mlp(h)
+        return self.head(h.mean(1))
+
+
+def test_token_model_without_example_input_traces_on_inferred_tokens():
+    torch.manual_seed(0)
+    model = TinyTokenModel().eval()
+    x = infer_example_input(model)
+    assert x.dtype == torch.long and x.shape == (2, 8)  # 16 tokens exceed the positions
+    with pytest.warns(SpecWarning, match="mlp.2"):  # residual onto unpermuted embeddings
+        spec = permutation_spec(model)
+    assert sorted(spec.sizes.values()) == [32]  # the MLP's hidden units
+    perms = random_permutation(spec, torch.Generator().manual_seed(4))
+    permuted = permute_model(model, spec, perms)
+    with pytest.warns(SpecWarning, match="mlp.2"):
+        aligned = weight_matching(model, permuted)
+    for k, v in aligned.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k], msg=k)
+    tokens = torch.randint(0, 20, (5, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(aligned(tokens), model(tokens))
