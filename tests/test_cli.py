@@ -246,3 +246,93 @@ def test_align_and_connect_align_trace_a_custom_class_on_the_data(tmp_path, monk
     out = _json(runner.invoke(app, ["connect", "--population", str(ckpts / "c*.pt"), *flat,
                                     "--align", "--out", str(tmp_path / "co"), "--json"]))
     assert out["models"] == 3 and np.isfinite(out["mean_barrier_after"])
+
+
+# ------------------------------------------------------- a run directory never runs code
+BLOBS8 = ["--data", "blobs", "--data-arg", "num_features=8", "--data-arg", "num_samples=120"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """A tiny `lossatlas train` run: 2 variants x 3 checkpoints of an mlp (hidden 6)."""
+    run = tmp_path_factory.mktemp("trusted") / "run"
+    out = _json(runner.invoke(app, ["train", "--out", str(run), "--model", "mlp",
+                                    "--model-arg", "hidden=[6]", *BLOBS8, "--epochs", "2",
+                                    "--every", "1", "--lr", "0.05,0.2", "--json"]))
+    assert out["checkpoints"] == 6
+    return run
+
+
+def _poisoned(clean_run, tmp_path, key="model"):
+    """A copy of the run whose train.json names os:system (creating a marker) as its
+    `key` factory; returns the run, its manifest and the marker."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(clean_run, run)
+    marker = tmp_path / f"marker-{key}"
+    info = json.loads((run / "train.json").read_text())
+    info.update({key: "os:system", f"{key}_kwargs": {"command": f"touch '{marker}'"}})
+    (run / "train.json").write_text(json.dumps(info))
+    return run, run / "train.json", marker
+
+
+def _population_verbs(run, tmp_path):
+    """Every verb that reads a train run, as argument lists."""
+    return {
+        "atlas": ["atlas", "--population", str(run), *BLOBS8, "--method", "pca",
+                  "--resolution", "5", "--budget", "40", "--out", str(tmp_path / "atlas")],
+        "connect": ["connect", "--population", str(run), *BLOBS8, "--out",
+                    str(tmp_path / "connect")],
+        "hessian": ["hessian", "--population", str(run), *BLOBS8, "--top", "1", "--out",
+                    str(tmp_path / "hessian")],
+        "llc": ["llc", "--population", str(run), *BLOBS8, "--chains", "1", "--draws", "4",
+                "--out", str(tmp_path / "llc")],
+        "branches": ["branches", str(run), *BLOBS8],
+        "dynamics": ["dynamics", str(run), "--no-defect"],
+    }
+
+
+def test_a_run_naming_a_foreign_model_factory_runs_no_code(clean_run, tmp_path):
+    run, manifest, marker = _poisoned(clean_run, tmp_path)
+    for verb, args in _population_verbs(run, tmp_path).items():
+        res = runner.invoke(app, args)
+        _error(res, str(manifest), "'os:system'", "--model os:system", "--trust-run")
+        assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1, (verb,
+                                                                              res.output)
+        assert not marker.exists(), verb
+    # a built-in --model the checkpoints fit wins over the run's: the verb proceeds
+    mine = ["--model", "mlp", "--model-arg", "hidden=[6]"]
+    for verb, args in _population_verbs(run, tmp_path).items():
+        if verb in ("atlas", "connect", "hessian", "llc"):
+            out = _json(runner.invoke(app, [*args, *mine, "--json"]))
+            assert out["models"] == (6 if verb == "atlas" else 2), verb
+            assert not marker.exists(), verb
+    # the marker works: with --trust-run the run's factory does run (and fails)
+    res = runner.invoke(app, [*_population_verbs(run, tmp_path)["hessian"], "--trust-run"])
+    _error(res, "os:system")
+    assert marker.exists()
+
+
+def test_a_run_naming_a_foreign_data_factory_runs_no_code(clean_run, tmp_path):
+    run, manifest, marker = _poisoned(clean_run, tmp_path, key="data")
+    for args in (["dynamics", str(run), "--no-defect"], ["branches", str(run)]):
+        _error(runner.invoke(app, args), str(manifest), "data factory 'os:system'",
+               "--data os:system", "--trust-run")
+        assert not marker.exists()
+    out = _json(runner.invoke(app, ["branches", str(run), *BLOBS8, "--json"]))  # --data wins
+    assert out["models"] == 2 and not marker.exists()
+
+
+def test_a_run_naming_a_builtin_model_needs_no_flag(clean_run, tmp_path):
+    args = _population_verbs(clean_run, tmp_path)
+    for verb in ("atlas", "llc"):
+        out = _json(runner.invoke(app, [*args[verb], "--json"]))
+        assert out["models"] == (6 if verb == "atlas" else 2)
+    # no --model on a checkpoint folder: mlp, as before (hidden 6 does not fit its default)
+    folder = ["llc", "--population", str(clean_run / "checkpoints"), *BLOBS8, "--chains", "1",
+              "--draws", "4"]
+    _error(runner.invoke(app, [*folder, "--out", str(tmp_path / "l2")]), "checkpoint")
+    out = _json(runner.invoke(app, [*folder, "--model-arg", "hidden=[6]", "--out",
+                                    str(tmp_path / "l3"), "--json"]))
+    assert out["models"] == 2

@@ -240,3 +240,103 @@ def test_stream_reused_only_for_the_same_checkpoints_and_options(tmp_path, ckpt_
     assert len(skipped) == 3 and out.stat().st_mtime_ns != stamp  # new source: rewritten
     with pytest.raises(CheckpointError, match="zz_diverged.pt"):  # other option: not reused
         Population.from_checkpoints(d, "mlp", KW, out=out)
+
+
+# ------------------------------------------------------- a run directory never runs code
+def _tiny_run(out: Path, model="mlp") -> Path:
+    """A two-epoch run of one variant on 120 blobs (3 checkpoints)."""
+    from lossatlas.train import train_population
+
+    train_population(model, "blobs", out_dir=out, data_kwargs={"num_samples": 120},
+                     variants=[{"name": "A", "lr": 0.05, "epochs": 2}],
+                     model_kwargs={"hidden": (5,)}, device="cpu")
+    return out
+
+
+def _poison(run: Path, marker: Path, key: str = "model") -> Path:
+    """Make ``run/train.json`` name ``os:system`` as its ``key`` factory, with a command
+    that creates ``marker``."""
+    manifest = run / "train.json"
+    info = json.loads(manifest.read_text())
+    info[key] = "os:system"
+    info[f"{key}_kwargs"] = {"command": f"touch '{marker}'"}
+    manifest.write_text(json.dumps(info))
+    return manifest
+
+
+def test_a_run_naming_a_spec_is_refused_unless_trusted(tmp_path):
+    from lossatlas.population import UntrustedRunError, load_population
+
+    run = _tiny_run(tmp_path / "run")
+    marker = tmp_path / "marker"
+    manifest = _poison(run, marker)
+    for load in (lambda: Population.from_run(run), lambda: load_population(run),
+                 lambda: load_population(str(run), model_kwargs={"hidden": (5,)})):
+        with pytest.raises(UntrustedRunError) as info:
+            load()
+        text = str(info.value)
+        assert "\n" not in text
+        for needle in (str(manifest), "'os:system'", "--model os:system", "--trust-run",
+                       "trust_run=True"):
+            assert needle in text, text
+        assert not marker.exists()
+    # a model the caller names wins: the run's is never called
+    pop = load_population(run, "mlp", {"in_features": 2, "hidden": (5,), "num_classes": 3})
+    assert len(pop) == 3 and not marker.exists()
+    # the marker works: trusted, the run's factory does run (and returns no nn.Module)
+    with pytest.raises(TypeError, match="os:system"):
+        load_population(run, trust_run=True)
+    assert marker.exists()
+
+
+def test_a_run_naming_a_registered_model_loads_without_a_flag(tmp_path):
+    from lossatlas.population import is_train_run, load_population
+
+    run = _tiny_run(tmp_path / "run")
+    pop = load_population(run)
+    assert is_train_run(run) and not is_train_run(run / "checkpoints")
+    assert len(pop) == 3 and pop.factory_spec == "mlp"
+    assert pop.factory_kwargs["hidden"] == [5]
+    # the same factory named again gets the run's arguments (updated by the caller's)
+    again = load_population(run, "mlp")
+    assert torch.equal(again.as_points(), pop.as_points())
+    with pytest.raises(CheckpointError, match="layers"):
+        load_population(run, "mlp", {"hidden": (7,)})
+    # a checkpoint folder is not a run, and needs a model
+    with pytest.raises(ValueError, match="not a training run"):
+        load_population(run / "checkpoints")
+    assert len(load_population(run / "checkpoints", "mlp", pop.factory_kwargs)) == 3
+
+
+_PROBE = '''
+from lossatlas.models import create
+
+CALLS = []
+
+
+def net(in_features=40, hidden=(8,), num_classes=10):
+    CALLS.append({"in_features": in_features, "hidden": hidden, "num_classes": num_classes})
+    return create("mlp", in_features=in_features, hidden=hidden, num_classes=num_classes)
+'''
+
+
+def test_a_run_naming_an_importable_factory_needs_trust_or_its_name(tmp_path, monkeypatch):
+    import sys
+
+    from lossatlas.population import UntrustedRunError, load_population
+
+    (tmp_path / "lossatlas_trust_probe.py").write_text(_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lossatlas_trust_probe", raising=False)
+    spec = "lossatlas_trust_probe:net"
+    run = _tiny_run(tmp_path / "run", model=spec)
+    assert json.loads((run / "train.json").read_text())["model"] == spec
+    monkeypatch.delitem(sys.modules, "lossatlas_trust_probe")  # as in a fresh process
+    with pytest.raises(UntrustedRunError, match=f"--model {spec}"):
+        load_population(run)
+    assert "lossatlas_trust_probe" not in sys.modules  # not even imported
+    trusted = load_population(run, trust_run=True)
+    probe = sys.modules["lossatlas_trust_probe"]
+    assert len(trusted) == 3 and probe.CALLS and probe.CALLS[-1]["hidden"] == [5]
+    named = Population.from_run(run, factory=spec)  # the caller names the same factory
+    assert torch.equal(named.as_points(), trusted.as_points())

@@ -12,7 +12,7 @@ Subpackages: ``surfaces`` (directions and slices), ``manifold`` (embeddings),
 
 from . import data, models
 from .atlas import Atlas
-from .batches import TensorData, as_tensor_data
+from .batches import TensorData, as_tensor_data, num_samples, to_device
 from .checkpoints import (
     CheckpointError,
     load_for_model,
@@ -21,7 +21,7 @@ from .checkpoints import (
     read_labels,
     save_state_dict,
 )
-from .data import DatasetSplits
+from .data import DatasetSplits, load_data
 from .evaluate import Evaluator
 from .fields import compute_field, log10_loss
 from .points import (
@@ -32,7 +32,7 @@ from .points import (
     PointSource,
     grid_axes,
 )
-from .population import Population
+from .population import Population, UntrustedRunError, load_population
 from .recorder import Recorder
 from .registry import FactoryError, Registry, UnknownNameError, resolve_factory
 from .space import ParamSpace
@@ -73,19 +73,24 @@ __all__ = [
     "Run",
     "TensorData",
     "UnknownNameError",
+    "UntrustedRunError",
     "VectorFile",
     "VectorFileWriter",
     "as_tensor_data",
     "compute_field",
     "data",
     "grid_axes",
+    "load_data",
     "load_for_model",
+    "load_population",
     "load_state_dict",
     "log10_loss",
     "match_state_dict",
     "models",
+    "num_samples",
     "read_labels",
     "resolve_factory",
     "save_state_dict",
+    "to_device",
     "train_population",
 ]

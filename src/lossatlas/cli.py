@@ -69,38 +69,34 @@ def _kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
     return result
 
 
-def _load_data(spec: str, args: list[str] | None, split: str, samples: int | None):
-    from . import data as data_mod
-    from .registry import FactoryError, UnknownNameError
+def _load_data(spec: str, args: list[str] | None, split: str, samples: int | None,
+               test_spec: str | None = None, test_args: list[str] | None = None):
+    """``(splits, (x, y))``: the `DatasetSplits` of ``--data`` (and ``--test-data``) and
+    the ``--split`` of it, cut to ``--samples``. A factory's single set is the train split
+    and, without ``--test-data``, the test split too (``splits.test_is_train``)."""
+    from .batches import index_inputs
+    from .data import load_data
 
-    try:
-        splits = data_mod.create(spec, **_kv(args, "--data-arg"))
-    except (FactoryError, UnknownNameError, UsageError):
-        raise
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"--data {spec!r} / --data-arg: {e}") from e
     if split not in ("train", "test"):
         raise UsageError(f"--split must be 'train' or 'test', got {split!r}")
-    if hasattr(splits, "x_train"):
-        x, y = (splits.x_train, splits.y_train) if split == "train" else (splits.x_test,
-                                                                          splits.y_test)
-    elif isinstance(splits, (tuple, list)) and len(splits) == 2:
-        x, y = splits
-    else:
-        raise UsageError(
-            f"--data {spec!r}: the factory must return a DatasetSplits or an (X, y) pair, "
-            f"got {type(splits).__name__}"
-        )
+    if samples is not None and samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {samples}")
+    kwargs = _kv(args, "--data-arg")
+    test_kwargs = _kv(test_args, "--test-data-arg") if test_spec is not None else None
+    # FactoryError / UnknownNameError name the spec; TypeError / ValueError from a
+    # factory's return value name it too
+    splits = load_data(spec, kwargs, test_spec, test_kwargs)
+    x, y = (splits.x_train, splits.y_train) if split == "train" else (splits.x_test,
+                                                                      splits.y_test)
     if samples is not None:
-        if samples < 1:
-            raise UsageError(f"--samples must be >= 1, got {samples}")
-        x, y = x[:samples], y[:samples]
+        x, y = index_inputs(x, slice(0, samples)), y[:samples]
     return splits, (x, y)
 
 
-def _model_factory(spec: str, args: list[str] | None, splits=None):
+def _model_factory(spec: str | None, args: list[str] | None, splits=None):
     from .population import resolve_model_factory
 
+    spec = spec or _DEFAULT_MODEL
     kwargs = _kv(args, "--model-arg")
     if splits is not None and hasattr(splits, "num_classes"):
         from .train import _infer_model_kwargs
@@ -112,6 +108,19 @@ def _model_factory(spec: str, args: list[str] | None, splits=None):
     except (TypeError, ValueError) as e:
         raise UsageError(f"--model {spec!r} / --model-arg: {e}") from e
     return build, kwargs
+
+
+def _load_population(source: str, model: str | None, kwargs: dict, trust_run: bool,
+                     out: Path | None = None):
+    """``--population``: a train run (its own model unless --model names one; a factory its
+    train.json names runs only if built in or with --trust-run), or checkpoints of --model
+    (default mlp)."""
+    from .population import is_train_run, load_population
+
+    if model is None and not is_train_run(source):
+        model = _DEFAULT_MODEL
+    return load_population(source, model, None if model is None else kwargs,
+                           trust_run=trust_run, out=out)
 
 
 def _table(title: str, rows: dict[str, Any]) -> Table:
@@ -290,8 +299,18 @@ def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_jso
 
 
 _MODEL = typer.Option("mlp", "--model", help="Registered model name or package.module:function.")
+_DEFAULT_MODEL = "mlp"
+_RUN_MODEL = typer.Option(None, "--model", help="Registered model name or package.module:function "
+                          "(default: a train run's own, else mlp).")
+_TRUST_RUN = typer.Option(False, "--trust-run", help="Let a train run's train.json name a "
+                          "package.module:function factory to import and call (default: only "
+                          "built-in names, or the --model you give, are used).")
 _MODEL_ARG = typer.Option(None, "--model-arg", help="Model factory argument key=value.")
 _DATA = typer.Option("mnist1d", "--data", help="Registered dataset or package.module:function.")
+_TEST_DATA = typer.Option(
+    None, "--test-data",
+    help="Test-data factory (package.module:function or file.py:function); default: the "
+         "--data factory's test split, or its one set.")
 _DATA_ARG = typer.Option(None, "--data-arg", help="Dataset factory argument key=value.")
 _SPLIT = typer.Option("train", help="Evaluate on the train or test split.")
 _SAMPLES = typer.Option(None, help="Use only the first N samples.")
@@ -460,7 +479,8 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
 @_handle
 def atlas(
     population: str = typer.Option(..., help="Checkpoint directory, glob, or a train run."),
-    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    trust_run: bool = _TRUST_RUN,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
     method: str = typer.Option("ae", help="ae | pca | kpca | umap"),
     dim: int = typer.Option(2, help="Latent dimension (2 to 4)."),
@@ -478,7 +498,6 @@ def atlas(
 ):
     """The global atlas: embedding, refined loss field, merge tree and basins."""
     from .points import MAX_GRID_POINTS
-    from .population import Population
     from .vectors import parse_bytes
 
     _setup_logging(verbose)
@@ -491,11 +510,7 @@ def atlas(
     factory, kwargs = _model_factory(model, model_arg, splits)
     mem = None if memory_budget is None else parse_bytes(memory_budget, "--memory-budget")
     stream = None if mem is None else out_dir / "population.safetensors"
-    pdir = Path(population)
-    if (pdir / "checkpoints").is_dir():
-        pop = Population.from_run(pdir, out=stream)
-    else:
-        pop = Population.from_checkpoints(population, model, factory_kwargs=kwargs, out=stream)
+    pop = _load_population(population, model, kwargs, trust_run, out=stream)
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
@@ -526,7 +541,7 @@ def demo(
     torch.set_num_threads(threads)
     from .data import create as create_data
     from .evaluate import Evaluator
-    from .population import Population
+    from .population import load_population
     from .surfaces import interpolation, pca_plane, random_slice
     from .train import default_demo_variants, train_population
 
@@ -540,7 +555,7 @@ def demo(
     train_population("mlp", splits, out_dir=out_dir / "train", variants=variants,
                      epochs=epochs, checkpoint_every=every, model_kwargs=model_kwargs,
                      device=device, progress=not as_json)
-    pop = Population.from_run(out_dir / "train")
+    pop = load_population(out_dir / "train")
     stages["train"] = time.perf_counter() - t0
     xy = (splits.x_train[:samples], splits.y_train[:samples])
     final = pop.final_indices()

@@ -14,8 +14,10 @@ from .cli import (
     _DEVICE,
     _MODEL,
     _MODEL_ARG,
+    _RUN_MODEL,
     _SAMPLES,
     _SPLIT,
+    _TRUST_RUN,
     Json,
     UsageError,
     Verbose,
@@ -23,6 +25,7 @@ from .cli import (
     _handle,
     _load_data,
     _load_models,
+    _load_population,
     _model_factory,
     _setup_logging,
     app,
@@ -93,7 +96,8 @@ def connect(
                                    "writes the barrier matrix of its final models."),
     align_models: bool = typer.Option(False, "--align", help="Population mode: also the "
                                       "matrix after weight matching."),
-    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    trust_run: bool = _TRUST_RUN,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
     device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/connect"), "--out", help="Run directory."),
@@ -111,11 +115,7 @@ def connect(
     factory, kwargs = _model_factory(model, model_arg, splits)
     run = Run(out_dir)
     if population is not None:
-        from .population import Population
-
-        pdir = Path(population)
-        pop = (Population.from_run(pdir) if (pdir / "checkpoints").is_dir()
-               else Population.from_checkpoints(population, model, factory_kwargs=kwargs))
+        pop = _load_population(population, model, kwargs, trust_run)
         idx = pop.final_indices()
         names = [str(pop.labels[i].get("variant", i)) for i in idx]
         res = population_barriers([pop.model(i) for i in idx], names, xy, out_dir,

@@ -9,6 +9,7 @@ import typer
 
 from .cli import (
     _DATA_ARG,
+    _TRUST_RUN,
     Json,
     UsageError,
     Verbose,
@@ -29,6 +30,7 @@ def dynamics(
     defect: bool = typer.Option(True, help="Commutator defect at every checkpoint."),
     stages: bool = typer.Option(False, help="LLC at every checkpoint and its stages (slow)."),
     max_checkpoints: int = typer.Option(100, help="Checkpoints per run used at most."),
+    trust_run: bool = _TRUST_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Phase transitions along training: change points of every metric, grokking onset,
@@ -39,7 +41,8 @@ def dynamics(
     if max_checkpoints < 2:
         raise UsageError(f"--max-checkpoints must be >= 2, got {max_checkpoints}")
     t0 = time.perf_counter()
-    rep = dynamics_report(run, defect=defect, stages=stages, max_checkpoints=max_checkpoints)
+    rep = dynamics_report(run, defect=defect, stages=stages, max_checkpoints=max_checkpoints,
+                          trust_run=trust_run)
     summary = {"run": str(run), "runs": len(rep.get("runs", {})),
                "store": str(Path(run) / "dynamics.json")}
     for key, entry in rep.get("runs", {}).items():
@@ -65,7 +68,7 @@ def branches(
                                            "branches."),
     data: str = typer.Option(None, "--data", help="Dataset (default: the run's own, from "
                              "train.json)."),
-    data_arg: list[str] = _DATA_ARG,
+    data_arg: list[str] = _DATA_ARG, trust_run: bool = _TRUST_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Algorithmic branches: models in one basin whose functions differ."""
@@ -77,7 +80,8 @@ def branches(
     t0 = time.perf_counter()
     splits = _load_data(data, data_arg, "test", None)[0] if data else None
     rep = branches_report(str(population), data=splits, metric=metric,
-                          barrier_threshold=barrier_threshold, branch_threshold=branch_threshold)
+                          barrier_threshold=barrier_threshold, branch_threshold=branch_threshold,
+                          trust_run=trust_run)
     nb = rep.get("num_branches", {})
     summary = {"models": len(rep.get("models", [])),
                "basins": len(nb) if isinstance(nb, dict) else None,

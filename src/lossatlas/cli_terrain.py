@@ -12,10 +12,11 @@ from .cli import (
     _DATA,
     _DATA_ARG,
     _DEVICE,
-    _MODEL,
     _MODEL_ARG,
+    _RUN_MODEL,
     _SAMPLES,
     _SPLIT,
+    _TRUST_RUN,
     Json,
     UsageError,
     Verbose,
@@ -23,6 +24,7 @@ from .cli import (
     _handle,
     _load_data,
     _load_models,
+    _load_population,
     _model_factory,
     _setup_logging,
     app,
@@ -59,15 +61,6 @@ def _single_or_population(checkpoint, population):
         raise UsageError("give one checkpoint MODEL, or --population DIR (not both)")
 
 
-def _population(population: str, model: str, kwargs: dict):
-    from .population import Population
-
-    pdir = Path(population)
-    if (pdir / "checkpoints").is_dir():
-        return Population.from_run(pdir)
-    return Population.from_checkpoints(population, model, factory_kwargs=kwargs)
-
-
 @app.command()
 @_handle
 def hessian(
@@ -76,7 +69,8 @@ def hessian(
     trace: bool = typer.Option(False, "--trace", help="Also the trace (Hutch++)."),
     density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ)."),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
-    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    trust_run: bool = _TRUST_RUN,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
     device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/hessian"), "--out", help="Run directory."),
@@ -94,8 +88,8 @@ def hessian(
     out_dir.mkdir(parents=True, exist_ok=True)
     if population is not None:
         measures = ["eigenvalues"] + (["trace"] if trace else [])
-        table = population_terrain(_population(population, model, kwargs), xy, out_dir,
-                                   measures, k=top, device=device)
+        table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
+                                   out_dir, measures, k=top, device=device)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
         _finish(summary, as_json, "hessian (population)")
@@ -129,7 +123,8 @@ def llc_cmd(
     gamma: float = typer.Option(100.0, help="Localisation strength."),
     batch_size: int = typer.Option(32, help="SGLD mini-batch size."),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
-    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    trust_run: bool = _TRUST_RUN,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
     device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/llc"), "--out", help="Run directory."),
@@ -148,8 +143,8 @@ def llc_cmd(
             "epsilon": epsilon, "nbeta": nbeta, "gamma": gamma, "batch_size": batch_size}
     out_dir.mkdir(parents=True, exist_ok=True)
     if population is not None:
-        table = population_terrain(_population(population, model, kwargs), xy, out_dir,
-                                   ["llc"], llc_kwargs=sgld, device=device)
+        table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
+                                   out_dir, ["llc"], llc_kwargs=sgld, device=device)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
         _finish(summary, as_json, "llc (population)")

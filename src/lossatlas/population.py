@@ -34,11 +34,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .batchnorm import POLICY_TEXT, resolve_policy
 from .checkpoints import SUFFIXES, load_state_dict, match_state_dict, read_labels
-from .space import ParamSpace
+from .space import ParamSpace, batchnorm_stat_names
 from .vectors import VectorFile, VectorFileWriter
 
-__all__ = ["Population", "TRAIN_MANIFEST", "natural_key", "resolve_model_factory", "run_key"]
+__all__ = [
+    "Population", "TRAIN_MANIFEST", "UntrustedRunError", "check_run_factory", "is_train_run",
+    "load_population", "natural_key", "resolve_model_factory", "run_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +207,33 @@ def _reuse(out: str | os.PathLike, meta: Mapping[str, str]) -> VectorFile | None
         vf = VectorFile(out, "vectors")
     except (ValueError, OSError):
         return None
-    same = ("sources", "nonfinite", "layout", "buffers", "factory", "factory_kwargs")
+    same = ("sources", "nonfinite", "layout", "buffers", "bn", "factory", "factory_kwargs")
     return vf if all(vf.metadata.get(k) == meta[k] for k in same) else None
+
+
+def _other_buffers(model: nn.Module, space: ParamSpace) -> dict[str, Tensor]:
+    """Float buffers of ``model`` that are neither laid out nor BatchNorm statistics
+    (constants such as positional tables or masks), by name."""
+    known = set(space.names) | set(batchnorm_stat_names(model))
+    return {n: b for n, b in model.named_buffers() if b.is_floating_point() and n not in known}
+
+
+def _check_constant(state: Mapping[str, Tensor], constants: Mapping[str, Tensor],
+                    source: str) -> None:
+    """Refuse a checkpoint whose float buffer outside the vectors differs from the
+    factory's: every point would silently use the factory's value instead."""
+    for name, ref in constants.items():
+        if name in state and not torch.equal(state[name].detach().to(ref), ref):
+            raise ValueError(
+                f"Population: buffer {name!r} of {source} differs from the model factory's; "
+                "it is not in the vectors, so every point would use the factory's value. "
+                "Use bn='own', which lays out every float buffer")
 
 
 def _file_metadata(labels: Sequence[Mapping[str, Any]], paths: Sequence[str] | None,
                    space: ParamSpace, spec: str | None,
-                   factory_kwargs: Mapping[str, Any] | None) -> dict[str, str]:
+                   factory_kwargs: Mapping[str, Any] | None, bn: str = "none"
+                   ) -> dict[str, str]:
     """The metadata of a population file (all values JSON strings)."""
     return {
         "format": _FORMAT,
@@ -217,6 +241,7 @@ def _file_metadata(labels: Sequence[Mapping[str, Any]], paths: Sequence[str] | N
         "paths": json.dumps(None if paths is None else list(paths)),
         "layout": json.dumps(_layout(space)),
         "buffers": json.dumps(bool(space.buffers)),
+        "bn": json.dumps(bn),
         "factory": json.dumps(spec),
         "factory_kwargs": json.dumps(dict(factory_kwargs or {}), default=str),
     }
@@ -244,6 +269,14 @@ class Population:
         :meth:`to_safetensors` so the file can be reopened without one).
     factory_kwargs : dict, optional
         Keyword arguments of ``factory_spec``.
+    bn : {"none", "own", "recompute"}
+        The BatchNorm policy the population is evaluated under
+        (:mod:`lossatlas.batchnorm`): ``"own"`` when the vectors hold each model's
+        statistics, ``"recompute"`` when they are re-estimated at every point.
+    statistics : dict of name -> Tensor[N, *shape], optional
+        Each model's stored BatchNorm running statistics when they are not in the
+        vectors (under "recompute"): :meth:`model` writes them back, so that
+        ``model(i)`` is the checkpoint as saved (its eval-mode loss is comparable).
     """
 
     def __init__(
@@ -255,6 +288,8 @@ class Population:
         factory: Callable[[], nn.Module] | None = None,
         factory_spec: str | None = None,
         factory_kwargs: Mapping[str, Any] | None = None,
+        bn: str = "none",
+        statistics: Mapping[str, Tensor] | None = None,
     ):
         if not isinstance(space, ParamSpace):
             raise TypeError(f"Population: space must be a ParamSpace, got {type(space).__name__}")
@@ -276,6 +311,12 @@ class Population:
         self.factory = factory
         self.factory_spec = factory_spec
         self.factory_kwargs = dict(factory_kwargs or {})
+        if bn not in POLICY_TEXT:
+            raise ValueError(f"Population: bn must be one of {sorted(POLICY_TEXT)}, got {bn!r}")
+        if bn == "own" and not space.buffer_names:
+            raise ValueError("Population: bn='own' but the vectors hold no BatchNorm statistics")
+        self.bn = bn
+        self.statistics = None if statistics is None else dict(statistics)
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -284,7 +325,7 @@ class Population:
         source: str | os.PathLike | Iterable[str | os.PathLike],
         factory: Factory,
         factory_kwargs: Mapping[str, Any] | None = None,
-        buffers: bool = False,
+        bn: Literal["own", "recompute"] | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
         out: str | os.PathLike | None = None,
     ) -> Population:
@@ -299,8 +340,13 @@ class Population:
         factory : callable, ``"pkg.mod:fn"`` spec or registered model name
             Builds the architecture the weights are matched against.
         factory_kwargs : dict, optional
-        buffers : bool
-            Include float buffers (BatchNorm statistics) in the vectors.
+        bn : {"recompute", "own"}, optional
+            The BatchNorm policy (:mod:`lossatlas.batchnorm`), for models with
+            BatchNorm. ``"recompute"`` (default): the vectors hold parameters only and
+            the statistics are re-estimated at every evaluated point; each checkpoint's
+            stored statistics are kept in :attr:`statistics` (``model(i)`` restores
+            them). ``"own"``: the vectors also hold each checkpoint's statistics
+            (variances as logarithms), which are interpolated / decoded with the weights.
         nonfinite : {"raise", "skip"}
             A checkpoint with NaN/inf in a laid-out tensor raises `CheckpointError`
             naming the file and tensor (default), or is left out with a warning.
@@ -325,19 +371,19 @@ class Population:
         build, spec = resolve_model_factory(factory, factory_kwargs)
         paths = _expand(source)
         template = build()
-        space = ParamSpace(template, buffers=buffers)
-        if not buffers and any(b.is_floating_point() for b in template.buffers()):
-            log.info(
-                "Population: the model has float buffers (BatchNorm statistics?) that are "
-                "not in the vectors; pass buffers=True to keep each checkpoint's own"
-            )
+        bn = resolve_policy(template, bn, "Population.from_checkpoints")
+        space = ParamSpace(template, buffers=bn == "own")
+        constants = _other_buffers(template, space)
+        stat_names = batchnorm_stat_names(template) if bn == "recompute" else []
+        stats: dict[str, list[Tensor]] = {k: [] for k in stat_names}
+        log.info("Population: BatchNorm policy %s", POLICY_TEXT[bn])
         all_labels = [read_labels(p) for p in paths]
         writer = None
         if out is not None:
             sources = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns]
                                   for p in paths])
             meta = {**_file_metadata(all_labels, [str(p) for p in paths], space, spec,
-                                     factory_kwargs), "sources": sources,
+                                     factory_kwargs, bn), "sources": sources,
                     "nonfinite": nonfinite}
             reused = _reuse(out, meta)
             if reused is not None:
@@ -346,7 +392,7 @@ class Population:
                 where = {str(p): i for i, p in enumerate(paths)}
                 return cls(space, reused, [all_labels[where[p]] for p in kept_paths],
                            kept_paths, factory=build, factory_spec=spec,
-                           factory_kwargs=factory_kwargs)
+                           factory_kwargs=factory_kwargs, bn=bn)
             writer = VectorFileWriter(out, (len(paths), space.dim), metadata=meta)
             vectors: Tensor | VectorFile = torch.empty(0)
         else:
@@ -362,6 +408,9 @@ class Population:
                     log.warning("Population: skipped %s", problem)
                     continue
                 row = space.flatten(state, source=str(p))
+                _check_constant(state, constants, str(p))
+                for k in stat_names:
+                    stats[k].append(state[k].detach().to(space.dtype).clone())
                 if writer is not None:
                     writer.write_rows(len(kept), row)
                 else:
@@ -376,7 +425,7 @@ class Population:
             kept_paths = [str(paths[i]) for i in kept]
             if writer is not None:
                 writer.metadata = {**_file_metadata(labels, kept_paths, space, spec,
-                                                    factory_kwargs), "sources": sources,
+                                                    factory_kwargs, bn), "sources": sources,
                                    "nonfinite": nonfinite}
                 vectors = writer.commit(len(kept))
             else:
@@ -388,7 +437,8 @@ class Population:
         log.info("Population: loaded %d checkpoints, D=%d", len(kept), space.dim)
         return cls(
             space, vectors, labels, kept_paths,
-            factory=build, factory_spec=spec, factory_kwargs=factory_kwargs,
+            factory=build, factory_spec=spec, factory_kwargs=factory_kwargs, bn=bn,
+            statistics={k: torch.stack(v) for k, v in stats.items()} if stat_names else None,
         )
 
     @classmethod
@@ -396,12 +446,13 @@ class Population:
         cls,
         models: Sequence[nn.Module],
         labels: Sequence[Mapping[str, Any]] | None = None,
-        buffers: bool = False,
+        bn: Literal["own", "recompute"] | None = None,
     ) -> Population:
         """A population of in-memory models of one architecture (their weights are copied).
 
         ``labels`` default to ``{"index": i}``. :meth:`model` builds copies of the
-        first model with the i-th weights written in.
+        first model with the i-th weights written in. ``bn``: the BatchNorm policy, as
+        in :meth:`from_checkpoints`.
         """
         models = list(models)
         if not models:
@@ -410,13 +461,20 @@ class Population:
             raise ValueError(
                 f"Population.from_models: {len(models)} models but {len(labels)} label dicts"
             )
-        space = ParamSpace(models[0], buffers=buffers)
+        bn = resolve_policy(models[0], bn, "Population.from_models")
+        space = ParamSpace(models[0], buffers=bn == "own")
+        constants = _other_buffers(models[0], space)
         vectors = torch.empty(len(models), space.dim, dtype=space.dtype)
         for i, m in enumerate(models):
             vectors[i] = space.flatten(m, source=f"model {i}")
+            _check_constant(dict(m.named_buffers()), constants, f"model {i}")
+        stat_names = batchnorm_stat_names(models[0]) if bn == "recompute" else []
+        stats = {k: torch.stack([dict(m.named_buffers())[k].detach().cpu().to(space.dtype)
+                                 for m in models]) for k in stat_names}
         template = copy.deepcopy(models[0]).cpu()
         labels = [{"index": i} for i in range(len(models))] if labels is None else labels
-        return cls(space, vectors, labels, None, factory=lambda: copy.deepcopy(template))
+        return cls(space, vectors, labels, None, factory=lambda: copy.deepcopy(template), bn=bn,
+                   statistics=stats or None)
 
     @classmethod
     def from_run(
@@ -424,38 +482,59 @@ class Population:
         run_dir: str | os.PathLike,
         factory: Factory | None = None,
         factory_kwargs: Mapping[str, Any] | None = None,
-        buffers: bool = False,
+        bn: Literal["own", "recompute"] | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
         out: str | os.PathLike | None = None,
+        *,
+        trust_run: bool = False,
     ) -> Population:
         """The checkpoints written by :func:`lossatlas.train.train_population` into ``run_dir``.
 
-        The model factory and its arguments are read from ``run_dir/train.json``
-        unless given (needed when the run was trained with a non-importable callable).
-        ``out`` streams them into a memory-mapped population file (see `from_checkpoints`).
+        ``factory`` (default: the one ``run_dir/train.json`` names) builds the
+        architecture the checkpoints are matched against. A run file is data, never
+        code: the factory it names is used only if it is a registered name (``"mlp"``,
+        looked up in :data:`lossatlas.models.MODELS`, nothing imported) or
+        ``trust_run=True``; a ``"package.module:function"`` spec raises
+        :class:`UntrustedRunError` naming it. A ``factory`` given here is always the
+        one used (the run's is then never resolved). ``factory_kwargs`` update the
+        run's ``model_kwargs`` when the factory is the run's own (named or by default),
+        else they are the factory's only arguments. ``out`` streams the vectors into a
+        memory-mapped population file (see `from_checkpoints`).
         """
         run_dir = Path(run_dir)
         manifest_path = run_dir / TRAIN_MANIFEST
         manifest: dict[str, Any] = {}
         if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
+            manifest = _read_manifest(manifest_path)
         elif factory is None:
             raise FileNotFoundError(
                 f"Population.from_run: {manifest_path} not found; is {run_dir} a training run? "
                 "(or pass factory= and use Population.from_checkpoints)"
             )
+        named = manifest.get("model")
+        run_kwargs = manifest.get("model_kwargs") or {}
+        if not isinstance(run_kwargs, dict):
+            raise ValueError(
+                f"Population.from_run: {manifest_path}: model_kwargs must be a JSON object, "
+                f"got {type(run_kwargs).__name__}"
+            )
         if factory is None:
-            factory = manifest.get("model")
-            if factory is None:
+            if named is None:
                 raise ValueError(
                     f"Population.from_run: {manifest_path} names no importable model factory "
                     "(trained with a local callable); pass factory="
                 )
-            if factory_kwargs is None:
-                factory_kwargs = manifest.get("model_kwargs") or {}
+            check_run_factory(named, manifest_path, "model", trust_run=trust_run)
+            factory = named
+            factory_kwargs = {**run_kwargs, **(factory_kwargs or {})}
+        elif named is not None and named == (
+            factory if isinstance(factory, str) else _callable_spec(factory)
+        ):
+            factory_kwargs = {**run_kwargs, **(factory_kwargs or {})}
         ckpt_dir = run_dir / "checkpoints"
         return cls.from_checkpoints(
-            str(ckpt_dir / "*.safetensors"), factory, factory_kwargs, buffers, nonfinite, out
+            str(ckpt_dir / "*.safetensors"), factory, factory_kwargs=factory_kwargs,
+            bn=bn, nonfinite=nonfinite, out=out,
         )
 
     # ---------------------------------------------------------------- basics
@@ -504,7 +583,8 @@ class Population:
     def model(self, i: int) -> nn.Module:
         """A fresh ``nn.Module`` (from the factory) holding the weights of model ``i``.
 
-        Tensors outside the vectors (buffers when ``buffers=False``) keep the
+        BatchNorm statistics not in the vectors are the model's stored ones
+        (:attr:`statistics`) when known; other tensors outside the vectors keep the
         factory's initial values.
         """
         if self.factory is None:
@@ -517,6 +597,11 @@ class Population:
             raise IndexError(f"Population.model: index {i} out of range for {n} models")
         m = self.factory()
         self.space.load_into(m, self.vector(i))
+        if self.statistics:
+            own = dict(m.named_buffers())
+            with torch.no_grad():
+                for k, v in self.statistics.items():
+                    own[k].copy_(v[i])
         return m
 
     # ---------------------------------------------------------------- labels
@@ -567,6 +652,9 @@ class Population:
             factory=self.factory,
             factory_spec=self.factory_spec,
             factory_kwargs=self.factory_kwargs,
+            bn=self.bn,
+            statistics=None if self.statistics is None else {
+                k: v.index_select(0, idx) for k, v in self.statistics.items()},
         )
 
     def select(self, **filters: Any) -> Population:
@@ -603,7 +691,7 @@ class Population:
         labels, paths, layout and factory spec; atomically (temporary file, rename), a
         chunk of models at a time."""
         meta = _file_metadata(self._labels, self.paths, self.space, self.factory_spec,
-                              self.factory_kwargs)
+                              self.factory_kwargs, self.bn)
         chunk = max(1, (64 * 2**20) // (4 * max(1, self.dim)))
         with VectorFileWriter(path, (len(self), self.dim), dtype=self.space.dtype,
                               metadata=meta) as writer:
@@ -658,7 +746,16 @@ class Population:
             if factory_kwargs is None:
                 factory_kwargs = json.loads(meta.get("factory_kwargs", "{}"))
         build, spec = resolve_model_factory(factory, factory_kwargs)
-        space = ParamSpace(build(), buffers=json.loads(meta.get("buffers", "false")))
+        template = build()
+        buffers = json.loads(meta.get("buffers", "false"))
+        bn = json.loads(meta.get("bn", "null"))
+        if bn is None and buffers and batchnorm_stat_names(template):
+            raise CheckpointError(
+                f"Population.from_safetensors: {p} was written by an older lossatlas that laid "
+                "out BatchNorm variances without a log scale; write it again from the "
+                "checkpoints")
+        bn = resolve_policy(template, bn, "Population.from_safetensors")
+        space = ParamSpace(template, buffers=buffers)
         stored = json.loads(meta["layout"])
         mine = _layout(space)
         if stored != mine:
@@ -680,4 +777,98 @@ class Population:
             factory=build,
             factory_spec=spec,
             factory_kwargs=factory_kwargs,
+            bn=bn,
         )
+
+
+# ----------------------------------------------------------------------------- run directories
+class UntrustedRunError(ValueError):
+    """A run file names a ``"package.module:function"`` factory that lossatlas does not
+    import and call unless the caller names that factory or passes ``trust_run=True``."""
+
+
+def is_train_run(source: Any) -> bool:
+    """True when ``source`` is a :func:`~lossatlas.train.train_population` run directory
+    (it holds a ``checkpoints/`` folder), False for a checkpoint folder, glob, file or list."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    return (Path(source) / "checkpoints").is_dir()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON run manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
+def check_run_factory(
+    spec: Any, where: str | os.PathLike, kind: Literal["model", "data"] = "model", *,
+    trust_run: bool = False,
+) -> None:
+    """Refuse a factory named by a run file (``where``) unless it is safe to resolve.
+
+    A plain name (no ``:``) is only looked up in a registry
+    (:data:`lossatlas.models.MODELS`, the datasets of :mod:`lossatlas.data`): allowed.
+    A ``"package.module:function"`` spec would be imported and called: allowed only with
+    ``trust_run=True``, else :class:`UntrustedRunError` names the file, the factory and
+    how to allow it. (A factory the caller names is the caller's, and is never checked.)
+    """
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"{where} names the {kind} factory {spec!r}: expected a registered name or a "
+            "'package.module:function' spec"
+        )
+    if trust_run or ":" not in spec:
+        return
+    option, argument = ("--model", "factory") if kind == "model" else ("--data", "data")
+    raise UntrustedRunError(
+        f"{where} names the {kind} factory {spec!r}, which lossatlas does not import and run "
+        f"on a run file's word: pass {option} {spec} if you trust it, or --trust-run "
+        f"(Python: {argument}={spec!r} or trust_run=True)"
+    )
+
+
+def load_population(
+    source: str | os.PathLike | Iterable[str | os.PathLike],
+    model: Factory | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    trust_run: bool = False,
+    bn: Literal["own", "recompute"] | None = None,
+    nonfinite: Literal["raise", "skip"] = "raise",
+    out: str | os.PathLike | None = None,
+) -> Population:
+    """A population from a training run or from checkpoints: the loader behind every
+    ``--population`` of the CLI.
+
+    Parameters
+    ----------
+    source : a :func:`~lossatlas.train.train_population` run directory (one holding
+        ``checkpoints/``, see :func:`is_train_run`), or anything
+        :meth:`Population.from_checkpoints` takes (folder, glob, file, list)
+    model : callable, ``"pkg.mod:fn"`` spec or registered name
+        The architecture the checkpoints are matched against; required for
+        checkpoints. For a run, default the factory its ``train.json`` names, used only
+        if it is a registered name or ``trust_run`` (see :meth:`Population.from_run`);
+        a ``model`` given here always wins and the run's is never resolved.
+    model_kwargs : dict, optional
+        The factory's arguments; for the run's own factory they update its
+        ``model_kwargs``.
+    trust_run : bool
+        Let the run's ``train.json`` name a factory to import and call.
+    bn, nonfinite, out : see :meth:`Population.from_checkpoints`
+    """
+    if is_train_run(source):
+        return Population.from_run(source, model, model_kwargs, bn=bn,
+                                   nonfinite=nonfinite, out=out, trust_run=trust_run)
+    if model is None:
+        raise ValueError(
+            f"load_population: {source} is not a training run (no checkpoints/ folder); "
+            "give the model factory the checkpoints are matched against"
+        )
+    return Population.from_checkpoints(source, model, model_kwargs, bn=bn,
+                                       nonfinite=nonfinite, out=out)

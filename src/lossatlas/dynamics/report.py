@@ -86,15 +86,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _load_population_and_data(run_dir: Path, data: Any) -> tuple[Any, Any]:
+def _load_population_and_data(run_dir: Path, data: Any,
+                              trust_run: bool = False) -> tuple[Any, Any]:
     """The run's checkpoints as a Population and its dataset splits (or None, None)."""
-    from ..population import Population
+    from ..population import Population, UntrustedRunError, check_run_factory
 
     manifest = run_dir / "train.json"
     if not (run_dir / "checkpoints").is_dir() or not manifest.is_file():
         return None, data
     try:
-        pop = Population.from_run(run_dir)
+        pop = Population.from_run(run_dir, trust_run=trust_run)
+    except UntrustedRunError:
+        raise
     except Exception as err:  # a local factory, a missing package: report without them
         log.warning("dynamics_report: cannot load checkpoints of %s (%s)", run_dir, err)
         return None, data
@@ -103,6 +106,7 @@ def _load_population_and_data(run_dir: Path, data: Any) -> tuple[Any, Any]:
         if isinstance(info.get("data"), str):
             from ..data import create
 
+            check_run_factory(info["data"], manifest, "data", trust_run=trust_run)
             data = create(info["data"], **(info.get("data_kwargs") or {}))
     return pop, data
 
@@ -127,6 +131,7 @@ def dynamics_report(
     llc_kwargs: Mapping[str, Any] | None = None,
     max_checkpoints: int = 100,
     figures: bool = True,
+    trust_run: bool = False,
 ) -> dict[str, Any]:
     """Transitions, grokking onset, commutator defect and LLC stages of a recorded run.
 
@@ -144,6 +149,8 @@ def dynamics_report(
     defect_kwargs, llc_kwargs : passed to the estimators
     max_checkpoints : checkpoints per run used at most (evenly thinned)
     figures : write ``dynamics_<run>.png`` (metrics) and ``checkpoints_<run>.png``
+    trust_run : let ``train.json`` name a ``"pkg.mod:fn"`` model or data factory to
+        import and call (else only registered names: see ``Population.from_run``)
 
     Returns
     -------
@@ -161,7 +168,7 @@ def dynamics_report(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"dynamics_report: run directory {run_dir} not found")
     rows = _metric_rows(run_dir)
-    pop, data = _load_population_and_data(run_dir, data)
+    pop, data = _load_population_and_data(run_dir, data, trust_run)
     trajectories = pop.trajectories() if pop is not None else {}
     if list(rows) == ["run"] and len(trajectories) == 1:  # unlabelled Recorder metrics
         rows = {next(iter(trajectories)): rows["run"]}
@@ -257,6 +264,7 @@ def branches_report(
     branch_threshold: float = 0.1,
     final_only: bool = True,
     out_dir: str | os.PathLike | None = None,
+    trust_run: bool = False,
 ) -> dict[str, Any]:
     """Algorithmic branches of a population's models, as a JSON-ready dict.
 
@@ -273,25 +281,28 @@ def branches_report(
     metric, layers, branch_threshold : see :func:`find_branches`
     final_only : use the last checkpoint of every run only
     out_dir : write ``branches.json`` there (default: the population directory, if given)
+    trust_run : let the run's ``train.json`` name a ``"pkg.mod:fn"`` model or data
+        factory to import and call (else only registered names)
 
     Returns
     -------
     dict: ``models`` (labels), ``branch``, ``basin``, ``num_branches``,
     ``separation``, ``distances``, ``barrier_matrix`` (if computed or given).
     """
-    from ..population import Population
+    from ..population import Population, check_run_factory
     from .branches import find_branches
 
     where = None
     if isinstance(population, (str, os.PathLike)):
         where = Path(population)
-        population = Population.from_run(where)
+        population = Population.from_run(where, trust_run=trust_run)
         if data is None and (where / "train.json").is_file():
             info = json.loads((where / "train.json").read_text())
             data = info.get("data")
             if isinstance(data, str):
                 from ..data import create
 
+                check_run_factory(data, where / "train.json", "data", trust_run=trust_run)
                 data = create(data, **(info.get("data_kwargs") or {}))
     if data is None:
         raise ValueError("branches_report: give data= (held-out inputs) for this population")
