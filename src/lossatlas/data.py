@@ -13,8 +13,15 @@ name           inputs                                      classes         defau
 ``blobs``      isotropic Gaussian blobs                    3               800/200
 =============  ==========================================  ==============  =========
 
-``create("pkg.mod:fn", **kw)`` calls a user factory, which should return a
-`DatasetSplits` too.
+`load_data` (and `create`) also call user factories, ``"pkg.mod:fn"`` or
+``"path/to/file.py:fn"``, which may return a `DatasetSplits`, a map-style ``Dataset`` of
+``(x, y)`` items, an ``(X, y)`` pair of tensors or arrays, or a ``DataLoader`` of
+``(x, y)`` batches; inputs ``x`` may be dicts or tuples of tensors. One set is the train
+split and, unless a second (test) factory is given, the test split too::
+
+    splits = load_data("mine:digits_data")                  # a TensorDataset -> both splits
+    splits = load_data("mine:train_set", test_spec="mine:test_set")
+    splits.describe()   # {"training data": "mine:train_set (a TensorDataset of 1437 samples)", ...}
 """
 
 from __future__ import annotations
@@ -22,14 +29,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from lossatlas.registry import Registry
+from lossatlas.batches import (
+    Inputs,
+    TensorData,
+    as_tensor_data,
+    num_samples,
+    sample_shape,
+    to_device,
+)
+from lossatlas.registry import FactoryError, Registry
 
 __all__ = [
     "DATASETS",
@@ -38,12 +55,18 @@ __all__ = [
     "create",
     "digits",
     "list_datasets",
+    "load_data",
     "mnist1d",
     "modular",
     "moons",
 ]
 
 DATASETS = Registry("dataset")
+
+ACCEPTED = (
+    "a lossatlas.data.DatasetSplits, a map-style Dataset of (x, y) items, an (X, y) pair of "
+    "tensors or arrays, or a DataLoader yielding (x, y) batches"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,39 +75,60 @@ class DatasetSplits:
 
     Attributes
     ----------
-    x_train, x_test : Tensor[N, *input_shape]
+    x_train, x_test : Tensor[N, *input_shape], or a dict / tuple of such tensors
         Inputs: float32, or int64 tokens for sequence data (``modular``).
     y_train, y_test : Tensor[N]
-        Integer labels (int64) in ``[0, num_classes)``.
-    num_classes : int
+        Integer labels (int64) in ``[0, num_classes)`` for classification data.
+    num_classes : int or None
+        None when the targets are not integer class labels (user data only).
     input_shape : tuple[int, ...]
-        Shape of one input, without the batch axis.
+        Shape of one input, without the batch axis (a dict / tuple of shapes when the
+        inputs are a dict / tuple of tensors).
     name : str
     meta : dict
         Factory arguments and other facts (e.g. ``{"p": 97}``).
+    spec : str or None
+        The data spec that built it (``"mnist1d"``, ``"mine:digits_data"``), set by
+        `load_data`.
+    returned : str
+        What a user factory returned, in words (``"a TensorDataset of 1797 samples"``);
+        empty for a `DatasetSplits`.
+    test_spec, test_returned : str or None, str
+        The same for a separate test factory, when one was given.
+    test_is_train : bool
+        True when the factory gave one set, used as both splits (``x_test is x_train``).
     """
 
-    x_train: Tensor
+    x_train: Inputs
     y_train: Tensor
-    x_test: Tensor
+    x_test: Inputs
     y_test: Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]
+    num_classes: int | None
+    input_shape: Any
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    spec: str | None = None
+    returned: str = ""
+    test_spec: str | None = None
+    test_returned: str = ""
+    test_is_train: bool = False
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.shape[0] != y.shape[0]:
+            if isinstance(x, Tensor):
+                n, shape, expected = x.shape[0], tuple(x.shape[1:]), tuple(self.input_shape)
+            else:
+                n, shape, expected = num_samples(x), sample_shape(x), self.input_shape
+            if n != y.shape[0]:
                 raise ValueError(
-                    f"DatasetSplits {self.name!r}: x_{split} has {x.shape[0]} rows but "
+                    f"DatasetSplits {self.name!r}: x_{split} has {n} rows but "
                     f"y_{split} has {y.shape[0]}"
                 )
-            if tuple(x.shape[1:]) != tuple(self.input_shape):
+            if shape != expected:
                 raise ValueError(
                     f"DatasetSplits {self.name!r}: x_{split} has sample shape "
-                    f"{tuple(x.shape[1:])}, input_shape says {tuple(self.input_shape)}"
+                    f"{shape}, input_shape says {expected}"
                 )
 
     @property
@@ -95,27 +139,176 @@ class DatasetSplits:
     def num_test(self) -> int:
         return int(self.y_test.shape[0])
 
+    @property
+    def train_source(self) -> str:
+        """Where the train split came from, e.g. ``"mine:digits_data (a TensorDataset of
+        1797 samples)"`` or ``"mnist1d (train split, 4000 samples)"``."""
+        spec = self.spec or self.name
+        if self.returned:
+            return f"{spec} ({self.returned})"
+        return f"{spec} (train split, {self.num_train} samples)"
+
+    @property
+    def test_source(self) -> str:
+        """Where the test split came from; says so when it is the training data."""
+        spec = self.spec or self.name
+        if self.test_is_train:
+            return f"the training data ({spec} gave one set; no held-out test data)"
+        if self.test_spec is not None:
+            return f"{self.test_spec} ({self.test_returned})"
+        return f"{spec} (test split, {self.num_test} samples)"
+
+    def describe(self) -> dict[str, str]:
+        """``{"training data": train_source, "test data": test_source}`` for summaries."""
+        return {"training data": self.train_source, "test data": self.test_source}
+
     def to(self, device: torch.device | str) -> DatasetSplits:
-        """A copy with all tensors on ``device``."""
+        """A copy with all tensors on ``device`` (one copy when the splits share data)."""
+        x_train, y_train = to_device(self.x_train, device), self.y_train.to(device)
+        if self.test_is_train:
+            x_test, y_test = x_train, y_train
+        else:
+            x_test, y_test = to_device(self.x_test, device), self.y_test.to(device)
         return dataclasses.replace(
-            self,
-            x_train=self.x_train.to(device),
-            y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device),
+            self, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
         )
+
+
+def _spec_label(spec: str | Callable[..., Any]) -> str:
+    """The spec as written, or ``module:qualname`` for a callable."""
+    if isinstance(spec, str):
+        return spec.strip()
+    module = getattr(spec, "__module__", None) or "?"
+    return f"{module}:{getattr(spec, '__qualname__', type(spec).__name__)}"
+
+
+def _call_factory(
+    spec: str | Callable[..., Any], kwargs: Mapping[str, Any] | None, role: str
+) -> Any:
+    """Resolve and call one data factory; ``None`` arguments are dropped. A factory that
+    raises is reported as a `FactoryError` naming it."""
+    if isinstance(spec, str):
+        factory = DATASETS.get(spec.strip())
+    elif callable(spec):
+        factory = spec
+    else:
+        raise TypeError(
+            f"load_data: {role} spec must be a dataset name, a 'package.module:function' or "
+            f"'file.py:function' spec, or a callable; got {type(spec).__name__}"
+        )
+    label = _spec_label(spec)
+    try:
+        return factory(**{k: v for k, v in (kwargs or {}).items() if v is not None})
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc).strip() else ""
+        raise FactoryError(
+            f"{role} factory {label!r} raised {type(exc).__name__}" + (f": {reason}" if reason else "")
+        ) from exc
+
+
+def _kind(obj: Any) -> str:
+    """What a factory returned, in words: ``"a TensorDataset"``, ``"an (X, y) pair"``."""
+    if isinstance(obj, (tuple, list)):
+        return f"an (X, y) {type(obj).__name__}" if type(obj) is list else "an (X, y) pair"
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _tensor_data(obj: Any, label: str, role: str) -> tuple[TensorData, str]:
+    """A factory's single set -> `TensorData` and its description; errors name the
+    factory, what it returned and what is accepted."""
+    pair_like = isinstance(obj, (tuple, list)) and len(obj) == 2
+    if not (isinstance(obj, (Dataset, DataLoader, TensorData)) or pair_like):
+        what = f"a {type(obj).__name__} of length {len(obj)}" if isinstance(obj, (tuple, list)) \
+            else _kind(obj)
+        raise TypeError(f"{role} factory {label!r} returned {what}; expected {ACCEPTED}")
+    kind = _kind(obj)
+    td = as_tensor_data(obj, where=f"{role} factory {label!r} (returned {kind})")
+    return td, f"{kind} of {len(td)} samples"
+
+
+def _num_classes(*ys: Tensor) -> int | None:
+    """``max + 1`` over integer targets; None for float / bool / complex targets."""
+    if any(y.is_floating_point() or y.is_complex() or y.dtype == torch.bool for y in ys):
+        return None
+    return max(int(y.max()) for y in ys) + 1
+
+
+def load_data(
+    spec: str | Callable[..., Any],
+    kwargs: Mapping[str, Any] | None = None,
+    test_spec: str | Callable[..., Any] | None = None,
+    test_kwargs: Mapping[str, Any] | None = None,
+) -> DatasetSplits:
+    """Call a data factory and return its data as a `DatasetSplits`.
+
+    ``spec`` is a built-in name (``"mnist1d"``), a ``"package.module:function"`` or
+    ``"path/to/file.py:function"`` spec, or a callable; it is called with ``kwargs``
+    (``None`` values dropped) and may return a `DatasetSplits`, a map-style ``Dataset``
+    of ``(x, y)`` items, an ``(X, y)`` pair of tensors or arrays, or a ``DataLoader``
+    yielding ``(x, y)`` batches (read once into memory). Inputs may be dicts or tuples
+    of tensors.
+
+    A single set is the train split and, without ``test_spec``, the test split as well
+    (``test_is_train=True``, shared tensors). ``test_spec`` (called with
+    ``test_kwargs``) gives the test split: its single set, or the test split of a
+    `DatasetSplits`. ``num_classes`` is ``max label + 1`` for integer targets, else None.
+    The result records ``spec``, ``test_spec`` and what each returned (`describe`).
+
+    Raises `FactoryError` naming the factory when it cannot be resolved or raises, and
+    `TypeError` / `ValueError` naming it when what it returned is not usable.
+    """
+    label = _spec_label(spec)
+    obj = _call_factory(spec, kwargs, "data")
+    test_obj, test_label = None, None
+    if test_spec is not None:
+        test_label = _spec_label(test_spec)
+        test_obj = _call_factory(test_spec, test_kwargs, "test data")
+    meta = {k: v for k, v in (kwargs or {}).items() if v is not None}
+
+    if isinstance(obj, DatasetSplits):
+        base, returned = obj, ""
+        x_tr, y_tr = obj.x_train, obj.y_train
+    else:
+        base = None
+        train, returned = _tensor_data(obj, label, "data")
+        x_tr, y_tr = train.x, train.y
+
+    if test_obj is None:
+        if base is not None:
+            return dataclasses.replace(base, spec=label)
+        x_te, y_te, test_returned = x_tr, y_tr, ""
+    elif isinstance(test_obj, DatasetSplits):
+        x_te, y_te = test_obj.x_test, test_obj.y_test
+        test_returned = f"test split of a DatasetSplits, {test_obj.num_test} samples"
+    else:
+        test, test_returned = _tensor_data(test_obj, test_label or "", "test data")
+        x_te, y_te = test.x, test.y
+    if test_obj is not None and sample_shape(x_te) != sample_shape(x_tr):
+        raise ValueError(
+            f"test data factory {test_label!r} gives inputs of sample shape "
+            f"{sample_shape(x_te)} but data factory {label!r} gives {sample_shape(x_tr)}"
+        )
+    common = {
+        "x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te, "spec": label,
+        "returned": returned, "test_spec": test_label, "test_returned": test_returned,
+        "test_is_train": test_obj is None,
+    }
+    if base is not None:
+        return dataclasses.replace(base, **common)
+    return DatasetSplits(
+        num_classes=_num_classes(y_tr, y_te),
+        input_shape=sample_shape(x_tr),
+        name=label,
+        meta=meta,
+        **common,
+    )
 
 
 def create(name: str, **kwargs: Any) -> DatasetSplits:
-    """Build a dataset by registered name or ``"package.module:function"`` spec; ``None``
-    keyword arguments are dropped so the factory's defaults apply."""
-    data = DATASETS.create(name, **kwargs)
-    if not isinstance(data, DatasetSplits):
-        raise TypeError(
-            f"data.create: factory {name!r} returned {type(data).__name__}, expected "
-            "lossatlas.data.DatasetSplits"
-        )
-    return data
+    """Build a dataset by registered name or factory spec (`load_data` with ``kwargs``);
+    ``None`` keyword arguments are dropped so the factory's defaults apply."""
+    return load_data(name, kwargs)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:

@@ -3,7 +3,8 @@
 A `Registry` maps names to factory functions registered with a decorator; `create`
 builds an object by name, dropping ``None`` keyword arguments so that CLI defaults
 never override a factory's own defaults. A name of the form ``"package.module:function"``
-is resolved with `resolve_factory` instead, so users bring their own factories::
+(or ``"path/to/file.py:function"``) is resolved with `resolve_factory` instead, so users
+bring their own factories::
 
     MODELS = Registry("model")
 
@@ -19,9 +20,16 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
 import importlib
+import importlib.util
+import os
+import re
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
 
 __all__ = ["FactoryError", "Registry", "UnknownNameError", "resolve_factory"]
 
@@ -34,39 +42,162 @@ class UnknownNameError(KeyError, ValueError):
 
 
 class FactoryError(ValueError):
-    """A ``"package.module:function"`` factory spec that cannot be resolved."""
+    """A factory spec that cannot be resolved, or a factory that raised when called."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _file_module(spec: str, file_part: str) -> ModuleType:
+    """Import ``file_part`` (a ``.py`` path, relative to the working directory) under a
+    module name unique to its resolved path; a second call returns the same module. The
+    file's directory is appended to ``sys.path`` so that it can import its neighbours,
+    as when run as a script."""
+    path = Path(file_part).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.is_file():
+        raise FactoryError(
+            f"lossatlas: factory spec {spec!r}: file {file_part!r} not found "
+            f"(looked for {str(path)!r})"
+        )
+    path = path.resolve()
+    stem = re.sub(r"\W", "_", path.stem)
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    name = f"lossatlas_factory_{stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise FactoryError(f"lossatlas: factory spec {spec!r}: cannot load {str(path)!r} as Python")
+    module = importlib.util.module_from_spec(loader_spec)
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # any error raised while importing the file
+        del sys.modules[name]
+        raise FactoryError(
+            f"lossatlas: cannot import file {file_part!r} from factory spec {spec!r} "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    return module
+
+
+def _not_found(spec: str, module_name: str, exc: ModuleNotFoundError, cwd: str) -> NoReturn:
+    """Raise the `FactoryError` for a module found neither installed nor in ``cwd``."""
+    attr = spec.rpartition(":")[2].strip()
+    raise FactoryError(
+        f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} "
+        f"({_first_line(exc)}); searched the installed packages and the current "
+        f"directory {cwd!r}; for a file elsewhere give 'path/to/file.py:{attr}'"
+    ) from exc
+
+
+def _import_module(spec: str, module_name: str) -> ModuleType:
+    """Import ``module_name``; when it is not found, retry with the working directory on
+    ``sys.path`` (as ``python -m`` would have it), and name the directory searched."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        itself = module_name == missing or module_name.startswith(missing + ".")
+        cwd = os.getcwd()
+        if not itself:
+            raise FactoryError(
+                f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} "
+                f"({_first_line(exc)})"
+            ) from exc
+        on_path = any(os.path.abspath(p or os.curdir) == cwd for p in sys.path)
+        if not on_path:
+            sys.path.append(cwd)
+            importlib.invalidate_caches()
+            try:
+                return importlib.import_module(module_name)
+            except Exception as again:
+                sys.path.remove(cwd)  # only kept when the module came from there
+                if isinstance(again, ModuleNotFoundError) and again.name == missing:
+                    return _not_found(spec, module_name, again, cwd)
+                raise FactoryError(
+                    f"lossatlas: cannot import module {module_name!r} from factory spec "
+                    f"{spec!r} ({type(again).__name__}: {_first_line(again)})"
+                ) from again
+        return _not_found(spec, module_name, exc, cwd)
+    except Exception as exc:  # any error raised while importing
+        raise FactoryError(
+            f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} "
+            f"({_first_line(exc)})"
+        ) from exc
+
+
+def _public_callables(obj: Any) -> list[str]:
+    names = []
+    for name in dir(obj):
+        if name.startswith("_"):
+            continue
+        try:
+            if callable(getattr(obj, name)):
+                names.append(name)
+        except Exception:  # a property that raises
+            continue
+    return names
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:
-    """Return the callable named by ``"package.module:function"``.
+    """Return the callable named by ``"package.module:function"`` or ``"file.py:function"``.
 
-    The part after ``:`` may be dotted (``"pkg.mod:Class.build"``). Raises `FactoryError`
-    with a one-line message naming the spec if the module cannot be imported, the
-    attribute is missing, or it is not callable.
+    The part after ``:`` may be dotted (``"pkg.mod:Class.build"``). A module that is not
+    installed is looked for in the current working directory too (as with ``python -m``);
+    a path ending in ``.py`` is imported from that file. Raises `FactoryError` with a
+    one-line message naming the spec if the module or file cannot be imported, the
+    attribute is missing (with the closest public callables of the module), or it is not
+    callable.
     """
-    if not isinstance(spec, str) or spec.count(":") != 1:
+    if not isinstance(spec, str):
         raise FactoryError(
-            f"lossatlas: factory spec {spec!r} must have the form 'package.module:function' "
-            "(exactly one ':')"
+            f"lossatlas: factory spec {spec!r} must be a string 'package.module:function'"
         )
-    module_name, attr_path = (part.strip() for part in spec.split(":"))
-    if not module_name or not attr_path:
-        raise FactoryError(
-            f"lossatlas: factory spec {spec!r} must have the form 'package.module:function' "
-            "(module and function both non-empty)"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or any error raised while importing
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FactoryError(
-            f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} ({reason})"
-        ) from exc
+    file_part, _, file_attr = spec.rpartition(":")
+    if file_part.strip().endswith(".py"):
+        module_name, attr_path = file_part.strip(), file_attr.strip()
+        if not attr_path:
+            raise FactoryError(
+                f"lossatlas: factory spec {spec!r} must have the form 'file.py:function' "
+                "(function non-empty)"
+            )
+        obj: Any = _file_module(spec, module_name)
+    else:
+        if spec.count(":") != 1:
+            raise FactoryError(
+                f"lossatlas: factory spec {spec!r} must have the form "
+                "'package.module:function' (exactly one ':')"
+            )
+        module_name, attr_path = (part.strip() for part in spec.split(":"))
+        if not module_name or not attr_path:
+            raise FactoryError(
+                f"lossatlas: factory spec {spec!r} must have the form "
+                "'package.module:function' (module and function both non-empty)"
+            )
+        obj = _import_module(spec, module_name)
     owner = module_name
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
+            where = getattr(obj, "__file__", None) if owner == module_name else None
+            where_text = f" (file {where!r})" if where else ""
+            options = _public_callables(obj)
+            close = difflib.get_close_matches(attr, options, n=3, cutoff=0.5)
+            if close:
+                hint = f". Did you mean {', '.join(map(repr, close))}?"
+            elif options:
+                more = ", ..." if len(options) > 12 else ""
+                hint = f". Public callables: {', '.join(options[:12])}{more}"
+            else:
+                hint = ""
             raise FactoryError(
-                f"lossatlas: factory spec {spec!r}: module {owner!r} has no attribute {attr!r}"
+                f"lossatlas: factory spec {spec!r}: module {owner!r} has no attribute "
+                f"{attr!r}{where_text}{hint}"
             )
         obj = getattr(obj, attr)
         owner = f"{owner}.{attr}"
