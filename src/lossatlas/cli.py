@@ -311,10 +311,6 @@ _TEST_DATA = typer.Option(
     None, "--test-data",
     help="Test-data factory (package.module:function or file.py:function); default: the "
          "--data factory's test split, or its one set.")
-_TEST_DATA = typer.Option(
-    None, "--test-data",
-    help="Test-data factory (package.module:function or file.py:function); default: the "
-         "--data factory's test split, or its one set.")
 _DATA_ARG = typer.Option(None, "--data-arg", help="Dataset factory argument key=value.")
 _SPLIT = typer.Option("train", help="Evaluate on the train or test split.")
 _SAMPLES = typer.Option(None, help="Use only the first N samples.")
