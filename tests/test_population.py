@@ -340,3 +340,20 @@ def test_a_run_naming_an_importable_factory_needs_trust_or_its_name(tmp_path, mo
     assert len(trusted) == 3 and probe.CALLS and probe.CALLS[-1]["hidden"] == [5]
     named = Population.from_run(run, factory=spec)  # the caller names the same factory
     assert torch.equal(named.as_points(), trusted.as_points())
+
+
+def test_check_run_factory_allows_only_names_and_lossatlas_own_specs(tmp_path):
+    from lossatlas.population import UntrustedRunError, check_run_factory
+
+    where = tmp_path / "train.json"
+    check_run_factory("resnet20", where)  # a registered name: looked up, never imported
+    check_run_factory("modular", where, "data")
+    check_run_factory("lossatlas.dynamics.grokking:modular_mlp", where)  # run_grokking's
+    check_run_factory("mine:net", where, trust_run=True)
+    for spec, kind in (("lossatlas.dynamics.grokking:os.system", "model"),
+                       ("lossatlas.store:atomic_write_json", "model"),
+                       ("evil.py:make", "data")):
+        with pytest.raises(UntrustedRunError, match=f"{kind} factory '{spec}'"):
+            check_run_factory(spec, where, kind)
+    with pytest.raises(ValueError, match="train.json names the model factory"):
+        check_run_factory({"module": "os"}, where)

@@ -782,6 +782,10 @@ class Population:
 
 
 # ----------------------------------------------------------------------------- run directories
+# factories of lossatlas itself that the runs it writes name by spec (run_grokking's)
+BUILTIN_SPECS = frozenset({"lossatlas.dynamics.grokking:modular_mlp"})
+
+
 class UntrustedRunError(ValueError):
     """A run file names a ``"package.module:function"`` factory that lossatlas does not
     import and call unless the caller names that factory or passes ``trust_run=True``."""
@@ -812,8 +816,9 @@ def check_run_factory(
     """Refuse a factory named by a run file (``where``) unless it is safe to resolve.
 
     A plain name (no ``:``) is only looked up in a registry
-    (:data:`lossatlas.models.MODELS`, the datasets of :mod:`lossatlas.data`): allowed.
-    A ``"package.module:function"`` spec would be imported and called: allowed only with
+    (:data:`lossatlas.models.MODELS`, the datasets of :mod:`lossatlas.data`): allowed, as
+    are the few specs of lossatlas's own factories in :data:`BUILTIN_SPECS`. Any other
+    ``"package.module:function"`` spec would be imported and called: allowed only with
     ``trust_run=True``, else :class:`UntrustedRunError` names the file, the factory and
     how to allow it. (A factory the caller names is the caller's, and is never checked.)
     """
@@ -822,7 +827,7 @@ def check_run_factory(
             f"{where} names the {kind} factory {spec!r}: expected a registered name or a "
             "'package.module:function' spec"
         )
-    if trust_run or ":" not in spec:
+    if trust_run or ":" not in spec or spec in BUILTIN_SPECS:
         return
     option, argument = ("--model", "factory") if kind == "model" else ("--data", "data")
     raise UntrustedRunError(
