@@ -303,8 +303,9 @@ _DEFAULT_MODEL = "mlp"
 _RUN_MODEL = typer.Option(None, "--model", help="Registered model name or package.module:function "
                           "(default: a train run's own, else mlp).")
 _TRUST_RUN = typer.Option(False, "--trust-run", help="Let a train run's train.json name a "
-                          "package.module:function factory to import and call (default: only "
-                          "built-in names, or the --model you give, are used).")
+                          "package.module:function model or data factory to import and call "
+                          "(without it only built-in names are used; a --model or --data you "
+                          "give always wins).")
 _MODEL_ARG = typer.Option(None, "--model-arg", help="Model factory argument key=value.")
 _DATA = typer.Option("mnist1d", "--data", help="Registered dataset or package.module:function.")
 _TEST_DATA = typer.Option(
