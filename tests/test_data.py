@@ -414,3 +414,26 @@ def test_cli_runs_with_a_tensor_dataset_factory(user_module: str, tmp_path: Path
     res = CliRunner().invoke(app, bad)
     assert res.exit_code == 1
     assert "error: data factory 'mine_data:odict' returned a dict" in res.output
+
+
+def test_readme_example_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's "Your own model and data" module works as the README says."""
+    from lossatlas.registry import resolve_factory
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Your own model and data", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mine.py").write_text(code)
+    assert "--model mine:make_cnn --data mine:digits_data" in section
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p) != str(tmp_path)
+                                      and p not in ("", ".")])
+    monkeypatch.delitem(sys.modules, "mine", raising=False)
+    try:
+        d = load_data("mine:digits_data")
+        assert d.train_source == "mine:digits_data (a TensorDataset of 1797 samples)"
+        assert d.input_shape == (1, 8, 8) and d.num_classes == 10 and d.test_is_train
+        model = resolve_factory("mine:make_cnn")(num_classes=d.num_classes)
+        assert model(d.x_train[:2]).shape == (2, 10)
+    finally:
+        sys.modules.pop("mine", None)
