@@ -8,7 +8,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lossatlas.batches import (
     TensorData,
@@ -17,6 +17,7 @@ from lossatlas.batches import (
     index_inputs,
     input_leaves,
     input_nbytes,
+    is_xy_pair,
     map_inputs,
     num_samples,
     sample_shape,
@@ -177,3 +178,28 @@ def test_as_tensor_data_pairs() -> None:
         as_tensor_data([(x1[0], y[0]), (x1[1], y[1]), (x1[2], y[2])], where="my data")
     with pytest.raises(ValueError, match="my data: the DataLoader yielded no batches"):
         as_tensor_data(DataLoader(TensorDataset(x1[:0], y[:0])), where="my data")
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        yield from ((torch.zeros(2), 0) for _ in range(5))
+
+
+class NoLen(Dataset):
+    def __getitem__(self, i: int):
+        return torch.zeros(2), 0
+
+
+def test_pair_detection_and_unsized_datasets() -> None:
+    x, y = torch.zeros(3, 2), torch.zeros(3)
+    assert is_xy_pair((x, y)) and is_xy_pair([np.zeros((3, 2)), [0, 1, 2]])
+    assert is_xy_pair(({"a": x}, y)) and is_xy_pair(((x, x), y))
+    assert not is_xy_pair([(x[0], y[0]), (x[1], y[1])])  # two (x, y) items
+    assert not is_xy_pair((TensorDataset(x, y), TensorDataset(x, y)))  # two datasets
+    assert not is_xy_pair((x, y, y)) and not is_xy_pair(x)
+    with pytest.raises(TypeError, match="stream: an IterableDataset \\(Stream\\) has no length; "
+                                        "wrap it in a DataLoader"):
+        as_tensor_data(Stream(), where="stream")
+    assert len(as_tensor_data(DataLoader(Stream(), batch_size=2))) == 5
+    with pytest.raises(TypeError, match="nolen: the Dataset NoLen has no __len__"):
+        as_tensor_data(NoLen(), where="nolen")

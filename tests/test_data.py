@@ -228,6 +228,10 @@ def not_pairs():
     return [1, 2, 3]
 
 
+def two_sets():
+    return digits_data(10), digits_data(5)
+
+
 class Bad(Dataset):
     def __len__(self):
         return 2
@@ -330,10 +334,14 @@ def test_factory_errors_name_the_factory(user_module: str) -> None:
     msg = str(info.value)
     assert "data factory 'mine_data:odict' returned a dict; expected a lossatlas.data.DatasetSplits" in msg
     assert "DataLoader yielding (x, y) batches" in msg
-    with pytest.raises(TypeError, match="'mine_data:triple' returned a tuple of length 3; expected"):
+    with pytest.raises(TypeError, match=r"'mine_data:triple' returned a tuple of \(Tensor, "
+                                        r"Tensor, Tensor\); expected a lossatlas"):
         load_data("mine_data:triple")
-    with pytest.raises(TypeError, match="'mine_data:not_pairs' returned a list of length 3"):
+    with pytest.raises(TypeError, match=r"'mine_data:not_pairs' returned a list of \(int, int, int"):
         load_data("mine_data:not_pairs")
+    with pytest.raises(TypeError, match=r"'mine_data:two_sets' returned a tuple of \(TensorDataset, "
+                                        r"TensorDataset\); expected"):
+        load_data("mine_data:two_sets")
     with pytest.raises(TypeError, match=r"data factory 'mine_data:bad_items' \(returned a Bad\): "
                                         "item 0 is int"):
         load_data("mine_data:bad_items")

@@ -174,6 +174,16 @@ def test_module_in_working_directory_with_missing_import(workdir: Path) -> None:
     assert "No module named 'no_such_dependency_xyz'" in msg and "searched" not in msg
 
 
+def test_module_in_working_directory_that_fails(workdir: Path) -> None:
+    (workdir / "mine_syntax.py").write_text("def make(:\n")
+    path_before = list(sys.path)
+    with pytest.raises(FactoryError) as info:
+        resolve_factory("mine_syntax:make")
+    msg = str(info.value)
+    assert "cannot import module 'mine_syntax'" in msg and "(SyntaxError: " in msg
+    assert "\n" not in msg and sys.path == path_before
+
+
 def test_factory_from_file(workdir: Path) -> None:
     sub = workdir / "sub" / "dir"
     sub.mkdir(parents=True)

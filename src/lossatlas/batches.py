@@ -17,7 +17,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 __all__ = [
     "Inputs",
@@ -27,6 +27,7 @@ __all__ = [
     "index_inputs",
     "input_leaves",
     "input_nbytes",
+    "is_xy_pair",
     "map_inputs",
     "num_samples",
     "sample_shape",
@@ -241,6 +242,10 @@ class TensorData:
         """Consecutive ``(x, y)`` slices (views) of at most ``batch_size`` samples."""
         n = len(self)
         bs = n if batch_size is None else max(1, int(batch_size))
+        if isinstance(self.x, Tensor):
+            for i in range(0, n, bs):
+                yield self.x[i : i + bs], self.y[i : i + bs]
+            return
         for i in range(0, n, bs):
             yield index_inputs(self.x, slice(i, i + bs)), self.y[i : i + bs]
 
@@ -286,10 +291,15 @@ def _as_input_tensors(x: Any, where: str, name: str = "x") -> Inputs:
     return t.float() if t.dtype == torch.float64 else t
 
 
-def _is_target(v: Any) -> bool:
-    return isinstance(v, (Tensor, np.ndarray)) or (
-        isinstance(v, (list, tuple)) and bool(v) and _is_numeric_seq(v)
-    )
+def is_xy_pair(data: Any) -> bool:
+    """True for a 2-tuple / list read as ``(X, y)``: targets that are a tensor, an array or
+    a list of numbers (not a list of ``(x, y)`` items, nor a pair of datasets)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    y = data[1]
+    if isinstance(y, (list, tuple)):
+        return bool(y) and _is_numeric_seq(y)
+    return not isinstance(y, (Mapping, Dataset, DataLoader, TensorData))
 
 
 def _split_items(items: list, where: str, what: str) -> tuple[list, list]:
@@ -320,7 +330,7 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
         if not xs:
             raise ValueError(f"{where}: the DataLoader yielded no batches")
         return TensorData(concat_inputs(xs, where), torch.cat(ys))
-    if isinstance(data, (tuple, list)) and len(data) == 2 and _is_target(data[1]):
+    if is_xy_pair(data):
         x = data[0]
         if isinstance(x, (Tensor, np.ndarray)) or not isinstance(x, (Mapping, tuple, list)):
             from_numpy = not isinstance(x, Tensor)
@@ -330,8 +340,19 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
         else:
             x = _as_input_tensors(x, where)
         return TensorData(x, torch.as_tensor(data[1]))
+    if isinstance(data, IterableDataset):
+        raise TypeError(
+            f"{where}: an IterableDataset ({type(data).__name__}) has no length; wrap it in a "
+            "DataLoader(dataset, batch_size=...)"
+        )
     if isinstance(data, Dataset):
-        n = len(data)  # type: ignore[arg-type]
+        try:
+            n = len(data)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise TypeError(
+                f"{where}: the Dataset {type(data).__name__} has no __len__; give it one or "
+                "wrap it in a DataLoader"
+            ) from exc
         if n == 0:
             raise ValueError(f"{where}: the Dataset is empty")
         xs, ys = _split_items([data[i] for i in range(n)], where, "item")

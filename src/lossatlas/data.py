@@ -42,6 +42,7 @@ from lossatlas.batches import (
     Inputs,
     TensorData,
     as_tensor_data,
+    is_xy_pair,
     num_samples,
     sample_shape,
     to_device,
@@ -207,9 +208,13 @@ def _call_factory(
 
 
 def _kind(obj: Any) -> str:
-    """What a factory returned, in words: ``"a TensorDataset"``, ``"an (X, y) pair"``."""
+    """What a factory returned, in words: ``"a TensorDataset"``, ``"an (X, y) pair"``,
+    ``"a tuple of (TensorDataset, TensorDataset)"``."""
+    if is_xy_pair(obj):
+        return "an (X, y) pair"
     if isinstance(obj, (tuple, list)):
-        return f"an (X, y) {type(obj).__name__}" if type(obj) is list else "an (X, y) pair"
+        parts = ", ".join(type(v).__name__ for v in obj[:4]) + (", ..." if len(obj) > 4 else "")
+        return f"a {type(obj).__name__} of ({parts})"
     name = type(obj).__name__
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
@@ -217,12 +222,9 @@ def _kind(obj: Any) -> str:
 def _tensor_data(obj: Any, label: str, role: str) -> tuple[TensorData, str]:
     """A factory's single set -> `TensorData` and its description; errors name the
     factory, what it returned and what is accepted."""
-    pair_like = isinstance(obj, (tuple, list)) and len(obj) == 2
-    if not (isinstance(obj, (Dataset, DataLoader, TensorData)) or pair_like):
-        what = f"a {type(obj).__name__} of length {len(obj)}" if isinstance(obj, (tuple, list)) \
-            else _kind(obj)
-        raise TypeError(f"{role} factory {label!r} returned {what}; expected {ACCEPTED}")
     kind = _kind(obj)
+    if not (isinstance(obj, (Dataset, DataLoader, TensorData)) or is_xy_pair(obj)):
+        raise TypeError(f"{role} factory {label!r} returned {kind}; expected {ACCEPTED}")
     td = as_tensor_data(obj, where=f"{role} factory {label!r} (returned {kind})")
     return td, f"{kind} of {len(td)} samples"
 

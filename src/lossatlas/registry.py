@@ -128,7 +128,7 @@ def _import_module(spec: str, module_name: str) -> ModuleType:
     except Exception as exc:  # any error raised while importing
         raise FactoryError(
             f"lossatlas: cannot import module {module_name!r} from factory spec {spec!r} "
-            f"({_first_line(exc)})"
+            f"({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
 
 
