@@ -71,7 +71,8 @@ class Atlas:
         The data the loss is measured on (as in :class:`Evaluator`).
     run_dir : path
         Where every stage is stored (created if missing).
-    loss_fn, device, precision, batch_size, backend : as in :class:`Evaluator`.
+    loss_fn, device, precision, batch_size, backend, output : as in :class:`Evaluator`.
+        The BatchNorm policy is the population's (``population.bn``).
     seed : int
         Seed of the embedding's training.
     memory_budget : int or str, optional
@@ -92,7 +93,7 @@ class Atlas:
 
     def __init__(self, population, data, run_dir, loss_fn=None, device=None,
                  precision: str = "fp32", batch_size: int | None = None, seed: int = 0,
-                 memory_budget: int | str | None = None, backend: str = "auto"):
+                 memory_budget: int | str | None = None, backend: str = "auto", output=None):
         self.population = population
         # under torchrun: rank 0 fits the embedding and writes the run's files, every
         # rank evaluates its share of each field (no-op in a single process)
@@ -105,18 +106,22 @@ class Atlas:
             memory_budget, "Atlas: memory_budget")
         if self.memory_budget is not None:
             return_freed_memory()
+        # the population's BatchNorm policy, the same at the models and between them
         self.evaluator = Evaluator(
             population.model(0), data, loss_fn=loss_fn, device=device, precision=precision,
             space=population.space, batch_size=batch_size, backend=backend,
-            memory_budget=self._host_share(device),
+            memory_budget=self._host_share(device), bn=getattr(population, "bn", None),
+            output=output,
         )
+        self.bn = self.evaluator.bn
         self.device = self.evaluator.device
         # Tensor[N, D] in memory, or a VectorFile read by rows and column blocks
         self.X = population.matrix if getattr(population, "is_mapped", False) else (
             population.as_points().float())
         atomic_write_json(self.path / "population.json", {
             "labels": population.labels, "paths": getattr(population, "paths", None),
-            "dim": int(population.space.dim)})
+            "dim": int(population.space.dim), "bn": self.bn,
+            "bn_text": self.evaluator.bn_text, "loss": self.evaluator.loss_name})
         self._true: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------ helpers
@@ -130,6 +135,22 @@ class Atlas:
             parts = [self.evaluator.evaluate(rows) for _, rows in self._row_chunks()]
             self._true = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return self._true
+
+    def eval_mode_values(self) -> dict[str, Tensor] | None:
+        """Loss and metrics of every model in eval mode with its own stored BatchNorm
+        statistics (the checkpoint as saved), Tensor[N] each; None for a model without
+        BatchNorm statistics, or when the population does not keep them."""
+        pop = self.population
+        if self.bn == "none" or (self.bn == "recompute" and not getattr(pop, "statistics",
+                                                                          None)):
+            return None
+        if self.bn == "own":
+            return self.true_values()
+        ev = Evaluator(pop.model(0), self.evaluator.data, loss_fn=self.evaluator.loss_fn,
+                       device=self.device, precision=self.evaluator.precision, bn="own",
+                       output=self.evaluator.output)
+        return ev.evaluate(torch.stack([ev.space.flatten(pop.model(i))
+                                        for i in range(len(pop))]))
 
     # ------------------------------------------------------- memory budget
     @property
@@ -506,7 +527,12 @@ class Atlas:
             },
             "decoded_loss_relative_error_median": med(
                 np.abs(raw["loss"].double().numpy() / true["loss"].double().numpy() - 1)),
+            "bn": self.bn, "bn_text": self.evaluator.bn_text,
         }
+        own = self.eval_mode_values()
+        if own is not None:
+            # each model's loss under the policy beside the checkpoint's own eval-mode loss
+            out["per_model"]["eval_mode_loss"] = own["loss"].tolist()
         atomic_write_json(self.path / "faithfulness.json", out)
         return out
 
@@ -598,7 +624,8 @@ class Atlas:
     # ----------------------------------------------------------- summary
     def summary(self) -> dict:
         """A JSON-able summary of the stages done."""
-        out: dict[str, Any] = {"run": str(self.path), "models": len(self.population)}
+        out: dict[str, Any] = {"run": str(self.path), "models": len(self.population),
+                               "bn": self.bn, "loss": self.evaluator.loss_name}
         if hasattr(self, "codes_"):
             out["embedding"] = self.run.read().get("embedding")
         if hasattr(self, "field_"):

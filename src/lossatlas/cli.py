@@ -93,6 +93,21 @@ def _load_data(spec: str, args: list[str] | None, split: str, samples: int | Non
     return splits, (x, y)
 
 
+def _eval_options(bn: str | None, output_key: str | None, loss: str | None) -> dict[str, Any]:
+    """Evaluator keyword arguments from ``--bn``, ``--output-key`` and ``--loss``
+    (validated here, so a typo is one line naming the option)."""
+    from .evaluate import LOSSES
+
+    if bn is not None and bn not in ("own", "recompute"):
+        raise UsageError(f"--bn must be 'recompute' or 'own', got {bn!r}")
+    if loss is not None and loss not in LOSSES:
+        raise UsageError(f"--loss must be one of {', '.join(sorted(LOSSES))}, got {loss!r}")
+    output: str | int | None = output_key
+    if output_key is not None and output_key.lstrip("-").isdigit():
+        output = int(output_key)
+    return {"bn": bn, "output": output, "loss_fn": loss}
+
+
 def _model_factory(spec: str | None, args: list[str] | None, splits=None):
     from .population import resolve_model_factory
 
@@ -111,7 +126,7 @@ def _model_factory(spec: str | None, args: list[str] | None, splits=None):
 
 
 def _load_population(source: str, model: str | None, kwargs: dict, trust_run: bool,
-                     out: Path | None = None):
+                     out: Path | None = None, bn: str | None = None):
     """``--population``: a train run (its own model unless --model names one; a factory its
     train.json names runs only if built in or with --trust-run), or checkpoints of --model
     (default mlp)."""
@@ -120,7 +135,7 @@ def _load_population(source: str, model: str | None, kwargs: dict, trust_run: bo
     if model is None and not is_train_run(source):
         model = _DEFAULT_MODEL
     return load_population(source, model, None if model is None else kwargs,
-                           trust_run=trust_run, out=out)
+                           trust_run=trust_run, out=out, bn=bn)
 
 
 def _table(title: str, rows: dict[str, Any]) -> Table:
@@ -233,16 +248,17 @@ def _print_training_table(metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------- surface
-def _surface_common(model, model_arg, data, data_arg, split, samples, device, precision):
+def _surface_common(model, model_arg, data, data_arg, split, samples, device, precision,
+                    test_data=None, ev_options: dict | None = None):
     from . import distributed
     from .evaluate import Evaluator
 
     if distributed.init_from_env() and device is None:
         device = str(distributed.device())
-    splits, xy = _load_data(data, data_arg, split, samples)
+    splits, xy = _load_data(data, data_arg, split, samples, test_data)
     factory, kwargs = _model_factory(model, model_arg, splits)
     return splits, xy, factory, kwargs, functools.partial(
-        Evaluator, data=xy, device=device, precision=precision)
+        Evaluator, data=xy, device=device, precision=precision, **(ev_options or {}))
 
 
 def _load_models(paths: list[Path], factory) -> list:
@@ -313,6 +329,17 @@ _TEST_DATA = typer.Option(
     help="Test-data factory (package.module:function or file.py:function); default: the "
          "--data factory's test split, or its one set.")
 _DATA_ARG = typer.Option(None, "--data-arg", help="Dataset factory argument key=value.")
+_BN = typer.Option(
+    None, "--bn",
+    help="BatchNorm statistics: recompute (the default for models with BatchNorm: "
+         "re-estimated at every point from the data, train-mode BatchNorm over all samples) "
+         "| own (each checkpoint's stored statistics, interpolated between models).")
+_OUTPUT_KEY = typer.Option(
+    None, "--output-key",
+    help="Key, attribute or tuple index of the model's output the loss uses (default: a "
+         "tensor output as is, else its logits).")
+_LOSS = typer.Option(None, "--loss", help="cross_entropy | mse (default: cross-entropy for "
+                     "integer targets, MSE for float targets).")
 _SPLIT = typer.Option("train", help="Evaluate on the train or test split.")
 _SAMPLES = typer.Option(None, help="Use only the first N samples.")
 _DEVICE = typer.Option(None, help="cpu, cuda, ... (default: cuda if available).")
@@ -329,7 +356,8 @@ def surface_interp(
     a: Path, b: Path, steps: int = typer.Option(25, help="Points on [0, 1]."),
     extrapolate: float = typer.Option(0.0, help="Extend t by this much on both sides."),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
+    samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
     device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
     name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
     verbose: bool = Verbose,
@@ -347,10 +375,12 @@ def surface_interp(
         raise UsageError(f"--steps {steps} with --extrapolate {extrapolate}: need 2 to "
                          f"{MAX_GRID_POINTS} points on the path")
     _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
-                                                samples, device, precision)
+                                                samples, device, precision, test_data,
+                                                _eval_options(bn, output_key, loss))
     ma, mb = _load_models([a, b], factory)
-    sl = interpolation(ma, mb, steps=steps, extrapolate=extrapolate)
-    _write_slice("interp", sl, make_ev(ma), out_dir, name or "interp", overwrite, as_json)
+    ev = make_ev(ma)
+    sl = interpolation(ma, mb, steps=steps, extrapolate=extrapolate, space=ev.space)
+    _write_slice("interp", sl, ev, out_dir, name or "interp", overwrite, as_json)
 
 
 @surface_app.command("random")
@@ -362,7 +392,8 @@ def surface_random(
     ignore: str = typer.Option("biasbn", help="biasbn (zero 1-D parameters) or none"),
     seed: int = typer.Option(0, help="Seed of the directions."),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
+    samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
     device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
     name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
     verbose: bool = Verbose,
@@ -372,12 +403,14 @@ def surface_random(
 
     _setup_logging(verbose)
     _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
-                                                samples, device, precision)
+                                                samples, device, precision, test_data,
+                                                _eval_options(bn, output_key, loss))
     (m,) = _load_models([checkpoint], factory)
+    ev = make_ev(m)
     sl = random_slice(m, ndim=dim, resolution=resolution, span=span,
                       normalization=normalization, ignore=None if ignore == "none" else ignore,
-                      seed=seed)
-    _write_slice("random", sl, make_ev(m), out_dir, name or f"random{dim}d", overwrite, as_json)
+                      seed=seed, space=ev.space)
+    _write_slice("random", sl, ev, out_dir, name or f"random{dim}d", overwrite, as_json)
 
 
 @surface_app.command("plane")
@@ -386,7 +419,8 @@ def surface_plane(
     a: Path, b: Path, c: Path, resolution: int = _RES,
     margin: float = typer.Option(0.2, help="Extra room around the three models."),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
+    samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
     device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
     name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
     verbose: bool = Verbose,
@@ -396,10 +430,12 @@ def surface_plane(
 
     _setup_logging(verbose)
     _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
-                                                samples, device, precision)
+                                                samples, device, precision, test_data,
+                                                _eval_options(bn, output_key, loss))
     ma, mb, mc = _load_models([a, b, c], factory)
-    sl = plane(ma, mb, mc, resolution=resolution, margin=margin)
-    _write_slice("plane", sl, make_ev(ma), out_dir, name or "plane", overwrite, as_json)
+    ev = make_ev(ma)
+    sl = plane(ma, mb, mc, resolution=resolution, margin=margin, space=ev.space)
+    _write_slice("plane", sl, ev, out_dir, name or "plane", overwrite, as_json)
 
 
 @surface_app.command("pca")
@@ -409,7 +445,8 @@ def surface_pca(
                                             "(files, a directory or a glob)."),
     resolution: int = _RES, margin: float = typer.Option(0.2, help="Extra room."),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
+    samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
     device: str = _DEVICE, precision: str = _PRECISION, out_dir: Path = _OUT,
     name: str = _NAME, overwrite: bool = _OVERWRITE, as_json: bool = Json,
     verbose: bool = Verbose,
@@ -419,31 +456,34 @@ def surface_pca(
     from .surfaces import pca_plane
 
     _setup_logging(verbose)
+    opts = _eval_options(bn, output_key, loss)
     _, _, factory, kwargs, make_ev = _surface_common(model, model_arg, data, data_arg, split,
-                                                     samples, device, precision)
+                                                     samples, device, precision, test_data,
+                                                     opts)
     src = [str(p) for p in trajectory] if len(trajectory) > 1 else str(trajectory[0])
-    pop = Population.from_checkpoints(src, model, factory_kwargs=kwargs)
+    pop = Population.from_checkpoints(src, model, factory_kwargs=kwargs, bn=bn)
     if len(pop) < 4:
         raise UsageError(f"surface pca: need at least 4 checkpoints (two directions from the "
                          f"differences to the last, centred), got {len(pop)}")
     sl = pca_plane(pop.as_points(), resolution=resolution, margin=margin, space=pop.space)
     extra = {"explained_variance": [round(float(v), 4) for v in sl.explained_variance],
              "max_projection_error": float(max(sl.projection_error))}
-    _write_slice("pca", sl, make_ev(pop.model(len(pop) - 1)), out_dir, name or "pca", overwrite,
-                 as_json, extra)
+    _write_slice("pca", sl, make_ev(pop.model(len(pop) - 1), space=pop.space), out_dir,
+                 name or "pca", overwrite, as_json, extra)
 
 
 # ------------------------------------------------------------------ atlas
 def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, budget: int,
                 tol: float, threshold: str, device, precision, progress: bool,
-                embed_kwargs: dict | None = None, memory_budget: int | None = None):
+                embed_kwargs: dict | None = None, memory_budget: int | None = None,
+                output=None, loss_fn=None):
     """Embed, field, topology, faithfulness and figures; returns (atlas, summary)."""
     from . import distributed
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
 
     atlas = Atlas(pop, xy, out_dir, device=device, precision=precision,
-                  memory_budget=memory_budget)
+                  memory_budget=memory_budget, output=output, loss_fn=loss_fn)
     atlas.embed(method, dim=dim, **(embed_kwargs or {}))
     atlas.field(resolution=resolution, budget=budget, tol=tol, progress=progress)
     try:
@@ -463,7 +503,7 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
     s = atlas.summary()
     summary = {
         "run": str(out_dir), "models": len(pop), "method": method, "dim": dim,
-        "samples": s["field"]["samples"], "basins": s["basins"]["num_basins"],
+        "bn": atlas.bn, "loss": s["loss"], "samples": s["field"]["samples"], "basins": s["basins"]["num_basins"],
         "basins_with_models": s["basins"]["num_model_basins"],
         "variants": s["basins"]["num_variants"],
         "variants_per_basin": s["basins"]["variants_per_basin"],
@@ -481,8 +521,9 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
 def atlas(
     population: str = typer.Option(..., help="Checkpoint directory, glob, or a train run."),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
+    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
+    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
+    bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
     method: str = typer.Option("ae", help="ae | pca | kpca | umap"),
     dim: int = typer.Option(2, help="Latent dimension (2 to 4)."),
     resolution: int = typer.Option(48, help="Base grid points per latent axis."),
@@ -507,15 +548,17 @@ def atlas(
     if resolution < 2 or resolution**dim > MAX_GRID_POINTS:
         raise UsageError(f"--resolution {resolution} with --dim {dim}: the base grid must have "
                          f"2 to {MAX_GRID_POINTS} points per side^dim")
-    splits, xy = _load_data(data, data_arg, split, samples)
+    opts = _eval_options(bn, output_key, loss)
+    splits, xy = _load_data(data, data_arg, split, samples, test_data)
     factory, kwargs = _model_factory(model, model_arg, splits)
     mem = None if memory_budget is None else parse_bytes(memory_budget, "--memory-budget")
     stream = None if mem is None else out_dir / "population.safetensors"
-    pop = _load_population(population, model, kwargs, trust_run, out=stream)
+    pop = _load_population(population, model, kwargs, trust_run, out=stream, bn=bn)
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
-                             device, precision, progress=not as_json, memory_budget=mem)
+                             device, precision, progress=not as_json, memory_budget=mem,
+                             output=opts["output"], loss_fn=opts["loss_fn"])
     if summary is not None:  # rank 0 under torchrun
         _finish(summary, as_json, "atlas")
 

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from .cli import (
+    _BN,
     _DATA,
     _DATA_ARG,
     _DEVICE,
@@ -17,10 +18,12 @@ from .cli import (
     _RUN_MODEL,
     _SAMPLES,
     _SPLIT,
+    _TEST_DATA,
     _TRUST_RUN,
     Json,
     UsageError,
     Verbose,
+    _eval_options,
     _finish,
     _handle,
     _load_data,
@@ -41,8 +44,10 @@ def _pair_paths(a: Path | None, b: Path | None, population: str | None) -> None:
 
 
 def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
-                        device=None, steps: int = 25, progress: bool = False) -> dict:
-    """Barrier matrices of ``models`` before (and after weight matching onto the first).
+                        device=None, steps: int = 25, progress: bool = False,
+                        bn: str | None = None) -> dict:
+    """Barrier matrices of ``models`` before (and after weight matching onto the first),
+    under the BatchNorm policy ``bn`` (default: statistics recomputed at every point).
 
     Writes ``OUT/connectivity.json`` (matrices in nats, names, definition) and
     ``OUT/barriers.png``; returns the JSON dict.
@@ -53,12 +58,14 @@ def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
     from .surfaces import save_figure
     from .symmetry import permutation_spec, weight_matching
 
-    mats = {"before": barrier_matrix(models, xy, steps=steps, names=names, device=device)}
+    mats = {"before": barrier_matrix(models, xy, steps=steps, names=names, device=device,
+                                     bn=bn)}
     if align_models:
         ref = models[0]
         spec = permutation_spec(ref, data=xy)  # traced once, on the data's first samples
         aligned = [ref] + [weight_matching(ref, m, spec) for m in models[1:]]
-        mats["after"] = barrier_matrix(aligned, xy, steps=steps, names=names, device=device)
+        mats["after"] = barrier_matrix(aligned, xy, steps=steps, names=names, device=device,
+                                       bn=bn)
     run = Run(out_dir)
     for k, v in mats.items():
         v = v.copy()
@@ -67,6 +74,7 @@ def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
                          v.to_dataset(name="loss_barrier"))
     result = {
         "names": list(names), "definition": "entezari", "units": "nats",
+        "bn": mats["before"].attrs.get("bn"),
         "alignment": "weight matching onto the first model" if align_models else None,
         **{k: np.asarray(v.values).tolist() for k, v in mats.items()},
     }
@@ -97,9 +105,9 @@ def connect(
     align_models: bool = typer.Option(False, "--align", help="Population mode: also the "
                                       "matrix after weight matching."),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
-    device: str = _DEVICE,
+    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
+    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
+    bn: str = _BN, device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/connect"), "--out", help="Run directory."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
@@ -111,7 +119,8 @@ def connect(
     _setup_logging(verbose)
     _pair_paths(a, b, population)
     t0 = time.perf_counter()
-    splits, xy = _load_data(data, data_arg, split, samples)
+    _eval_options(bn, None, None)
+    splits, xy = _load_data(data, data_arg, split, samples, test_data)
     factory, kwargs = _model_factory(model, model_arg, splits)
     run = Run(out_dir)
     if population is not None:
@@ -119,8 +128,9 @@ def connect(
         idx = pop.final_indices()
         names = [str(pop.labels[i].get("variant", i)) for i in idx]
         res = population_barriers([pop.model(i) for i in idx], names, xy, out_dir,
-                                  align_models, device, progress=not as_json)
-        summary = {"models": len(idx), "mean_barrier_before": float(np.mean(res["before"]))}
+                                  align_models, device, progress=not as_json, bn=bn)
+        summary = {"models": len(idx), "bn": res["bn"],
+                   "mean_barrier_before": float(np.mean(res["before"]))}
         if "after" in res:
             summary["mean_barrier_after"] = float(np.mean(res["after"]))
         summary.update(store=str(out_dir / "connectivity.json"),
@@ -130,16 +140,20 @@ def connect(
     if curve not in ("bezier", "polychain", "linear"):
         raise UsageError(f"--curve must be bezier, polychain or linear, got {curve!r}")
     ma, mb = _load_models([a, b], factory)
-    line = barrier_curve(ma, mb, xy, steps=points, device=device)
+    line = barrier_curve(ma, mb, xy, steps=points, device=device, bn=bn)
     run.save_dataset("line", line)
-    summary = {"line_barrier": float(line.attrs["barrier"])}
+    summary = {"bn": line.attrs["bn"], "line_barrier": float(line.attrs["barrier"])}
     figs = [save_figure(plot_curve(line), out_dir / "line.png")]
     if curve != "linear":
         res = train_curve(ma, mb, xy, kind=curve, steps=train_steps, points=points,
                           device=device)
         run.save_dataset(f"curve-{curve}", res.curve)
         figs.append(save_figure(plot_curve(res.curve), out_dir / f"curve-{curve}.png"))
-        summary.update(curve=curve, curve_barrier=float(res.barrier),
+        # a trained curve's points carry no statistics of their own: its loss (and the
+        # straight line's beside it) is always under "recompute", the rule it trains by
+        summary.update(curve=curve, curve_bn=res.curve.attrs.get("bn"),
+                       curve_line_barrier=float(res.line_barrier),
+                       curve_barrier=float(res.barrier),
                        arc_length=float(res.arc_length), line_length=float(res.line_length))
         from safetensors.torch import save_file
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from .batchnorm import resolve_policy
 from .cli import (
+    _BN,
     _DATA,
     _DATA_ARG,
     _DEVICE,
@@ -16,10 +18,12 @@ from .cli import (
     _RUN_MODEL,
     _SAMPLES,
     _SPLIT,
+    _TEST_DATA,
     _TRUST_RUN,
     Json,
     UsageError,
     Verbose,
+    _eval_options,
     _finish,
     _handle,
     _load_data,
@@ -36,8 +40,11 @@ __all__ = ["hessian", "llc_cmd", "population_terrain"]
 
 def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace", "sharpness"),
                        k: int = 3, llc_kwargs: dict | None = None, device=None,
-                       final_only: bool = True, num_probes: int = 99) -> dict:
-    """Terrain (top eigenvalues, trace, sharpness, LLC) of a population's models.
+                       final_only: bool = True, num_probes: int = 99,
+                       bn: str | None = None) -> dict:
+    """Terrain (top eigenvalues, trace, sharpness, LLC) of a population's models, each
+    model with its own stored BatchNorm statistics (``bn="own"``) or statistics
+    recomputed at it (default).
 
     Stored as ``OUT/fields/terrain.zarr`` (dim ``model``) and ``OUT/terrain.json``.
     """
@@ -46,10 +53,11 @@ def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace",
     idx = pop.final_indices() if final_only else list(range(len(pop)))
     names = [f"{pop.labels[i].get('variant', i)}" + (f"/e{pop.labels[i]['epoch']}"
              if not final_only and "epoch" in pop.labels[i] else "") for i in idx]
-    ds = terrain(pop.as_points()[idx], pop.model(idx[0]), xy, measures=list(measures), k=k,
-                 num_probes=num_probes, llc_kwargs=llc_kwargs, device=device, labels=names)
+    models = [pop.model(i) for i in idx]  # the checkpoints as saved, statistics included
+    ds = terrain(models, models[0], xy, measures=list(measures), k=k, num_probes=num_probes,
+                 llc_kwargs=llc_kwargs, device=device, labels=names, bn=bn)
     Run(out_dir).save_dataset("terrain", ds)
-    table = {"models": names, "indices": idx}
+    table = {"models": names, "indices": idx, "bn": ds.attrs.get("bn")}
     for v in ds.data_vars:
         table[v] = np.asarray(ds[v].values).tolist()
     atomic_write_json(out_dir / "terrain.json", table)
@@ -70,9 +78,9 @@ def hessian(
     density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ)."),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
-    device: str = _DEVICE,
+    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
+    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
+    bn: str = _BN, device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/hessian"), "--out", help="Run directory."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
@@ -83,25 +91,27 @@ def hessian(
     _setup_logging(verbose)
     _single_or_population(checkpoint, population)
     t0 = time.perf_counter()
-    splits, xy = _load_data(data, data_arg, split, samples)
+    _eval_options(bn, None, None)
+    splits, xy = _load_data(data, data_arg, split, samples, test_data)
     factory, kwargs = _model_factory(model, model_arg, splits)
     out_dir.mkdir(parents=True, exist_ok=True)
     if population is not None:
         measures = ["eigenvalues"] + (["trace"] if trace else [])
         table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
-                                   out_dir, measures, k=top, device=device)
+                                   out_dir, measures, k=top, device=device, bn=bn)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
         _finish(summary, as_json, "hessian (population)")
         return
     (m,) = _load_models([checkpoint], factory)
-    eig = hessian_eigen(m, xy, k=top, device=device)
-    summary: dict = {"eigenvalues": [float(v) for v in eig.eigenvalues]}
+    eig = hessian_eigen(m, xy, k=top, device=device, bn=bn)
+    summary: dict = {"eigenvalues": [float(v) for v in eig.eigenvalues],
+                     "bn": resolve_policy(m, bn, "hessian")}
     if trace:
-        tr = hessian_trace_estimate(m, xy, device=device)
+        tr = hessian_trace_estimate(m, xy, device=device, bn=bn)
         summary.update(trace=float(tr.trace), trace_std=float(tr.std))
     if density:
-        dens = hessian_density(m, xy, device=device)
+        dens = hessian_density(m, xy, device=device, bn=bn)
         fig = plot_density(dens)
         fig = getattr(fig, "figure", fig)
         summary["density_figure"] = str(save_figure(fig, out_dir / "density.png"))
@@ -124,9 +134,9 @@ def llc_cmd(
     batch_size: int = typer.Option(32, help="SGLD mini-batch size."),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN,
-    data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
-    device: str = _DEVICE,
+    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
+    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
+    bn: str = _BN, device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/llc"), "--out", help="Run directory."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
@@ -137,20 +147,21 @@ def llc_cmd(
     _setup_logging(verbose)
     _single_or_population(checkpoint, population)
     t0 = time.perf_counter()
-    splits, xy = _load_data(data, data_arg, split, samples)
+    _eval_options(bn, None, None)
+    splits, xy = _load_data(data, data_arg, split, samples, test_data)
     factory, kwargs = _model_factory(model, model_arg, splits)
     sgld = {"num_chains": chains, "num_draws": draws, "num_burnin_steps": burnin,
             "epsilon": epsilon, "nbeta": nbeta, "gamma": gamma, "batch_size": batch_size}
     out_dir.mkdir(parents=True, exist_ok=True)
     if population is not None:
         table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
-                                   out_dir, ["llc"], llc_kwargs=sgld, device=device)
+                                   out_dir, ["llc"], llc_kwargs=sgld, device=device, bn=bn)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
         _finish(summary, as_json, "llc (population)")
         return
     (m,) = _load_models([checkpoint], factory)
-    res = llc(m, xy, device=device, **sgld)
+    res = llc(m, xy, device=device, bn=bn, **sgld)
     fig = plot_llc_trace(res)
     fig = getattr(fig, "figure", fig)
     summary = {"llc_mean": float(res["llc_mean"]), "llc_std": float(res["llc_std"]),

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .batches import as_tensor_data
+from . import batchnorm as bnp
+from .batches import as_tensor_data, num_samples, to_device
 from .kernels.bnfold import FoldPlan, fold_batchnorm
 from .kernels.mlp import MLPPlan, detect_mlp, mlp_logits
 from .kernels.mlp_triton import fused_mlp_ce
@@ -36,8 +37,109 @@ def accuracy(output: Tensor, target: Tensor) -> Tensor:
     return (output.argmax(-1) == target).float().mean()
 
 
+#: Targets equal to this are left out of the cross-entropy (PyTorch's convention).
+IGNORE_INDEX = -100
+
+
 def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
-    return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+    """Mean cross-entropy (nats) over every target position; ``output [..., C]``,
+    integer ``target [...]``; positions equal to ``IGNORE_INDEX`` are left out."""
+    return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1),
+                                       ignore_index=IGNORE_INDEX)
+
+
+def _mse(output: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all entries (output and target of one shape)."""
+    return nn.functional.mse_loss(output.reshape(target.shape).float(), target.float())
+
+
+#: Losses by name (``Evaluator(loss_fn="mse")``, ``--loss mse``).
+LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
+
+
+def resolve_loss(loss_fn: LossFn | str | None, y: Tensor, where: str = "Evaluator"
+                 ) -> tuple[LossFn, str]:
+    """The loss function and its name: a callable as given, a name from ``LOSSES``, or
+    by default cross-entropy for integer targets and MSE for float targets."""
+    if callable(loss_fn):
+        return loss_fn, getattr(loss_fn, "__name__", "custom")
+    if loss_fn is None:
+        loss_fn = "mse" if y.is_floating_point() else "cross_entropy"
+    if loss_fn not in LOSSES:
+        raise ValueError(f"{where}: loss_fn must be a callable or one of {sorted(LOSSES)}, "
+                         f"got {loss_fn!r}")
+    return LOSSES[loss_fn], loss_fn
+
+
+def model_output(out, output: str | int | Callable | None = None, where: str = "Evaluator"
+                 ) -> Tensor:
+    """The tensor the loss is computed on from what a model's forward returns.
+
+    ``output=None``: a Tensor as is; a dict or an object with ``logits`` (Hugging Face
+    style) gives its ``logits``; anything else is refused, naming what was returned.
+    A string picks a key or attribute, an integer an element of a tuple, a callable
+    is applied to the output."""
+    if callable(output):
+        return output(out)
+    if output is None:
+        if isinstance(out, Tensor):
+            return out
+        if isinstance(out, dict) and "logits" in out:
+            return out["logits"]
+        if hasattr(out, "logits") and isinstance(out.logits, Tensor):
+            return out.logits
+        kind = (f"a dict with keys {sorted(map(str, out))}" if isinstance(out, dict)
+                else f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(
+                    out, (tuple, list)) else ""))
+        raise TypeError(f"{where}: the model returns {kind}, not a tensor; pass "
+                        "output='<key or attribute>' (CLI --output-key) or an index")
+    if isinstance(output, int):
+        if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
+            raise TypeError(f"{where}: output={output} but the model returns "
+                            f"{type(out).__name__}")
+        return out[output]
+    if isinstance(out, dict):
+        if output not in out:
+            raise KeyError(f"{where}: output={output!r} is not a key of the model's output "
+                           f"(keys {sorted(map(str, out))})")
+        return out[output]
+    if not hasattr(out, output):
+        raise TypeError(f"{where}: output={output!r}: the model's {type(out).__name__} output "
+                        "has no such attribute")
+    return getattr(out, output)
+
+
+def call_model(model: nn.Module, params: dict[str, Tensor], x) -> object:
+    """``functional_call`` with inputs as the model takes them: a dict of inputs as
+    keyword arguments, a tuple as positional arguments, else one argument."""
+    if isinstance(x, dict):
+        return functional_call(model, params, (), x)
+    if isinstance(x, tuple):
+        return functional_call(model, params, x)
+    return functional_call(model, params, (x,))
+
+
+@contextlib.contextmanager
+def batchable_layers(math_attention: bool = True) -> Iterator[None]:
+    """PyTorch's fused inference paths of ``nn.TransformerEncoderLayer`` and
+    ``nn.MultiheadAttention`` have no ``vmap`` batching rule (a slow per-sample
+    fallback) and no forward-mode AD: run them through their plain path. With
+    ``math_attention``, ``scaled_dot_product_attention`` also takes its math path (the
+    CPU's fused kernel has neither a batching rule nor forward-mode AD)."""
+    with contextlib.ExitStack() as stack:
+        mha = getattr(torch.backends, "mha", None)
+        if mha is not None and hasattr(mha, "set_fastpath_enabled"):
+            old = mha.get_fastpath_enabled()
+            mha.set_fastpath_enabled(False)
+            stack.callback(mha.set_fastpath_enabled, old)
+        if math_attention:
+            try:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+            except ImportError:  # pragma: no cover - older PyTorch
+                pass
+            else:
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        yield
 
 
 @contextlib.contextmanager
@@ -68,10 +170,6 @@ def _is_oom(err: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text)
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 class Evaluator:
     """Mean loss and metrics of a model at many parameter points.
 
@@ -83,8 +181,10 @@ class Evaluator:
         once and never changed.
     data : (X, y) tensors, Dataset or DataLoader
         Evaluated in full at every point; kept on ``device`` when it fits.
-    loss_fn : callable(output, target) -> scalar mean, optional
-        Default: mean cross-entropy (nats).
+    loss_fn : callable(output, target) -> scalar mean, or a name, optional
+        ``"cross_entropy"`` (nats; token-level for outputs ``[n, T, C]`` with
+        targets ``[n, T]``, positions equal to -100 left out) or ``"mse"``. Default:
+        cross-entropy for integer targets, MSE for float targets (``self.loss_name``).
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
     precision : {"fp32", "tf32", "bf16"}
@@ -103,15 +203,23 @@ class Evaluator:
         sequential (also when vmap fails on the model). The chosen path is
         ``self.backend`` and shown in ``repr``.
     space : ParamSpace, optional
-        Layout of the points; default ``ParamSpace(model)`` (parameters only).
-        With ``ParamSpace(model, buffers=True)`` every point carries its own
-        BatchNorm statistics.
+        Layout of the points; default ``ParamSpace(model, buffers=True)`` under
+        ``bn="own"`` (every point carries its own BatchNorm statistics), else
+        ``ParamSpace(model)`` (parameters only).
     metrics : dict of name -> callable(output, target) -> scalar mean
         Extra metrics; ``accuracy`` is always computed.
-    bn : {"own", "recompute"}
-        "own": every point uses its own (or the model's) BatchNorm statistics.
-        "recompute": statistics are re-estimated at every point on ``bn_data``
-        (default: ``data``) before evaluating (sequential backend).
+    bn : {"recompute", "own"}, optional
+        The BatchNorm policy (:mod:`lossatlas.batchnorm`); ignored (``"none"``) for
+        a model without BatchNorm statistics. ``"recompute"`` (default): at every
+        point the statistics are those of ``bn_data`` (default: ``data``) under the
+        point's weights, exactly as train-mode BatchNorm over all samples at once,
+        whatever the batch size (a layer-by-layer pass when the samples do not fit
+        in one batch). ``"own"``: every point carries its own statistics (the
+        space holds them); ``space.flatten(other_model)`` carries ``other_model``'s.
+    output : str, int or callable, optional
+        Which part of the model's output the loss is computed on (a dict key or
+        attribute, a tuple index, or a function); default: a Tensor as is, else the
+        output's ``logits``.
     chunk_size : int, optional
         Points evaluated together; default chosen from memory, halved on
         out-of-memory.
@@ -145,8 +253,9 @@ class Evaluator:
         backend: Backend = "auto",
         space: ParamSpace | None = None,
         metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
-        bn: Literal["own", "recompute"] = "own",
+        bn: Literal["own", "recompute"] | None = None,
         bn_data=None,
+        output: str | int | Callable | None = None,
         chunk_size: int | None = None,
         batch_size: int | None = None,
         memory_budget: int | None = None,
@@ -160,8 +269,6 @@ class Evaluator:
                 "Evaluator: backend must be 'auto', 'fast', 'vmap' or 'sequential', "
                 f"got {backend!r}"
             )
-        if bn not in ("own", "recompute"):
-            raise ValueError(f"Evaluator: bn must be 'own' or 'recompute', got {bn!r}")
         if precision not in ("fp32", "tf32", "bf16"):
             raise ValueError(
                 f"Evaluator: precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}"
@@ -170,23 +277,39 @@ class Evaluator:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.precision = precision
-        self.space = space if space is not None else ParamSpace(model)
-        self.loss_fn = loss_fn or _cross_entropy
+        self.bn = bnp.resolve_policy(model, bn, "Evaluator")
+        stat_names = bnp.batchnorm_stat_names(model)
+        self.space = (space if space is not None
+                      else ParamSpace(model, buffers=self.bn == "own"))
+        if self.bn == "own":
+            missing = [n for n in stat_names if n not in self.space.buffer_names]
+            if missing:
+                raise ValueError(
+                    f"Evaluator: bn='own' needs each point's BatchNorm statistics, but the "
+                    f"space does not lay out {missing[:4]}{'...' if len(missing) > 4 else ''}; "
+                    "use ParamSpace(model, buffers=True) or bn='recompute'")
+        if self.bn == "recompute" and backend == "fast":
+            raise ValueError("Evaluator: bn='recompute' has no fast path; use backend='auto', "
+                             "'vmap' or 'sequential'")
         self.metrics = {"accuracy": accuracy, **(metrics or {})}
-        self.bn = bn
-        if bn == "recompute" and backend in ("vmap", "fast"):
-            raise ValueError("Evaluator: bn='recompute' needs backend='sequential' or 'auto'")
+        self.output = output
         self.compile = bool(compile)
 
         self.model = copy.deepcopy(model).to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # under "recompute" every BatchNorm layer normalises with the statistics of its
+        # input batch, or with statistics given per point (computed by _statistics)
+        self._stat_names = set(bnp.strip_statistics(self.model)) if self.bn == "recompute" \
+            else set()
         state = self.model.state_dict()
         self._fixed = {k: v for k, v in state.items() if k not in set(self.space.names)}
 
         host = as_tensor_data(data, "Evaluator data")
-        if host.x.is_floating_point() and host.x.dtype != self.space.dtype:
+        if isinstance(host.x, Tensor) and host.x.is_floating_point() \
+                and host.x.dtype != self.space.dtype:
             host = type(host)(host.x.to(self.space.dtype), host.y)
+        self.loss_fn, self.loss_name = resolve_loss(loss_fn, host.y)
         self.num_samples = len(host)
         self.memory_budget = memory_budget or self._default_budget()
         # Keep the data on the device when it takes at most half the budget-free memory.
@@ -197,8 +320,13 @@ class Evaluator:
             self.data = host.pin()
             self.resident = False
         self.bn_data = as_tensor_data(bn_data, "Evaluator bn_data") if bn_data is not None else None
-        if bn == "recompute" and not _has_batchnorm(self.model):
-            log.warning("Evaluator: bn='recompute' but the model has no BatchNorm layer")
+        if self.bn_data is not None and self.device.type != "cpu":
+            self.bn_data = self.bn_data.pin()
+        self._bn_order: list[str] = []
+        if self.bn == "recompute":
+            head = self.data.subset(min(2, self.num_samples))
+            self._bn_order = bnp.execution_order(
+                self.model, lambda: call_model(self.model, {}, to_device(head.x, self.device)))
 
         self._act_per_sample, self._act_max = self._activation_elements()
         self._mlp: MLPPlan | None = None
@@ -222,10 +350,10 @@ class Evaluator:
     # ------------------------------------------------------------ backend
     def _probe(self, fast: Callable[[Tensor], Tensor]) -> str | None:
         """None if ``fast(x) [1, n, ...]`` equals the model on a few inputs, else why not."""
-        x = self.data.x[:4].to(self.device)
+        x = self.data.subset(4).x.to(self.device)
         try:
-            with torch.no_grad(), precision_context("fp32", self.device):
-                ref = self.model(x)
+            with torch.no_grad(), precision_context("fp32", self.device), batchable_layers():
+                ref = model_output(self.model(x), self.output)
                 got = fast(x)
         except Exception as err:  # noqa: BLE001 - a failing fast path is just not used
             return f"it fails on the model ({type(err).__name__}: {err})"
@@ -243,15 +371,15 @@ class Evaluator:
                 and fused_supports(self._mlp) is None and not self.data.y.is_floating_point())
 
     def _choose_backend(self, backend: str) -> str:
-        if self.bn == "recompute" or backend == "sequential":
+        if backend == "sequential":
             return "sequential"
-        if backend == "vmap":
+        if backend == "vmap" or self.bn == "recompute" or not isinstance(self.data.x, Tensor):
             return "vmap"
         state = {k: v for k, v in self.model.state_dict().items()}
         reasons = []
         plan, why = detect_mlp(self.model)
         if plan is not None:
-            x0 = self.data.x[:1]
+            x0 = self.data.subset(1).x
             if not x0.is_floating_point() or (x0.dim() != 2 and not plan.flatten):
                 why = "the inputs are not float vectors [n, features]"
             else:
@@ -308,19 +436,26 @@ class Evaluator:
                 largest = max(largest, out.numel())
 
         handles = [m.register_forward_hook(hook) for m in self.model.modules() if m is not self.model]
+        # two samples: BatchNorm with batch statistics needs more than one value per channel
+        n = min(2, self.num_samples)
+        head = self.data.subset(n)
         try:
-            with torch.no_grad():
-                out = self.model(self.data.x[:1].to(self.device))
+            with torch.no_grad(), batchable_layers():
+                out = model_output(call_model(self.model, {}, to_device(head.x, self.device)),
+                                   self.output)
             total += out.numel() if isinstance(out, Tensor) else 0
+        except (TypeError, KeyError):
+            raise
         except Exception as err:  # noqa: BLE001 - re-raised with context
+            shape = tuple(head.x.shape) if isinstance(head.x, Tensor) else type(head.x).__name__
             raise RuntimeError(
-                f"Evaluator: the model fails on one input of shape {tuple(self.data.x[:1].shape)}: "
-                f"{err}"
+                f"Evaluator: the model {type(self.model).__name__} fails on {n} input(s) of the "
+                f"data (shape {shape}): {type(err).__name__}: {err}"
             ) from err
         finally:
             for h in handles:
                 h.remove()
-        return max(total, 1), largest
+        return max(-(-total // n), 1), max(-(-largest // n), 1)
 
     def _mlp_bytes(self) -> int:
         """Bytes of activations per (point, sample) on the MLP path."""
@@ -359,13 +494,107 @@ class Evaluator:
         return int(max(1, min(cap, self.memory_budget // per_point)))
 
     # ------------------------------------------------------------ forward
-    def _point_outputs_vmap(self, chunk: Tensor, x: Tensor) -> Tensor:
+    def _point_params(self, chunk: Tensor) -> dict[str, Tensor]:
+        """The tensors of every point ``{name: Tensor[P, *shape]}``; under "recompute" the
+        statistics a space may lay out are left out (they are recomputed)."""
         params = self.space.unflatten(chunk)
+        if self._stat_names:
+            params = {k: v for k, v in params.items() if k not in self._stat_names}
+        return params
+
+    def _map(self, fn: Callable, params: dict[str, Tensor]):
+        """``fn`` applied to every point's tensors ``params {name: [P, ...]}``: vectorised
+        with ``vmap``, or one point after another on the sequential backend; outputs
+        (a tensor or a tuple of tensors) stacked on a leading point axis."""
+        if self.backend != "sequential":
+            return vmap(fn, in_dims=(0,), randomness="different")(params)
+        n = next(iter(params.values())).shape[0]
+        outs = [fn({k: v[i] for k, v in params.items()}) for i in range(n)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
+        return torch.stack(outs)
+
+    def _point_outputs(self, params: dict[str, Tensor], x) -> Tensor:
+        """Model outputs ``[P, n, ...]`` of every point on inputs ``x``."""
 
         def one(p: dict[str, Tensor]) -> Tensor:
-            return functional_call(self.model, {**p, **self._fixed}, (x,))
+            return model_output(call_model(self.model, {**p, **self._fixed}, x), self.output)
 
-        return vmap(one, in_dims=(0,), randomness="different")(params)
+        with batchable_layers(self.device.type == "cpu"):
+            return self._map(one, params)
+
+    def _statistics(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Recomputed BatchNorm statistics of every point, ``{name: Tensor[P, C]}``:
+        the mean and biased variance of each layer's input over all samples of
+        ``bn_data`` (default ``data``), exactly as train-mode BatchNorm over one batch of
+        all of them. One pass when they fit in one batch, else one pass per layer in
+        execution order, each stopping at its layer (float64 sums across batches)."""
+        data = self.bn_data if self.bn_data is not None else self.data
+        modules = dict(self.model.named_modules())
+        stats: dict[str, Tensor] = {}
+
+        def key(name: str, what: str) -> str:
+            return f"{name}.{what}" if name else what
+
+        if len(data) <= self.batch_size:
+            x = to_device(data.x, self.device, non_blocking=True)
+
+            def all_layers(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+                sink: dict[str, tuple[Tensor, Tensor]] = {}
+                handles = bnp.record_inputs([(n, modules[n]) for n in self._bn_order], sink)
+                try:
+                    call_model(self.model, {**p, **self._fixed}, x)
+                finally:
+                    for h in handles:
+                        h.remove()
+                return tuple(t for n in self._bn_order for t in sink[n])
+
+            with precision_context(self.precision, self.device), \
+                    batchable_layers(self.device.type == "cpu"):
+                flat = self._map(all_layers, params)
+            for i, name in enumerate(self._bn_order):
+                stats[key(name, "running_mean")] = flat[2 * i].to(self.space.dtype)
+                stats[key(name, "running_var")] = flat[2 * i + 1].to(self.space.dtype)
+            return stats
+
+        for name in self._bn_order:
+            acc = None
+            handle = bnp.stop_at(modules[name])
+            try:
+                for xb, _ in data.batches(self.batch_size):
+                    xb = to_device(xb, self.device, non_blocking=True)
+
+                    def upto(p: dict[str, Tensor], xb=xb, name=name) -> tuple[Tensor, Tensor]:
+                        try:
+                            call_model(self.model, {**p, **self._fixed}, xb)
+                        except bnp.Reached as stop:
+                            return bnp.moments(stop.x)
+                        raise RuntimeError(f"Evaluator: BatchNorm layer {name!r} not reached")
+
+                    with precision_context(self.precision, self.device), \
+                            batchable_layers(self.device.type == "cpu"):
+                        mean, var = self._map(upto, {**params, **stats})
+                    acc = bnp.combine_moments(acc, mean, var, num_samples(xb))
+            finally:
+                handle.remove()
+            assert acc is not None
+            stats[key(name, "running_mean")] = acc[0].to(self.space.dtype)
+            stats[key(name, "running_var")] = acc[1].to(self.space.dtype)
+        return stats
+
+    def statistics(self, points: Tensor) -> dict[str, Tensor]:
+        """The BatchNorm statistics each point is evaluated with, ``{buffer name:
+        Tensor[P, C]}`` on the CPU: recomputed ones under "recompute", the points' own
+        under "own", none (``{}``) for a model without BatchNorm statistics."""
+        points = points[None] if points.ndim == 1 else points
+        if self.bn == "none":
+            return {}
+        if self.bn == "own":
+            vals = self.space.unflatten(points)
+            return {k: vals[k].clone() for k in bnp.batchnorm_stat_names(self.model)}
+        with torch.no_grad():
+            out = self._statistics(self._point_params(points.to(self.device, self.space.dtype)))
+        return {k: v.cpu() for k, v in out.items()}
 
     def _compile_fn(self, fn: Callable, mode: str | None) -> Callable:
         """``torch.compile(fn)`` that falls back to ``fn`` (with a warning) if compiling fails."""
@@ -473,53 +702,42 @@ class Evaluator:
                 res[name] = vmap(fn, in_dims=(0, None))(out, y)
         return res
 
-    def _accumulate(self, outputs_fn: Callable[[Tensor], Tensor], n_points: int) -> dict[str, Tensor]:
-        """Sums of mean-loss x batch size over all batches; ``outputs_fn(x) -> [P, n, ...]``."""
+    def _accumulate(self, outputs_fn: Callable, n_points: int) -> dict[str, Tensor]:
+        """Means over all samples of the per-batch means, weighted by the samples (for
+        the default cross-entropy: by the target positions not ignored);
+        ``outputs_fn(x) -> [P, n, ...]``."""
         sums = {k: torch.zeros(n_points, device=self.device) for k in ["loss", *self.metrics]}
+        loss_weight = torch.zeros((), device=self.device)
         for x, y in self.data.batches(self.batch_size):
-            x = x.to(self.device, non_blocking=True)
+            x = to_device(x, self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with precision_context(self.precision, self.device):
                 out = outputs_fn(x)
             out = out.float()
-            n = x.shape[0]
+            n = y.shape[0]
+            w = ((y != IGNORE_INDEX).sum() if self.loss_fn is _cross_entropy
+                 and not y.is_floating_point() else torch.tensor(float(n), device=self.device))
             for k, v in self._batch_stats(out, y).items():
-                sums[k] += v * n
-        return {k: v / self.num_samples for k, v in sums.items()}
+                sums[k] += v * (w if k == "loss" else n)
+            loss_weight += w
+        res = {k: v / self.num_samples for k, v in sums.items()}
+        res["loss"] = sums["loss"] / loss_weight
+        return res
 
-    def _recompute_bn(self, model: nn.Module) -> None:
-        data = self.bn_data if self.bn_data is not None else self.data
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over all batches
-        model.train()
-        with torch.no_grad(), precision_context(self.precision, self.device):
-            for x, _ in data.batches(self.batch_size):
-                model(x.to(self.device, non_blocking=True))
-        model.eval()
-        for m, mom in zip(bns, saved, strict=True):
-            m.momentum = mom
-
-    def _evaluate_sequential(self, chunk: Tensor) -> dict[str, Tensor]:
-        results = []
-        for point in chunk:
-            self.space.load_into(self.model, point)
-            if self.bn == "recompute":
-                self._recompute_bn(self.model)
-            with torch.no_grad():
-                results.append(self._accumulate(lambda x: self.model(x)[None], 1))
-        # restore the template's own values of the laid-out tensors
-        return {k: torch.cat([r[k] for r in results]) for k in results[0]}
+    def _evaluate_generic(self, chunk: Tensor) -> dict[str, Tensor]:
+        """The vmap and sequential backends (``functional_call`` per point)."""
+        params = self._point_params(chunk)
+        if self.bn == "recompute" and (self.bn_data is not None
+                                       or self.batch_size < self.num_samples):
+            params = {**params, **self._statistics(params)}
+        # with all samples in one batch, each BatchNorm layer normalises with the
+        # statistics of the whole data under the point's weights: "recompute" in one pass
+        return self._accumulate(lambda x: self._point_outputs(params, x), len(chunk))
 
     def _evaluate_chunk(self, chunk: Tensor) -> dict[str, Tensor]:
         if self.backend == "sequential":
-            snapshot = {k: v.clone() for k, v in self.model.state_dict().items()}
-            try:
-                return self._evaluate_sequential(chunk)
-            finally:
-                self.model.load_state_dict(snapshot)
+            with torch.no_grad():
+                return self._evaluate_generic(chunk)
         if self.backend == "fast-mlp-fused":
             with torch.no_grad():
                 return self._evaluate_fused(chunk)
@@ -542,7 +760,7 @@ class Evaluator:
                 torch.backends.cudnn.benchmark = old
         try:
             with torch.no_grad():
-                return self._accumulate(lambda x: self._point_outputs_vmap(chunk, x), len(chunk))
+                return self._evaluate_generic(chunk)
         except Exception as err:
             if _is_oom(err) or self.backend == "vmap":
                 raise
@@ -616,8 +834,14 @@ class Evaluator:
         """Loss and metrics of whole models (their laid-out tensors), Tensor[len(models)] each."""
         return self.evaluate(torch.stack([self.space.flatten(m) for m in models]))
 
+    @property
+    def bn_text(self) -> str:
+        """One line stating the BatchNorm policy in force (for summaries and reports)."""
+        return f"{self.bn}: {bnp.POLICY_TEXT[self.bn]}"
+
     def __repr__(self) -> str:
         return (
             f"Evaluator(device={self.device}, precision={self.precision!r}, backend={self.backend!r}, "
-            f"samples={self.num_samples}, chunk_size={self.chunk_size}, batch_size={self.batch_size})"
+            f"bn={self.bn!r}, loss={self.loss_name!r}, samples={self.num_samples}, "
+            f"chunk_size={self.chunk_size}, batch_size={self.batch_size})"
         )

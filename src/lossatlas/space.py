@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParamSpace", "Segment"]
+__all__ = ["ParamSpace", "Segment", "batchnorm_modules", "batchnorm_stat_names"]
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,33 @@ class Segment:
     start: int
     stop: int
     is_buffer: bool
+    log: bool = False  # stored as log(value): BatchNorm running variances
+
 
     @property
     def numel(self) -> int:
         return self.stop - self.start
+
+
+#: Variances below this are stored as log(VAR_FLOOR) (a dead channel's 0 would be -inf).
+VAR_FLOOR = 1e-12
+
+
+def batchnorm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every BatchNorm layer (1-D/2-D/3-D, SyncBatchNorm) of ``model``."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def batchnorm_stat_names(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm running-statistics buffers (``running_mean``/``running_var``)
+    of ``model``, in module order; empty for a model without tracked statistics."""
+    names = []
+    for n, m in batchnorm_modules(model):
+        if m.track_running_stats and m.running_mean is not None:
+            prefix = f"{n}." if n else ""
+            names += [prefix + "running_mean", prefix + "running_var"]
+    return names
 
 
 def _state_of(obj: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
@@ -46,7 +69,10 @@ class ParamSpace:
     buffers : bool
         Also include floating-point buffers (BatchNorm ``running_mean`` /
         ``running_var``). ``num_batches_tracked`` and other integer buffers are
-        never included.
+        never included. BatchNorm running variances are laid out as their natural
+        logarithm, so that any point of the space (an interpolated, decoded or
+        perturbed vector) holds positive variances; :meth:`flatten` takes the log
+        and :meth:`unflatten` / :meth:`load_into` give the variances back.
     trainable_only : bool
         Only parameters with ``requires_grad`` (frozen ones stay fixed at the
         model's values during evaluation).
@@ -81,10 +107,12 @@ class ParamSpace:
             offset += p.numel()
             dtype = dtype or p.dtype
         if buffers:
+            log_names = {n for n in batchnorm_stat_names(model) if n.endswith("running_var")}
             for name, b in model.named_buffers():
                 if not b.is_floating_point():
                     continue
-                segments.append(Segment(name, tuple(b.shape), offset, offset + b.numel(), True))
+                segments.append(Segment(name, tuple(b.shape), offset, offset + b.numel(), True,
+                                        log=name in log_names))
                 offset += b.numel()
         if not segments:
             raise ValueError("ParamSpace: the model has no parameters to lay out")
@@ -162,18 +190,28 @@ class ParamSpace:
                     f"ParamSpace.flatten: tensor {s.name!r}{where} has shape {tuple(t.shape)}, "
                     f"the model expects {s.shape}"
                 )
-            parts.append(t.reshape(-1).to(self.dtype))
+            t = t.reshape(-1).to(self.dtype)
+            if s.log:
+                t = t.clamp_min(VAR_FLOOR).log()
+            parts.append(t)
         return torch.cat(parts)
 
-    def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
-        """Views of ``vec`` [..., D] as ``{name: Tensor[..., *shape]}`` (zero-copy)."""
+    def unflatten(self, vec: Tensor, values: bool = True) -> dict[str, Tensor]:
+        """The tensors of ``vec`` [..., D] as ``{name: Tensor[..., *shape]}``: zero-copy
+        views. With ``values=True`` (a point) log-laid-out BatchNorm variances are
+        returned as ``exp`` of their entries (new tensors); ``values=False`` gives the
+        coordinates as laid out (for directions and differences)."""
         if vec.shape[-1] != self.dim:
             raise ValueError(
                 f"ParamSpace.unflatten: expected last dimension {self.dim}, got shape "
                 f"{tuple(vec.shape)}"
             )
         lead = vec.shape[:-1]
-        return {s.name: vec[..., s.start : s.stop].view(*lead, *s.shape) for s in self.segments}
+        out = {}
+        for s in self.segments:
+            view = vec[..., s.start : s.stop].view(*lead, *s.shape)
+            out[s.name] = view.exp() if s.log and values else view
+        return out
 
     def load_into(self, model: nn.Module, vec: Tensor) -> None:
         """Write ``vec`` [D] into ``model``'s tensors in place (no autograd)."""

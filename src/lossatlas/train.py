@@ -231,10 +231,10 @@ def _infer_model_kwargs(model: Any, split: Any, model_kwargs: Mapping[str, Any] 
         params = inspect.signature(fn).parameters if fn is not None else {}
     except (TypeError, ValueError):
         params = {}
-    shape = tuple(getattr(split, "input_shape", tuple(split.x_train.shape[1:])))
     guesses: dict[str, Any] = {}
-    if split.x_train.is_floating_point():
-        guesses["in_features"] = math.prod(shape)
+    x = split.x_train
+    if isinstance(x, torch.Tensor) and x.is_floating_point():  # not for dict / tuple inputs
+        guesses["in_features"] = math.prod(tuple(x.shape[1:]))
     num_classes = getattr(split, "num_classes", None)
     if num_classes is not None:
         guesses["num_classes"] = int(num_classes)

@@ -68,7 +68,7 @@ def test_batchnorm_eval_and_train_modes():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     space = ParamSpace(model)
     V = torch.randn(2, space.dim, dtype=torch.float64)
-    ev = HVP(model, (x, y))
+    ev = HVP(model, (x, y), bn="own")  # the model's stored statistics
     tr = HVP(model, (x, y), train=True)
     assert (ev.mode, tr.mode) == ("eval", "train")
     model.eval()

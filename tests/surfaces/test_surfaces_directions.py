@@ -43,7 +43,8 @@ def test_buffers_are_zero_in_directions():
     assert space.buffer_names
     for ignore in ("biasbn", None):
         for norm in ("filter", "layer", "model", "none"):
-            d = space.unflatten(random_direction(model, norm, ignore, generator=1, space=space))
+            d = space.unflatten(random_direction(model, norm, ignore, generator=1, space=space),
+                                values=False)
             for name in space.buffer_names:
                 assert torch.count_nonzero(d[name]) == 0, (norm, ignore, name)
 

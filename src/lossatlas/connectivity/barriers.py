@@ -29,6 +29,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..batchnorm import resolve_policy
 from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import AffineSource, MappedSource
@@ -117,14 +118,10 @@ def barrier_from_values(
     return v[..., hits[0]] - 0.5 * (v0[..., 0] + v1[..., 0])
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def make_evaluator(
     model: nn.Module,
     data,
-    bn: Literal["own", "recompute"] = "own",
+    bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
@@ -132,16 +129,16 @@ def make_evaluator(
 ) -> Evaluator:
     """The Evaluator used along paths between models of ``model``'s architecture.
 
-    With ``bn="own"`` and a model with BatchNorm, the BatchNorm running statistics
-    are part of every point (``ParamSpace(model, buffers=True)``), so they are
-    interpolated with the weights; with ``bn="recompute"`` they are re-estimated
-    at every point on ``bn_data`` (default: ``data``) and only parameters are laid out.
+    The BatchNorm policy (:mod:`lossatlas.batchnorm`): with ``bn="recompute"`` (the
+    default for a model with BatchNorm) the statistics are re-estimated at every point
+    on ``bn_data`` (default: ``data``) and only parameters are laid out; with
+    ``bn="own"`` they are part of every point (``ParamSpace(model, buffers=True)``),
+    so they are interpolated with the weights (variances on a log scale).
     """
-    if bn not in ("own", "recompute"):
-        raise ValueError(f"make_evaluator: bn must be 'own' or 'recompute', got {bn!r}")
+    bn = resolve_policy(model, bn, "make_evaluator")
     space = evaluator_kwargs.pop("space", None)
     if space is None:
-        space = ParamSpace(model, buffers=(bn == "own" and _has_batchnorm(model)))
+        space = ParamSpace(model, buffers=bn == "own")
     return Evaluator(
         model, data, loss_fn=loss_fn, device=device, space=space, bn=bn, bn_data=bn_data,
         **evaluator_kwargs,
@@ -175,7 +172,7 @@ def barrier_curve(
     data=None,
     definition: Definition = "entezari",
     steps: int = 25,
-    bn: Literal["own", "recompute"] = "own",
+    bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
@@ -235,7 +232,7 @@ def barrier(
     definition: Definition = "entezari",
     steps: int = 25,
     metric: Metric = "loss",
-    bn: Literal["own", "recompute"] = "own",
+    bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
@@ -269,7 +266,7 @@ def barrier_matrix(
     steps: int = 25,
     metric: Metric = "loss",
     names: Sequence[str] | None = None,
-    bn: Literal["own", "recompute"] = "own",
+    bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,

@@ -34,7 +34,7 @@ from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import ExplicitSource
 from ..space import ParamSpace
-from .barriers import _add_error, _has_batchnorm, barrier_from_values
+from .barriers import _add_error, barrier_from_values
 
 __all__ = ["CURVES", "CurveResult", "curve_points", "evaluate_curve", "train_curve"]
 
@@ -154,7 +154,7 @@ def evaluate_curve(
     data,
     kind: CurveKind = "bezier",
     points: int = 61,
-    bn: Literal["auto", "own", "recompute"] = "auto",
+    bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     space: ParamSpace | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -164,15 +164,13 @@ def evaluate_curve(
     """Loss, accuracy and error at ``points`` evenly spaced ``t`` on a curve.
 
     ``model`` gives the architecture (and any tensor not laid out by ``space``,
-    default ``ParamSpace(model)``: parameters only). ``bn="auto"`` recomputes
-    BatchNorm statistics at every point on ``bn_data`` (default ``data``) when the
-    model has BatchNorm. Returns a Dataset over ``t`` with ``attrs["barrier"]``
+    default ``ParamSpace(model)``: parameters only). The BatchNorm policy ``bn``
+    defaults to recomputing the statistics at every point on ``bn_data`` (default
+    ``data``), the rule the curve is trained with. Returns a Dataset over ``t`` with ``attrs["barrier"]``
     (entezari definition, nats).
     """
     _check_kind("evaluate_curve", kind)
-    if bn == "auto":
-        bn = "recompute" if _has_batchnorm(model) else "own"
-    space = space or ParamSpace(model)
+    space = space or ParamSpace(model, buffers=bn == "own")
     ev = Evaluator(model, data, loss_fn=loss_fn, device=device, space=space, bn=bn,
                    bn_data=bn_data, **evaluator_kwargs)
     t = np.linspace(0.0, 1.0, int(points))
@@ -294,8 +292,7 @@ def train_curve(
     seconds = time.perf_counter() - t0
     bends = bends.detach()
     eval_data = data if eval_data is None else eval_data
-    bn = "recompute" if _has_batchnorm(model_a) else "own"
-    ev = Evaluator(model_a, eval_data, loss_fn=loss_fn, device=device, space=space, bn=bn,
+    ev = Evaluator(model_a, eval_data, loss_fn=loss_fn, device=device, space=space,
                    bn_data=bn_data if bn_data is not None else data)
     t_grid = np.linspace(0.0, 1.0, int(points))
     tt = torch.as_tensor(t_grid, dtype=w_a.dtype, device=device)

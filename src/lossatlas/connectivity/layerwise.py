@@ -75,7 +75,7 @@ def layerwise_barriers(
     definition: Definition = "entezari",
     steps: int = 11,
     metric: Literal["loss", "error"] = "loss",
-    bn: Literal["own", "recompute"] = "own",
+    bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,

@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, replace_all_batch_norm_modules_
+from torch.func import grad_and_value, replace_all_batch_norm_modules_
 
 from ..batches import TensorData, as_tensor_data
-from ..evaluate import _cross_entropy
+from ..batchnorm import resolve_policy
+from ..evaluate import _cross_entropy, batchable_layers, call_model, model_output
 from ..space import ParamSpace
 
 __all__ = ["LossFn", "Objective", "model_device", "resolve_points"]
@@ -45,7 +46,17 @@ class Objective:
     train : bool
         Evaluate the model in train mode (BatchNorm uses batch statistics, which
         then depend on ``batch_size``; running statistics are never updated).
-        Default: eval mode (BatchNorm running statistics).
+        Default: eval mode, with BatchNorm statistics chosen by ``bn``.
+    bn : {"recompute", "own"}, optional
+        The BatchNorm policy in eval mode (:mod:`lossatlas.batchnorm`).
+        ``"recompute"`` (default for a model with BatchNorm): the statistics are
+        re-estimated at the point from ``data`` (train-mode BatchNorm over all
+        samples, as the Evaluator does) and then held fixed, so the loss equals the
+        Evaluator's and its derivatives are those of the eval-mode network with
+        those statistics (PyHessian's convention, with statistics that belong to the
+        point). ``"own"``: the model's stored statistics.
+    output : str, int or callable, optional
+        Which part of a non-tensor model output the loss uses (see Evaluator).
     batch_size : int, optional
         Samples per forward pass; the loss is the mean over all ``N`` samples
         (sum of batch mean x batch size / N). Default: all at once.
@@ -64,6 +75,8 @@ class Objective:
         train: bool = False,
         batch_size: int | None = None,
         device: str | torch.device | None = None,
+        bn: str | None = None,
+        output=None,
         where: str = "curvature",
     ):
         if not isinstance(model, nn.Module):
@@ -78,6 +91,8 @@ class Objective:
         self.mode = "train" if train else "eval"
         self.loss_fn = loss_fn or _cross_entropy
         self.batch_size = None if batch_size is None else int(batch_size)
+        self.output = output
+        self.bn = "batch" if train else resolve_policy(model, bn, where)
 
         net = copy.deepcopy(model).to(self.device)
         if train:
@@ -102,6 +117,12 @@ class Objective:
                     f"(ParamSpace(model) layout), got {tuple(w.shape)}"
                 )
         self.point = w.detach().to(self.device, self.dtype).clone()
+        if self.bn == "recompute":
+            from ..evaluate import Evaluator
+
+            stats = Evaluator(net, data, loss_fn=self.loss_fn, device=self.device, bn="recompute",
+                              output=output, batch_size=batch_size).statistics(self.point)
+            self.fixed.update({k: v[0].to(self.device) for k, v in stats.items()})
 
         if group is None:
             self.group = None
@@ -119,7 +140,8 @@ class Objective:
             self.dim = int(self.index.numel())
 
         td = as_tensor_data(data, f"{where} data")
-        x = td.x.to(self.dtype) if td.x.is_floating_point() else td.x
+        x = td.x.to(self.dtype) if isinstance(td.x, Tensor) and td.x.is_floating_point() \
+            else td.x
         self.data = TensorData(x, td.y).to(self.device)
         self.num_samples = len(self.data)
         self._check()
@@ -151,8 +173,9 @@ class Objective:
     # ----------------------------------------------------------------- losses
     def batch_loss(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Mean loss of one batch at the full point ``w`` [D] (pure, differentiable)."""
-        out = functional_call(self.net, {**self.space.unflatten(w), **self.fixed}, (x,))
-        return self.loss_fn(out, y)
+        with batchable_layers():
+            out = call_model(self.net, {**self.space.unflatten(w), **self.fixed}, x)
+        return self.loss_fn(model_output(out, self.output, self.where), y)
 
     def group_loss(self, wg: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Mean loss of one batch as a function of the group's entries ``wg`` [Dg]."""
@@ -162,14 +185,16 @@ class Objective:
         return self.data.batches(self.batch_size)
 
     def _check(self) -> None:
-        x, y = self.data.x[:2], self.data.y[:2]
+        head = self.data.subset(2)
+        x, y = head.x, head.y
         try:
             with torch.no_grad():
                 loss = self.batch_loss(self.point, x, y)
         except Exception as err:  # noqa: BLE001 - re-raised with context
+            shape = f"{tuple(x.shape)} ({x.dtype})" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"{self.where}: the model and loss fail on inputs of shape {tuple(x.shape)} "
-                f"({x.dtype}) with targets of shape {tuple(y.shape)} ({y.dtype}): {err}"
+                f"{self.where}: the model and loss fail on inputs of shape {shape} "
+                f"with targets of shape {tuple(y.shape)} ({y.dtype}): {err}"
             ) from err
         if loss.ndim != 0:
             raise ValueError(
@@ -184,7 +209,7 @@ class Objective:
         w = self.full(wg)
         total = torch.zeros((), device=self.device, dtype=self.dtype)
         for x, y in self.batches():
-            total = total + self.batch_loss(w, x, y) * x.shape[0]
+            total = total + self.batch_loss(w, x, y) * y.shape[0]
         return total / self.num_samples
 
     def value_and_grad(self, wg: Tensor) -> tuple[Tensor, Tensor]:
@@ -194,8 +219,8 @@ class Objective:
         v_sum = torch.zeros((), device=self.device, dtype=self.dtype)
         for x, y in self.batches():
             g, v = fn(wg, x, y)
-            g_sum = g_sum + g * x.shape[0]
-            v_sum = v_sum + v.detach() * x.shape[0]
+            g_sum = g_sum + g * y.shape[0]
+            v_sum = v_sum + v.detach() * y.shape[0]
         return v_sum / self.num_samples, g_sum / self.num_samples
 
 

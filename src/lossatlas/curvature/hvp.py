@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -9,9 +10,19 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
+from ..evaluate import batchable_layers
 from ._objective import LossFn, Objective
 
 __all__ = ["HVP", "LinearOperator", "MatrixOperator"]
+
+log = logging.getLogger(__name__)
+
+
+def _no_forward_ad(err: BaseException) -> bool:
+    """True for PyTorch's errors of an operation without forward-mode AD."""
+    text = str(err).lower()
+    return isinstance(err, (NotImplementedError, RuntimeError)) and (
+        "forward ad" in text or "forward-mode" in text or "jvp" in text)
 
 
 class LinearOperator(Protocol):
@@ -53,9 +64,10 @@ class HVP(Objective):
 
     Parameters
     ----------
-    model, data, loss_fn, params, group, train, batch_size, device
+    model, data, loss_fn, params, group, train, batch_size, device, bn, output
         See :class:`~lossatlas.curvature._objective.Objective`: the loss, the
-        point, the parameter group (name prefixes), eval (default) or train mode.
+        point, the parameter group (name prefixes), eval (default) or train mode,
+        the BatchNorm policy in eval mode, the model output the loss uses.
     chunk_size : int, optional
         Probe vectors pushed through ``vmap`` together (memory grows linearly with
         it; activations of ``batch_size`` samples per vector). Default: all.
@@ -86,6 +98,8 @@ class HVP(Objective):
         batch_size: int | None = None,
         device: str | torch.device | None = None,
         chunk_size: int | None = None,
+        bn: str | None = None,
+        output=None,
     ):
         super().__init__(
             model,
@@ -96,19 +110,36 @@ class HVP(Objective):
             train=train,
             batch_size=batch_size,
             device=device,
+            bn=bn,
+            output=output,
             where="HVP",
         )
         self.chunk_size = chunk_size
         self.num_hvp = 0
+        self.ad_mode = "forward-over-reverse"
 
     def _batch_hvp(self, V: Tensor, x: Tensor, y: Tensor) -> Tensor:
         w = self.origin
         g = grad(self.group_loss)
 
-        def one(v: Tensor) -> Tensor:
+        def forward(v: Tensor) -> Tensor:
             return jvp(lambda p: g(p, x, y), (w,), (v,))[1]
 
-        return vmap(one, chunk_size=self.chunk_size, randomness="same")(V)
+        def reverse(v: Tensor) -> Tensor:
+            return grad(lambda p: torch.dot(g(p, x, y), v))(w)
+
+        if self.ad_mode == "forward-over-reverse":
+            try:
+                with batchable_layers(math_attention=True):
+                    return vmap(forward, chunk_size=self.chunk_size, randomness="same")(V)
+            except Exception as err:
+                if not _no_forward_ad(err):
+                    raise
+                # once per operator: an operation of the model has no forward-mode AD
+                log.warning("HVP: %s; using reverse-over-reverse products (slower)",
+                            str(err).splitlines()[0])
+                self.ad_mode = "reverse-over-reverse"
+        return vmap(reverse, chunk_size=self.chunk_size, randomness="same")(V)
 
     def __call__(self, V: Tensor) -> Tensor:
         """``H V`` for ``V`` of shape [m, dim] or [dim] (or [m, D] / [D] in the full
@@ -128,7 +159,7 @@ class HVP(Objective):
         Vg = Vg.to(self.device, self.dtype)
         out = torch.zeros_like(Vg)
         for x, y in self.batches():
-            out = out + self._batch_hvp(Vg, x, y).detach() * x.shape[0]
+            out = out + self._batch_hvp(Vg, x, y).detach() * y.shape[0]
         out = out / self.num_samples
         self.num_hvp += Vg.shape[0]
         if full:

@@ -102,6 +102,7 @@ def llc(
     params: Tensor | None = None,
     group: str | Sequence[str] | None = None,
     train: bool = False,
+    bn: str | None = None,
     init_loss: float | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
@@ -142,6 +143,9 @@ def llc(
         Sample only these tensors (name prefixes); others stay at ``w*``.
     train : bool
         Model in train mode (BatchNorm batch statistics); default eval mode.
+    bn : {"recompute", "own"}, optional
+        The BatchNorm policy in eval mode (statistics recomputed at ``w*`` by
+        default, or the model's own); see :class:`~lossatlas.curvature.HVP`.
     init_loss : float, optional
         ``L(w*)``; default the mean loss over all of ``data`` (devinterp averages
         ``num_chains`` mini-batches instead).
@@ -165,6 +169,7 @@ def llc(
         params=params,
         group=group,
         train=train,
+        bn=bn,
         batch_size=None,
         device=device,
         where="llc",

@@ -31,7 +31,8 @@ __all__ = [
 TraceMethod = Literal["hutch++", "hutchinson", "exact"]
 
 
-def _hvp(model, data, loss_fn, params, group, train, batch_size, device, chunk_size) -> HVP:
+def _hvp(model, data, loss_fn, params, group, train, batch_size, device, chunk_size,
+         bn=None) -> HVP:
     return HVP(
         model,
         data,
@@ -42,6 +43,7 @@ def _hvp(model, data, loss_fn, params, group, train, batch_size, device, chunk_s
         batch_size=batch_size,
         device=device,
         chunk_size=chunk_size,
+        bn=bn,
     )
 
 
@@ -54,6 +56,7 @@ def hessian_eigen(
     params: Tensor | None = None,
     group: str | Sequence[str] | None = None,
     train: bool = False,
+    bn: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     method: Literal["lanczos", "power"] = "lanczos",
@@ -70,7 +73,7 @@ def hessian_eigen(
     ``ParamSpace(model)`` layout (zero outside ``group``), on the CPU, ready to be
     used as slice directions. See :class:`HVP` for the other parameters.
     """
-    H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None)
+    H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
     if method == "lanczos":
         res = lanczos(H, k, num_iter=num_iter, tol=1e-6 if tol is None else tol, seed=seed)
     elif method == "power":
@@ -103,13 +106,14 @@ def hessian_trace_estimate(
     params: Tensor | None = None,
     group: str | Sequence[str] | None = None,
     train: bool = False,
+    bn: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
 ) -> TraceEstimate:
     """Hessian trace with its standard error: Hutch++ (default), Hutchinson or exact
     (``D`` Hessian-vector products; small models only)."""
-    H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None)
+    H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
     if method == "hutch++":
         return hutch_plusplus(H, num_probes, probe_batch=probe_batch, seed=seed)
     if method == "hutchinson":
@@ -140,13 +144,14 @@ def hessian_density(
     params: Tensor | None = None,
     group: str | Sequence[str] | None = None,
     train: bool = False,
+    bn: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
 ) -> SpectralDensity:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (see
     :func:`spectral_density`); ``density.grid`` and ``density.density``."""
-    H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None)
+    H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
     return spectral_density(H, num_iter, num_runs, sigma=sigma, num_points=num_points, seed=seed)
 
 

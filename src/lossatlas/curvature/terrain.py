@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from ..batchnorm import resolve_policy
 from ._objective import LossFn, resolve_points
 from .hvp import HVP
 from .lanczos import lanczos
@@ -38,6 +39,7 @@ def terrain(
     llc_kwargs: dict[str, Any] | None = None,
     loss_fn: LossFn | None = None,
     train: bool = False,
+    bn: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     labels: Sequence[Any] | None = None,
@@ -60,6 +62,8 @@ def terrain(
         Radius of epsilon- and adaptive sharpness.
     llc_kwargs : dict, optional
         Passed to :func:`llc` (epsilon, nbeta, gamma, num_chains, ...).
+    train, bn : the mode and the BatchNorm policy in eval mode (see
+        :class:`~lossatlas.curvature.HVP`; default: statistics recomputed at each model).
     labels : sequence, optional
         Coordinate values of dimension ``model`` (default 0..P-1).
 
@@ -76,7 +80,11 @@ def terrain(
         raise ValueError(f"terrain: unknown measures {sorted(unknown)}; choose from {MEASURES}")
     points = resolve_points(models_or_points, model, "terrain")
     P = points.shape[0]
-    common = dict(loss_fn=loss_fn, train=train, batch_size=batch_size, device=device)
+    # each model is its own template when given as modules: under bn="own" the
+    # statistics (and any other buffers) are the model's, not the first model's
+    templates = (list(models_or_points) if isinstance(models_or_points, (list, tuple))
+                 and all(isinstance(m, nn.Module) for m in models_or_points) else [model] * P)
+    common = dict(loss_fn=loss_fn, train=train, batch_size=batch_size, device=device, bn=bn)
     out: dict[str, Any] = {"loss": np.full(P, np.nan)}
     if "eigenvalues" in measures:
         out["eigenvalues"] = np.full((P, k), np.nan)
@@ -87,7 +95,7 @@ def terrain(
         for name in ("llc_mean", "llc_std", "llc_diverged"):
             out[name] = np.full(P, np.nan)
     for i, p in enumerate(points):
-        H = HVP(model, data, params=p, **common)
+        H = HVP(templates[i], data, params=p, **common)
         out["loss"][i] = float(H.value())
         if "eigenvalues" in measures:
             out["eigenvalues"][i] = lanczos(H, k, seed=seed).eigenvalues.double().cpu().numpy()
@@ -95,15 +103,18 @@ def terrain(
             est = hutch_plusplus(H, num_probes, seed=seed)
             out["trace"][i], out["trace_std"][i] = est.trace, est.std
         if "llc" in measures:
-            res = _llc(model, data, params=p, seed=seed, **common_llc(common), **(llc_kwargs or {}))
+            res = _llc(templates[i], data, params=p, seed=seed, **common_llc(common), **(llc_kwargs or {}))
             out["llc_mean"][i], out["llc_std"][i] = res["llc_mean"], res["llc_std"]
             out["llc_diverged"][i] = float(res["diverged"])
         log.info("terrain: model %d of %d done", i + 1, P)
     if "sharpness" in measures:
+        # all points at once on one template; one at a time on their own templates
+        groups = ([(slice(0, P), model)] if all(t is model for t in templates)
+                  else [(slice(i, i + 1), templates[i]) for i in range(P)])
         for kind in ("epsilon", "adaptive"):
-            out[f"{kind}_sharpness"] = sharpness(
-                points, model, data, rho, kind=kind, num_steps=sharpness_steps, seed=seed, **common
-            ).numpy()
+            out[f"{kind}_sharpness"] = np.concatenate([sharpness(
+                points[sl], tpl, data, rho, kind=kind, num_steps=sharpness_steps, seed=seed,
+                **common).numpy() for sl, tpl in groups])
     coords = {"model": list(labels) if labels is not None else np.arange(P)}
     data_vars = {}
     for name, values in out.items():
@@ -119,6 +130,7 @@ def terrain(
         coords=coords,
         attrs={
             "mode": "train" if train else "eval",
+            "bn": "batch" if train else resolve_policy(model, bn, "terrain"),
             "eigenvalue_units": "loss per squared parameter",
             "sharpness_units": "loss",
             "rho": rho,

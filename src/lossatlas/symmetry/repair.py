@@ -58,30 +58,28 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def reset_bn(
-    model: nn.Module, data, batch_size: int = 256, inplace: bool = False
+    model: nn.Module, data, batch_size: int | None = None, inplace: bool = False
 ) -> nn.Module:
     """Re-estimate every BatchNorm layer's running mean/variance on ``data``.
 
-    The statistics are the cumulative average over all batches (``momentum=None``)
-    of a train-mode pass without gradients. Returns the model (a copy unless
-    ``inplace``), in eval mode.
+    The statistics are those of train-mode BatchNorm over all samples of ``data`` at
+    once (per-channel mean and biased variance of each layer's input, exact whatever
+    ``batch_size``), the same rule as ``Evaluator(bn="recompute")``, which computes
+    them. Returns the model (a copy unless ``inplace``), in eval mode.
     """
-    model = model if inplace else copy.deepcopy(model)
-    bns = [m for m in model.modules() if isinstance(m, _NORM)]
-    if not bns:
+    from ..evaluate import Evaluator
+    from ..space import ParamSpace
+
+    if not any(isinstance(m, _NORM) for m in model.modules()):
         raise ValueError(f"reset_bn: {type(model).__name__} has no BatchNorm layer")
-    td = as_tensor_data(data, "reset_bn data")
+    model = model if inplace else copy.deepcopy(model)
     dev = _device_of(model)
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
+    ev = Evaluator(model, data, bn="recompute", device=dev, batch_size=batch_size)
+    stats = ev.statistics(ParamSpace(model).flatten(model))
+    buffers = dict(model.named_buffers())
     with torch.no_grad():
-        for x, _ in td.batches(batch_size):
-            model(x.to(dev))
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
+        for name, value in stats.items():
+            buffers[name].copy_(value[0].to(buffers[name]))
     return model.eval()
 
 
