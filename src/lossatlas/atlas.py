@@ -82,6 +82,11 @@ class Atlas:
         on disk (``RUN/embedding/reduction.components.safetensors``) when it would take
         more than a quarter of it. A memory-mapped population (``Population.
         from_checkpoints(..., out=)``) is always read by blocks. Default: no limit.
+    overwrite : bool
+        Empty the run directory of earlier results (:meth:`Run.clear_results`) and start
+        afresh. Without it a run holding another population's results (its fingerprint
+        in ``run.json["population"]``) is refused, and a stored field computed from other
+        data or settings raises :class:`~lossatlas.store.StaleResultError`.
 
     Attributes (after each stage)
     -----------------------------
@@ -93,7 +98,8 @@ class Atlas:
 
     def __init__(self, population, data, run_dir, loss_fn=None, device=None,
                  precision: str = "fp32", batch_size: int | None = None, seed: int = 0,
-                 memory_budget: int | str | None = None, backend: str = "auto", output=None):
+                 memory_budget: int | str | None = None, backend: str = "auto", output=None,
+                 overwrite: bool = False):
         self.population = population
         # under torchrun: rank 0 fits the embedding and writes the run's files, every
         # rank evaluates its share of each field (no-op in a single process)
@@ -101,6 +107,7 @@ class Atlas:
         if device is None and distributed.is_distributed():
             device = distributed.device()
         self.run = Run(run_dir)
+        self._claim(population, overwrite)
         self.seed = seed
         self.memory_budget = None if memory_budget is None else parse_bytes(
             memory_budget, "Atlas: memory_budget")
@@ -125,6 +132,27 @@ class Atlas:
         self._true: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------ helpers
+    def _claim(self, population, overwrite: bool) -> None:
+        """One run, one population: refuse a run holding another population's results
+        (StaleResultError), or with ``overwrite`` empty it and start afresh; rank 0
+        decides under torchrun."""
+        from .fingerprint import population_fingerprint
+        from .store import StaleResultError
+
+        error = None
+        if distributed.is_main():
+            try:
+                if overwrite:
+                    self.run.clear_results()
+                self.run.claim_population(population_fingerprint(population), {
+                    "models": len(population), "dim": int(population.space.dim),
+                    "bn": getattr(population, "bn", None)})
+            except StaleResultError as err:
+                error = str(err)
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise StaleResultError(error)
+
     @property
     def path(self) -> Path:
         return self.run.path

@@ -51,6 +51,10 @@ def _handle(fn):
             line = str(msg).splitlines()[0] if str(msg).strip() else type(e).__name__
             sys.stderr.write(f"error: {line}\n")
             raise typer.Exit(1) from None
+        finally:
+            from .store import release_locks
+
+            release_locks()  # the run directories this command wrote into
 
     return wrapper
 
@@ -476,14 +480,15 @@ def surface_pca(
 def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, budget: int,
                 tol: float, threshold: str, device, precision, progress: bool,
                 embed_kwargs: dict | None = None, memory_budget: int | None = None,
-                output=None, loss_fn=None):
+                output=None, loss_fn=None, overwrite: bool = False):
     """Embed, field, topology, faithfulness and figures; returns (atlas, summary)."""
     from . import distributed
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
 
     atlas = Atlas(pop, xy, out_dir, device=device, precision=precision,
-                  memory_budget=memory_budget, output=output, loss_fn=loss_fn)
+                  memory_budget=memory_budget, output=output, loss_fn=loss_fn,
+                  overwrite=overwrite)
     atlas.embed(method, dim=dim, **(embed_kwargs or {}))
     atlas.field(resolution=resolution, budget=budget, tol=tol, progress=progress)
     try:
@@ -536,6 +541,9 @@ def atlas(
         None, help="Host memory the stages may use, e.g. 4GB: the checkpoints are streamed "
         "into RUN/population.safetensors and read by blocks (populations larger than memory)."),
     out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory."),
+    overwrite: bool = typer.Option(
+        False, help="Empty the run directory of earlier results and start afresh (needed "
+        "when it holds another population's, or fields computed on other data)."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """The global atlas: embedding, refined loss field, merge tree and basins."""
@@ -558,7 +566,8 @@ def atlas(
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
                              device, precision, progress=not as_json, memory_budget=mem,
-                             output=opts["output"], loss_fn=opts["loss_fn"])
+                             output=opts["output"], loss_fn=opts["loss_fn"],
+                             overwrite=overwrite)
     if summary is not None:  # rank 0 under torchrun
         _finish(summary, as_json, "atlas")
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .evaluate import Evaluator
+from .fingerprint import evaluator_fingerprint
 from .points import MAX_GRID_POINTS, PointSource
 from .store import FieldWriter, Run
 
@@ -88,11 +89,16 @@ def compute_field(
     else:
         if not name:
             raise ValueError("compute_field: a run was given without a field name")
+        # reused or resumed only when computed from the same points, data and settings
+        ev_fp = evaluator_fingerprint(evaluator)
         if run.has_field(name) and not overwrite:
+            run.check_field(name, source, ev_fp)  # StaleResultError naming what changed
             log.info("field %s already complete in %s; reusing it", name, run.path)
-            return run.open_field(name)
+            ds = run.open_field(name)
+            ds.attrs["nonfinite"] = int((~np.isfinite(ds["loss"].values)).sum())
+            return ds
         writer, pending = _open_writer(run, name, source, variables, chunk_points, attrs,
-                                       overwrite)
+                                       overwrite, ev_fp)
         skipped = writer.num_chunks - len(pending)
         mine = distributed.shard(pending)
         resumed = source.size - sum(_chunk_points(writer, k) for k in pending)
@@ -142,7 +148,7 @@ def _check_device(evaluator: Evaluator) -> None:
 
 def _open_writer(
     run: Run, name: str, source: PointSource, variables: list[str], chunk_points: int,
-    attrs: dict, overwrite: bool,
+    attrs: dict, overwrite: bool, ev_fp: dict | None = None,
 ) -> tuple[FieldWriter, list[int]]:
     """The field's writer and its pending chunks, the same on every rank.
 
@@ -150,14 +156,16 @@ def _open_writer(
     chunks; the others open the template once it exists.
     """
     if not distributed.is_distributed():
-        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite)
+        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite,
+                                 ev_fp)
         return writer, writer.pending()
     error: str | None = None
     pending: list[int] = []
     failure: BaseException | None = None
     if distributed.is_main():
         try:
-            writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite)
+            writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite,
+                                     ev_fp)
             pending = writer.pending()
         except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
             failure, error = err, str(err)
@@ -167,7 +175,8 @@ def _open_writer(
     if error is not None:
         raise ValueError(f"compute_field: rank 0 could not open field {name!r}: {error}")
     if not distributed.is_main():
-        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite=False)
+        writer = run.begin_field(name, source, variables, chunk_points, attrs, overwrite=False,
+                                 evaluator_fp=ev_fp)
     return writer, pending
 
 

@@ -355,7 +355,7 @@ class Population:
             time) and return a memory-mapped population: for populations larger than
             memory. The file is written atomically; reopen it with
             ``from_safetensors(out, mmap=True)``. An existing ``out`` written from the
-            same checkpoint files (paths, sizes, modification times) is reused.
+            same checkpoint files (paths and contents, by hash) is reused.
 
         Labels come from :func:`lossatlas.checkpoints.read_labels` (sidecar JSON,
         directory ``labels.json``, file name). A checkpoint that does not fit the
@@ -380,8 +380,11 @@ class Population:
         all_labels = [read_labels(p) for p in paths]
         writer = None
         if out is not None:
-            sources = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns]
-                                  for p in paths])
+            # by content (blake2b of each file, read once): a checkpoint rewritten in place
+            # with its size and modification time kept is still noticed
+            from .fingerprint import file_digest
+
+            sources = json.dumps([[str(p), file_digest(p)] for p in paths])
             meta = {**_file_metadata(all_labels, [str(p) for p in paths], space, spec,
                                      factory_kwargs, bn), "sources": sources,
                     "nonfinite": nonfinite}

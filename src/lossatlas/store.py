@@ -32,9 +32,69 @@ from . import distributed
 from .points import PointSource
 
 __all__ = [
-    "Run", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "package_versions",
-    "field_chunks",
+    "Run", "RunInUseError", "StaleResultError", "atomic_write_bytes", "atomic_write_text",
+    "atomic_write_json", "package_versions", "field_chunks", "release_locks",
 ]
+
+
+class StaleResultError(ValueError):
+    """A stored result was computed from other inputs or settings than those asked for."""
+
+
+class RunInUseError(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+# run directories this process holds the lock of: resolved path -> open file descriptor
+# (a flock belongs to the open file, so a second open in this process would conflict;
+# the lock dies with the process, a SIGKILLed one included)
+_LOCKS: dict[str, int] = {}
+LOCK_FILE = ".lock"
+
+
+def _acquire_lock(path: Path) -> None:
+    """Hold ``path/.lock`` (``fcntl.flock``, non-blocking) for this process; raise
+    :class:`RunInUseError` naming the holder when another process has it."""
+    key = str(path.resolve())
+    if key in _LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunInUseError(
+            f"run directory {path} is in use by another lossatlas process (pid {holder}); wait "
+            "for it to finish or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _LOCKS[key] = fd
+
+
+def release_locks() -> None:
+    """Let go of every run directory lock this process holds (the CLI does at the end of
+    each command; otherwise they last until the process ends)."""
+    import fcntl
+
+    while _LOCKS:
+        _, fd = _LOCKS.popitem()
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _point_phrases(stored: dict, fingerprint: str, shape: tuple[int, ...]) -> list[str]:
+    if stored.get("fingerprint") == fingerprint:
+        return []
+    old = stored.get("shape")
+    if old is not None and list(old) != list(shape):
+        return [f"a different grid ({'x'.join(map(str, old))}, now {'x'.join(map(str, shape))})"]
+    return ["different points (checkpoints, directions, span or grid)"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -130,12 +190,14 @@ class Run:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         meta = self.read()
+        before = json.dumps(meta, sort_keys=True)
         if not meta:
             meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions()}
         if config:
             meta.setdefault("config", {}).update(config)
         meta.setdefault("stages", {})
-        self._write(meta)
+        if json.dumps(meta, sort_keys=True, default=str) != before:
+            self._write(meta)  # a Run opened only to read its results takes no lock
 
     # ----------------------------------------------------------- run.json
     @property
@@ -151,10 +213,68 @@ class Run:
         except json.JSONDecodeError as err:
             raise ValueError(f"run directory {self.path}: run.json is not valid JSON ({err})") from err
 
+    def lock(self) -> None:
+        """Hold the run directory's lock (``RUN/.lock``) for this process; every write
+        takes it. Under torchrun only rank 0 locks (the other ranks write their field
+        chunks into the run rank 0 holds)."""
+        if distributed.is_main():
+            _acquire_lock(self.path)
+
     def _write(self, meta: dict) -> None:
         # under torchrun only rank 0 writes: concurrent read-modify-writes would lose updates
         if distributed.is_main():
+            self.lock()
             atomic_write_json(self.json_path, meta)
+
+    # ------------------------------------------------------ one population
+    def claim_population(self, fingerprint: str, info: dict | None = None,
+                         overwrite: bool = False) -> None:
+        """Record that this run holds results of the population ``fingerprint``
+        (``run.json["population"]``); a run of another population raises
+        :class:`StaleResultError`, or with ``overwrite`` is emptied of its results and
+        started afresh (:meth:`clear_results`)."""
+        info = dict(info or {})
+        meta = self.read()
+        stored = meta.get("population")
+        if isinstance(stored, dict) and stored.get("fingerprint") != fingerprint:
+            if not overwrite:
+                def text(d: dict) -> str:
+                    return ", ".join(f"{k} {d[k]}" for k in ("models", "dim", "bn", "source")
+                                     if d.get(k) is not None)
+                raise StaleResultError(
+                    f"run directory {self.path} holds results of another population "
+                    f"({text(stored)}; now {text(info)}); pass --overwrite to start it afresh "
+                    "or choose another --out")
+            self.clear_results()
+            meta = self.read()
+        if not isinstance(stored, dict) or stored.get("fingerprint") != fingerprint:
+            meta["population"] = {"fingerprint": fingerprint, **info}
+            meta.setdefault("stages", {})
+            self._write(meta)
+
+    #: what :meth:`clear_results` removes: results written by lossatlas's verbs
+    RESULT_DIRS = ("fields", "embedding", "overlays")
+    RESULT_SUFFIXES = (".json", ".png", ".html", ".safetensors")
+
+    def clear_results(self) -> None:
+        """Remove the results stored in the run (``fields/``, ``embedding/``,
+        ``overlays/`` and the top-level JSON, PNG, HTML and safetensors files but the
+        population file) and start ``run.json`` afresh; sub-folders such as ``train/``
+        and ``slices/`` are kept."""
+        if not distributed.is_main():
+            return
+        self.lock()
+        for d in self.RESULT_DIRS:
+            shutil.rmtree(self.path / d, ignore_errors=True)
+        for p in self.path.iterdir():
+            # population.safetensors is a cache checked by content (and may be the file
+            # the population being claimed is mapped from)
+            if (p.is_file() and p.suffix in self.RESULT_SUFFIXES
+                    and p.name not in (LOCK_FILE, "population.safetensors")):
+                p.unlink(missing_ok=True)
+        atomic_write_json(self.json_path, {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
+            "stages": {}})
 
     def update(self, key: str, value: Any) -> None:
         """Set ``run.json[key] = value`` atomically."""
@@ -177,6 +297,22 @@ class Run:
     def has_field(self, name: str) -> bool:
         return (self.field_path(name).with_suffix(".progress") / "complete").exists()
 
+    def field_fingerprint(self, name: str) -> dict:
+        """What the stored field ``name`` was computed from (``{}`` if not recorded):
+        ``fingerprint`` of its points, ``shape``, ``evaluator`` (see
+        :func:`lossatlas.fingerprint.evaluator_fingerprint`)."""
+        meta = self.field_path(name).with_suffix(".progress") / "meta.json"
+        try:
+            return json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def check_field(self, name: str, source: PointSource, evaluator_fp: dict | None) -> None:
+        """Raise :class:`StaleResultError` naming what changed when the stored field
+        ``name`` was computed from other points or another evaluator (data, samples,
+        BatchNorm policy, loss, model, precision) than ``source`` and ``evaluator_fp``."""
+        _check_meta(self.field_fingerprint(name), name, self.path, source, evaluator_fp)
+
     def open_field(self, name: str) -> xr.Dataset:
         """The stored field ``name`` as a labelled ``xarray.Dataset`` (loaded in memory)."""
         path = self.field_path(name)
@@ -195,6 +331,7 @@ class Run:
         path = self.field_path(name)
         if not distributed.is_main():
             return path
+        self.lock()
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds.to_zarr(tmp, mode="w", consolidated=False)
@@ -213,9 +350,26 @@ class Run:
         chunk_points: int,
         attrs: dict | None = None,
         overwrite: bool = False,
+        evaluator_fp: dict | None = None,
     ) -> FieldWriter:
-        """Create (or reopen, to resume) the zarr store of a field; returns its writer."""
-        return FieldWriter(self, name, source, variables, chunk_points, attrs or {}, overwrite)
+        """Create (or reopen, to resume) the zarr store of a field; returns its writer.
+        ``evaluator_fp`` is stored with it and must match to resume."""
+        self.lock()
+        return FieldWriter(self, name, source, variables, chunk_points, attrs or {}, overwrite,
+                           evaluator_fp)
+
+
+def _check_meta(meta: dict, name: str, where: Path, source: PointSource,
+                evaluator_fp: dict | None) -> None:
+    from .fingerprint import differences
+
+    phrases = _point_phrases(meta, source.fingerprint(), source.shape)
+    if evaluator_fp is not None:
+        phrases += differences(meta.get("evaluator"), evaluator_fp)
+    if phrases:
+        raise StaleResultError(
+            f"field {name!r} in {where} was computed with {'; '.join(phrases)}; pass "
+            "--overwrite (Python: overwrite=True) to recompute it, or choose another --out")
 
 
 class FieldWriter:
@@ -230,8 +384,10 @@ class FieldWriter:
         chunk_points: int,
         attrs: dict,
         overwrite: bool,
+        evaluator_fp: dict | None = None,
     ):
         self.path = run.field_path(name)
+        self.evaluator_fp = evaluator_fp
         self.progress = self.path.with_suffix(".progress")
         self.source = source
         self.variables = variables
@@ -244,7 +400,8 @@ class FieldWriter:
             shutil.rmtree(self.progress, ignore_errors=True)
         if meta_file.exists():
             meta = json.loads(meta_file.read_text())
-            if meta.get("fingerprint") != fp or meta.get("rows") != self.rows:
+            _check_meta(meta, name, run.path, source, evaluator_fp)
+            if meta.get("rows") != self.rows:
                 raise ValueError(
                     f"field {name!r} in {run.path} was started with different points or settings; "
                     f"pass overwrite=True (CLI: --overwrite) or choose another name"
@@ -272,7 +429,9 @@ class FieldWriter:
         os.replace(tmp, self.path)
         self.progress.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
-            self.progress / "meta.json", {"fingerprint": fingerprint, "rows": self.rows}
+            self.progress / "meta.json",
+            {"fingerprint": fingerprint, "rows": self.rows, "shape": list(src.shape),
+             "evaluator": self.evaluator_fp},
         )
 
     @property

@@ -1,0 +1,191 @@
+"""Stored results are reused only when computed from the same inputs; one run, one population."""
+
+import json
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lossatlas.checkpoints import save_state_dict
+from lossatlas.cli import app
+from lossatlas.models import create
+
+runner = CliRunner()
+MODEL = ["--model", "mlp", "--model-arg", "hidden=[16]", "--data", "blobs",
+         "--data-arg", "num_features=40", "--data-arg", "num_classes=10"]
+
+
+@pytest.fixture()
+def ckpts(tmp_path):
+    d = tmp_path / "ckpts"
+    d.mkdir()
+    paths = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        m = create("mlp", in_features=40, hidden=(16,), num_classes=10)
+        p = d / f"V{seed % 2}_seed{seed}.pt"
+        save_state_dict(m.state_dict(), p)
+        paths.append(p)
+    return paths
+
+
+def _ok(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _fails(result, *needles) -> str:
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error:"), line
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+def _interp(a, b, out, *extra):
+    return runner.invoke(app, ["surface", "interp", str(a), str(b), *MODEL, "--steps", "5",
+                               "--out", str(out), "--json", *extra])
+
+
+def test_interp_of_other_checkpoints_is_not_the_stored_field(ckpts, tmp_path):
+    """surface interp A B, then F G into the same --out, used to return A-B's field."""
+    out = tmp_path / "s"
+    first = _ok(_interp(ckpts[0], ckpts[1], out))
+    _fails(_interp(ckpts[2], ckpts[3], out), "'interp'", "different points", "--overwrite")
+    again = _ok(_interp(ckpts[2], ckpts[3], out, "--overwrite"))
+    fresh = _ok(_interp(ckpts[2], ckpts[3], tmp_path / "fresh"))
+    assert again["min_loss"] == fresh["min_loss"] != first["min_loss"]
+    # the same request is still reused, bitwise
+    assert _ok(_interp(ckpts[2], ckpts[3], out))["min_loss"] == again["min_loss"]
+
+
+def test_random_slice_at_another_resolution_is_not_the_stored_field(ckpts, tmp_path):
+    """surface random --resolution 3, then --resolution 5, used to return the 3x3 field."""
+    def random(res, *extra):
+        return runner.invoke(app, ["surface", "random", str(ckpts[0]), *MODEL, "--resolution",
+                                   str(res), "--out", str(tmp_path), "--json", *extra])
+
+    assert _ok(random(3))["shape"] == "3x3"
+    _fails(random(5), "a different grid (3x3, now 5x5)", "--overwrite")
+    assert _ok(random(5, "--overwrite"))["shape"] == "5x5"
+
+
+@pytest.mark.parametrize("change", [["--samples", "100"], ["--split", "test"]])
+def test_a_slice_on_other_data_is_not_the_stored_field(ckpts, tmp_path, change):
+    _ok(_interp(ckpts[0], ckpts[1], tmp_path, "--samples", "200"))
+    line = _fails(_interp(ckpts[0], ckpts[1], tmp_path, *(change if "--samples" in change
+                                                         else ["--samples", "200", *change])))
+    assert ("sample count (200, now 100)" if "--samples" in change else "the data") in line
+
+
+def test_bn_policy_is_part_of_the_fingerprint(tmp_path):
+    from lossatlas import Evaluator
+    from lossatlas.fields import compute_field
+    from lossatlas.store import Run, StaleResultError
+    from lossatlas.surfaces import interpolation
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8),
+                              torch.nn.Linear(8, 3))
+    xy = (torch.randn(64, 5), torch.randint(0, 3, (64,)))
+    run = Run(tmp_path)
+    own = Evaluator(net, xy, bn="own")
+    compute_field(own, interpolation(net, net, steps=3, space=own.space).source, run, "f")
+    rec = Evaluator(net, xy, bn="recompute")
+    src = interpolation(net, net, steps=3, space=rec.space).source
+    with pytest.raises(StaleResultError, match="BatchNorm policy"):
+        compute_field(rec, src, run, "f")
+
+
+def test_data_fingerprint_covers_input_trees():
+    from lossatlas.batches import TensorData
+    from lossatlas.fingerprint import _data_digest
+
+    x = {"ids": torch.arange(12).reshape(4, 3), "mask": torch.ones(4, 3)}
+    y = torch.zeros(4, dtype=torch.long)
+    base = _data_digest(TensorData(x, y))
+    assert _data_digest(TensorData({k: v.clone() for k, v in x.items()}, y.clone())) == base
+    x2 = {**x, "mask": x["mask"].clone()}
+    x2["mask"][0, 0] = 0
+    assert _data_digest(TensorData(x2, y)) != base
+    assert _data_digest(TensorData(x, y + 1)) != base
+
+
+ATLAS = [*MODEL, "--method", "pca", "--resolution", "6", "--budget", "60", "--json"]
+
+
+def _atlas(pop, out, *extra):
+    return runner.invoke(app, ["atlas", "--population", str(pop), *ATLAS, "--out", str(out),
+                               *extra])
+
+
+@pytest.mark.parametrize("change", [["--samples", "100"], ["--split", "test"]])
+def test_atlas_on_other_data_does_not_reuse_the_old_fields(ckpts, tmp_path, change):
+    """atlas re-run with another --samples or --split used to reuse the loss fields
+    computed on the old data."""
+    base = ["--samples", "200"]
+    first = _ok(_atlas(ckpts[0].parent, tmp_path, *base))
+    now = change if "--samples" in change else [*base, *change]
+    line = _fails(_atlas(ckpts[0].parent, tmp_path, *now), "--overwrite")
+    assert ("sample count (200, now 100)" if "--samples" in change else "the data") in line
+    redone = _ok(_atlas(ckpts[0].parent, tmp_path, *now, "--overwrite"))
+    fresh = _ok(_atlas(ckpts[0].parent, tmp_path / "fresh", *now))
+    assert redone["field_error_decades_median"] == fresh["field_error_decades_median"]
+    assert redone["reconstruction_mse"] == first["reconstruction_mse"]  # same population
+
+
+def test_atlas_of_another_population_is_refused(ckpts, tmp_path):
+    _ok(_atlas(ckpts[0].parent, tmp_path))
+    three = tmp_path / "three"
+    three.mkdir()
+    for p in ckpts[:3]:
+        (three / p.name).write_bytes(p.read_bytes())
+    _fails(_atlas(three, tmp_path), "holds results of another population",
+           "models 4", "now models 3", "--overwrite")
+    (tmp_path / "terrain.json").write_text("{}")  # an earlier population's result
+    _ok(_atlas(three, tmp_path, "--overwrite"))
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["population"]["models"] == 3
+    assert not (tmp_path / "terrain.json").exists()  # the run was started afresh
+
+
+def _rewrite_in_place(path, seed):
+    """Other weights in ``path``, its size and modification time kept."""
+    st = path.stat()
+    torch.manual_seed(seed)
+    m = create("mlp", in_features=40, hidden=(16,), num_classes=10)
+    (path.parent.parent / "tmp").mkdir(exist_ok=True)
+    tmp = path.parent.parent / "tmp" / path.name  # torch.save records the file's name
+    save_state_dict(m.state_dict(), tmp)
+    assert tmp.stat().st_size == st.st_size
+    path.write_bytes(tmp.read_bytes())
+    tmp.unlink()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_population_file_notices_a_checkpoint_changed_in_place(ckpts, tmp_path):
+    from lossatlas import Population
+    from lossatlas.checkpoints import load_state_dict
+
+    kw = {"in_features": 40, "hidden": (16,), "num_classes": 10}
+    out = tmp_path / "pop.safetensors"
+    Population.from_checkpoints(ckpts[0].parent, "mlp", kw, out=out)
+    _rewrite_in_place(ckpts[1], 99)
+    pop = Population.from_checkpoints(ckpts[0].parent, "mlp", kw, out=out)
+    i = pop.paths.index(str(ckpts[1]))
+    want = pop.space.flatten(load_state_dict(ckpts[1]), source="test")
+    torch.testing.assert_close(pop.vector(i), want, rtol=0, atol=0)
+
+
+def test_atlas_under_a_memory_budget_notices_a_checkpoint_changed_in_place(ckpts, tmp_path):
+    out = tmp_path / "run"
+    budget = ["--memory-budget", "64MB"]
+    _ok(_atlas(ckpts[0].parent, out, *budget))
+    _rewrite_in_place(ckpts[1], 99)
+    _fails(_atlas(ckpts[0].parent, out, *budget), "another population", "--overwrite")
+    redone = _ok(_atlas(ckpts[0].parent, out, *budget, "--overwrite"))
+    fresh = _ok(_atlas(ckpts[0].parent, tmp_path / "fresh", *budget))
+    assert redone["reconstruction_mse"] == fresh["reconstruction_mse"]
