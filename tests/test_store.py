@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -189,3 +192,75 @@ def test_atlas_under_a_memory_budget_notices_a_checkpoint_changed_in_place(ckpts
     redone = _ok(_atlas(ckpts[0].parent, out, *budget, "--overwrite"))
     fresh = _ok(_atlas(ckpts[0].parent, tmp_path / "fresh", *budget))
     assert redone["reconstruction_mse"] == fresh["reconstruction_mse"]
+
+
+def test_hessian_then_llc_into_one_run_keep_both(ckpts, tmp_path):
+    """hessian --population then llc --population into one --out used to leave terrain.json
+    with only the LLC (eigenvalues lost)."""
+    from lossatlas.report.rundir import RunView
+
+    def folder(name, paths):
+        d = tmp_path / name
+        d.mkdir()
+        for p in paths:
+            (d / p.name).write_bytes(p.read_bytes())
+        return str(d)
+
+    pop, other = folder("two", ckpts[:2]), folder("other", ckpts[2:])
+    common = [*MODEL, "--samples", "100", "--out", str(tmp_path / "run"), "--json"]
+    llc = ["llc", "--chains", "1", "--draws", "5", *common]
+    _ok(runner.invoke(app, ["hessian", "--population", pop, "--top", "2", *common]))
+    _ok(runner.invoke(app, [*llc, "--population", pop]))
+    table = json.loads((tmp_path / "run" / "terrain.json").read_text())
+    assert len(table["eigenvalues"]) == 2 and len(table["eigenvalues"][0]) == 2
+    assert len(table["llc_mean"]) == 2
+    ds = RunView(tmp_path / "run").field("terrain")
+    assert {"eigenvalues", "top_eigenvalue", "llc_mean"} <= set(ds.data_vars)
+    assert ds.attrs["k"] == 2  # the setting the eigenvalues were computed with
+    # hessian again at another rank replaces the eigenvalues, keeps the LLC
+    _ok(runner.invoke(app, ["hessian", "--population", pop, "--top", "3", *common]))
+    table = json.loads((tmp_path / "run" / "terrain.json").read_text())
+    assert len(table["eigenvalues"][0]) == 3 and len(table["llc_mean"]) == 2
+    # another population into the same run is refused, or starts afresh with --overwrite
+    _fails(runner.invoke(app, [*llc, "--population", other]), "another population",
+           "--overwrite")
+    _ok(runner.invoke(app, [*llc, "--population", other, "--overwrite"]))
+    assert "eigenvalues" not in json.loads((tmp_path / "run" / "terrain.json").read_text())
+
+
+def test_the_report_shows_what_align_writes(ckpts, tmp_path):
+    """align --out RUN wrote align.json while the report read symmetry.json: the Symmetry
+    section was always absent."""
+    from lossatlas.report import write_report
+
+    _ok(_interp(ckpts[0], ckpts[1], tmp_path))
+    out = _ok(runner.invoke(app, ["align", str(ckpts[0]), str(ckpts[1]), *MODEL, "--samples",
+                                  "100", "--steps", "3", "--out", str(tmp_path), "--json"]))
+    write_report(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "symmetry" in summary["sections"]
+    assert summary["symmetry"]["distance_aligned"] == pytest.approx(out["distance_aligned"])
+
+
+def test_a_second_writer_into_a_run_in_use_fails_clearly(ckpts, tmp_path):
+    """Concurrent writers into one --out were last-writer-wins; now the second stops with a
+    one-line error naming the holder, and a SIGKILLed holder leaves no lock behind."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lossatlas.store import Run\n"
+         f"Run({str(tmp_path)!r}, config={{'holder': 1}})\nprint('held', flush=True)\n"
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _fails(_interp(ckpts[0], ckpts[1], tmp_path), f"run directory {tmp_path} is in use",
+               f"(pid {holder.pid})")
+        assert not (tmp_path / "fields" / "interp.zarr").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    _ok(_interp(ckpts[0], ckpts[1], tmp_path))
+    # the same process may open the run as often as it likes
+    from lossatlas.store import Run, release_locks
+
+    Run(tmp_path).update("a", 1)
+    Run(tmp_path).update("b", 2)
+    release_locks()

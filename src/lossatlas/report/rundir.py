@@ -19,7 +19,7 @@ Where the report looks (``RUN`` is the run directory)::
     RUN/fields/curve*.zarr           loss along connecting curves [t] (connectivity)
     RUN/fields/layerwise*.zarr       layer-wise barriers [group, anchor] (connectivity)
     RUN/fields/terrain.zarr          local qualifiers per model [model] (curvature)
-    RUN/symmetry.json                alignment results (symmetry)
+    RUN/align.json                   alignment results (symmetry; lossatlas align)
     RUN/dynamics.json                transitions along training (dynamics)
     RUN/branches.json                algorithmic branches within basins (dynamics)
 """
@@ -317,7 +317,9 @@ class RunView:
     # ------------------------------------------------------- other results
     @cached_property
     def symmetry(self) -> dict | None:
-        return self._json("symmetry.json")
+        """``align.json``, what ``lossatlas align --out RUN`` writes (else an older
+        ``symmetry.json``)."""
+        return self._json("align.json") or self._json("symmetry.json")
 
     @cached_property
     def dynamics(self) -> dict | None:
