@@ -1,4 +1,5 @@
-"""Small convolutional networks: `CNN1d` for 1-D signals (MNIST-1D), `CNN2d` for images."""
+"""Small convolutional networks: `CNN1d` for 1-D signals (MNIST-1D), `CNN2d` for images
+(optionally with BatchNorm after each convolution: ``cnn2d_bn``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 from lossatlas.models._factory import MODELS
 from lossatlas.models.mlp import make_activation
 
-__all__ = ["CNN1d", "CNN2d", "cnn", "cnn2d"]
+__all__ = ["CNN1d", "CNN2d", "cnn", "cnn2d", "cnn2d_bn"]
 
 
 class CNN1d(nn.Module):
@@ -66,10 +67,13 @@ class CNN1d(nn.Module):
 
 
 class CNN2d(nn.Module):
-    """(Conv2d 3x3 -> activation -> MaxPool2d(2)) per entry of ``channels``, then Linear.
+    """(Conv2d 3x3 -> [BatchNorm2d] -> activation -> MaxPool2d(2)) per entry of
+    ``channels``, then Linear.
 
     Input ``Tensor[N, in_channels, H, W]``, or flat ``Tensor[N, in_channels*H*W]``
-    (reshaped); output logits ``Tensor[N, num_classes]``.
+    (reshaped); output logits ``Tensor[N, num_classes]``. With ``batchnorm=True`` every
+    convolution is followed by a ``BatchNorm2d`` (running statistics kept, so the
+    network's output depends on the BatchNorm policy: see ``lossatlas.batchnorm``).
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class CNN2d(nn.Module):
         channels: Sequence[int] = (32, 64),
         num_classes: int = 10,
         activation: str = "relu",
+        batchnorm: bool = False,
     ) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -88,6 +93,7 @@ class CNN2d(nn.Module):
         for c_out in channels:
             layers += [
                 nn.Conv2d(c_in, int(c_out), 3, padding=1),
+                *([nn.BatchNorm2d(int(c_out))] if batchnorm else []),
                 make_activation(activation),
                 nn.MaxPool2d(2),
             ]
@@ -133,3 +139,16 @@ def cnn2d(
 ) -> CNN2d:
     """2-D CNN, default for 8x8 digits images ``[N, 1, 8, 8]``."""
     return CNN2d(image_size, in_channels, channels, num_classes, activation)
+
+
+@MODELS.register()
+def cnn2d_bn(
+    image_size: int | tuple[int, int] = 8,
+    in_channels: int = 1,
+    channels: Sequence[int] = (8, 16),
+    num_classes: int = 10,
+    activation: str = "relu",
+) -> CNN2d:
+    """Small 2-D CNN with BatchNorm after each convolution (about 2k parameters for 8x8
+    digits ``[N, 1, 8, 8]``): the demo's BatchNorm population."""
+    return CNN2d(image_size, in_channels, channels, num_classes, activation, batchnorm=True)
