@@ -45,6 +45,22 @@ _DECODE_BYTES = 2**30
 log = logging.getLogger(__name__)
 
 
+def _range(a: np.ndarray) -> list[float]:
+    """``[min, max]`` over the finite values (NaN when none)."""
+    f = a[np.isfinite(a)]
+    return [float(f.min()), float(f.max())] if f.size else [float("nan")] * 2
+
+
+def _nanmedian(a: np.ndarray) -> float:
+    f = a[np.isfinite(a)]
+    return float(np.median(f)) if f.size else float("nan")
+
+
+def _nanmean(a: np.ndarray) -> float:
+    f = a[np.isfinite(a)]
+    return float(np.mean(f)) if f.size else float("nan")
+
+
 def _digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -246,25 +262,41 @@ class Atlas:
 
     # --------------------------------------------------------------- embed
     def embed(self, method: str = "ae", dim: int = 2, exact: bool = True, refit: bool = False,
-              standardize: bool = False, **kwargs: Any) -> Atlas:
+              standardize: bool = False, include: dict[str, Tensor] | None = None,
+              **kwargs: Any) -> Atlas:
         """Span reduction, then ``method`` in {"ae", "pca", "kpca", "umap"} with ``dim`` latents.
 
         ``exact=True`` adds a smooth residual correction so every model decodes
         exactly to itself at its code (see :class:`ResidualCorrection`).
+        ``include={"name": Tensor[P, D]}`` fits extra points (curves, trajectories,
+        re-basined models) into the map without making them population members: the
+        span and the embedding are fitted on them too, the residual correction is not
+        (it pins only the models), and they take no part in basins or variants. Their
+        codes are ``include_codes_[name]``; :meth:`overlay` of the same points under the
+        same name then reports the error of the included fit beside the projection.
         Stored in ``RUN/embedding/``; reused unless ``refit``. Under torchrun rank 0
         fits and stores it, the other ranks then load it.
         """
+        include = {str(k): torch.as_tensor(v, dtype=torch.float32)
+                   for k, v in (include or {}).items()}
+        for name, pts in include.items():
+            if pts.ndim != 2 or pts.shape[1] != self.X.shape[1]:
+                raise ValueError(f"Atlas.embed: include[{name!r}] must be [P, {self.X.shape[1]}], "
+                                 f"got {tuple(pts.shape)}")
+        if include and self._streamed:
+            raise ValueError("Atlas.embed: include= needs the population in memory (no "
+                             "memory-mapped population or memory budget)")
         if distributed.is_distributed():
             if distributed.is_main():
-                self._embed(method, dim, exact, refit, standardize, **kwargs)
+                self._embed(method, dim, exact, refit, standardize, include, **kwargs)
             distributed.barrier()
             if not distributed.is_main():
-                self._embed(method, dim, exact, False, standardize, **kwargs)
+                self._embed(method, dim, exact, False, standardize, include, **kwargs)
             return self
-        return self._embed(method, dim, exact, refit, standardize, **kwargs)
+        return self._embed(method, dim, exact, refit, standardize, include, **kwargs)
 
     def _embed(self, method: str, dim: int, exact: bool, refit: bool, standardize: bool,
-               **kwargs: Any) -> Atlas:
+               include: dict[str, Tensor], **kwargs: Any) -> Atlas:
         from .manifold import SpanReduction, load_embedding, make_embedding
         from .manifold.span import components_file
 
@@ -272,7 +304,8 @@ class Atlas:
         folder = self.path / "embedding"
         config = {"method": method, "dim": dim, "exact": exact, "standardize": standardize,
                   "seed": self.seed, "kwargs": kwargs,
-                  "population": self._population_digest()}
+                  "population": self._population_digest(),
+                  "include": {k: _digest(v) for k, v in include.items()}}
         meta_path = folder / "embedding.json"
         if not refit and meta_path.exists() and json.loads(meta_path.read_text()) == config:
             self.reduction_ = load_embedding(folder / "reduction")
@@ -280,6 +313,8 @@ class Atlas:
             self.inner_ = load_embedding(folder / "inner")
             state = load_file(str(folder / "codes.safetensors"))
             self.codes_ = state["codes"]
+            self.include_codes_ = {k[len("include."):]: v for k, v in state.items()
+                                   if k.startswith("include.")}
             self.correction_ = (ResidualCorrection.from_state(
                 {k[4:]: v for k, v in state.items() if k.startswith("cor.")}) if exact else None)
             log.info("embedding reused from %s", folder)
@@ -289,17 +324,23 @@ class Atlas:
         on_disk = self._streamed or (
             self.memory_budget is not None and 4 * N * D > self.memory_budget // 4)
         folder.mkdir(parents=True, exist_ok=True)
+        extra = torch.cat(list(include.values())) if include else None
         self.reduction_ = SpanReduction(
             standardize=standardize, block_size=self._block_size(),
             components_path=components_file(folder / "reduction") if on_disk else None,
             device=self.device if self.device.type == "cuda" else None,
-        ).fit(self.X)
+        ).fit(self.X if extra is None else torch.cat([self.X, extra]))
         C = self.reduction_.encode(self.X).cpu()  # the inner embedding trains on the CPU
         self._span_codes = C
         self.inner_ = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))
-        self.inner_.fit(C)
+        if extra is None:
+            self.inner_.fit(C)
+        else:  # the included points are fitted too, but are not population members
+            self.inner_.fit(torch.cat([C, self.reduction_.encode(extra).cpu()]))
         self.codes_ = self.inner_.encode(C).float()
-        state = {"codes": self.codes_.contiguous()}
+        self.include_codes_ = {k: self.encode(v) for k, v in include.items()}
+        state = {"codes": self.codes_.contiguous(),
+                 **{f"include.{k}": v.contiguous() for k, v in self.include_codes_.items()}}
         self.correction_ = None
         if exact:
             residual = C.double() - self.inner_.decode(self.codes_).double()
@@ -340,9 +381,10 @@ class Atlas:
 
     # --------------------------------------------------------------- field
     def box(self, margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-        """Latent box around the codes, widened by ``margin`` of its extent per side."""
+        """Latent box around the codes (the models' and any included points'), widened by
+        ``margin`` of its extent per side."""
         self._check("codes_", "embed()")
-        z = self.codes_.numpy()
+        z = torch.cat([self.codes_, *getattr(self, "include_codes_", {}).values()]).numpy()
         lo, hi = z.min(0), z.max(0)
         ext = np.maximum(hi - lo, 1e-6)
         return lo - margin * ext, hi + margin * ext
@@ -362,27 +404,9 @@ class Atlas:
         self._check("codes_", "embed()")
         t0 = time.perf_counter()
         lo, hi = self.box(margin)
-        key = self._decoder_key()
-        settings = json.dumps([resolution, margin, refine, tol, budget, max_level,
-                               include_models, key])
-        tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
-        rounds = [0]
-
-        def evaluate(z: np.ndarray) -> dict[str, np.ndarray]:
-            name = f"atlas-{tag}-r{rounds[0]:03d}"
-            rounds[0] += 1
-            src = LatentSource(lambda c: self.decode(c), z, key)
-            ds = compute_field(self.evaluator, src, self.run, name, progress=progress,
-                               overwrite=False, chunk_points=self._chunk_points())
-            return {v: ds[v].values.astype(np.float64) for v in ds.data_vars}
-
-        field = refine_field(
-            evaluate, lo, hi, resolution=resolution, tol=tol if refine else np.inf,
-            budget=max(budget, resolution ** len(lo) + len(self.codes_)),
-            max_level=max_level,
-            extra_points=self.codes_.numpy() if include_models else None,
-            focus_points=self.codes_.numpy(),
-        )
+        field = self._refined_field(lo, hi, resolution, tol if refine else np.inf, budget,
+                                    max_level, include_models, progress, corrected=True,
+                                    settings=[margin, refine])
         field.values["distance"] = self._distances(field.coords)
         self.field_ = field
         self._n_base = resolution ** len(lo)
@@ -391,6 +415,75 @@ class Atlas:
                               rounds=field.rounds, resolution=resolution, tol=tol,
                               budget=budget, box=[lo.tolist(), hi.tolist()])
         return field
+
+    def _refined_field(self, lo: np.ndarray, hi: np.ndarray, resolution: int, tol: float,
+                       budget: int, max_level: int, include_models: bool, progress: bool,
+                       corrected: bool, settings: list) -> RefinedField:
+        """The field over the box ``[lo, hi]`` decoded with (or without) the residual
+        correction; each refinement round stored as a field of the run (resumable)."""
+        key = self._decoder_key() + ("" if corrected else "|raw")
+        tag = hashlib.sha256(json.dumps([resolution, tol, budget, max_level, include_models,
+                                         *settings, key]).encode()).hexdigest()[:8]
+        prefix = "atlas" if corrected else "atlas-raw"
+        rounds = [0]
+
+        def evaluate(z: np.ndarray) -> dict[str, np.ndarray]:
+            name = f"{prefix}-{tag}-r{rounds[0]:03d}"
+            rounds[0] += 1
+            src = LatentSource(lambda c: self.decode(c, corrected=corrected), z, key)
+            ds = compute_field(self.evaluator, src, self.run, name, progress=progress,
+                               overwrite=False, chunk_points=self._chunk_points())
+            return {v: ds[v].values.astype(np.float64) for v in ds.data_vars}
+
+        return refine_field(
+            evaluate, lo, hi, resolution=resolution, tol=tol,
+            budget=max(budget, resolution ** len(lo) + len(self.codes_)),
+            max_level=max_level,
+            extra_points=self.codes_.numpy() if include_models else None,
+            focus_points=self.codes_.numpy(),
+        )
+
+    def raw_check(self, resolution: int | None = None, progress: bool = False) -> dict:
+        """The map without the residual correction, beside the corrected atlas.
+
+        A uniform grid over the same box (``resolution`` per axis, default the field's
+        base grid) plus the models' codes, decoded by the embedding alone; its merge tree
+        at the corrected atlas's threshold and the basins of the models. If the corrected
+        atlas shows more basins with models than this one, the correction may have made
+        them. Returns and stores (``RUN/raw_check.json``) both counts, the variants per
+        basin, the basins mixing variants, and the median error at the models (decades).
+        """
+        from .topology import graph_merge_tree
+
+        self._check("tree_", "topology()")
+        t0 = time.perf_counter()
+        res = int(resolution or self.field_.resolution)
+        raw = self._refined_field(self.field_.lo, self.field_.hi, res, np.inf, 0, 0, True,
+                                  progress, corrected=False, settings=["raw"])
+        values = raw.values["log10_loss"]
+        tree = graph_merge_tree(values, raw.edges, threshold=float(self.tree_.threshold))
+        basins = np.asarray(tree.labels).reshape(-1)[raw.extra_index]
+        labels = [str(lab.get("variant", "?")) for lab in self.population.labels]
+        t_log = np.log10(np.maximum(self.true_values()["loss"].double().numpy(), 1e-12))
+
+        def per_basin(b: np.ndarray) -> list[dict]:
+            return [dict(Counter(labels[i] for i in np.flatnonzero(b == k))) for k in
+                    sorted(set(b.tolist()))]
+
+        raw_groups, cor_groups = per_basin(basins), per_basin(self.basins_)
+        out = {
+            "resolution": res, "threshold": float(self.tree_.threshold),
+            "num_variants": len(set(labels)),
+            "raw": {"num_model_basins": len(raw_groups), "variants_per_basin": raw_groups,
+                    "mixed_basins": sum(len(g) > 1 for g in raw_groups),
+                    "median_decades_at_models": _nanmedian(
+                        np.abs(values[raw.extra_index] - t_log))},
+            "corrected": {"num_model_basins": len(cor_groups), "variants_per_basin": cor_groups,
+                          "mixed_basins": sum(len(g) > 1 for g in cor_groups)},
+        }
+        atomic_write_json(self.path / "raw_check.json", out)
+        self.run.record_stage("raw_check", time.perf_counter() - t0, samples=raw.n)
+        return out
 
     def _distances(self, z: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """Euclidean distance (in parameter space) of each decoded point to the nearest
@@ -536,24 +629,20 @@ class Atlas:
             d = np.abs(values[nb] - values[i])
             steps[k] = float(np.max(d[np.isfinite(d)])) if np.isfinite(d).any() else np.inf
 
-        def med(a: np.ndarray) -> float:
-            a = a[np.isfinite(a)]
-            return float(np.median(a)) if len(a) else float("nan")
-
         out = {
             "reconstruction_mse_raw": recon,
             "median_decades": {
-                "decoded_raw": med(np.abs(raw_log - t_log)),
-                "field_at_model": med(np.abs(at_model - t_log)),
-                "field_loo": med(np.abs(loo_vals - t_log)),
-                "max_step_near_models": med(steps),
+                "decoded_raw": _nanmedian(np.abs(raw_log - t_log)),
+                "field_at_model": _nanmedian(np.abs(at_model - t_log)),
+                "field_loo": _nanmedian(np.abs(loo_vals - t_log)),
+                "max_step_near_models": _nanmedian(steps),
             },
             "per_model": {
                 "true_loss": true["loss"].tolist(), "decoded_raw_loss": raw["loss"].tolist(),
                 "field_log10_at_model": at_model.tolist(), "field_log10_loo": loo_vals.tolist(),
                 "max_step": steps.tolist(),
             },
-            "decoded_loss_relative_error_median": med(
+            "decoded_loss_relative_error_median": _nanmedian(
                 np.abs(raw["loss"].double().numpy() / true["loss"].double().numpy() - 1)),
             "bn": self.bn, "bn_text": self.evaluator.bn_text,
         }
@@ -611,14 +700,19 @@ class Atlas:
     # ------------------------------------------------------------ overlays
     def overlay(self, points: Tensor, name: str, labels: list[str] | None = None,
                 partners: list[int] | None = None) -> dict:
-        """Project parameter points (a curve, re-basined models, a trajectory) onto the map.
+        """Project parameter points (a curve, re-basined models, a trajectory) onto the map,
+        as the seed's Table 2.
 
-        Encodes ``points`` [P, D], reads the field there (piecewise-linear in
-        log10 loss) and compares with the points' true loss, as the seed's Table 2.
-        Stored as ``RUN/overlays/NAME.json``; returns codes, true and projected
-        losses, their ranges, the mean absolute error (nats) and the basin at each
-        projected code. ``partners`` (population indices, one per point, e.g. the
-        model each re-basined model was aligned onto) adds the partners' basins.
+        Encodes ``points`` [P, D] to codes, decodes the codes back to parameters and
+        evaluates them: ``projected_loss`` is the loss at the decoded projected points
+        and ``median_abs_error`` the median of ``|projected - true|`` (nats) over the
+        points (``mean_abs_error`` too). ``field_loss`` is the field read at the codes
+        (what the map shows there). When the same points were fitted into the map
+        under this name (``embed(include={name: points})``), the error of the included
+        fit is reported too (``included_loss``, ``included_median_abs_error``: decoded
+        at their fitted codes). Stored as ``RUN/overlays/NAME.json``; with a merge tree,
+        the basin at each code, and with ``partners`` (population indices, one per point,
+        e.g. the model each re-basined model was aligned onto) the partners' basins.
         """
         from scipy.spatial import cKDTree
 
@@ -628,17 +722,27 @@ class Atlas:
             raise ValueError(
                 f"Atlas.overlay: points must be [P, {self.X.shape[1]}], got {tuple(points.shape)}"
             )
-        codes = self.encode(points).numpy().astype(np.float64)
         true = self.evaluator.evaluate(points)["loss"].double().numpy()
-        projected = 10.0 ** self.field_.interpolate(codes)
+        z = self.encode(points)
+        codes = z.numpy().astype(np.float64)
+        projected = self._decoded_loss(z)
         out: dict[str, Any] = {
             "name": name, "codes": codes.tolist(), "true_loss": true.tolist(),
             "projected_loss": projected.tolist(),
-            "true_range": [float(np.nanmin(true)), float(np.nanmax(true))],
-            "projected_range": [float(np.nanmin(projected)), float(np.nanmax(projected))],
-            "mae": float(np.nanmean(np.abs(projected - true))),
+            "field_loss": (10.0 ** self.field_.interpolate(codes)).tolist(),
+            "true_range": _range(true), "projected_range": _range(projected),
+            "median_abs_error": _nanmedian(np.abs(projected - true)),
+            "mean_abs_error": _nanmean(np.abs(projected - true)),
             "labels": labels or [str(i) for i in range(len(points))],
+            "units": "nats",
         }
+        out["mae"] = out["mean_abs_error"]  # the report's older key
+        fitted = getattr(self, "include_codes_", {}).get(name)
+        if fitted is not None and len(fitted) == len(points):
+            inc = self._decoded_loss(fitted)
+            out.update(included_codes=fitted.double().numpy().tolist(),
+                       included_loss=inc.tolist(), included_range=_range(inc),
+                       included_median_abs_error=_nanmedian(np.abs(inc - true)))
         if hasattr(self, "tree_"):
             nearest = cKDTree(self.field_.coords).query(codes)[1]
             out["basin"] = np.asarray(self.tree_.labels).reshape(-1)[nearest].tolist()
@@ -648,6 +752,14 @@ class Atlas:
                     a == b for a, b in zip(out["basin"], out["partner_basin"], strict=True)]
         atomic_write_json(self.path / "overlays" / f"{name}.json", out)
         return out
+
+    def _decoded_loss(self, z: Tensor) -> np.ndarray:
+        """Loss (float64 [P]) of the parameters decoded from latent codes ``z`` [P, d]
+        by the map (with its residual correction), a chunk at a time."""
+        step = max(1, self._chunk_points())
+        parts = [self.evaluator.evaluate(self.decode(z[i:i + step].to(self.device)))["loss"]
+                 for i in range(0, len(z), step)]
+        return torch.cat(parts).double().numpy()
 
     # ----------------------------------------------------------- summary
     def summary(self) -> dict:

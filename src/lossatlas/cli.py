@@ -480,8 +480,13 @@ def surface_pca(
 def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, budget: int,
                 tol: float, threshold: str, device, precision, progress: bool,
                 embed_kwargs: dict | None = None, memory_budget: int | None = None,
-                output=None, loss_fn=None, overwrite: bool = False):
-    """Embed, field, topology, faithfulness and figures; returns (atlas, summary)."""
+                output=None, loss_fn=None, held_out=None, overwrite: bool = False,
+                data: dict[str, str] | None = None):
+    """Embed, field, topology, faithfulness (with the residual correction and without it,
+    and at the ``held_out`` population's checkpoints, which the map was not fitted to)
+    and figures; returns (atlas, summary). ``data`` describes the data
+    (``DatasetSplits.describe()`` and what the loss is measured on), stored in
+    ``atlas_summary.json`` for the report."""
     from . import distributed
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
@@ -497,6 +502,12 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
         thr = threshold
     atlas.topology(threshold=thr)
     faith = atlas.faithfulness()
+    raw = atlas.raw_check(resolution=min(resolution, 32), progress=progress)
+    held = None
+    if held_out is not None and len(held_out):
+        held = atlas.overlay(held_out.as_points(), "holdout",
+                             labels=[str(lab.get("variant", i)) for i, lab in
+                                     enumerate(held_out.labels)])
     if not distributed.is_main():  # under torchrun rank 0 draws and reports
         return atlas, None
     figs = []
@@ -508,15 +519,23 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
     s = atlas.summary()
     summary = {
         "run": str(out_dir), "models": len(pop), "method": method, "dim": dim,
-        "bn": atlas.bn, "loss": s["loss"], "samples": s["field"]["samples"], "basins": s["basins"]["num_basins"],
+        "bn": atlas.bn, "bn_text": atlas.evaluator.bn_text, "loss": s["loss"], "samples": s["field"]["samples"], "basins": s["basins"]["num_basins"],
         "basins_with_models": s["basins"]["num_model_basins"],
         "variants": s["basins"]["num_variants"],
         "variants_per_basin": s["basins"]["variants_per_basin"],
         "reconstruction_mse": faith["reconstruction_mse_raw"],
         "decoded_loss_rel_error_median": faith["decoded_loss_relative_error_median"],
         "field_error_decades_median": faith["median_decades"]["field_loo"],
+        "basins_with_models_uncorrected": raw["raw"]["num_model_basins"],
+        "mixed_basins": raw["corrected"]["mixed_basins"],
+        "mixed_basins_uncorrected": raw["raw"]["mixed_basins"],
         "figures": [str(f) for f in figs if f],
     }
+    if held is not None:
+        summary.update(holdout_models=len(held_out),
+                       holdout_median_abs_error=held["median_abs_error"])
+    if data:
+        summary["data"] = dict(data)
     atomic_write_json(out_dir / "atlas_summary.json", summary)
     return atlas, summary
 
@@ -540,6 +559,9 @@ def atlas(
     memory_budget: str = typer.Option(
         None, help="Host memory the stages may use, e.g. 4GB: the checkpoints are streamed "
         "into RUN/population.safetensors and read by blocks (populations larger than memory)."),
+    holdout: float = typer.Option(
+        0.0, help="Fraction of the checkpoints left out of the map's fit; their projection "
+        "error (loss at the decoded projected point vs true, nats) is reported."),
     out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory."),
     overwrite: bool = typer.Option(
         False, help="Empty the run directory of earlier results and start afresh (needed "
@@ -564,12 +586,33 @@ def atlas(
     pop = _load_population(population, model, kwargs, trust_run, out=stream, bn=bn)
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
+    held_out = None
+    if holdout:
+        if not 0.0 < holdout < 1.0:
+            raise UsageError(f"--holdout must be a fraction in (0, 1), got {holdout}")
+        from .fingerprint import population_fingerprint
+
+        whole = population_fingerprint(pop)
+        pop, held_out = pop.holdout(holdout)
+        # the run holds the whole population's results (a later hessian/llc/connect of it
+        # into the same --out is the same population)
+        pop.__dict__["_lossatlas_fingerprint"] = whole
     _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
                              device, precision, progress=not as_json, memory_budget=mem,
-                             output=opts["output"], loss_fn=opts["loss_fn"],
-                             overwrite=overwrite)
+                             output=opts["output"], loss_fn=opts["loss_fn"], held_out=held_out,
+                             overwrite=overwrite,
+                             data=_measured_on(splits, split, len(xy[1]), samples))
     if summary is not None:  # rank 0 under torchrun
         _finish(summary, as_json, "atlas")
+
+
+def _measured_on(splits, split: str, n: int, samples: int | None) -> dict[str, str]:
+    """``splits.describe()`` plus the samples the landscape's loss is measured on."""
+    part = "training data" if split == "train" else "test data"
+    if split == "test" and splits.test_is_train:
+        part = "training data (no held-out test data)"
+    cut = f"the first {n} samples" if samples is not None else f"all {n} samples"
+    return {**splits.describe(), "loss measured on": f"{cut} of the {part}"}
 
 
 # ------------------------------------------------------------------- demo
@@ -586,7 +629,8 @@ def demo(
     device: str = _DEVICE, as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Train 7 MLP variants on MNIST-1D, draw slices, build the atlas, measure connectivity
-    and terrain, and write the report."""
+    and terrain, map a small BatchNorm CNN population on digits (sub-run RUN/bn_cnn) and
+    write the reports."""
     import torch
 
     if threads < 1:
@@ -626,8 +670,11 @@ def demo(
     _write_slice("pca", sl, ev, out_dir / "slices", "pca", **quiet)
     stages["slices"] = time.perf_counter() - t1
     t2 = time.perf_counter()
+    measured = {**splits.describe(),
+                "loss measured on": f"the first {len(xy[1])} samples of the training data"}
     atlas_obj, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1,
-                                     "0.1", device, "fp32", progress=not as_json)
+                                     "0.1", device, "fp32", progress=not as_json,
+                                     data=measured)
     atlas_obj.reconstruction_table(
         methods=("pca", "kpca", "umap", "ae"),
         variants={"ae-tanh": {"bounded": True, "epochs": 2000},
@@ -652,6 +699,9 @@ def demo(
                                    strict=True)),
             marker_label="top Hessian eigenvalue")
     stages["terrain"] = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    summary["bn_cnn"] = demo_bn_cnn(out_dir / "bn_cnn", device, progress=not as_json)
+    stages["bn_cnn"] = time.perf_counter() - t5
     summary.update({f"{k}_seconds": round(v, 1) for k, v in stages.items()})
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     summary["basins_vs_variants"] = (
@@ -663,6 +713,8 @@ def demo(
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     _finish(summary, as_json, "demo")
     if not as_json:
+        bn_rows = {k: v for k, v in summary["bn_cnn"].items() if not isinstance(v, (dict, list))}
+        out.print(_table("BatchNorm CNN population (sub-run bn_cnn)", bn_rows))
         out.print(f"figures and fields in {out_dir}")
         out.print(f"report: {summary['report']}")
 
@@ -744,6 +796,54 @@ def demo_terrain(pop, xy, out_dir: Path, device=None) -> dict:
             t.add_row(name, *row)
         err.print(t)
     return {"terrain": str(out_dir / "terrain.json")}
+
+
+DEMO_BN_VARIANTS = [
+    {"name": "A", "optimizer": "sgd", "lr": 0.05, "batch_size": 64, "init": "own"},
+    {"name": "B", "optimizer": "adam", "lr": 3e-3, "batch_size": 64, "init": "own"},
+    {"name": "C", "optimizer": "sgd", "lr": 0.2, "batch_size": 128, "init": "own"},
+]
+
+
+def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int = 4,
+                samples: int = 500, resolution: int = 12, budget: int = 300,
+                ae_epochs: int = 1000) -> dict:
+    """The demo's BatchNorm population: 3 variants x 3 checkpoints (epochs 0, 2, 4) of a
+    small BatchNorm CNN (``cnn2d_bn``) on scikit-learn digits, its own atlas in
+    ``out_dir`` (statistics recomputed at every point, the default policy) and report.
+    Returns its summary: basins against variants, decoded error, the policy, and how far
+    each checkpoint's own eval-mode loss is from its loss under the policy."""
+    import numpy as np
+
+    from .data import create as create_data
+    from .population import load_population
+    from .report import write_report
+    from .train import train_population
+
+    splits = create_data("digits")
+    train_population("cnn2d_bn", splits, out_dir=out_dir / "train", variants=DEMO_BN_VARIANTS,
+                     epochs=epochs, checkpoint_every=max(1, epochs // 2), device=device,
+                     progress=progress)
+    pop = load_population(out_dir / "train")
+    xy = (splits.x_train[:samples], splits.y_train[:samples])
+    measured = {**splits.describe(),
+                "loss measured on": f"the first {len(xy[1])} samples of the training data"}
+    _, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1, "0.1",
+                             device, "fp32", progress=progress,
+                             embed_kwargs={"epochs": ae_epochs}, data=measured)
+    per = json.loads((out_dir / "faithfulness.json").read_text())["per_model"]
+    keep = {k: summary[k] for k in ("run", "models", "variants", "basins",
+                                    "basins_with_models", "bn", "bn_text",
+                                    "decoded_loss_rel_error_median",
+                                    "field_error_decades_median") if k in summary}
+    keep["basins_vs_variants"] = (f"{summary['basins_with_models']} basins hold models, "
+                                  f"for {summary['variants']} variants")
+    if per.get("eval_mode_loss"):
+        gap = np.abs(np.log10(np.asarray(per["eval_mode_loss"], float)
+                              / np.asarray(per["true_loss"], float)))
+        keep["eval_mode_vs_policy_max_decades"] = float(np.nanmax(gap))
+    keep["report"] = str(write_report(out_dir))
+    return keep
 
 
 @app.command()

@@ -669,6 +669,22 @@ class Population:
             raise ValueError(f"Population.select: no model matches {filters}; labels: {known}")
         return self.subset(idx)
 
+    def holdout(self, fraction: float, seed: int = 0) -> tuple[Population, Population]:
+        """``(kept, held_out)``: a random ``fraction`` of the models (at least one, and at
+        least 3 kept) set aside, e.g. to measure a map's error at checkpoints it was not
+        fitted to. Deterministic for a ``seed``; both keep the population's order."""
+        n = len(self)
+        if not 0.0 < float(fraction) < 1.0:
+            raise ValueError(f"Population.holdout: fraction must be in (0, 1), got {fraction}")
+        k = max(1, round(float(fraction) * n))
+        if n - k < 3:
+            raise ValueError(f"Population.holdout: holding out {k} of {n} models leaves fewer "
+                             "than 3 to fit")
+        gen = torch.Generator().manual_seed(int(seed))
+        held = sorted(torch.randperm(n, generator=gen)[:k].tolist())
+        kept = [i for i in range(n) if i not in set(held)]
+        return self.subset(kept), self.subset(held)
+
     def trajectories(self) -> dict[str, list[int]]:
         """``{run key: [indices ordered by (epoch, step)]}``; the run key is
         ``"{variant}/seed{seed}"`` (see :func:`run_key`)."""
