@@ -109,6 +109,9 @@ def connect(
     test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
     bn: str = _BN, device: str = _DEVICE,
     out_dir: Path = typer.Option(Path("runs/connect"), "--out", help="Run directory."),
+    overwrite: bool = typer.Option(
+        False, help="With --population: empty the run directory of earlier results and "
+        "start afresh (needed when it holds another population's)."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Loss along the straight path and along a trained curve between two models
@@ -125,6 +128,9 @@ def connect(
     run = Run(out_dir)
     if population is not None:
         pop = _load_population(population, model, kwargs, trust_run)
+        from .fingerprint import claim_run
+
+        claim_run(run, pop, overwrite)  # one run directory, one population
         idx = pop.final_indices()
         names = [str(pop.labels[i].get("variant", i)) for i in idx]
         res = population_barriers([pop.model(i) for i in idx], names, xy, out_dir,

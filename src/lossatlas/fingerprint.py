@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "differences", "evaluator_fingerprint", "file_digest", "population_fingerprint",
+    "claim_run", "differences", "evaluator_fingerprint", "file_digest", "population_fingerprint",
     "tensor_digest",
 ]
 
@@ -167,3 +167,14 @@ def differences(stored: Mapping[str, Any] | None, now: Mapping[str, Any]) -> lis
         elif k != "data" or stored.get("samples") == now.get("samples"):
             out.append(what)
     return out
+
+
+def claim_run(run, population, overwrite: bool = False) -> None:
+    """One run directory, one population: record ``population``'s fingerprint in
+    ``run.json`` (:meth:`~lossatlas.store.Run.claim_population`), refusing a run that holds
+    another population's results; ``overwrite`` empties the run first (start afresh)."""
+    if overwrite:
+        run.clear_results()
+    run.claim_population(population_fingerprint(population), {
+        "models": len(population), "dim": int(population.space.dim),
+        "bn": getattr(population, "bn", None)})

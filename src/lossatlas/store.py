@@ -217,7 +217,8 @@ class Run:
         """Hold the run directory's lock (``RUN/.lock``) for this process; every write
         takes it. Under torchrun only rank 0 locks (the other ranks write their field
         chunks into the run rank 0 holds)."""
-        if distributed.is_main():
+        # RANK too: a torchrun rank may write before it joins the process group
+        if distributed.is_main() and os.environ.get("RANK", "0") in ("", "0"):
             _acquire_lock(self.path)
 
     def _write(self, meta: dict) -> None:
