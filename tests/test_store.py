@@ -264,3 +264,22 @@ def test_a_second_writer_into_a_run_in_use_fails_clearly(ckpts, tmp_path):
     Run(tmp_path).update("a", 1)
     Run(tmp_path).update("b", 2)
     release_locks()
+
+
+def test_connect_of_another_population_into_an_atlas_run_is_refused(ckpts, tmp_path):
+    """A 3-model atlas beside a barrier matrix of another population: refused."""
+    def folder(name, paths):
+        d = tmp_path / name
+        d.mkdir()
+        for p in paths:
+            (d / p.name).write_bytes(p.read_bytes())
+        return str(d)
+
+    run = tmp_path / "run"
+    _ok(_atlas(ckpts[0].parent, run, "--samples", "100"))
+    other = folder("other", ckpts[:3])
+    connect = ["connect", *MODEL, "--samples", "100", "--out", str(run), "--json"]
+    _fails(runner.invoke(app, [*connect, "--population", other]), "another population")
+    assert not (run / "connectivity.json").exists()
+    _ok(runner.invoke(app, [*connect, "--population", str(ckpts[0].parent)]))  # the same one
+    assert (run / "connectivity.json").exists() and (run / "topology.json").exists()
