@@ -62,3 +62,18 @@ def small_run(tmp_path_factory) -> Path:
     root = build_small_run(tmp_path_factory.mktemp("report_run"))
     print(f"small report run built in {time.perf_counter() - t0:.1f} s")
     return root
+
+
+@pytest.fixture(scope="session")
+def bn_run(tmp_path_factory) -> Path:
+    """The demo's BatchNorm sub-run, small: 3 variants x 3 checkpoints of ``cnn2d_bn`` on
+    digits (statistics recomputed at every point), its atlas and report."""
+    from lossatlas.cli import demo_bn_cnn
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("report_bn_run")
+    summary = demo_bn_cnn(root, epochs=2, samples=200, resolution=8, budget=100,
+                          ae_epochs=100)
+    print(f"small BatchNorm run built in {time.perf_counter() - t0:.1f} s: {summary}")
+    return root

@@ -25,7 +25,8 @@ def copy_run(src: Path, dst: Path, keep: tuple[str, ...] | None = None) -> Path:
 
 def with_evil_labels(src: Path, dst: Path) -> Path:
     """The run with variant A renamed to ``<script>alert(1)</script>`` everywhere its
-    name is stored (checkpoint sidecars, population.json, metrics, topology)."""
+    name is stored (checkpoint sidecars, population.json, metrics, topology), and the
+    same text as the stored BatchNorm policy, loss and data description."""
     copy_run(src, dst)
     for side in (dst / "train" / "checkpoints").glob("A_*.json"):
         lab = json.loads(side.read_text())
@@ -44,7 +45,16 @@ def with_evil_labels(src: Path, dst: Path) -> Path:
         for lab in pop["labels"]:
             if lab.get("variant") == "A":
                 lab["variant"] = EVIL
+        pop.update(bn="recompute", bn_text=EVIL, loss=EVIL)
         ppath.write_text(json.dumps(pop))
+    (dst / "atlas_summary.json").write_text(json.dumps(
+        {"data": {"training data": EVIL, "test data": EVIL, "loss measured on": EVIL}}))
+    fpath = dst / "faithfulness.json"
+    if fpath.exists():
+        faith = json.loads(fpath.read_text())
+        faith.update(bn="recompute", bn_text=EVIL)
+        faith["per_model"]["eval_mode_loss"] = faith["per_model"]["true_loss"]
+        fpath.write_text(json.dumps(faith))
     tpath = dst / "topology.json"
     topo = json.loads(tpath.read_text())
     for b in topo["basins"]:
@@ -60,10 +70,14 @@ def _save(ds: xr.Dataset, path: Path) -> None:
         ds.to_zarr(path, mode="w", consolidated=False)
 
 
-def with_all_results(src: Path, dst: Path) -> Path:
+def with_all_results(src: Path, dst: Path, bn: str | None = None) -> Path:
     """The run plus stored results of the other stages in the formats the report reads
-    (barrier matrices, a curve, terrain, a re-basined overlay, dynamics, branches)."""
+    (barrier matrices, a curve, terrain, a re-basined overlay, dynamics, branches); with
+    ``bn``, ``connectivity.json`` and ``terrain.json`` that name that BatchNorm policy."""
     copy_run(src, dst)
+    if bn is not None:
+        (dst / "connectivity.json").write_text(json.dumps({"bn": bn, "units": "nats"}))
+        (dst / "terrain.json").write_text(json.dumps({"bn": bn, "models": []}))
     n = len(json.loads((dst / "topology.json").read_text())["model_basin"])
     names = [f"m{i}" for i in range(n)]
     rng = np.random.default_rng(0)

@@ -11,7 +11,8 @@ Where the report looks (``RUN`` is the run directory)::
     RUN/faithfulness.json            how far to trust the map (Atlas.faithfulness)
     RUN/embedding/embedding.json     embedding settings; codes.safetensors ("codes" [N, d])
     RUN/overlays/NAME.json           points projected onto the map (Atlas.overlay)
-    RUN/population.json              model labels ({"labels": [...]}), else the
+    RUN/population.json              model labels ({"labels": [...]}), the BatchNorm
+                                     policy (bn, bn_text) and the loss; labels else from the
     RUN/train/checkpoints/*.json     sidecar labels of the training run (natural order)
     RUN/train/metrics.json           metrics along training per run (train_population)
     RUN/fields/*.zarr, RUN/slices/fields/*.zarr   slices (fields with attrs["slice"])
@@ -19,6 +20,9 @@ Where the report looks (``RUN`` is the run directory)::
     RUN/fields/curve*.zarr           loss along connecting curves [t] (connectivity)
     RUN/fields/layerwise*.zarr       layer-wise barriers [group, anchor] (connectivity)
     RUN/fields/terrain.zarr          local qualifiers per model [model] (curvature)
+    RUN/atlas_summary.json           the atlas CLI's summary (data described, policy, loss)
+    RUN/connectivity.json, RUN/terrain.json   the CLI's tables (their BatchNorm policy)
+    RUN/SUB/atlas_summary.json       sub-runs with an atlas of their own (e.g. the demo's)
     RUN/align.json                   alignment results (symmetry; lossatlas align)
     RUN/dynamics.json                transitions along training (dynamics)
     RUN/branches.json                algorithmic branches within basins (dynamics)
@@ -165,6 +169,39 @@ class RunView:
     @cached_property
     def embedding(self) -> dict | None:
         return self._json(Path("embedding") / "embedding.json")
+
+    @cached_property
+    def population(self) -> dict:
+        """``population.json`` as a dict (``{}`` when absent or a bare list of labels):
+        labels, paths, dim, and the BatchNorm policy ``bn``/``bn_text`` and ``loss``."""
+        pop = self._json("population.json")
+        return pop if isinstance(pop, dict) else {}
+
+    @cached_property
+    def atlas_summary(self) -> dict:
+        """``atlas_summary.json`` (the atlas CLI's and demo's summary), ``{}`` if absent."""
+        s = self._json("atlas_summary.json")
+        return s if isinstance(s, dict) else {}
+
+    @cached_property
+    def connectivity_table(self) -> dict:
+        """``connectivity.json`` (barrier matrices, names, ``bn``), ``{}`` if absent."""
+        s = self._json("connectivity.json")
+        return s if isinstance(s, dict) else {}
+
+    @cached_property
+    def terrain_table(self) -> dict:
+        """``terrain.json`` (measures per model, ``bn``), ``{}`` if absent."""
+        s = self._json("terrain.json")
+        return s if isinstance(s, dict) else {}
+
+    @cached_property
+    def sub_runs(self) -> list[str]:
+        """Sub-folders holding an atlas of their own (``SUB/atlas_summary.json`` or
+        ``SUB/topology.json``), e.g. the demo's ``bn_cnn``; natural order."""
+        return [p.name for p in sorted(self.path.iterdir(), key=lambda p: _natural_key(p.name))
+                if p.is_dir() and not p.name.startswith(".")
+                and ((p / "atlas_summary.json").is_file() or (p / "topology.json").is_file())]
 
     @cached_property
     def codes(self) -> np.ndarray | None:

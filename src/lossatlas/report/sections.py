@@ -149,6 +149,38 @@ def _collapse_rounds(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_LOSS_TEXT = {"cross_entropy": "cross-entropy, mean over samples (nats)",
+              "mse": "mean squared error, mean over samples"}
+
+
+def _policy_text(bn: Any, bn_text: Any = None) -> str | None:
+    """One line (raw text, not escaped) stating a BatchNorm policy; None when unknown."""
+    from lossatlas.batchnorm import POLICY_TEXT
+
+    if not isinstance(bn, str) or not bn:
+        return None
+    if isinstance(bn_text, str) and bn_text:
+        return bn_text
+    return f"{bn}: {POLICY_TEXT[bn]}" if bn in POLICY_TEXT else bn
+
+
+def _run_policy(view: RunView) -> tuple[str | None, str | None]:
+    """The run's BatchNorm policy ``(bn, text)``: from ``population.json``, else
+    ``atlas_summary.json``, else ``faithfulness.json``."""
+    for src in (view.population, view.atlas_summary, view.faithfulness or {}):
+        if isinstance(src, dict) and isinstance(src.get("bn"), str):
+            return src["bn"], _policy_text(src["bn"], src.get("bn_text"))
+    return None, None
+
+
+def _policy_line(bn: Any, bn_text: Any = None, of: str = "") -> str:
+    """``<p>`` stating a policy (escaped), or ``""`` when none is stored."""
+    text = _policy_text(bn, bn_text)
+    if text is None:
+        return ""
+    return f'<p class="note policy"><b>BatchNorm policy{esc(of)}:</b> {esc(text)}</p>'
+
+
 # ===================================================================== overview
 @section("overview", "Overview", hint="")
 def overview(view: RunView) -> Section | None:
@@ -156,6 +188,9 @@ def overview(view: RunView) -> Section | None:
     meta = view.meta
     manifest = view.train_manifest or {}
     labels = view.labels
+    described = view.atlas_summary.get("data")
+    described = {str(k): str(v) for k, v in described.items()} if isinstance(
+        described, dict) else {}
     info: dict[str, str] = {"run directory": esc(view.path.name)}
     if meta.get("created"):
         info["created"] = esc(meta["created"])
@@ -169,10 +204,22 @@ def overview(view: RunView) -> Section | None:
         model = manifest.get("model")
         kw = manifest.get("model_kwargs") or {}
         info["model"] = esc(f"{model} {json.dumps(kw, sort_keys=True)}" if kw else model)
-        data = manifest.get("data") or "given in Python (not a registered name)"
-        info["training data"] = esc(data)
+        info["training data"] = esc(described.get("training data") or manifest.get("data")
+                                    or "given in Python (not a registered name)")
+        for key in ("test data", "loss measured on"):
+            if described.get(key):
+                info[key] = esc(described[key])
         info["checkpoints"] = esc(f"every {manifest.get('checkpoint_every', '?')} epoch(s), "
                                   f"device {manifest.get('device', '?')}")
+    for key in ("training data", "test data", "loss measured on"):
+        if described.get(key) and key not in info:
+            info[key] = esc(described[key])
+    loss = view.population.get("loss") or view.atlas_summary.get("loss")
+    if isinstance(loss, str):
+        info["loss function"] = esc(_LOSS_TEXT.get(loss, loss))
+    bn, bn_text = _run_policy(view)
+    if bn_text is not None:
+        info["BatchNorm policy"] = esc(bn_text)
     config = meta.get("config") or {}
     if config:
         info["configuration"] = f"<code>{esc(json.dumps(config, sort_keys=True))}</code>"
@@ -186,6 +233,10 @@ def overview(view: RunView) -> Section | None:
         info["field"] = (fmt(int(view.atlas.sizes["sample"]), "samples")
                          + esc(f", base grid {a.get('resolution', '?')} per axis, "
                                f"{a.get('rounds', '?')} refinement round(s)"))
+    if view.sub_runs:
+        info["sub-runs"] = ", ".join(
+            f"<code>{esc(n)}/</code> (own report: <code>{esc(n)}/report.html</code>)"
+            for n in view.sub_runs)
     parts = ["<p class=\"intro\">What was run, on which models and data, and how long each "
              "stage took. Times come from the stages recorded in <code>run.json</code>.</p>",
              _kv(info)]
@@ -209,7 +260,9 @@ def overview(view: RunView) -> Section | None:
     summary = {"models": n, "variants": sorted({_variant(lab) for lab in labels}),
                "stages": {f"{s['where']}/{s['stage']}".removeprefix("./"): s["seconds"]
                           for s in stages},
-               "total_stage_seconds": round(total, 3), "versions": view.versions}
+               "total_stage_seconds": round(total, 3), "versions": view.versions,
+               "bn": bn, "bn_text": bn_text, "loss": loss if isinstance(loss, str) else None,
+               "data": described, "sub_runs": view.sub_runs}
     return Section("".join(parts), {}, summary)
 
 
@@ -436,7 +489,12 @@ def connectivity(view: RunView) -> Section | None:
             "barriers mean connected (one basin); high barriers mean isolated. After "
             "alignment (permutation symmetry removed) barriers drop where models are the "
             "same solution up to symmetry.</p>"]
-    row, summary = [], {"barrier_matrices": {}, "curves": {}}
+    conn = view.connectivity_table
+    bn = conn.get("bn") or next((ds.attrs.get("bn") for ds in (*mats.values(),
+                                                                *curves.values())
+                                 if isinstance(ds.attrs.get("bn"), str)), None)
+    html.append(_policy_line(bn, None, " of the barriers"))
+    row, summary = [], {"barrier_matrices": {}, "curves": {}, "bn": bn}
     for name, ds in mats.items():
         m = _matrix(ds)
         if m is None:
@@ -554,7 +612,9 @@ def terrain(view: RunView) -> Section | None:
                                               "Local qualifiers per model")}
     html = ['<p class="intro">Terrain at each model: sharpness (top Hessian eigenvalue, '
             "trace, epsilon / adaptive sharpness) and the local learning coefficient "
-            "(flatter minima have a smaller one).</p>", plot_div("fig-terrain", tall=True)]
+            "(flatter minima have a smaller one).</p>"]
+    bn = view.terrain_table.get("bn") or ds.attrs.get("bn")
+    html += [_policy_line(bn, None, " at each model"), plot_div("fig-terrain", tall=True)]
     if "eigenvalues" in ds and ds["eigenvalues"].ndim == 2:
         ev = ds["eigenvalues"].values.astype(float)
         html.append(table(["model", *[f"λ{r + 1}" for r in range(ev.shape[1])]],
@@ -567,8 +627,10 @@ def terrain(view: RunView) -> Section | None:
         html.append("<p>Terrain on the map: each ring's area grows with the model's top "
                     "Hessian eigenvalue (sharper minima, larger rings).</p>"
                     + img(p, "Latent landscape with rings sized by the top Hessian eigenvalue"))
-    summary = {k: {"median": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
-               for k, v in measures.items()}
+    summary: dict[str, Any] = {
+        k: {"median": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
+        for k, v in measures.items()}
+    summary["bn"] = bn if isinstance(bn, str) else None
     return Section("".join(html), figs, summary)
 
 
@@ -698,6 +760,44 @@ def branches(view: RunView) -> Section | None:
 
 
 # =============================================================== faithfulness
+def _loss_per_model(texts: list[str], true: np.ndarray, eval_mode: Any, bn: Any,
+                    bn_text: Any) -> tuple[str, float | None]:
+    """The table of each model's loss under the BatchNorm policy beside its eval-mode loss
+    (when stored) and the largest gap between them in decades. ``texts`` are escaped."""
+    if not len(true):
+        return "", None
+    own = None
+    if isinstance(eval_mode, list) and len(eval_mode) == len(true):
+        own = np.asarray([np.nan if v is None else v for v in eval_mode], float)
+    policy = bn if isinstance(bn, str) else "as stored"
+    header = ["model", f"loss under the policy ({policy})"]
+    if own is None:
+        line = ("The loss of each model (the true loss above), as the map shows it."
+                + ("" if bn in (None, "none") else
+                   " No eval-mode loss is stored: the population kept no BatchNorm "
+                   "statistics of its own."))
+        rows = [[texts[i], fmt(true[i], "nats")] for i in range(len(true))]
+        gap = None
+    else:
+        line = ("Under the BatchNorm policy every model is evaluated as the map evaluates "
+                "the points between models; its eval-mode loss is the checkpoint as saved, "
+                "in eval mode with its own running statistics. A gap between the two means "
+                "the stored statistics do not match the data (they are two different "
+                "functions of the same weights).")
+        header += ["eval-mode loss (own statistics)", "eval-mode vs policy"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dec = np.log10(own / true)
+        rows = [[texts[i], fmt(true[i], "nats"), fmt(own[i], "nats"),
+                 fmt(float(dec[i]), "decades", 3)] for i in range(len(true))]
+        fin = np.abs(dec[np.isfinite(dec)])
+        gap = float(fin.max()) if len(fin) else None
+    parts = [_policy_line(bn, bn_text), f'<p class="note">{esc(line)}</p>',
+             table(header, rows, raw=True)]
+    return (f"<details{' open' if own is not None else ''}><summary>"
+            f"{esc(f'Loss per model ({len(true)} models)')}</summary>{''.join(parts)}"
+            "</details>"), gap
+
+
 @section("faithfulness", "Faithfulness",
          hint="run `lossatlas atlas` (Atlas.faithfulness)")
 def faithfulness(view: RunView) -> Section | None:
@@ -751,10 +851,16 @@ def faithfulness(view: RunView) -> Section | None:
                                                          "loss on the map (nats)",
                                                          "Decoded vs true loss per model")
             html.append(plot_div("fig-faith"))
+        bn = faith.get("bn") if isinstance(faith.get("bn"), str) else _run_policy(view)[0]
+        per_model, gap = _loss_per_model(texts, true, per.get("eval_mode_loss"), bn,
+                                         faith.get("bn_text"))
+        html.append(per_model)
         summary = {"median_decades": med,
                    "reconstruction_mse_raw": faith.get("reconstruction_mse_raw"),
                    "decoded_loss_relative_error_median":
-                       faith.get("decoded_loss_relative_error_median")}
+                       faith.get("decoded_loss_relative_error_median"),
+                   "bn": bn, "eval_mode_loss": per.get("eval_mode_loss") is not None,
+                   "eval_mode_gap_decades_max": gap}
     recon = view.path / "reconstruction.json"
     if recon.is_file():
         import json
