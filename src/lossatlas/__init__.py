@@ -10,50 +10,64 @@ Subpackages: ``surfaces`` (directions and slices), ``manifold`` (embeddings),
 ``curvature``, ``models`` and ``data`` (built-in registries).
 """
 
-from . import data, models
-from .atlas import Atlas
-from .batches import TensorData, as_tensor_data, num_samples, to_device
-from .checkpoints import (
-    CheckpointError,
-    load_for_model,
-    load_state_dict,
-    match_state_dict,
-    read_labels,
-    save_state_dict,
-)
-from .data import DatasetSplits, load_data
-from .evaluate import Evaluator
-from .fields import compute_field, log10_loss
-from .points import (
-    AffineSource,
-    ExplicitSource,
-    LatentSource,
-    MappedSource,
-    PointSource,
-    grid_axes,
-)
-from .population import Population, UntrustedRunError, load_population
-from .recorder import Recorder
-from .registry import FactoryError, Registry, UnknownNameError, resolve_factory
-from .space import ParamSpace
-from .store import Run
-from .train import train_population
-from .vectors import VectorFile, VectorFileWriter
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("surfaces", "manifold", "topology", "connectivity", "symmetry", "curvature",
-                "dynamics", "report", "studies", "distributed", "kernels")
+#: Where each public name lives. Imported on first use (PEP 562), so that
+#: ``import lossatlas.cli`` and ``lossatlas --help`` load no torch, xarray or zarr.
+_EXPORTS = {
+    "Atlas": "atlas",
+    "TensorData": "batches", "as_tensor_data": "batches", "num_samples": "batches",
+    "to_device": "batches",
+    "CheckpointError": "checkpoints", "load_for_model": "checkpoints",
+    "load_state_dict": "checkpoints", "match_state_dict": "checkpoints",
+    "read_labels": "checkpoints", "save_state_dict": "checkpoints",
+    "DatasetSplits": "data", "load_data": "data",
+    "Evaluator": "evaluate",
+    "compute_field": "fields", "log10_loss": "fields",
+    "AffineSource": "points", "ExplicitSource": "points", "LatentSource": "points",
+    "MappedSource": "points", "PointSource": "points", "grid_axes": "points",
+    "Population": "population", "UntrustedRunError": "population",
+    "load_population": "population",
+    "Recorder": "recorder",
+    "FactoryError": "registry", "Registry": "registry", "UnknownNameError": "registry",
+    "resolve_factory": "registry",
+    "ParamSpace": "space",
+    "Run": "store",
+    "train_population": "train",
+    "VectorFile": "vectors", "VectorFileWriter": "vectors",
+}
+
+_SUBPACKAGES = ("data", "models", "surfaces", "manifold", "topology", "connectivity",
+                "symmetry", "curvature", "dynamics", "report", "studies", "distributed",
+                "kernels", "batchnorm")
 
 
 def __getattr__(name: str):
-    """Import subpackages on first use (``lossatlas.curvature.hessian_trace`` works)."""
+    """Import public names and subpackages on first use (``lossatlas.Atlas``,
+    ``lossatlas.curvature.hessian_trace``)."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in _SUBPACKAGES:
-        import importlib
-
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'lossatlas' has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from . import data, models  # noqa: F401
+    from .atlas import Atlas  # noqa: F401
+    from .evaluate import Evaluator  # noqa: F401
+    from .population import Population  # noqa: F401
+    from .space import ParamSpace  # noqa: F401
+    from .store import Run  # noqa: F401
 
 __all__ = [
     "AffineSource",

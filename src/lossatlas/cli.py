@@ -19,8 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .store import atomic_write_json
-
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Map the loss landscape of a population of PyTorch models.")
 surface_app = typer.Typer(no_args_is_help=True, help="1-D/2-D/3-D slices of the loss landscape.")
@@ -490,6 +488,7 @@ def build_atlas(pop, xy, out_dir: Path, method: str, dim: int, resolution: int, 
     from . import distributed
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
+    from .store import atomic_write_json
 
     atlas = Atlas(pop, xy, out_dir, device=device, precision=precision,
                   memory_budget=memory_budget, output=output, loss_fn=loss_fn,
@@ -727,6 +726,7 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None, heldout=None) -
 
     from .cli_connect import population_barriers
     from .connectivity import curve_points, train_curve
+    from .store import atomic_write_json
     from .symmetry import weight_matching
 
     pop = atlas_obj.population

@@ -33,7 +33,6 @@ from .cli import (
     _setup_logging,
     app,
 )
-from .store import Run, atomic_write_json
 
 __all__ = ["connect", "align", "population_barriers"]
 
@@ -55,6 +54,7 @@ def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
     import matplotlib.pyplot as plt
 
     from .connectivity import barrier_matrix
+    from .store import Run, atomic_write_json
     from .surfaces import save_figure
     from .symmetry import permutation_spec, weight_matching
 
@@ -117,6 +117,7 @@ def connect(
     """Loss along the straight path and along a trained curve between two models
     (Garipov et al. 2018), or the barrier matrix of a population."""
     from .connectivity import barrier_curve, train_curve
+    from .store import Run, atomic_write_json
     from .surfaces import plot_curve, save_figure
 
     _setup_logging(verbose)
@@ -191,6 +192,7 @@ def align(
     """Permute B onto A (weight or activation matching); distances and barriers before
     and after, side by side; the aligned B saved as safetensors."""
     from .checkpoints import save_state_dict
+    from .store import atomic_write_json
     from .symmetry import align as align_models
     from .symmetry import compare_alignment
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from .batchnorm import resolve_policy
 from .cli import (
     _BN,
     _DATA,
@@ -34,7 +33,6 @@ from .cli import (
     _setup_logging,
     app,
 )
-from .store import Run, atomic_write_json
 
 __all__ = ["hessian", "llc_cmd", "merge_terrain", "population_terrain"]
 
@@ -83,6 +81,7 @@ def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace",
     """
     from .curvature import terrain
     from .fingerprint import population_fingerprint
+    from .store import Run, atomic_write_json
 
     run = Run(out_dir)
     if overwrite:
@@ -134,7 +133,9 @@ def hessian(
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Hessian spectrum of the mean loss: top eigenvalues, trace, density (eval mode)."""
+    from .batchnorm import resolve_policy
     from .curvature import hessian_density, hessian_eigen, hessian_trace_estimate, plot_density
+    from .store import atomic_write_json
     from .surfaces import save_figure
 
     _setup_logging(verbose)
@@ -193,6 +194,7 @@ def llc_cmd(
 ):
     """Local learning coefficient by SGLD with localisation (chains, diagnostics, trace plot)."""
     from .curvature import llc, plot_llc_trace
+    from .store import atomic_write_json
     from .surfaces import save_figure
 
     _setup_logging(verbose)

@@ -97,6 +97,16 @@ def _point_phrases(stored: dict, fingerprint: str, shape: tuple[int, ...]) -> li
     return ["different points (checkpoints, directions, span or grid)"]
 
 
+def _vlen_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with fixed-width string arrays (numpy ``<U``/``S``: no Zarr v3
+    specification, a warning on every write) stored as variable-length strings."""
+    fixed = [k for k, v in ds.variables.items() if v.dtype.kind in "US"]
+    if not fixed:
+        return ds
+    return ds.assign({k: ds[k].astype(object) for k in fixed if k in ds.data_vars}) \
+        .assign_coords({k: ds[k].astype(object) for k in fixed if k in ds.coords})
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory."""
     atomic_write_bytes(path, text.encode())
@@ -335,7 +345,7 @@ class Run:
         self.lock()
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+        _vlen_strings(ds).to_zarr(tmp, mode="w", consolidated=False)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
         progress = path.with_suffix(".progress")
