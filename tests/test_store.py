@@ -247,8 +247,8 @@ def test_a_second_writer_into_a_run_in_use_fails_clearly(ckpts, tmp_path):
     one-line error naming the holder, and a SIGKILLed holder leaves no lock behind."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom lossatlas.store import Run\n"
-         f"Run({str(tmp_path)!r}, config={{'holder': 1}})\nprint('held', flush=True)\n"
-         "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+         f"with Run({str(tmp_path)!r}).locked():\n    print('held', flush=True)\n"
+         "    time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         _fails(_interp(ckpts[0], ckpts[1], tmp_path), f"run directory {tmp_path} is in use",
@@ -283,3 +283,30 @@ def test_connect_of_another_population_into_an_atlas_run_is_refused(ckpts, tmp_p
     assert not (run / "connectivity.json").exists()
     _ok(runner.invoke(app, [*connect, "--population", str(ckpts[0].parent)]))  # the same one
     assert (run / "connectivity.json").exists() and (run / "topology.json").exists()
+
+
+def test_a_field_without_a_record_of_its_data_is_not_reused(tmp_path):
+    """A field stored before fingerprints (no "evaluator" in its meta.json) is refused; one
+    begun from Python without an evaluator adopts the first one that resumes it."""
+    from lossatlas import Evaluator
+    from lossatlas.fields import compute_field
+    from lossatlas.store import Run, StaleResultError
+    from lossatlas.surfaces import interpolation
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    ev = Evaluator(net, (torch.randn(32, 5), torch.randint(0, 3, (32,))))
+    src = interpolation(net, torch.nn.Sequential(*[torch.nn.Linear(5, 8), torch.nn.ReLU(),
+                                                   torch.nn.Linear(8, 3)]),
+                        steps=4, space=ev.space).source
+    run = Run(tmp_path)
+    compute_field(ev, src, run, "old")
+    meta_file = run.field_path("old").with_suffix(".progress") / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["evaluator"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(StaleResultError, match="older lossatlas"):
+        compute_field(ev, src, run, "old")
+    run.begin_field("new", src, ["loss", "accuracy"], 2)
+    compute_field(ev, src, run, "new", chunk_points=2)
+    assert run.field_fingerprint("new")["evaluator"]["samples"] == 32

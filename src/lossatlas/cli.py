@@ -39,7 +39,9 @@ def _handle(fn):
     def wrapper(*args, **kwargs):
         from .checkpoints import CheckpointError
         from .registry import FactoryError, UnknownNameError
+        from .store import hold_locks
 
+        hold_locks()  # the run directories a command writes into stay locked until it ends
         try:
             return fn(*args, **kwargs)
         except (UsageError, CheckpointError, FactoryError, UnknownNameError, ValueError,

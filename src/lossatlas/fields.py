@@ -97,30 +97,31 @@ def compute_field(
             ds = run.open_field(name)
             ds.attrs["nonfinite"] = int((~np.isfinite(ds["loss"].values)).sum())
             return ds
-        writer, pending = _open_writer(run, name, source, variables, chunk_points, attrs,
-                                       overwrite, ev_fp)
-        skipped = writer.num_chunks - len(pending)
-        mine = distributed.shard(pending)
-        resumed = source.size - sum(_chunk_points(writer, k) for k in pending)
-        bar = tqdm(
-            total=resumed + sum(_chunk_points(writer, k) for k in mine), initial=resumed,
-            unit="pt", disable=not progress or not distributed.is_main(), desc=f"field {name}",
-        )
-        for k in mine:
-            start, stop = writer.chunk_range(k)
-            res = evaluator.evaluate(source.points(start, stop, evaluator.device))
-            writer.write(k, {v: res[v].numpy() for v in variables})
-            bar.update(stop - start)
-        bar.close()
-        distributed.barrier()  # every chunk is on disk
-        if distributed.is_main():
-            writer.finish()
-            seconds = time.perf_counter() - t0
-            run.record_stage(
-                f"field:{name}", seconds, points=source.size, chunks_resumed=skipped,
-                ranks=distributed.world_size(), source=source.describe(),
+        with run.locked():  # one writer per run directory (rank 0 holds it under torchrun)
+            writer, pending = _open_writer(run, name, source, variables, chunk_points, attrs,
+                                           overwrite, ev_fp)
+            skipped = writer.num_chunks - len(pending)
+            mine = distributed.shard(pending)
+            resumed = source.size - sum(_chunk_points(writer, k) for k in pending)
+            bar = tqdm(
+                total=resumed + sum(_chunk_points(writer, k) for k in mine), initial=resumed,
+                unit="pt", disable=not progress or not distributed.is_main(), desc=f"field {name}",
             )
-        distributed.barrier()  # the field is marked complete
+            for k in mine:
+                start, stop = writer.chunk_range(k)
+                res = evaluator.evaluate(source.points(start, stop, evaluator.device))
+                writer.write(k, {v: res[v].numpy() for v in variables})
+                bar.update(stop - start)
+            bar.close()
+            distributed.barrier()  # every chunk is on disk
+            if distributed.is_main():
+                writer.finish()
+                seconds = time.perf_counter() - t0
+                run.record_stage(
+                    f"field:{name}", seconds, points=source.size, chunks_resumed=skipped,
+                    ranks=distributed.world_size(), source=source.describe(),
+                )
+            distributed.barrier()  # the field is marked complete
         ds = run.open_field(name)
     loss = ds["loss"].values
     ds.attrs["nonfinite"] = int((~np.isfinite(loss)).sum())

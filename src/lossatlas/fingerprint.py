@@ -155,7 +155,7 @@ def differences(stored: Mapping[str, Any] | None, now: Mapping[str, Any]) -> lis
     phrases (``"the sample count (2000, now 500)"``); ``["no fingerprint stored"]`` when
     the result predates fingerprints."""
     if not isinstance(stored, Mapping):
-        return ["no fingerprint stored with it"]
+        return ["no record of its data (stored by an older lossatlas)"]
     out = []
     for k, v in now.items():
         old = stored.get(k)

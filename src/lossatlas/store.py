@@ -33,7 +33,7 @@ from .points import PointSource
 
 __all__ = [
     "Run", "RunInUseError", "StaleResultError", "atomic_write_bytes", "atomic_write_text",
-    "atomic_write_json", "package_versions", "field_chunks", "release_locks",
+    "atomic_write_json", "package_versions", "field_chunks", "hold_locks", "release_locks",
 ]
 
 
@@ -45,18 +45,20 @@ class RunInUseError(RuntimeError):
     """Another process holds the run directory's lock."""
 
 
-# run directories this process holds the lock of: resolved path -> open file descriptor
-# (a flock belongs to the open file, so a second open in this process would conflict;
-# the lock dies with the process, a SIGKILLed one included)
-_LOCKS: dict[str, int] = {}
+# run directories this process holds the lock of: resolved path -> [open file descriptor,
+# depth] (a flock belongs to the open file, so a second open in this process would
+# conflict; the lock dies with the process, a SIGKILLed one included)
+_LOCKS: dict[str, list[int]] = {}
+_HOLD = [False]  # True while a CLI command runs: its locks last until release_locks()
 LOCK_FILE = ".lock"
 
 
 def _acquire_lock(path: Path) -> None:
-    """Hold ``path/.lock`` (``fcntl.flock``, non-blocking) for this process; raise
-    :class:`RunInUseError` naming the holder when another process has it."""
+    """Hold ``path/.lock`` (``fcntl.flock``, non-blocking) for this process, re-entrantly;
+    raise :class:`RunInUseError` naming the holder when another process has it."""
     key = str(path.resolve())
     if key in _LOCKS:
+        _LOCKS[key][1] += 1
         return
     try:
         import fcntl
@@ -73,19 +75,40 @@ def _acquire_lock(path: Path) -> None:
             "for it to finish or choose another --out") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    _LOCKS[key] = fd
+    _LOCKS[key] = [fd, 1]
+
+
+def _unlock(key: str) -> None:
+    import fcntl
+
+    fd = _LOCKS.pop(key)[0]
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _release_lock(path: Path) -> None:
+    key = str(path.resolve())
+    if key not in _LOCKS:
+        return
+    _LOCKS[key][1] -= 1
+    if _LOCKS[key][1] <= 0 and not _HOLD[0]:
+        _unlock(key)
+
+
+def hold_locks() -> None:
+    """Keep every run directory lock taken from now on until :func:`release_locks` (a CLI
+    command holds its run for its whole length)."""
+    _HOLD[0] = True
 
 
 def release_locks() -> None:
-    """Let go of every run directory lock this process holds (the CLI does at the end of
-    each command; otherwise they last until the process ends)."""
-    import fcntl
-
-    while _LOCKS:
-        _, fd = _LOCKS.popitem()
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    """Let go of every run directory lock this process holds and stop holding them (the
+    CLI does at the end of each command)."""
+    _HOLD[0] = False
+    for key in list(_LOCKS):
+        _unlock(key)
 
 
 def _point_phrases(stored: dict, fingerprint: str, shape: tuple[int, ...]) -> list[str]:
@@ -223,19 +246,27 @@ class Run:
         except json.JSONDecodeError as err:
             raise ValueError(f"run directory {self.path}: run.json is not valid JSON ({err})") from err
 
-    def lock(self) -> None:
-        """Hold the run directory's lock (``RUN/.lock``) for this process; every write
-        takes it. Under torchrun only rank 0 locks (the other ranks write their field
-        chunks into the run rank 0 holds)."""
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock (``RUN/.lock``, re-entrant within a process) while
+        the block writes; another process holding it raises :class:`RunInUseError`. Under
+        torchrun only rank 0 locks (the other ranks write their field chunks into the run
+        rank 0 holds)."""
         # RANK too: a torchrun rank may write before it joins the process group
-        if distributed.is_main() and os.environ.get("RANK", "0") in ("", "0"):
+        mine = distributed.is_main() and os.environ.get("RANK", "0") in ("", "0")
+        if mine:
             _acquire_lock(self.path)
+        try:
+            yield
+        finally:
+            if mine:
+                _release_lock(self.path)
 
     def _write(self, meta: dict) -> None:
         # under torchrun only rank 0 writes: concurrent read-modify-writes would lose updates
         if distributed.is_main():
-            self.lock()
-            atomic_write_json(self.json_path, meta)
+            with self.locked():
+                atomic_write_json(self.json_path, meta)
 
     # ------------------------------------------------------ one population
     def claim_population(self, fingerprint: str, info: dict | None = None,
@@ -244,7 +275,10 @@ class Run:
         (``run.json["population"]``); a run of another population raises
         :class:`StaleResultError`, or with ``overwrite`` is emptied of its results and
         started afresh (:meth:`clear_results`)."""
-        info = dict(info or {})
+        with self.locked():
+            self._claim(fingerprint, dict(info or {}), overwrite)
+
+    def _claim(self, fingerprint: str, info: dict, overwrite: bool) -> None:
         meta = self.read()
         stored = meta.get("population")
         if isinstance(stored, dict) and stored.get("fingerprint") != fingerprint:
@@ -274,18 +308,18 @@ class Run:
         and ``slices/`` are kept."""
         if not distributed.is_main():
             return
-        self.lock()
-        for d in self.RESULT_DIRS:
-            shutil.rmtree(self.path / d, ignore_errors=True)
-        for p in self.path.iterdir():
-            # population.safetensors is a cache checked by content (and may be the file
-            # the population being claimed is mapped from)
-            if (p.is_file() and p.suffix in self.RESULT_SUFFIXES
-                    and p.name not in (LOCK_FILE, "population.safetensors")):
-                p.unlink(missing_ok=True)
-        atomic_write_json(self.json_path, {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
-            "stages": {}})
+        with self.locked():
+            for d in self.RESULT_DIRS:
+                shutil.rmtree(self.path / d, ignore_errors=True)
+            for p in self.path.iterdir():
+                # population.safetensors is a cache checked by content (and may be the file
+                # the population being claimed is mapped from)
+                if (p.is_file() and p.suffix in self.RESULT_SUFFIXES
+                        and p.name not in (LOCK_FILE, "population.safetensors")):
+                    p.unlink(missing_ok=True)
+            atomic_write_json(self.json_path, {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": package_versions(), "stages": {}})
 
     def update(self, key: str, value: Any) -> None:
         """Set ``run.json[key] = value`` atomically."""
@@ -342,15 +376,15 @@ class Run:
         path = self.field_path(name)
         if not distributed.is_main():
             return path
-        self.lock()
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        _vlen_strings(ds).to_zarr(tmp, mode="w", consolidated=False)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        progress = path.with_suffix(".progress")
-        progress.mkdir(parents=True, exist_ok=True)
-        (progress / "complete").touch()
+        with self.locked():
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            _vlen_strings(ds).to_zarr(tmp, mode="w", consolidated=False)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+            progress = path.with_suffix(".progress")
+            progress.mkdir(parents=True, exist_ok=True)
+            (progress / "complete").touch()
         return path
 
     def begin_field(
@@ -364,10 +398,11 @@ class Run:
         evaluator_fp: dict | None = None,
     ) -> FieldWriter:
         """Create (or reopen, to resume) the zarr store of a field; returns its writer.
-        ``evaluator_fp`` is stored with it and must match to resume."""
-        self.lock()
-        return FieldWriter(self, name, source, variables, chunk_points, attrs or {}, overwrite,
-                           evaluator_fp)
+        ``evaluator_fp`` is stored with it and must match to resume. (Hold
+        :meth:`locked` around the writes that follow, as ``compute_field`` does.)"""
+        with self.locked():
+            return FieldWriter(self, name, source, variables, chunk_points, attrs or {},
+                               overwrite, evaluator_fp)
 
 
 def _check_meta(meta: dict, name: str, where: Path, source: PointSource,
@@ -375,7 +410,11 @@ def _check_meta(meta: dict, name: str, where: Path, source: PointSource,
     from .fingerprint import differences
 
     phrases = _point_phrases(meta, source.fingerprint(), source.shape)
-    if evaluator_fp is not None:
+    # "evaluator": null is a field begun without one (Run.begin_field from Python): its
+    # first compute_field adopts the evaluator's; a field stored by a lossatlas older
+    # than fingerprints lacks the key and is refused (its data are unknown)
+    if evaluator_fp is not None and (meta.get("evaluator") is not None
+                                     or "evaluator" not in meta):
         phrases += differences(meta.get("evaluator"), evaluator_fp)
     if phrases:
         raise StaleResultError(
@@ -417,6 +456,9 @@ class FieldWriter:
                     f"field {name!r} in {run.path} was started with different points or settings; "
                     f"pass overwrite=True (CLI: --overwrite) or choose another name"
                 )
+            if meta.get("evaluator") is None and evaluator_fp is not None \
+                    and distributed.is_main():
+                atomic_write_json(meta_file, {**meta, "evaluator": evaluator_fp})
         else:
             self._create(fp, attrs, name)
 
