@@ -336,3 +336,36 @@ def test_a_run_naming_a_builtin_model_needs_no_flag(clean_run, tmp_path):
     out = _json(runner.invoke(app, [*folder, "--model-arg", "hidden=[6]", "--out",
                                     str(tmp_path / "l3"), "--json"]))
     assert out["models"] == 2
+
+
+def test_numbers_on_screen(checkpoints, tmp_path):
+    """The tables a researcher copies: every top-k eigenvalue, the LLC with its scale, the
+    barrier matrix of a population; the printed values equal the stored JSON."""
+    res = runner.invoke(app, ["hessian", str(checkpoints[0]), *MODEL, "--top", "3",
+                              "--samples", "200", "--out", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    stored = json.loads((tmp_path / "h" / "hessian.json").read_text())
+    for v in stored["eigenvalues"]:
+        assert f"{v:.4g}" in res.output
+    res = runner.invoke(app, ["llc", str(checkpoints[0]), *MODEL, "--chains", "2", "--draws",
+                              "10", "--samples", "200", "--json", "--out", str(tmp_path / "l")])
+    out = _json(res)
+    d = sum(t.numel() for t in create("mlp", in_features=40, hidden=(16,),
+                                      num_classes=10).parameters())
+    assert out["parameters"] == d and out["regular_model_llc (d/2)"] == d / 2
+    assert out["nbeta"] == pytest.approx(32 / np.log(32)) and out["samples"] == 200
+    pop = tmp_path / "pop"
+    pop.mkdir()
+    for i, p in enumerate(checkpoints):
+        (pop / f"V{i}_seed0_epoch1.pt").write_bytes(p.read_bytes())
+    res = runner.invoke(app, ["connect", "--population", str(pop), *MODEL, "--samples",
+                              "200", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    conn = json.loads((tmp_path / "c" / "connectivity.json").read_text())
+    assert "barrier" in res.output
+    rows = [ln for ln in res.output.splitlines() if ln.strip("│ ").startswith("V")]
+    assert len(rows) == 3  # one printed row per model of the matrix
+    for i, row in enumerate(rows):
+        cells = [c.strip() for c in row.strip("│").split("│")]
+        assert cells[0] == f"V{i}"
+        assert cells[1:] == [f"{v:.4g}" for v in conn["before"][i]]

@@ -142,21 +142,50 @@ def _load_population(source: str, model: str | None, kwargs: dict, trust_run: bo
                            trust_run=trust_run, out=out, bn=bn)
 
 
+def _cell(v: Any) -> str:
+    """A summary value as table text: floats to 4 significant digits, short lists of
+    numbers joined."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v):
+        shown = ", ".join(_cell(x) for x in v[:10])
+        return shown + (f", ... ({len(v)} in all)" if len(v) > 10 else "")
+    return str(v)
+
+
 def _table(title: str, rows: dict[str, Any]) -> Table:
     t = Table(title=title, show_header=False, title_justify="left")
     t.add_column("", style="bold")
     t.add_column("")
     for k, v in rows.items():
-        t.add_row(str(k), f"{v:.4g}" if isinstance(v, float) else str(v))
+        t.add_row(str(k), _cell(v))
     return t
 
 
-def _finish(summary: dict, as_json: bool, title: str) -> None:
+def _matrix_table(title: str, names: list[str], values, columns: list[str] | None = None
+                  ) -> Table:
+    """A labelled matrix (rows ``names``, columns ``columns`` or ``names``) as a table."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("")
+    for c in columns or names:
+        t.add_column(str(c), justify="right")
+    for name, row in zip(names, values, strict=True):
+        t.add_row(str(name), *(_cell(float(v)) for v in row))
+    return t
+
+
+def _finish(summary: dict, as_json: bool, title: str, tables: list[Table] | None = None
+            ) -> None:
+    """Print the summary (one JSON object with ``--json``, else a table of its scalar and
+    short numeric-list entries, then ``tables``: matrices a researcher would copy)."""
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
-    else:
-        flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-        out.print(_table(title, flat))
+        return
+    flat = {k: v for k, v in summary.items() if not isinstance(v, dict)
+            and (not isinstance(v, (list, tuple)) or _cell(v) != str(v) or len(v) <= 10)}
+    out.print(_table(title, flat))
+    for t in tables or []:
+        out.print(t)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -29,6 +29,7 @@ from .cli import (
     _load_data,
     _load_models,
     _load_population,
+    _matrix_table,
     _model_factory,
     _setup_logging,
     app,
@@ -142,7 +143,9 @@ def connect(
             summary["mean_barrier_after"] = float(np.mean(res["after"]))
         summary.update(store=str(out_dir / "connectivity.json"),
                        seconds=round(time.perf_counter() - t0, 2))
-        _finish(summary, as_json, "connect (population)")
+        tables = [_matrix_table(f"barrier (nats), {k} alignment", res["names"], res[k])
+                  for k in ("before", "after") if k in res]
+        _finish(summary, as_json, "connect (population)", tables)
         return
     if curve not in ("bezier", "polychain", "linear"):
         raise UsageError(f"--curve must be bezier, polychain or linear, got {curve!r}")

@@ -29,6 +29,7 @@ from .cli import (
     _load_data,
     _load_models,
     _load_population,
+    _matrix_table,
     _model_factory,
     _setup_logging,
     app,
@@ -116,6 +117,15 @@ def _single_or_population(checkpoint, population):
         raise UsageError("give one checkpoint MODEL, or --population DIR (not both)")
 
 
+def _terrain_table(table: dict):
+    """Per-model terrain (the measures present in ``table``) as a printable table."""
+    cols = [c for c in ("loss", "top_eigenvalue", "trace", "trace_std", "llc_mean", "llc_std")
+            if c in table and len(table[c]) == len(table["models"])]
+    rows = [[table[c][i] for c in cols] for i in range(len(table["models"]))]
+    return _matrix_table(f"terrain per model (BatchNorm: {table.get('bn')})", table["models"],
+                         rows, cols)
+
+
 @app.command()
 @_handle
 def hessian(
@@ -152,7 +162,7 @@ def hessian(
                                    overwrite=overwrite)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
-        _finish(summary, as_json, "hessian (population)")
+        _finish(summary, as_json, "hessian (population)", [_terrain_table(table)])
         return
     (m,) = _load_models([checkpoint], factory)
     eig = hessian_eigen(m, xy, k=top, device=device, bn=bn)
@@ -180,7 +190,10 @@ def llc_cmd(
     draws: int = typer.Option(200, help="Draws per chain."),
     burnin: int = typer.Option(0, help="Burn-in steps per chain."),
     epsilon: float = typer.Option(1e-3, help="SGLD step size."),
-    nbeta: float = typer.Option(None, help="n * beta (default: devinterp's default_nbeta)."),
+    nbeta: float = typer.Option(
+        None, help="n * beta, the inverse temperature times the samples (default: "
+        "devinterp's default m / ln m for SGLD batch size m: Watanabe's WBIC temperature "
+        "1 / ln n with the batch size for n)."),
     gamma: float = typer.Option(100.0, help="Localisation strength."),
     batch_size: int = typer.Option(32, help="SGLD mini-batch size."),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
@@ -212,14 +225,19 @@ def llc_cmd(
                                    overwrite=overwrite)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
-        _finish(summary, as_json, "llc (population)")
+        _finish(summary, as_json, "llc (population)", [_terrain_table(table)])
         return
     (m,) = _load_models([checkpoint], factory)
     res = llc(m, xy, device=device, bn=bn, **sgld)
     fig = plot_llc_trace(res)
     fig = getattr(fig, "figure", fig)
+    d = sum(p.numel() for p in m.parameters())
     summary = {"llc_mean": float(res["llc_mean"]), "llc_std": float(res["llc_std"]),
-               "chains": chains, "draws": draws,
+               # what a reader needs to place the value: a regular model of d
+               # parameters has LLC d/2; smaller means a degenerate (flatter) minimum
+               "parameters": d, "regular_model_llc (d/2)": d / 2,
+               "nbeta": float(res["nbeta"]), "samples": len(xy[1]), "batch_size": batch_size,
+               "chains": chains, "draws": draws, "burnin": burnin,
                "warnings": res.get("warnings", []),
                "trace_figure": str(save_figure(fig, out_dir / "llc_trace.png")),
                "seconds": round(time.perf_counter() - t0, 2)}
