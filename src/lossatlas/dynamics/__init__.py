@@ -1,6 +1,7 @@
 """Dynamics: phase transitions along training and algorithmic branches within basins.
 
-* :func:`detect_transitions` - change points (mean shifts) in behavioural metrics;
+* :func:`detect_transitions` - abrupt changes of behavioural metrics that a smooth trend
+  (exponential, power law, spline in log-steps) does not explain; :func:`fit_trend`;
   :func:`grokking_onset`, :func:`lead_time`.
 * :func:`commutator_defect` - non-commutativity of two SGD steps, an early-warning
   signal of grokking; :func:`defect_along` over checkpoints.
@@ -30,6 +31,7 @@ from .transitions import (
     Transition,
     detect_all,
     detect_transitions,
+    fit_trend,
     grokking_onset,
     lead_time,
     noise_scale,
@@ -51,6 +53,7 @@ __all__ = [
     "dynamics_report",
     "find_branches",
     "first_order_difference",
+    "fit_trend",
     "functional_distances",
     "grokking_onset",
     "lead_time",

@@ -1,66 +1,140 @@
-"""Phase transitions: change points in behavioural metrics along a training trajectory.
+"""Phase transitions: abrupt changes of a metric that a smooth trend does not explain.
 
-Model: the series is piecewise constant (a mean-shift model) plus noise. Change points
-are found by binary segmentation: in a segment, the split maximising the reduction of
-the squared error, ``n_L n_R / n (mean_L - mean_R)^2``, is kept when that reduction,
-in units of the noise variance, exceeds a penalty; both halves are searched again.
+A training curve decays (or rises) smoothly almost everywhere; a *transition* is a
+change that is abrupt on the scale of the checkpoint spacing and that no smooth trend
+accounts for. The model of a series ``x_0 .. x_{n-1}`` (checkpoint index ``i``) is
 
-The noise scale is estimated robustly from the first differences:
-``sigma = 1.4826 MAD(diff(x)) / sqrt(2)``, so a few jumps (or a slow trend) do not
-inflate it. The default penalty is ``3 log n`` (a BIC-style penalty, stricter than
-``2 log n`` because the split location is chosen by maximisation); it keeps the
-false-alarm rate on white noise near 1 % per series for n between 30 and 1000.
+    x_i = trend(t_i) + sum_j h_j expit((i - mu_j) / w_j) + noise,
 
-The series is taken in checkpoint order; ``steps`` (optional, possibly unevenly
-spaced) only label the result.
+with the trend one of a few smooth families of the (normalised) training step ``t``:
+
+* ``constant``;
+* ``exp``: ``c + a exp(-r t)`` (decay for ``r > 0``, growth for ``r < 0``);
+* ``power``: ``c + a (t + t0)^-b`` (``b < 0``: a power-law rise);
+* ``spline``: a cubic regression spline in ``log(t + dt)`` ("log-steps") with
+  ``K`` evenly spaced interior knots, and ``spline-i``: one in the checkpoint index,
+  with at least :data:`MIN_KNOT_SPACING` checkpoints between knots, so that a change
+  over a few checkpoints cannot hide in it.
+
+Each step is a logistic of centre ``mu_j`` (checkpoint index, fractional), scale
+``w_j`` (checkpoints; its 10-90 % rise spans ``2 ln 9 w ~ 4.39 w`` checkpoints, at
+most ``max_width`` and ``n / 10``) and height ``h_j`` (metric units). Models are
+compared by the Bayesian information criterion in a small-sample form,
+``BIC = n log(RSS / (n - k)) + k log n`` (``k`` counts every fitted parameter; the
+noise variance is unknown; at least 3 residual degrees of freedom), or
+``RSS / sigma^2 + k log n`` when ``sigma`` is given.
+
+Noise: its scale may change along training (a loss's noise shrinks with the loss), so
+least squares are weighted by the inverse relative noise scale, a moving median of the
+absolute first differences of the trend's residuals (used only where it varies
+significantly). The noise standard deviation itself is estimated robustly from the
+first differences (:func:`noise_scale`: ``1.4826 MAD / sqrt(2)``).
+
+Fit: all families are linear in their amplitudes once their nonlinear parameters
+(rate, exponent, offset, step centres and scales) are fixed, so a grid of nonlinear
+parameters is scanned by least squares (every candidate step at once, by projecting
+the step columns off the trend's span) and the best candidate of every family is
+refined by :func:`scipy.optimize.least_squares` on the variable-projection residual.
+Steps are added greedily; one is kept when it lowers the BIC by more than ``penalty``,
+it is at least ``min_snr`` local noise standard deviations and ``min_jump`` metric
+units high, and the residuals of the model without it jump across it by at least two
+standard errors (over ``min_size`` checkpoints either side), so that a step cannot
+stand in for a different smooth trend.
+
+Each reported transition carries its location (index, fractional centre, step), size
+(metric units), width (checkpoints), ``delta_bic`` (BIC of the best model without
+this step, trend family re-chosen and refitted, minus BIC of the final model; larger
+is stronger) and a p-value: the likelihood-ratio statistic ``z**2`` of the step
+against the same trend family without it (chi-square with one degree of freedom at a
+fixed centre and scale), Bonferroni-corrected over the scanned (centre, scale) grid
+(conservative).
+
+Measured (``tests/dynamics/test_transitions.py``, fixed seeds, 20 curves each, 1 %
+noise): transitions reported on 0 exponential decays (additive noise), 1 exponential
+decay (multiplicative noise), 0 power-law decays, 0 nine-checkpoint decays; a sigmoid
+jump of 10 noise standard deviations, 10-90 % span 1.3-4.4 checkpoints, riding on an
+exponential decay is found within 5 checkpoints of its centre in 20 of 20; on white
+noise (n = 100) 0 of 100 false alarms. About 0.1-0.3 s per series of 100-150 points.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
+from scipy.interpolate import BSpline
+from scipy.ndimage import median_filter
+from scipy.optimize import least_squares
+from scipy.special import expit
+from scipy.stats import chi2
 
 __all__ = [
+    "MIN_KNOT_SPACING",
+    "TREND_FAMILIES",
     "Transition",
     "detect_all",
     "detect_transitions",
+    "fit_trend",
     "grokking_onset",
     "noise_scale",
     "lead_time",
     "rise_step",
 ]
 
+TREND_FAMILIES = ("constant", "exp", "power", "spline", "spline-i")
+"""The smooth trend families a transition is measured against (see the module doc)."""
+
+MIN_KNOT_SPACING = 6
+"""Fewest checkpoints between two knots of the ``spline-i`` (checkpoint-index) trend."""
+
+MIN_KNOT_POINTS = 4
+"""Fewest checkpoints between two knots of the ``spline`` (log-step) trend."""
+
+_SPAN = 2.0 * math.log(9.0)  # 10-90 % rise of expit(z / w) spans _SPAN * w
+
 
 @dataclass(frozen=True)
 class Transition:
-    """One change point of a metric series.
+    """One abrupt change of a metric series, relative to its smooth trend.
 
     Attributes
     ----------
     index : int
-        Position in the series of the first value of the new segment.
+        Position in the series of the first checkpoint after the centre of the change.
     metric : str
         Name of the series (``""`` when not given).
     size : float
-        The jump ``mean_after - mean_before`` of the adjacent segments, in the
-        metric's units.
+        Height of the change (after minus before), in the metric's units, on top of
+        the trend.
     confidence : float
-        ``1 - p`` with ``p`` a Bonferroni-corrected two-sided normal p-value of
-        ``z`` over the candidate split positions of its segment (in [0, 1]).
+        ``1 - p_value`` (in [0, 1]).
     z : float
-        ``|size| / (sigma sqrt(1/n_before + 1/n_after))``; ``z**2`` is the
-        likelihood-ratio statistic of the split (in noise-variance units).
+        Square root of the likelihood-ratio statistic of this step against the model
+        without it (in noise standard deviations).
     step : float or None
         ``steps[index]`` when steps were given (the first checkpoint after the change).
     step_before : float or None
-        ``steps[index - 1]``: the change happened between ``step_before`` and ``step``.
-    mean_before, mean_after : float
-        Means of the adjacent segments (metric units).
+        ``steps[index - 1]``: the change is centred between ``step_before`` and ``step``.
+    level_before, level_after : float
+        The fitted curve (trend and steps, no noise) at the checkpoints just before
+        and just after the change's 10-90 % span (metric units).
+    location : float
+        Fractional checkpoint index of the centre (half-way point) of the change.
+    location_step : float or None
+        The centre in training steps (interpolated between checkpoints).
+    width : float
+        10-90 % span of the change, in checkpoints (``2 ln 9`` times the logistic scale).
+    delta_bic : float
+        BIC without this step (trend refitted) minus BIC with it; evidence for the
+        change against the smooth trend (> 10: very strong).
+    p_value : float
+        Bonferroni-corrected likelihood-ratio p-value of the step (see the module doc).
+    trend : str
+        Trend family of the final model (one of :data:`TREND_FAMILIES`, with the
+        number of knots for splines, e.g. ``"spline(3)"``).
     """
 
     index: int
@@ -70,8 +144,14 @@ class Transition:
     z: float
     step: float | None = None
     step_before: float | None = None
-    mean_before: float = float("nan")
-    mean_after: float = float("nan")
+    level_before: float = float("nan")
+    level_after: float = float("nan")
+    location: float = float("nan")
+    location_step: float | None = None
+    width: float = float("nan")
+    delta_bic: float = float("nan")
+    p_value: float = float("nan")
+    trend: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +162,7 @@ def noise_scale(series: np.ndarray) -> float:
 
     Falls back to the standard deviation of the differences when the MAD is 0
     (e.g. a quantised series), and to a tiny positive number for a constant series.
+    Applied to the residuals of a trend, a few jumps do not inflate it.
     """
     x = np.asarray(series, dtype=float)
     d = np.diff(x)
@@ -95,20 +176,327 @@ def noise_scale(series: np.ndarray) -> float:
     return max(sigma, 1e-9 * scale)
 
 
-def _best_split(cs: np.ndarray, cs2: np.ndarray, s: int, e: int, min_size: int):
-    """Best split ``k`` of ``x[s:e]`` (segments ``[s, k)`` and ``[k, e)``) and its gain."""
-    n = e - s
-    ks = np.arange(s + min_size, e - min_size + 1)
-    if ks.size == 0:
-        return None, 0.0
-    n_l = ks - s
-    n_r = e - ks
-    sum_l = cs[ks] - cs[s]
-    sum_r = cs[e] - cs[ks]
-    diff = sum_l / n_l - sum_r / n_r
-    gain = n_l * n_r / n * diff**2
-    j = int(np.argmax(gain))
-    return int(ks[j]), float(gain[j])
+# ------------------------------------------------------------------ model pieces
+class _Axis:
+    """Normalised time ``s`` in [0, 1], log-steps ``v``, checkpoint index ``i``."""
+
+    def __init__(self, n: int, steps: np.ndarray | None) -> None:
+        self.n = n
+        self.i = np.arange(n, dtype=float)
+        t = self.i if steps is None or np.any(np.diff(steps) <= 0) else steps
+        s = (t - t[0]) / (t[-1] - t[0])
+        self.s = s
+        self.ds = float(s[1] - s[0])  # first spacing: the log-step offset
+        self.v = np.log(s + self.ds)
+
+
+@dataclass
+class _Trend:
+    family: str
+    theta: np.ndarray  # nonlinear parameters
+    knots: int = 0  # knots asked for (splines)
+    inner: int = 0  # interior knots kept
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}({self.inner})" if self.family.startswith("spline") else self.family
+
+
+def _spline_knots(x: np.ndarray, knots: int, min_points: int) -> np.ndarray:
+    """``knots`` interior knots evenly spaced over ``x`` (sorted), thinned so that every
+    knot interval holds at least ``min_points`` points."""
+    lo, hi = float(x[0]), float(x[-1])
+    kept: list[float] = []
+    last = lo
+    for kn in np.linspace(lo, hi, knots + 2)[1:-1]:
+        if np.sum((x >= last) & (x < kn)) >= min_points and np.sum(x >= kn) >= min_points:
+            kept.append(float(kn))
+            last = float(kn)
+    return np.asarray(kept)
+
+
+def _spline_basis(x: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    lo, hi = float(x[0]), float(x[-1])
+    t = np.r_[[lo] * 4, inner, [hi] * 4]
+    return BSpline.design_matrix(np.clip(x, lo, hi), t, 3).toarray()
+
+
+def _trend_basis(tr: _Trend, ax: _Axis) -> np.ndarray:
+    one = np.ones((ax.n, 1))
+    if tr.family == "constant":
+        return one
+    if tr.family == "exp":
+        r = float(tr.theta[0])
+        return np.c_[one, np.exp(-r * ax.s - max(0.0, -r))]  # scaled to <= 1
+    if tr.family == "power":
+        b, log_t0 = float(tr.theta[0]), float(tr.theta[1])
+        col = np.exp(-b * np.log(ax.s + math.exp(log_t0)))
+        return np.c_[one, col / np.max(np.abs(col))]
+    if tr.family == "spline":
+        return _spline_basis(ax.v, _spline_knots(ax.v, tr.knots, MIN_KNOT_POINTS))
+    if tr.family == "spline-i":
+        return _spline_basis(ax.i, _spline_knots(ax.i, tr.knots, MIN_KNOT_SPACING))
+    raise ValueError(f"unknown trend family {tr.family!r}; choose from {TREND_FAMILIES}")
+
+
+def _n_params(tr: _Trend, basis_rank: int) -> int:
+    return basis_rank + int(tr.theta.size)
+
+
+def _orth(m: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the column span of ``m`` (rank-revealing SVD)."""
+    u, sv, _ = np.linalg.svd(m, full_matrices=False)
+    if sv.size == 0:
+        return u
+    return u[:, sv > 1e-10 * sv[0]]
+
+
+def _trend_grid(ax: _Axis, families: Sequence[str]) -> list[_Trend]:
+    n, out = ax.n, []
+    for fam in families:
+        if fam == "constant":
+            out.append(_Trend("constant", np.zeros(0)))
+        elif fam == "exp" and n >= 5:
+            rmax = min(2.0 / ax.ds, 1e4)
+            for r in [-3.0, -1.0, *np.geomspace(0.5, rmax, 9)]:
+                out.append(_Trend("exp", np.array([r])))
+        elif fam == "power" and n >= 6:
+            for b in (-0.7, 0.2, 0.5, 1.0, 2.0):
+                for t0 in np.geomspace(ax.ds / 4, 1.0, 4):
+                    out.append(_Trend("power", np.array([b, math.log(t0)])))
+        elif fam in ("spline", "spline-i") and n >= 12:
+            x, m = (ax.v, MIN_KNOT_POINTS) if fam == "spline" else (ax.i, MIN_KNOT_SPACING)
+            seen: set[tuple[float, ...]] = set()
+            for k in range(0 if fam == "spline" else 1, min(8, n // 4 - 4) + 1):
+                kn = tuple(_spline_knots(x, k, m))
+                if kn not in seen and (kn or fam == "spline"):
+                    seen.add(kn)
+                    out.append(_Trend(fam, np.zeros(0), k, len(kn)))
+        elif fam not in TREND_FAMILIES:
+            raise ValueError(f"unknown trend family {fam!r}; choose from {TREND_FAMILIES}")
+    return out
+
+
+_BOUNDS = {"exp": ([-10.0], [1e4]), "power": ([-2.0, -20.0], [5.0, 1.0])}
+
+
+@dataclass
+class _Fit:
+    trend: _Trend
+    steps: list[tuple[float, float]]  # (mu, w)
+    rss: float
+    k: int
+    bic: float = float("inf")
+    coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fitted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class _Problem:
+    """One series: its axis, weights, the BIC, the grid scan and the refinement.
+
+    Least squares are weighted by ``1 / s_i``, the relative noise scale at checkpoint
+    ``i`` (:func:`_relative_noise`); every RSS is in weighted units.
+    """
+
+    def __init__(self, x: np.ndarray, ax: _Axis, sigma: float | None, families: Sequence[str],
+                 mus: np.ndarray, ws: np.ndarray, w_max: float, min_gap: float) -> None:
+        self.x, self.ax, self.n = x, ax, x.size
+        self.sigma = sigma
+        self.trends = _trend_grid(ax, families)
+        self.mus, self.ws, self.w_max, self.min_gap = mus, ws, w_max, min_gap
+        self.cand = np.c_[np.repeat(mus, ws.size), np.tile(ws, mus.size)]
+        self.S = expit((ax.i[:, None] - self.cand[None, :, 0]) / self.cand[None, :, 1])
+        self._cache: dict[tuple, np.ndarray] = {}
+        self.set_weights(np.ones(self.n))
+
+    def set_weights(self, rel_noise: np.ndarray) -> None:
+        self.wt = 1.0 / rel_noise
+        self.xw = self.x * self.wt
+        self.Sw = self.S * self.wt[:, None]
+        self.S2 = np.sum(self.Sw * self.Sw, axis=0)
+        scale = max(float(np.ptp(self.xw)), 1e-300)
+        self.rss_floor = self.n * (1e-4 * scale) ** 2  # noise below 1e-4 of the range
+        self._q: dict[int, tuple[np.ndarray, int]] = {}
+
+    def bic(self, rss: float, k: int) -> float:
+        """BIC (unknown variance, small-sample form ``n log(RSS / (n - k))``); ``inf``
+        with fewer than 3 residual degrees of freedom."""
+        n = self.n
+        if n - k < 3:
+            return float("inf")
+        if self.sigma is not None:
+            return rss / self.sigma**2 + k * math.log(n)
+        return n * math.log(max(rss, self.rss_floor) / (n - k)) + k * math.log(n)
+
+    def basis(self, tr: _Trend) -> np.ndarray:
+        if tr.theta.size:
+            return _trend_basis(tr, self.ax)
+        key = (tr.family, tr.knots)
+        if key not in self._cache:
+            self._cache[key] = _trend_basis(tr, self.ax)
+        return self._cache[key]
+
+    def design(self, tr: _Trend, steps: Sequence[tuple[float, float]]) -> np.ndarray:
+        cols = [self.basis(tr)]
+        for mu, w in steps:
+            cols.append(expit((self.ax.i - mu) / w)[:, None])
+        return np.concatenate(cols, axis=1)
+
+    def fit_linear(self, tr: _Trend, steps: Sequence[tuple[float, float]]) -> _Fit:
+        m = self.design(tr, steps)
+        coef, _, rank, _ = np.linalg.lstsq(m * self.wt[:, None], self.xw, rcond=None)
+        fitted = m @ coef
+        rss = float(np.sum(((self.x - fitted) * self.wt) ** 2))
+        k = int(rank) + int(tr.theta.size) + 2 * len(steps)
+        f = _Fit(tr, list(steps), rss, k, coef=coef, fitted=fitted)
+        f.bic = self.bic(rss, k)
+        return f
+
+    def refine(self, tr: _Trend, steps: Sequence[tuple[float, float]],
+               free: int = 10**9) -> _Fit:
+        """Least-squares refinement of the trend's nonlinear parameters and of the last
+        ``free`` steps' centres (within 2 checkpoints of their start) and scales."""
+        steps = list(steps)
+        nt = tr.theta.size
+        held, moving = steps[: max(len(steps) - free, 0)], steps[max(len(steps) - free, 0):]
+        if nt == 0 and not moving:
+            return self.fit_linear(tr, steps)
+        lo_t, hi_t = _BOUNDS.get(tr.family, ([], []))
+        lo = list(lo_t)
+        hi = list(hi_t)
+        for mu, _w in moving:
+            lo += [max(self.mus[0], mu - 2.0), 0.05]
+            hi += [min(self.mus[-1], mu + 2.0), self.w_max]
+        p0 = np.clip(np.r_[tr.theta, np.ravel(moving)], lo, hi)
+
+        def unpack(p):
+            t = _Trend(tr.family, p[:nt], tr.knots, tr.inner)
+            mv = [(float(p[nt + 2 * j]), float(p[nt + 2 * j + 1])) for j in range(len(moving))]
+            return t, [*held, *mv]
+
+        def resid(p):
+            m = self.design(*unpack(p)) * self.wt[:, None]
+            coef, *_ = np.linalg.lstsq(m, self.xw, rcond=None)
+            return self.xw - m @ coef
+
+        start = self.fit_linear(tr, steps)
+        try:
+            sol = least_squares(resid, p0, bounds=(lo, hi), x_scale="jac", ftol=1e-6,
+                                xtol=1e-6, max_nfev=25 * p0.size)
+            best = self.fit_linear(*unpack(sol.x))
+        except (ValueError, np.linalg.LinAlgError):
+            return start
+        return best if best.rss <= start.rss else start
+
+    def scan(self, fixed: Sequence[tuple[float, float]], with_step: bool,
+             margin: float = 10.0) -> list[_Fit]:
+        """Refined best grid model of every family whose grid BIC is within ``margin``
+        of the best (with one more step, away from the ``fixed`` ones, when
+        ``with_step``)."""
+        best: dict[str, tuple[float, _Trend, tuple[float, float] | None]] = {}
+        fixed_cols = [expit((self.ax.i - mu) / w)[:, None] for mu, w in fixed]
+        allowed = np.ones(self.cand.shape[0], bool)
+        for mu, _w in fixed:
+            allowed &= np.abs(self.cand[:, 0] - mu) >= self.min_gap
+        for tr in self.trends:
+            m = np.concatenate([self.basis(tr), *fixed_cols], axis=1) * self.wt[:, None]
+            q = _orth(m)
+            k = q.shape[1] + int(tr.theta.size) + 2 * len(fixed)
+            r = self.xw - q @ (q.T @ self.xw)
+            rss0 = float(r @ r)
+            if with_step:
+                qs = q.T @ self.Sw
+                den = self.S2 - np.sum(qs * qs, axis=0)
+                ok = allowed & (den > 1e-8 * self.S2)
+                if not ok.any():
+                    continue
+                gain = np.where(ok, (r @ self.Sw) ** 2 / np.where(ok, den, 1.0), -np.inf)
+                j = int(np.argmax(gain))
+                rss, k, step = max(rss0 - float(gain[j]), 0.0), k + 3, tuple(self.cand[j])
+            else:
+                rss, step = rss0, None
+            b = self.bic(rss, k)
+            if tr.family not in best or b < best[tr.family][0]:
+                best[tr.family] = (b, tr, step)
+        if not best:
+            return []
+        top = min(v[0] for v in best.values())
+        out = []
+        for b, tr, step in best.values():
+            if b > top + margin or not np.isfinite(b):
+                continue
+            st = [*fixed, step] if step is not None else list(fixed)
+            out.append(self.refine(tr, st, free=1 if step is not None else 0))
+        return out
+
+    def best(self, fixed: Sequence[tuple[float, float]], with_step: bool) -> _Fit | None:
+        fits = self.scan(fixed, with_step)
+        return min(fits, key=lambda f: f.bic) if fits else None
+
+
+def _relative_noise(resid: np.ndarray) -> np.ndarray:
+    """Relative noise scale at every checkpoint (geometric mean 1), from a moving
+    median of ``|diff(resid)|`` over ``W = max(15, n // 5)`` differences (robust to
+    the few large differences of a jump). Ones unless the variation of its log is
+    significant (more than 4 standard errors, ``1.2 / sqrt(W)`` for Gaussian noise);
+    the ratio is clipped to 30 either way; ones for fewer than 20 checkpoints."""
+    n = resid.size
+    if n < 20:
+        return np.ones(n)
+    d = np.abs(np.diff(resid))
+    pos = d[d > 0]
+    if pos.size < n // 2:  # a quantised series: no reliable local scale
+        return np.ones(n)
+    width = max(15, n // 5) | 1
+    sm = np.log(np.maximum(median_filter(d, size=width, mode="mirror"), 0.5 * pos.min()))
+    at = np.r_[sm[0], 0.5 * (sm[1:] + sm[:-1]), sm[-1]]  # diffs -> checkpoints
+    dev = at - at.mean()
+    if np.max(np.abs(dev)) < 4.0 * 1.2 / math.sqrt(width):
+        return np.ones(n)
+    return np.exp(np.clip(dev, -math.log(30), math.log(30)))
+
+
+def _local_jump(resid: np.ndarray, mu: float, w: float, m: int) -> float:
+    """Mean of ``resid`` over the ``m`` checkpoints after a change's 10-90 % span minus
+    the mean over the ``m`` before it, in units of one residual's standard error
+    (``sqrt(1 / m_before + 1 / m_after)``); metric units when divided out again."""
+    n = resid.size
+    lo = int(math.floor(mu - _SPAN / 2 * w))
+    hi = int(math.ceil(mu + _SPAN / 2 * w))
+    before = resid[max(lo - m + 1, 0): max(lo + 1, 0)]
+    after = resid[min(hi, n): min(hi + m, n)]
+    if before.size == 0 or after.size == 0:
+        return 0.0
+    return float(after.mean() - before.mean()) / math.sqrt(1 / before.size + 1 / after.size)
+
+
+def _step_height(fit: _Fit, j: int) -> float:
+    return float(fit.coef[-len(fit.steps) + j])
+
+
+def fit_trend(
+    series: np.ndarray | Sequence[float],
+    steps: np.ndarray | Sequence[float] | None = None,
+    families: Sequence[str] = TREND_FAMILIES,
+) -> dict[str, Any]:
+    """The smooth trend of a series alone, chosen by BIC among ``families``.
+
+    Returns
+    -------
+    dict with ``trend`` (family name), ``theta`` (its nonlinear parameters on the
+    normalised time axis), ``fitted`` (array (n,), metric units), ``rss``
+    (metric units squared), ``bic`` and ``noise`` (:func:`noise_scale` of the
+    residuals, metric units).
+    """
+    x = np.asarray(series, dtype=float)
+    st = None if steps is None else np.asarray(steps, dtype=float)
+    ax = _Axis(x.size, st)
+    prob = _Problem(x, ax, None, families, np.array([0.5]), np.array([1.0]), 1.0, 1.0)
+    f = prob.best([], with_step=False)
+    if f is None:
+        raise ValueError(f"fit_trend: no trend family of {families} fits {x.size} points")
+    return {"trend": f.trend.name, "theta": f.trend.theta.tolist(), "fitted": f.fitted,
+            "rss": f.rss, "bic": f.bic, "noise": noise_scale(x - f.fitted)}
 
 
 def detect_transitions(
@@ -120,39 +508,52 @@ def detect_transitions(
     min_jump: float = 0.0,
     sigma: float | None = None,
     max_changes: int | None = None,
+    max_width: float = 8.0,
+    min_snr: float = 3.0,
+    families: Sequence[str] = TREND_FAMILIES,
 ) -> list[Transition]:
-    """Change points of a mean-shift model by binary segmentation.
+    """Abrupt changes of a series that its smooth trend does not explain.
 
     Parameters
     ----------
     series : array of shape (n,)
         The metric at consecutive checkpoints (any units), in order.
     steps : array of shape (n,), optional
-        Training step of every entry (may be unevenly spaced); labels the result.
+        Training step of every entry (may be unevenly spaced, e.g. logarithmic); the
+        time axis of the trend (else the checkpoint index) and the result's labels.
     metric : str
         Name stored in every :class:`Transition`.
     penalty : float, optional
-        Minimum squared-error reduction of a split in units of ``sigma**2``;
-        default ``3 log n``.
+        Minimum BIC decrease for a step to be kept (beyond the BIC's own ``log n`` per
+        parameter); default ``log n``.
     min_size : int
-        Minimum number of points in a segment.
+        Minimum number of checkpoints on either side of a change's centre.
     min_jump : float
         Minimum ``|size|`` (metric units) of a reported change.
     sigma : float, optional
-        Noise standard deviation (metric units); default :func:`noise_scale`.
+        Known noise standard deviation (metric units): the BIC then uses
+        ``RSS / sigma**2`` instead of the unknown-variance form.
     max_changes : int, optional
-        Stop after this many change points.
+        At most this many changes (default ``n // 10 + 1``).
+    max_width : float
+        Largest 10-90 % span of a change, in checkpoints (also at most ``n / 10``);
+        anything slower is trend.
+    min_snr : float
+        Minimum ``|size|`` in units of the robust noise scale of the trend residuals
+        (:func:`noise_scale`).
+    families : trend families to consider (see :data:`TREND_FAMILIES`).
 
     Returns
     -------
-    list of :class:`Transition`, sorted by index; sizes and confidences use the
-    final segmentation (neighbouring change points as segment ends).
+    list of :class:`Transition`, sorted by location; empty for a smooth curve.
 
     Example
     -------
-    >>> x = np.r_[np.zeros(50), np.ones(50)] + 0.1 * np.random.randn(100)
+    >>> rng = np.random.default_rng(0)
+    >>> i = np.arange(100.0)
+    >>> x = np.exp(-i / 15) + 0.3 * (i >= 60) + 0.01 * rng.standard_normal(100)
     >>> [t.index for t in detect_transitions(x)]
-    [50]
+    [60]
     """
     x = np.asarray(series, dtype=float)
     if x.ndim != 1:
@@ -164,64 +565,76 @@ def detect_transitions(
             f"values at indices {bad[:5].tolist()}; drop or interpolate them first"
         )
     n = x.size
+    st = None
     if steps is not None:
-        steps = np.asarray(steps, dtype=float)
-        if steps.shape != (n,):
+        st = np.asarray(steps, dtype=float)
+        if st.shape != (n,):
             raise ValueError(
-                f"detect_transitions: steps has shape {steps.shape}, series has ({n},)"
+                f"detect_transitions: steps has shape {st.shape}, series has ({n},)"
             )
     if min_size < 1:
         raise ValueError(f"detect_transitions: min_size must be >= 1, got {min_size}")
-    if n < 2 * min_size:
-        return []
-    sig = noise_scale(x) if sigma is None else float(sigma)
-    if not sig > 0:
+    if sigma is not None and not sigma > 0:
         raise ValueError(f"detect_transitions: sigma must be > 0, got {sigma}")
-    pen = max(3.0 * math.log(n), 12.0) if penalty is None else float(penalty)
-    cs = np.concatenate([[0.0], np.cumsum(x)])
-    cs2 = np.concatenate([[0.0], np.cumsum(x * x)])
-
-    cuts: list[int] = []
-    stack = [(0, n)]
-    while stack:
-        if max_changes is not None and len(cuts) >= max_changes:
+    if n < max(2 * min_size, 5) or np.ptp(x) == 0:
+        return []
+    pen = math.log(n) if penalty is None else float(penalty)
+    max_changes = n // 10 + 1 if max_changes is None else int(max_changes)
+    w_max = max(min(float(max_width), n / 10.0) / _SPAN, 0.1)
+    ws = np.array([w for w in (0.1, 0.5, 1.2) if w <= w_max] or [w_max])
+    mus = np.arange(min_size - 0.5, n - min_size - 0.5 + 1e-9, 1.0)
+    ax = _Axis(n, st)
+    prob = _Problem(x, ax, sigma, families, mus, ws, w_max, float(max(min_size, 2)))
+    current = prob.best([], with_step=False)
+    if current is None:
+        return []
+    if sigma is None:  # heteroscedastic noise (e.g. proportional to a decaying loss)
+        prob.set_weights(_relative_noise(x - current.fitted))
+        current = prob.best([], with_step=False)
+    noise_w = noise_scale((x - current.fitted) * prob.wt)  # weighted units
+    while len(current.steps) < max_changes:
+        cand = prob.best(current.steps, with_step=True)
+        if cand is None or current.bic - cand.bic <= pen:
             break
-        s, e = stack.pop()
-        k, gain = _best_split(cs, cs2, s, e, min_size)
-        if k is None or gain / sig**2 <= pen:
-            continue
-        jump = abs((cs[e] - cs[k]) / (e - k) - (cs[k] - cs[s]) / (k - s))
-        if jump < min_jump:
-            continue
-        cuts.append(k)
-        stack.extend([(s, k), (k, e)])
+        mu, w = cand.steps[-1]
+        h = _step_height(cand, len(cand.steps) - 1)
+        # local noise (metric units); below 1e-4 of the range counts as none
+        local = max(noise_w / prob.wt[int(min(max(round(mu), 0), n - 1))], 1e-4 * np.ptp(x))
+        if abs(h) < max(min_jump, min_snr * local):
+            break
+        if _local_jump(x - current.fitted, mu, w, min_size) * np.sign(h) < 2.0 * local:
+            break  # not a jump in the residuals of the model without it: a trend swap
+        current = cand
 
-    cuts.sort()
-    bounds = [0, *cuts, n]
     out = []
-    for j, k in enumerate(cuts):
-        s, e = bounds[j], bounds[j + 2]
-        n_l, n_r = k - s, e - k
-        m_l = (cs[k] - cs[s]) / n_l
-        m_r = (cs[e] - cs[k]) / n_r
-        size = m_r - m_l
-        z = abs(size) / (sig * math.sqrt(1.0 / n_l + 1.0 / n_r))
-        candidates = max(1, (e - s) - 2 * min_size + 1)
-        p = min(1.0, candidates * 2.0 * float(norm.sf(z)))
-        out.append(
-            Transition(
-                index=int(k),
-                metric=metric,
-                size=float(size),
-                confidence=float(1.0 - p),
-                z=float(z),
-                step=None if steps is None else float(steps[k]),
-                step_before=None if steps is None else float(steps[k - 1]),
-                mean_before=float(m_l),
-                mean_after=float(m_r),
-            )
-        )
-    return out
+    m_tests = prob.cand.shape[0]
+    for j, (mu, w) in enumerate(current.steps):
+        others = [s for jj, s in enumerate(current.steps) if jj != j]
+        without = prob.best(others, with_step=False)
+        h = _step_height(current, j)
+        nested = prob.refine(current.trend, others, free=0)  # same trend family
+        if sigma is not None:
+            lr = (nested.rss - current.rss) / sigma**2
+        else:
+            lr = n * math.log(max(nested.rss, prob.rss_floor)
+                              / max(current.rss, prob.rss_floor))
+        lr = max(lr, 0.0)
+        p = min(1.0, m_tests * float(chi2.sf(lr, 1)))
+        idx = int(min(max(math.ceil(mu), 1), n - 1))
+        before = int(max(math.floor(mu - _SPAN / 2 * w), 0))
+        after = int(min(math.ceil(mu + _SPAN / 2 * w), n - 1))
+        out.append(Transition(
+            index=idx, metric=metric, size=h, confidence=1.0 - p, z=math.sqrt(lr),
+            step=None if st is None else float(st[idx]),
+            step_before=None if st is None else float(st[idx - 1]),
+            level_before=float(current.fitted[before]),
+            level_after=float(current.fitted[after]),
+            location=float(mu),
+            location_step=None if st is None else float(np.interp(mu, ax.i, st)),
+            width=float(_SPAN * w), delta_bic=float(without.bic - current.bic),
+            p_value=p, trend=current.trend.name,
+        ))
+    return sorted(out, key=lambda t: t.location)
 
 
 def detect_all(
@@ -230,24 +643,20 @@ def detect_all(
     **kwargs: Any,
 ) -> dict[str, list[Transition]]:
     """:func:`detect_transitions` on every series of ``metrics`` (name -> array (n,));
-    series with non-finite values are detected on their finite entries.
-
-    Unless ``min_jump`` is given, a change must be at least 10 % of the series' robust
-    range (5th to 95th percentile): smooth trends (a decaying loss) would otherwise
-    be cut into many small significant steps."""
+    series with non-finite values are detected on their finite entries, and the
+    returned indices are those of the full series."""
     out: dict[str, list[Transition]] = {}
     for name, values in metrics.items():
         v = np.asarray(values, dtype=float)
         keep = np.isfinite(v)
         st = None if steps is None else np.asarray(steps, dtype=float)[keep]
-        kw = dict(kwargs)
-        if "min_jump" not in kw and keep.any():
-            lo, hi = np.percentile(v[keep], [5, 95])
-            kw["min_jump"] = 0.1 * float(hi - lo)
-        found = detect_transitions(v[keep], steps=st, metric=name, **kw)
+        found = detect_transitions(v[keep], steps=st, metric=name, **kwargs)
         idx = np.flatnonzero(keep)
+        pos = np.arange(idx.size, dtype=float)
         out[name] = [
-            Transition(**{**t.to_dict(), "index": int(idx[t.index])}) for t in found
+            Transition(**{**t.to_dict(), "index": int(idx[t.index]),
+                          "location": float(np.interp(t.location, pos, idx))})
+            for t in found
         ]
     return out
 
