@@ -158,7 +158,7 @@ def test_mapped_population_under_a_memory_budget_gives_the_same_atlas(population
     assert mapped.is_mapped
     atlases = []
     for p, budget, where in ((pop, None, "mem"), (mapped, "200kB", "mapped")):
-        a = Atlas(p, xy, tmp_path / where, memory_budget=budget)
+        a = Atlas(p, xy, tmp_path / where, memory_budget=budget, device="cpu")  # host path
         a.embed("pca", dim=2)
         a.field(resolution=12, budget=300, tol=0.1)
         a.topology()

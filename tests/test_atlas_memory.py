@@ -48,7 +48,8 @@ CHILD = textwrap.dedent("""
     g = torch.Generator().manual_seed(0)
     xy = (torch.randn(200, kw["in_features"], generator=g),
           torch.randint(0, kw["num_classes"], (200,), generator=g))
-    atlas = Atlas(pop, xy, run, memory_budget=budget if mapped else None)
+    # the CPU path: on a GPU machine a CUDA context alone takes ~400 MB of host memory
+    atlas = Atlas(pop, xy, run, memory_budget=budget if mapped else None, device="cpu")
     import numpy as np
     from lossatlas.topology import merge_tree
     merge_tree(np.random.default_rng(0).random((6, 6)))  # compile numba's kernels

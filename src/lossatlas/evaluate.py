@@ -170,6 +170,11 @@ def _is_oom(err: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text)
 
 
+#: Bytes of activations a "recompute" evaluation may use to keep all samples in one batch
+#: even above the memory budget (several batches cost a pass per BatchNorm layer).
+RECOMPUTE_ONE_BATCH = 2 << 30
+
+
 class Evaluator:
     """Mean loss and metrics of a model at many parameter points.
 
@@ -471,7 +476,13 @@ class Evaluator:
             # One point at a time over a large batch: ~4 live activations of the largest size.
             fit = self.memory_budget // (4 * 4 * self._act_max)
             return int(max(1, min(self.num_samples, fit)))
-        return int(max(1, min(self.num_samples, self.memory_budget // (8 * self._live_bytes()))))
+        live = self._live_bytes()
+        if self.bn == "recompute" and live * self.num_samples <= max(self.memory_budget,
+                                                                     RECOMPUTE_ONE_BATCH):
+            # one pass over all samples gives the statistics too; in several batches the
+            # statistics take a pass per BatchNorm layer (~L/2 forward passes more)
+            return self.num_samples
+        return int(max(1, min(self.num_samples, self.memory_budget // (8 * live))))
 
     def _live_bytes(self) -> int:
         """Bytes of activations alive at once for one sample at one point, without autograd:

@@ -352,10 +352,11 @@ class Recorder:
         self,
         factory: Any,
         factory_kwargs: Mapping[str, Any] | None = None,
-        buffers: bool = False,
+        bn: str | None = None,
     ) -> Population:
         """The checkpoints written by this recorder as a :class:`~lossatlas.population.Population`
-        (``factory``: callable, ``"pkg.mod:fn"`` spec or registered model name)."""
+        (``factory``: callable, ``"pkg.mod:fn"`` spec or registered model name; ``bn``: the
+        BatchNorm policy, see :meth:`Population.from_checkpoints`)."""
         from .population import Population
 
         if not self.paths:
@@ -364,7 +365,7 @@ class Recorder:
                 f"(schedule {self.schedule!r}); call step() at a scheduled step first"
             )
         return Population.from_checkpoints(
-            list(self.paths), factory, factory_kwargs=factory_kwargs, buffers=buffers
+            list(self.paths), factory, factory_kwargs=factory_kwargs, bn=bn
         )
 
     def __repr__(self) -> str:

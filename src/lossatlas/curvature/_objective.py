@@ -116,13 +116,14 @@ class Objective:
                     f"{where}: params must be a flat vector of shape [{self.space.dim}] "
                     f"(ParamSpace(model) layout), got {tuple(w.shape)}"
                 )
-        self.point = w.detach().to(self.device, self.dtype).clone()
+        self._stats_evaluator = None
         if self.bn == "recompute":
             from ..evaluate import Evaluator
 
-            stats = Evaluator(net, data, loss_fn=self.loss_fn, device=self.device, bn="recompute",
-                              output=output, batch_size=batch_size).statistics(self.point)
-            self.fixed.update({k: v[0].to(self.device) for k, v in stats.items()})
+            self._stats_evaluator = Evaluator(net, data, loss_fn=self.loss_fn,
+                                              device=self.device, bn="recompute", output=output,
+                                              batch_size=batch_size)
+        self.move_to(w)
 
         if group is None:
             self.group = None
@@ -145,6 +146,14 @@ class Objective:
         self.data = TensorData(x, td.y).to(self.device)
         self.num_samples = len(self.data)
         self._check()
+
+    def move_to(self, w: Tensor) -> None:
+        """Make ``w`` [D] the point; under ``bn="recompute"`` its BatchNorm statistics
+        are recomputed there (and held fixed while differentiating)."""
+        self.point = torch.as_tensor(w).detach().to(self.device, self.dtype).clone()
+        if self._stats_evaluator is not None:
+            stats = self._stats_evaluator.statistics(self.point)
+            self.fixed.update({k: v[0].to(self.device, self.dtype) for k, v in stats.items()})
 
     # ----------------------------------------------------------------- layout
     def restrict(self, vec: Tensor) -> Tensor:

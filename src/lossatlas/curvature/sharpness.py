@@ -16,6 +16,9 @@ __all__ = ["max_loss_increase", "sharpness"]
 
 ValueAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
 
+#: A gradient norm (loss per parameter unit) below this is taken as zero.
+VANISHING = 1e-7
+
 
 def max_loss_increase(
     value_and_grad: ValueAndGrad,
@@ -40,7 +43,9 @@ def max_loss_increase(
         Elementwise scaling of the ball (``|w|`` for adaptive sharpness); default 1.
     num_steps : int
         Ascent steps. The first step from ``u = 0`` is SAM's ``rho g / ||g||``; a random
-        point of the sphere is used when the gradient vanishes. Each step is
+        point of the sphere is used when the gradient vanishes (norm below
+        ``VANISHING``: at a minimum the gradient is rounding noise, whose direction may
+        miss the top eigenvector, and depends on the platform's arithmetic). Each step is
         ``u <- P(u + step_size * rho * g_u / ||g_u||)`` with ``g_u = scale * grad``;
         on a quadratic it is power iteration on ``I + c A`` and finds the top
         eigenvector.
@@ -59,7 +64,7 @@ def max_loss_increase(
     base = float(base)
     gu = c * g
     norm = float(gu.norm())
-    if norm > 0 and torch.isfinite(gu).all():
+    if norm > VANISHING and torch.isfinite(gu).all():
         u = rho * gu / norm
     else:
         u = torch.randn(w.shape, generator=_generator(seed, w.device), dtype=w.dtype).to(w.device)
@@ -132,7 +137,7 @@ def sharpness(
     )
     out = []
     for p in points:
-        obj.point = p.detach().to(obj.device, obj.dtype)
+        obj.move_to(p)  # under bn="recompute", the statistics of this point
         w = obj.origin
         scale = w.abs() + eta if kind == "adaptive" else None
         inc, _ = max_loss_increase(
