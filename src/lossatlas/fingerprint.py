@@ -125,7 +125,7 @@ def population_fingerprint(population) -> str:
     # row by row, as float32: the same digest for a population in memory or mapped
     n, d = population.matrix.shape
     h.update(f"{n}x{d}|".encode())
-    step = max(1, (64 * 2**20) // (4 * max(1, d)))
+    step = max(1, (4 * 2**20) // (4 * max(1, d)))  # 4 MiB of rows at a time
     if getattr(population, "is_mapped", False):
         chunks = (rows for _, rows in population.matrix.row_chunks(step))
     else:
