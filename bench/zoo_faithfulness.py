@@ -83,7 +83,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['family']} | {r['bn']} | {r['params']:,} | {r['samples']} | "
-            f"{100 * r['decoded_rel_error_median']:.2f}% | {r['field_loo_decades_median']:.3f} | "
+            f"{100 * r['decoded_rel_error_median']:.3f}% | {r['field_loo_decades_median']:.3f} | "
             f"{r['basins_with_models']} / {r['variants']} | {r['mixing_basins']} | "
             f"{r['nonfinite_fraction']:.3f} | {r['field_samples']} | "
             f"{r['seconds_train']:.0f} / {r['seconds_atlas']:.0f} | "
