@@ -59,7 +59,7 @@ SPEC_GAPS = {
     "gn_cnn": "permutation_spec has no GroupNorm rule: the conv channels are left "
               "unpermuted (SpecWarning 'unsupported module 1 (GroupNorm)'), 0 groups",
     "transformer": "nn.TransformerEncoderLayer is a torch.fx leaf: its FFN units and "
-                   "attention heads are never seen, 0 groups and no SpecWarning",
+                   "attention heads are left unpermuted (a SpecWarning), 0 groups",
 }
 
 

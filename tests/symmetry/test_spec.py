@@ -140,3 +140,30 @@ def test_apply_permutation_inverse_and_errors():
         apply_permutation(spec, state, {"nope": perms["layers.0"]})
     with pytest.raises(ValueError, match="shape"):
         apply_permutation(spec, state, {"layers.0": torch.arange(3)})
+
+
+def test_an_unsupported_leaf_with_parameters_is_never_silent():
+    """A layer the tracer keeps whole (nn.TransformerEncoderLayer) holds units that are not
+    permuted: a SpecWarning, and an error under strict=True, even when no group flows in."""
+    import warnings as _w
+
+    from lossatlas.symmetry import SpecWarning, permutation_spec
+
+    class Enc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.layer(self.emb(x)).mean(1))
+
+    x = torch.randint(0, 10, (2, 5))
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        permutation_spec(Enc().eval(), x)
+    assert any(issubclass(c.category, SpecWarning) and "layer" in str(c.message)
+               for c in caught)
+    with pytest.raises(NotImplementedError, match="strict"):
+        permutation_spec(Enc().eval(), x, strict=True)

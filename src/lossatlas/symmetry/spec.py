@@ -422,6 +422,14 @@ class _Builder:
             return self.visit_pool(node, s, type(mod).__name__)
         if isinstance(mod, (nn.Flatten, nn.Unflatten)):
             return self.visit_reshape(node, s, type(mod).__name__)
+        if s is None and any(True for _ in mod.parameters()):
+            # nothing flows in to fix, but the module's own units are never permuted
+            msg = (f"permutation_spec: the parameters of {target} ({type(mod).__name__}) are "
+                   "left unpermuted: unsupported module")
+            if self.strict:
+                raise NotImplementedError(msg + " (strict=True; pass strict=False to leave "
+                                          "them unpermuted)")
+            warnings.warn(msg, SpecWarning, stacklevel=3)
         self.fix(s, f"unsupported module {target} ({type(mod).__name__})")
         return None
 
