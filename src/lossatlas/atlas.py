@@ -308,10 +308,17 @@ class Atlas:
                   "include": {k: _digest(v) for k, v in include.items()}}
         meta_path = folder / "embedding.json"
         if not refit and meta_path.exists() and json.loads(meta_path.read_text()) == config:
-            self.reduction_ = load_embedding(folder / "reduction")
-            self._span_codes = None
-            self.inner_ = load_embedding(folder / "inner")
-            state = load_file(str(folder / "codes.safetensors"))
+            try:
+                self.reduction_ = load_embedding(folder / "reduction")
+                self._span_codes = None
+                self.inner_ = load_embedding(folder / "inner")
+                state = load_file(str(folder / "codes.safetensors"))
+            except Exception as err:  # noqa: BLE001 - a truncated or corrupt stored file
+                reason = (str(err).splitlines() or [type(err).__name__])[0]
+                raise ValueError(
+                    f"run {self.path}: the stored embedding in {folder} cannot be read "
+                    f"(truncated or corrupt? {type(err).__name__}: {reason}); rerun with "
+                    "--overwrite (Atlas(overwrite=True)) or another --out") from err
             self.codes_ = state["codes"]
             self.include_codes_ = {k[len("include."):]: v for k, v in state.items()
                                    if k.startswith("include.")}

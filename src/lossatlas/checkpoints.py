@@ -17,6 +17,7 @@ name, a ``labels.json`` / ``population.json`` in its directory, and a sidecar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -203,13 +204,38 @@ def match_state_dict(
                 f"checkpoint {path}: tensor {name!r} has shape {tuple(got.shape)}, model "
                 f"expects {tuple(want.shape)}; check the model factory's arguments"
             )
+        if want.is_floating_point() and not (got.is_floating_point() or got.is_complex()):
+            # an integer or boolean tensor would be cast silently (weights of 0/1 or
+            # integer codes): almost always the wrong file or a quantised export
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {name!r} is {str(got.dtype).replace('torch.', '')}"
+                f" but the model's is {str(want.dtype).replace('torch.', '')}; refusing to "
+                "cast integer or boolean weights (a quantised or wrong checkpoint?)"
+            )
     return {k: chosen[k] for k in target}
 
 
-def load_for_model(path: str | os.PathLike[str], model: nn.Module) -> dict[str, Tensor]:
+def nonfinite_tensor(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -> str | None:
+    """A one-line message naming ``path`` and the first floating tensor of ``state``
+    with NaN/inf values, else None."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            return (f"checkpoint {path}: tensor {name!r} has {bad} non-finite value(s) "
+                    f"(NaN/inf) of {t.numel()}; the run diverged?")
+    return None
+
+
+def load_for_model(path: str | os.PathLike[str], model: nn.Module,
+                   finite: bool = False) -> dict[str, Tensor]:
     """`load_state_dict` then `match_state_dict`: a state dict ready for
-    ``model.load_state_dict`` or `torch.func.functional_call`."""
-    return match_state_dict(load_state_dict(path, strip_prefix=False), model, path)
+    ``model.load_state_dict`` or `torch.func.functional_call`. ``finite=True`` refuses
+    (`CheckpointError` naming the file and tensor) a checkpoint with NaN/inf weights."""
+    state = match_state_dict(load_state_dict(path, strip_prefix=False), model, path)
+    problem = nonfinite_tensor(state, path) if finite else None
+    if problem is not None:
+        raise CheckpointError(problem)
+    return state
 
 
 def owned_tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -365,6 +391,12 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     p = Path(path)
     labels = parse_labels(p.name)
+    variant = labels.get("variant")
+    if isinstance(variant, str) and not any(c.isalnum() for c in variant):
+        # a name the parser cannot read (``..__seed4``): a default label, and a warning
+        labels["variant"] = p.stem
+        logging.getLogger(__name__).warning(
+            "checkpoint %s: no variant can be read from the file name; using %r", p, p.stem)
     labels.update(_directory_labels(p))
     sidecar = p.with_suffix(".json")
     if sidecar.is_file() and sidecar != p:

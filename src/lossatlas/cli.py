@@ -51,12 +51,146 @@ def _handle(fn):
             line = str(msg).splitlines()[0] if str(msg).strip() else type(e).__name__
             sys.stderr.write(f"error: {line}\n")
             raise typer.Exit(1) from None
+        except OSError as e:  # --out a file, a read-only directory, a name too long, ...
+            where = f": {e.filename}" if e.filename else ""
+            sys.stderr.write(f"error: {e.strerror or type(e).__name__}{where}\n")
+            raise typer.Exit(1) from None
         finally:
             from .store import release_locks
 
             release_locks()  # the run directories this command wrote into
 
     return wrapper
+
+
+def _refuse(message: str):
+    """One line ``error: message`` on stderr and exit code 1 (for option callbacks, which
+    run before `_handle`)."""
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(1)
+
+
+def _option_name(param) -> str:
+    return max(getattr(param, "opts", None) or [f"--{param.name}"], key=len)
+
+
+def _number(kind: str = "finite", minimum: float | None = None):
+    """A typer ``callback`` refusing a numeric option that is not a finite number, or
+    (``kind``) not ``"positive"`` (> 0), ``"nonnegative"`` (>= 0), or below ``minimum``:
+    one line naming the option."""
+    import math
+
+    def check(ctx, param, value):
+        if value is None or getattr(ctx, "resilient_parsing", False):
+            return value
+        name = _option_name(param)
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            _refuse(f"{name} must be a finite number, got {value}")
+        if kind == "positive" and not value > 0:
+            _refuse(f"{name} must be > 0, got {value}")
+        if kind == "nonnegative" and not value >= 0:
+            _refuse(f"{name} must be >= 0, got {value}")
+        if minimum is not None and value < minimum:
+            _refuse(f"{name} must be >= {minimum:g}, got {value}")
+        return value
+
+    return check
+
+
+def _check_device(ctx, param, value):
+    """``--device``: a device torch knows and this machine has (one line otherwise)."""
+    if value is None or getattr(ctx, "resilient_parsing", False):
+        return value
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError) as e:
+        _refuse(f"--device {value!r}: {str(e).splitlines()[0] if str(e) else 'unknown device'}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            _refuse(f"--device {value}: CUDA is not available on this machine (torch "
+                    f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            _refuse(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA "
+                    "device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps")
+                                    and torch.backends.mps.is_available()):
+        _refuse(f"--device {value}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        _refuse(f"--device {value}: only cpu, cuda[:N] and mps are supported")
+    return value
+
+
+def _check_name(ctx, param, value):
+    """``--name``: a field name that is a plain, short file name."""
+    if value is None or getattr(ctx, "resilient_parsing", False):
+        return value
+    bad = (not value or len(value) > 100 or value.startswith(".")
+           or any(c in "/\\" or not c.isprintable() for c in value))
+    if bad:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        _refuse(f"--name {shown!r} ({len(value)} characters): a field name must be 1 to 100 "
+                "printable characters, without '/' or '\\', not starting with '.'")
+    return value
+
+
+def _check_out(ctx, param, value):
+    """``--out``: a directory (or a path where one can be made), writable."""
+    if value is None or getattr(ctx, "resilient_parsing", False):
+        return value
+    import os
+
+    p = Path(value)
+    if p.exists() and not p.is_dir():
+        _refuse(f"--out {p} is a file, not a directory")
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        _refuse(f"--out {p}: directory {probe} is not writable")
+    if not probe.is_dir():
+        _refuse(f"--out {p}: {probe} is not a directory")
+    return value
+
+
+def _check_threshold(ctx, param, value):
+    """``--threshold``: a finite number of decades >= 0, ``auto`` or ``N%`` (0 < N <= 100)."""
+    if value is None or getattr(ctx, "resilient_parsing", False) or value == "auto":
+        return value
+    import math
+
+    pct = value.endswith("%")
+    try:
+        number = float(value[:-1] if pct else value)
+    except ValueError:
+        _refuse(f"--threshold must be decades (a number >= 0), 'auto' or 'N%', got {value!r}")
+    if not math.isfinite(number) or number < 0 or (pct and not 0 < number <= 100):
+        _refuse(f"--threshold must be a finite number of decades >= 0, 'auto' or 'N%' with "
+                f"0 < N <= 100, got {value!r}")
+    return value
+
+
+def _headline_finite(value: float, what: str, loss=None) -> None:
+    """A command's headline figure must be a number: otherwise one line says why (how many
+    of the losses it comes from are NaN/inf) and the command exits non-zero."""
+    import math
+
+    import numpy as np
+
+    if math.isfinite(float(value)):
+        return
+    why = ""
+    if loss is not None:
+        arr = np.asarray(loss, dtype=float)
+        bad = int((~np.isfinite(arr)).sum())
+        why = f": the loss is non-finite (NaN/inf) at {bad} of {arr.size} points"
+    raise UsageError(f"{what} is {float(value)}{why}; the weights or the data overflow "
+                     "(try --precision fp32, check the checkpoints)")
 
 
 def _kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
@@ -218,7 +352,8 @@ def list_cmd(what: str = typer.Argument("models", help="models | datasets")):
 @app.command()
 @_handle
 def train(
-    out_dir: Path = typer.Option(..., "--out", help="Run directory for checkpoints and metrics."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory for checkpoints and metrics.",
+                                 callback=_check_out),
     model: str = typer.Option("mlp", help="Registered model name or package.module:function."),
     model_arg: list[str] = typer.Option(None, help="Model factory argument key=value."),
     data: str = typer.Option("mnist1d", help="Registered dataset or package.module:function."),
@@ -227,9 +362,11 @@ def train(
     lr: str = typer.Option(None, help="Comma-separated learning rates (grid)."),
     batch_size: str = typer.Option(None, help="Comma-separated batch sizes (grid)."),
     weight_decay: str = typer.Option(None, help="Comma-separated weight decays (grid)."),
-    epochs: int = typer.Option(8, help="Epochs per variant."),
-    every: int = typer.Option(2, help="Save a checkpoint every k epochs."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
+    epochs: int = typer.Option(8, help="Epochs per variant.", callback=_number(minimum=1)),
+    every: int = typer.Option(2, help="Save a checkpoint every k epochs.",
+                              callback=_number(minimum=1)),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda if available).",
+                               callback=_check_device),
     as_json: bool = Json,
     verbose: bool = Verbose,
 ):
@@ -300,7 +437,7 @@ def _load_models(paths: list[Path], factory) -> list:
     models = []
     for p in paths:
         m = factory()
-        m.load_state_dict(load_for_model(p, m))
+        m.load_state_dict(load_for_model(p, m, finite=True))
         models.append(m)
     return models
 
@@ -374,20 +511,23 @@ _OUTPUT_KEY = typer.Option(
 _LOSS = typer.Option(None, "--loss", help="cross_entropy | mse (default: cross-entropy for "
                      "integer targets, MSE for float targets).")
 _SPLIT = typer.Option("train", help="Evaluate on the train or test split.")
-_SAMPLES = typer.Option(None, help="Use only the first N samples.")
-_DEVICE = typer.Option(None, help="cpu, cuda, ... (default: cuda if available).")
+_SAMPLES = typer.Option(None, help="Use only the first N samples.", callback=_number(minimum=1))
+_DEVICE = typer.Option(None, help="cpu, cuda, ... (default: cuda if available).",
+                       callback=_check_device)
 _PRECISION = typer.Option("fp32", help="fp32 | tf32 | bf16")
-_OUT = typer.Option(Path("runs/surface"), "--out", help="Run directory.")
-_NAME = typer.Option(None, help="Field name in the run (default: the slice kind).")
+_OUT = typer.Option(Path("runs/surface"), "--out", help="Run directory.", callback=_check_out)
+_NAME = typer.Option(None, help="Field name in the run (default: the slice kind).",
+                     callback=_check_name)
 _OVERWRITE = typer.Option(False, help="Recompute a stored field from scratch.")
-_RES = typer.Option(51, help="Grid points per axis.")
+_RES = typer.Option(51, help="Grid points per axis.", callback=_number(minimum=1))
 
 
 @surface_app.command("interp")
 @_handle
 def surface_interp(
-    a: Path, b: Path, steps: int = typer.Option(25, help="Points on [0, 1]."),
-    extrapolate: float = typer.Option(0.0, help="Extend t by this much on both sides."),
+    a: Path, b: Path, steps: int = typer.Option(25, help="Points on [0, 1].", callback=_number(minimum=2)),
+    extrapolate: float = typer.Option(0.0, help="Extend t by this much on both sides.",
+                                      callback=_number("nonnegative")),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
     samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
@@ -420,7 +560,8 @@ def surface_interp(
 @_handle
 def surface_random(
     checkpoint: Path, dim: int = typer.Option(2, help="1, 2 or 3 random directions."),
-    resolution: int = _RES, span: float = typer.Option(1.0, help="Coordinates in [-span, span]."),
+    resolution: int = _RES, span: float = typer.Option(1.0, help="Coordinates in [-span, span].",
+                               callback=_number("positive")),
     normalization: str = typer.Option("filter", help="filter | layer | model | none"),
     ignore: str = typer.Option("biasbn", help="biasbn (zero 1-D parameters) or none"),
     seed: int = typer.Option(0, help="Seed of the directions."),
@@ -450,7 +591,8 @@ def surface_random(
 @_handle
 def surface_plane(
     a: Path, b: Path, c: Path, resolution: int = _RES,
-    margin: float = typer.Option(0.2, help="Extra room around the three models."),
+    margin: float = typer.Option(0.2, help="Extra room around the three models.",
+                                 callback=_number("nonnegative")),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
     samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
@@ -476,7 +618,8 @@ def surface_plane(
 def surface_pca(
     trajectory: list[Path] = typer.Argument(..., help="Checkpoints in training order "
                                             "(files, a directory or a glob)."),
-    resolution: int = _RES, margin: float = typer.Option(0.2, help="Extra room."),
+    resolution: int = _RES, margin: float = typer.Option(0.2, help="Extra room.",
+                                                         callback=_number("nonnegative")),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
     samples: int = _SAMPLES, bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
@@ -580,19 +723,25 @@ def atlas(
     bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
     method: str = typer.Option("ae", help="ae | pca | kpca | umap"),
     dim: int = typer.Option(2, help="Latent dimension (2 to 4)."),
-    resolution: int = typer.Option(48, help="Base grid points per latent axis."),
-    budget: int = typer.Option(6000, help="Most field samples after refinement."),
-    tol: float = typer.Option(0.1, help="Refine cells whose corners differ by more (decades)."),
+    resolution: int = typer.Option(48, help="Base grid points per latent axis.",
+                                   callback=_number(minimum=2)),
+    budget: int = typer.Option(6000, help="Most field samples after refinement.",
+                               callback=_number("positive")),
+    tol: float = typer.Option(0.1, help="Refine cells whose corners differ by more (decades).",
+                              callback=_number("positive")),
     threshold: str = typer.Option("0.1", help="Persistence threshold: decades, 'auto' or "
-                                  "'N%' of the population's log-loss range."),
+                                  "'N%' of the population's log-loss range.",
+                                  callback=_check_threshold),
     device: str = _DEVICE, precision: str = _PRECISION,
     memory_budget: str = typer.Option(
         None, help="Host memory the stages may use, e.g. 4GB: the checkpoints are streamed "
         "into RUN/population.safetensors and read by blocks (populations larger than memory)."),
     holdout: float = typer.Option(
         0.0, help="Fraction of the checkpoints left out of the map's fit; their projection "
-        "error (loss at the decoded projected point vs true, nats) is reported."),
-    out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory."),
+        "error (loss at the decoded projected point vs true, nats) is reported.",
+        callback=_number("nonnegative")),
+    out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory.",
+                                 callback=_check_out),
     overwrite: bool = typer.Option(
         False, help="Empty the run directory of earlier results and start afresh (needed "
         "when it holds another population's, or fields computed on other data)."),
@@ -649,12 +798,16 @@ def _measured_on(splits, split: str, n: int, samples: int | None) -> dict[str, s
 @app.command()
 @_handle
 def demo(
-    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
-    epochs: int = typer.Option(8, help="Epochs per variant."),
-    every: int = typer.Option(2, help="Checkpoint every k epochs."),
-    samples: int = typer.Option(2000, help="Training samples the landscape is measured on."),
-    resolution: int = typer.Option(40, help="Base grid of the atlas field."),
-    budget: int = typer.Option(4000, help="Field samples after refinement."),
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory.",
+                                 callback=_check_out),
+    epochs: int = typer.Option(8, help="Epochs per variant.", callback=_number(minimum=1)),
+    every: int = typer.Option(2, help="Checkpoint every k epochs.", callback=_number(minimum=1)),
+    samples: int = typer.Option(2000, help="Training samples the landscape is measured on.",
+                                callback=_number(minimum=1)),
+    resolution: int = typer.Option(40, help="Base grid of the atlas field.",
+                                   callback=_number(minimum=2)),
+    budget: int = typer.Option(4000, help="Field samples after refinement.",
+                               callback=_number("positive")),
     threads: int = typer.Option(1, help="CPU threads (small models run best on one)."),
     device: str = _DEVICE, as_json: bool = Json, verbose: bool = Verbose,
 ):

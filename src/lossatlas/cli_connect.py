@@ -23,14 +23,17 @@ from .cli import (
     Json,
     UsageError,
     Verbose,
+    _check_out,
     _eval_options,
     _finish,
     _handle,
+    _headline_finite,
     _load_data,
     _load_models,
     _load_population,
     _matrix_table,
     _model_factory,
+    _number,
     _setup_logging,
     app,
 )
@@ -99,8 +102,10 @@ def connect(
     a: Path = typer.Argument(None, help="First checkpoint."),
     b: Path = typer.Argument(None, help="Second checkpoint."),
     curve: str = typer.Option("bezier", help="bezier | polychain | linear"),
-    train_steps: int = typer.Option(1000, help="Curve training steps (mini-batches)."),
-    points: int = typer.Option(61, help="Points evaluated along the path."),
+    train_steps: int = typer.Option(1000, help="Curve training steps (mini-batches).",
+                                    callback=_number(minimum=1)),
+    points: int = typer.Option(61, help="Points evaluated along the path.",
+                               callback=_number(minimum=2)),
     population: str = typer.Option(None, help="Population mode: checkpoint dir or train run; "
                                    "writes the barrier matrix of its final models."),
     align_models: bool = typer.Option(False, "--align", help="Population mode: also the "
@@ -109,7 +114,8 @@ def connect(
     trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
     test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
     bn: str = _BN, device: str = _DEVICE,
-    out_dir: Path = typer.Option(Path("runs/connect"), "--out", help="Run directory."),
+    out_dir: Path = typer.Option(Path("runs/connect"), "--out", help="Run directory.",
+                                 callback=_check_out),
     overwrite: bool = typer.Option(
         False, help="With --population: empty the run directory of earlier results and "
         "start afresh (needed when it holds another population's)."),
@@ -170,6 +176,7 @@ def connect(
         save_file({"bends": res.bends.contiguous()}, str(out_dir / f"curve-{curve}.safetensors"))
     summary.update(figures=[str(f) for f in figs], seconds=round(time.perf_counter() - t0, 2))
     atomic_write_json(out_dir / "connect.json", summary)
+    _headline_finite(summary["line_barrier"], "connect: line_barrier", line["loss"].values)
     _finish(summary, as_json, "connect")
 
 
@@ -181,15 +188,18 @@ def align(
     method: str = typer.Option("weight", help="weight | activation | ot (optimal transport, "
                                "MLPs; soft for unequal widths)"),
     ot_solver: str = typer.Option("exact", help="With --method ot: exact | sinkhorn"),
-    reg: float = typer.Option(0.01, help="With --method ot sinkhorn: entropic regularisation."),
+    reg: float = typer.Option(0.01, help="With --method ot sinkhorn: entropic regularisation.",
+                              callback=_number("positive")),
     rescale: bool = typer.Option(False, help="Also remove ReLU positive rescaling."),
     repair: bool = typer.Option(False, help="Also the midpoint with REPAIRed (or reset) "
                                 "channel statistics (Jordan et al. 2022)."),
-    steps: int = typer.Option(25, help="Points on the straight path for barriers."),
+    steps: int = typer.Option(25, help="Points on the straight path for barriers.",
+                              callback=_number(minimum=2)),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
     device: str = _DEVICE,
-    out_dir: Path = typer.Option(Path("runs/align"), "--out", help="Run directory."),
+    out_dir: Path = typer.Option(Path("runs/align"), "--out", help="Run directory.",
+                                 callback=_check_out),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Permute B onto A (weight or activation matching); distances and barriers before

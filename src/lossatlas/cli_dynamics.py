@@ -16,6 +16,7 @@ from .cli import (
     _finish,
     _handle,
     _load_data,
+    _number,
     _setup_logging,
     app,
 )
@@ -29,7 +30,8 @@ def dynamics(
     run: Path = typer.Argument(..., help="A train run or a Recorder run directory."),
     defect: bool = typer.Option(True, help="Commutator defect at every checkpoint."),
     stages: bool = typer.Option(False, help="LLC at every checkpoint and its stages (slow)."),
-    max_checkpoints: int = typer.Option(100, help="Checkpoints per run used at most."),
+    max_checkpoints: int = typer.Option(100, help="Checkpoints per run used at most.",
+                                        callback=_number(minimum=2)),
     trust_run: bool = _TRUST_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
@@ -63,9 +65,10 @@ def branches(
     population: Path = typer.Argument(..., help="A train run (or checkpoints with train.json)."),
     metric: str = typer.Option("disagreement", help="disagreement | cka"),
     barrier_threshold: float = typer.Option(0.1, help="Models joined below this loss "
-                                            "barrier (nats) share a basin."),
+                                            "barrier (nats) share a basin.",
+                                            callback=_number("nonnegative")),
     branch_threshold: float = typer.Option(0.1, help="Functional distance that separates "
-                                           "branches."),
+                                           "branches.", callback=_number("nonnegative")),
     data: str = typer.Option(None, "--data", help="Dataset (default: the run's own, from "
                              "train.json)."),
     data_arg: list[str] = _DATA_ARG, trust_run: bool = _TRUST_RUN,

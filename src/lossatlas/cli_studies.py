@@ -7,7 +7,17 @@ from pathlib import Path
 
 import typer
 
-from .cli import Json, UsageError, Verbose, _finish, _handle, _setup_logging, app
+from .cli import (
+    Json,
+    UsageError,
+    Verbose,
+    _check_out,
+    _finish,
+    _handle,
+    _number,
+    _setup_logging,
+    app,
+)
 
 __all__ = ["study"]
 
@@ -23,12 +33,15 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 @_handle
 def study(
     name: str = typer.Argument(..., help="eos | double-descent"),
-    out_dir: Path = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
+    out_dir: Path = typer.Option(None, "--out", help="Run directory (default runs/NAME).",
+                                 callback=_check_out),
     lrs: str = typer.Option("0.1,0.2,0.4", help="eos: comma-separated learning rates."),
     widths: str = typer.Option("1,2,4,8,12,16,24,32,48,64,128,256,512",
                                help="double-descent: comma-separated MLP widths."),
-    steps: int = typer.Option(None, help="Training steps (default: the study's own)."),
-    label_noise: float = typer.Option(0.2, help="double-descent: fraction of flipped labels."),
+    steps: int = typer.Option(None, help="Training steps (default: the study's own).",
+                              callback=_number(minimum=1)),
+    label_noise: float = typer.Option(0.2, help="double-descent: fraction of flipped labels.",
+                                      callback=_number("nonnegative")),
     seed: int = typer.Option(0, help="Seed."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):

@@ -23,14 +23,17 @@ from .cli import (
     Json,
     UsageError,
     Verbose,
+    _check_out,
     _eval_options,
     _finish,
     _handle,
+    _headline_finite,
     _load_data,
     _load_models,
     _load_population,
     _matrix_table,
     _model_factory,
+    _number,
     _setup_logging,
     app,
 )
@@ -130,7 +133,8 @@ def _terrain_table(table: dict):
 @_handle
 def hessian(
     checkpoint: Path = typer.Argument(None, help="A checkpoint (or use --population)."),
-    top: int = typer.Option(5, help="Top-k eigenvalues (Lanczos, largest first)."),
+    top: int = typer.Option(5, help="Top-k eigenvalues (Lanczos, largest first).",
+                            callback=_number(minimum=1)),
     trace: bool = typer.Option(False, "--trace", help="Also the trace (Hutch++)."),
     density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ)."),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
@@ -138,7 +142,8 @@ def hessian(
     trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
     test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
     bn: str = _BN, device: str = _DEVICE,
-    out_dir: Path = typer.Option(Path("runs/hessian"), "--out", help="Run directory."),
+    out_dir: Path = typer.Option(Path("runs/hessian"), "--out", help="Run directory.",
+                                 callback=_check_out),
     overwrite: bool = _OVERWRITE_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
@@ -177,6 +182,7 @@ def hessian(
         fig = getattr(fig, "figure", fig)
         summary["density_figure"] = str(save_figure(fig, out_dir / "density.png"))
     summary["top_eigenvalue"] = summary["eigenvalues"][0]
+    _headline_finite(summary["top_eigenvalue"], "hessian: the top eigenvalue")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out_dir / "hessian.json", summary)
     _finish(summary, as_json, "hessian")
@@ -186,22 +192,27 @@ def hessian(
 @_handle
 def llc_cmd(
     checkpoint: Path = typer.Argument(None, help="A checkpoint (or use --population)."),
-    chains: int = typer.Option(8, help="SGLD chains (run together with vmap)."),
-    draws: int = typer.Option(200, help="Draws per chain."),
-    burnin: int = typer.Option(0, help="Burn-in steps per chain."),
-    epsilon: float = typer.Option(1e-3, help="SGLD step size."),
+    chains: int = typer.Option(8, help="SGLD chains (run together with vmap).",
+                               callback=_number(minimum=1)),
+    draws: int = typer.Option(200, help="Draws per chain.", callback=_number(minimum=1)),
+    burnin: int = typer.Option(0, help="Burn-in steps per chain.",
+                               callback=_number("nonnegative")),
+    epsilon: float = typer.Option(1e-3, help="SGLD step size.", callback=_number("positive")),
     nbeta: float = typer.Option(
         None, help="n * beta, the inverse temperature times the samples (default: "
         "devinterp's default m / ln m for SGLD batch size m: Watanabe's WBIC temperature "
-        "1 / ln n with the batch size for n)."),
-    gamma: float = typer.Option(100.0, help="Localisation strength."),
-    batch_size: int = typer.Option(32, help="SGLD mini-batch size."),
+        "1 / ln n with the batch size for n).", callback=_number("positive")),
+    gamma: float = typer.Option(100.0, help="Localisation strength.",
+                                callback=_number("nonnegative")),
+    batch_size: int = typer.Option(32, help="SGLD mini-batch size.",
+                                   callback=_number(minimum=1)),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
     test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
     bn: str = _BN, device: str = _DEVICE,
-    out_dir: Path = typer.Option(Path("runs/llc"), "--out", help="Run directory."),
+    out_dir: Path = typer.Option(Path("runs/llc"), "--out", help="Run directory.",
+                                 callback=_check_out),
     overwrite: bool = _OVERWRITE_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
@@ -242,4 +253,5 @@ def llc_cmd(
                "trace_figure": str(save_figure(fig, out_dir / "llc_trace.png")),
                "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(out_dir / "llc.json", summary)
+    _headline_finite(summary["llc_mean"], "llc: llc_mean")
     _finish(summary, as_json, "llc")

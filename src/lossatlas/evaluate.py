@@ -460,7 +460,24 @@ class Evaluator:
         finally:
             for h in handles:
                 h.remove()
+        if self.loss_fn is _cross_entropy and isinstance(out, Tensor) and out.ndim >= 1:
+            self._check_labels(int(out.shape[-1]))
         return max(-(-total // n), 1), max(-(-largest // n), 1)
+
+    def _check_labels(self, classes: int) -> None:
+        """Cross-entropy targets must be class indices of the model's output (one line
+        naming the data's label range and the number of classes, not an IndexError or a
+        CUDA assert deep in a batch)."""
+        y = self.data.y
+        valid = y[y != IGNORE_INDEX]
+        if not valid.numel():
+            return
+        lo, hi = int(valid.min()), int(valid.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(
+                f"Evaluator: the data's labels run from {lo} to {hi}, but the model outputs "
+                f"{classes} classes (labels 0 to {classes - 1}); check the data (--data, "
+                "--data-arg) and the model's number of classes (--model-arg)")
 
     def _mlp_bytes(self) -> int:
         """Bytes of activations per (point, sample) on the MLP path."""

@@ -39,7 +39,8 @@ def grid_axes(
     resolution: int | Sequence[int],
     max_points: int | None = MAX_GRID_POINTS,
 ) -> list[np.ndarray]:
-    """Evenly spaced coordinates per axis: ``[np.linspace(lo, hi, n), ...]``.
+    """Evenly spaced coordinates per axis: ``[np.linspace(lo, hi, n), ...]`` (an axis of
+    one point: its centre).
 
     Refuses grids of more than ``max_points`` points in all (default
     :data:`MAX_GRID_POINTS`; ``None`` for no limit) before allocating anything.
@@ -63,7 +64,10 @@ def grid_axes(
             f"grid_axes: a grid of {shape} = {total:.3g} points is over the limit of "
             f"{max_points:.3g} points; lower the resolution (or pass max_points=None)"
         )
-    return [np.linspace(float(lo), float(hi), int(n))
+    # one point on an axis sits at its centre (for a slice around a model, the model),
+    # not at its lower corner
+    return [np.linspace(float(lo), float(hi), int(n)) if int(n) > 1
+            else np.array([(float(lo) + float(hi)) / 2])
             for (lo, hi), n in zip(ranges, resolution, strict=True)]
 
 

@@ -112,10 +112,14 @@ def _expand_one(item: str | os.PathLike) -> list[Path]:
     text = str(item)
     p = Path(text)
     if p.is_dir():
-        found = [
-            f for f in p.iterdir()
-            if f.is_file() and f.suffix in SUFFIXES and not f.name.startswith(".")
-        ]
+        found = [f for f in p.iterdir() if f.is_file() and f.suffix in SUFFIXES]
+        # macOS AppleDouble files (._name) hold no tensors; any other file a name
+        # starting with a dot (..__seed4.safetensors) is a checkpoint like the rest
+        skipped = [f for f in found if f.name.startswith("._")]
+        for f in skipped:
+            log.warning("Population.from_checkpoints: skipped %s (a macOS AppleDouble "
+                        "file, not a checkpoint)", f)
+        found = [f for f in found if f not in skipped]
         if not found:
             raise FileNotFoundError(
                 f"Population.from_checkpoints: directory {text} holds no checkpoints "
