@@ -80,9 +80,10 @@ def terrain(
         raise ValueError(f"terrain: unknown measures {sorted(unknown)}; choose from {MEASURES}")
     points = resolve_points(models_or_points, model, "terrain")
     P = points.shape[0]
-    # each model is its own template when given as modules: under bn="own" the
-    # statistics (and any other buffers) are the model's, not the first model's
-    templates = (list(models_or_points) if isinstance(models_or_points, (list, tuple))
+    # under bn="own" each model given as a module is its own template: its statistics
+    # are the model's, not the first model's (under "recompute" they are the point's)
+    own = not train and resolve_policy(model, bn, "terrain") == "own"
+    templates = (list(models_or_points) if own and isinstance(models_or_points, (list, tuple))
                  and all(isinstance(m, nn.Module) for m in models_or_points) else [model] * P)
     common = dict(loss_fn=loss_fn, train=train, batch_size=batch_size, device=device, bn=bn)
     out: dict[str, Any] = {"loss": np.full(P, np.nan)}
