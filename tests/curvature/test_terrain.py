@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 from conftest import tiny_data, tiny_mlp
 
@@ -54,3 +55,30 @@ def test_plots_write_pngs(tmp_path):
     assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG" and fig.axes
     plot_density(hessian_density(model, (x, y), num_iter=20, num_runs=2), tmp_path / "d.png")
     assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_terrain_of_batchnorm_models_uses_each_models_statistics():
+    """Under bn="own" each model's top eigenvalue is that of its own statistics (not the
+    first model's); under "recompute" that of statistics recomputed at it. Both equal the
+    single-model computation."""
+    from lossatlas.curvature import hessian_eigen, terrain
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 4) * 2 + 1, torch.randint(0, 3, (60,))
+    models = []
+    for s in range(2):
+        torch.manual_seed(s)
+        m = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
+                                torch.nn.Tanh(), torch.nn.Linear(6, 3)).train()
+        with torch.no_grad():
+            m(x * (1 + 2 * s))  # statistics far apart
+        models.append(m.eval())
+    for bn in ("own", "recompute"):
+        ds = terrain(models, models[0], (x, y), measures=["eigenvalues"], k=1, bn=bn)
+        want = [float(hessian_eigen(m, (x, y), k=1, bn=bn).eigenvalues[0]) for m in models]
+        assert ds.attrs["bn"] == bn
+        np.testing.assert_allclose(ds["top_eigenvalue"].values, want, rtol=1e-4)
+    own = terrain(models, models[0], (x, y), measures=["eigenvalues"], k=1, bn="own")
+    rec = terrain(models, models[0], (x, y), measures=["eigenvalues"], k=1, bn="recompute")
+    assert not np.allclose(own["top_eigenvalue"].values, rec["top_eigenvalue"].values,
+                           rtol=1e-3)
