@@ -337,6 +337,11 @@ class Atlas:
             components_path=components_file(folder / "reduction") if on_disk else None,
             device=self.device if self.device.type == "cuda" else None,
         ).fit(self.X if extra is None else torch.cat([self.X, extra]))
+        if getattr(self.reduction_, "rank_", None) == 0:
+            raise ValueError(
+                f"Atlas.embed: the {len(self.X)} checkpoints of the population are all the "
+                "same model (zero span: identical weights); a landscape needs models that "
+                "differ (copies of one checkpoint?)")
         C = self.reduction_.encode(self.X).cpu()  # the inner embedding trains on the CPU
         self._span_codes = C
         self.inner_ = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))

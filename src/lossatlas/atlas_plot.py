@@ -58,7 +58,10 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
     cap = np.nanmax(values[finite]) if finite.any() else 1.0
     values[~finite] = cap
     tri = mtri.Triangulation(f.coords[:, 0], f.coords[:, 1])
-    levels = np.linspace(np.nanmin(values), cap, 30)
+    lo = float(np.nanmin(values))
+    if cap - lo < 1e-12:  # a flat field: levels must increase
+        lo, cap = lo - 0.5, cap + 0.5
+    levels = np.linspace(lo, cap, 30)
     cs = ax.tricontourf(tri, values, levels=levels, cmap="viridis")
     ax.figure.colorbar(cs, ax=ax, label="log10 loss (mean loss per sample, nats)")
     if hasattr(atlas, "tree_"):

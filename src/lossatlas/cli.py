@@ -442,6 +442,63 @@ def _load_models(paths: list[Path], factory) -> list:
     return models
 
 
+#: Grids of more points than this get an estimate of their time and memory (a warning),
+#: and are refused when the estimate is over the machine's memory or a week.
+WARN_GRID_POINTS = 10**6
+#: Host bytes per grid point of a 2-D slice with its figures (measured: a 3000 x 3000
+#: random slice took 3.8 GB, most of it matplotlib's contours and 3-D surface).
+BYTES_PER_POINT = {1: 64, 2: 420, 3: 16}
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def _human_seconds(t: float) -> str:
+    if t < 120:
+        return f"{t:.0f} s"
+    if t < 7200:
+        return f"{t / 60:.0f} min"
+    return f"{t / 3600:.1f} h" if t < 172800 else f"{t / 86400:.1f} days"
+
+
+def _check_grid_cost(sl, ev) -> None:
+    """A grid of over `WARN_GRID_POINTS` points: estimate its memory (`BYTES_PER_POINT`)
+    and time (a few points timed on this device) and warn, or refuse (one line with the
+    estimate) when it would not fit the machine's memory or would take over a week."""
+    import math
+    import os
+
+    shape = tuple(int(n) for n in sl.source.shape)
+    points = math.prod(shape)
+    if points <= WARN_GRID_POINTS:
+        return
+    memory = points * BYTES_PER_POINT.get(len(shape), 16)
+    probe = 32
+    x = sl.source.points(0, probe)
+    ev.evaluate(x[:4])  # warm-up
+    t = time.perf_counter()
+    ev.evaluate(x)
+    seconds = (time.perf_counter() - t) / probe * points
+    grid = " x ".join(map(str, shape))
+    estimate = (f"a grid of {grid} = {points:.3g} points: about {_human_bytes(memory)} of "
+                f"memory and {_human_seconds(seconds)} on {ev.device}")
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = None
+    if available is not None and memory > available:
+        raise UsageError(f"{estimate}, over the {_human_bytes(available)} of free memory; "
+                         "lower --resolution")
+    if seconds > 7 * 86400:
+        raise UsageError(f"{estimate}; lower --resolution")
+    sys.stderr.write(f"warning: {estimate}\n")
+
+
 def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_json: bool,
                  extra: dict | None = None, show: bool = True):
     from . import distributed
@@ -451,6 +508,8 @@ def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_jso
 
     t0 = time.perf_counter()
     run = Run(out_dir)
+    if overwrite or not run.has_field(name):
+        _check_grid_cost(sl, ev)
     ds = slice_field(ev, sl, run, name, progress=not as_json, overwrite=overwrite)
     if not distributed.is_main():
         return ds

@@ -66,8 +66,7 @@ DATASETS = Registry("dataset")
 
 ACCEPTED = (
     "a lossatlas.data.DatasetSplits, a map-style Dataset of (x, y) items, an (X, y) pair of "
-    "tensors or arrays, or a DataLoader yielding (x, y) batches; or a (train, test) pair of "
-    "those"
+    "tensors or arrays, or a DataLoader yielding (x, y) batches"
 )
 
 
@@ -232,7 +231,9 @@ def _tensor_data(obj: Any, label: str, role: str) -> tuple[TensorData, str]:
     factory, what it returned and what is accepted."""
     kind = _kind(obj)
     if not (isinstance(obj, (Dataset, DataLoader, TensorData)) or is_xy_pair(obj)):
-        raise TypeError(f"{role} factory {label!r} returned {kind}; expected {ACCEPTED}")
+        hint = ("; a (train, test) pair of sets is not one set: return a DatasetSplits, or "
+                "give the test set's factory as --test-data" if _is_set_pair(obj) else "")
+        raise TypeError(f"{role} factory {label!r} returned {kind}; expected {ACCEPTED}{hint}")
     where = f"{role} factory {label!r} (returned {kind})"
     try:
         td = as_tensor_data(obj, where=where)
@@ -263,8 +264,8 @@ def load_data(
     ``"path/to/file.py:function"`` spec, or a callable; it is called with ``kwargs``
     (``None`` values dropped) and may return a `DatasetSplits`, a map-style ``Dataset``
     of ``(x, y)`` items, an ``(X, y)`` pair of tensors or arrays, or a ``DataLoader``
-    yielding ``(x, y)`` batches (read once into memory), or a ``(train, test)`` pair of
-    those. Inputs may be dicts or tuples of tensors.
+    yielding ``(x, y)`` batches (read once into memory). Inputs may be dicts or tuples
+    of tensors.
 
     A single set is the train split and, without ``test_spec``, the test split as well
     (``test_is_train=True``, shared tensors). ``test_spec`` (called with
@@ -282,11 +283,6 @@ def load_data(
         test_label = _spec_label(test_spec)
         test_obj = _call_factory(test_spec, test_kwargs, "test data")
     meta = {k: v for k, v in (kwargs or {}).items() if v is not None}
-    if _is_set_pair(obj):
-        if test_obj is None:  # the factory's second set is its test split
-            obj, test_obj, test_label = obj[0], obj[1], f"{label} (second set)"
-        else:
-            obj = obj[0]
 
     if isinstance(obj, DatasetSplits):
         base, returned = obj, ""
