@@ -275,3 +275,235 @@ def test_infinite_extrapolation_is_refused(files, tmp_path):
     res = runner.invoke(app, ["surface", "interp", str(files["ok0"]), str(files["ok1"]), *MODEL,
                               "--extrapolate", "inf", "--out", str(tmp_path / "run")])
     _check(res, tmp_path / "run")
+
+
+# ------------------------------------------- issue 20: items 4 and 5 (one-line errors)
+def _refused(args: list[str], tmp_path: Path, *needles: str) -> str:
+    """Exit 1, the last line ``error: ...`` naming every needle, no traceback."""
+    line = _error_line(args, tmp_path)
+    for n in needles:
+        assert n in line, (n, line)
+    return line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("verb", [
+    ["surface", "random", "{ok0}", *MODEL], ["surface", "interp", "{ok0}", "{ok1}", *MODEL],
+    ["atlas", "--population", "{pop_three}", *MODEL], ["llc", "{ok0}", *MODEL],
+    ["hessian", "{ok0}", *MODEL], ["connect", "{ok0}", "{ok1}", *MODEL],
+    ["align", "{ok0}", "{ok1}", *MODEL], ["train", "--data", "blobs"],
+])
+def test_device_without_cuda_is_one_line(files, tmp_path, verb):
+    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in verb]
+    _refused([*args, "--device", "cuda"], tmp_path, "--device cuda", "CUDA is not available")
+
+
+def test_unknown_device_is_one_line(files, tmp_path):
+    _refused(["surface", "random", str(files["ok0"]), *MODEL, "--device", "tpu9"], tmp_path,
+             "--device 'tpu9'")
+
+
+def test_labels_outside_the_class_range_name_the_classes(files, tmp_path):
+    args = ["surface", "random", str(files["ok0"]), "--model", "mlp", "--model-arg",
+            "hidden=[16]", "--model-arg", "num_classes=10", "--model-arg", "in_features=40",
+            "--data", "blobs", "--data-arg", "num_features=40", "--data-arg", "num_classes=20",
+            "--samples", "100", "--resolution", "3"]
+    _refused(args, tmp_path, "labels run from 0 to 19", "10 classes")
+
+
+def test_out_a_file_or_read_only(files, tmp_path, monkeypatch):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--out",
+                              str(target)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"error: --out {target} is a file")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--out",
+                              str(ro / "run")])
+    assert res.exit_code == 1 and "not writable" in res.output.strip().splitlines()[-1]
+
+
+def test_os_errors_are_one_line(files, tmp_path, monkeypatch):
+    """An OSError deep in a command (disk full, permission) is one line naming the file."""
+    import lossatlas.store as store
+
+    def boom(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "run" / "x"))
+
+    monkeypatch.setattr(store.Run, "__init__", boom)
+    res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--resolution",
+                              "3", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: Permission denied: {tmp_path / 'run' / 'x'}")
+
+
+def test_truncated_stored_embedding_is_one_line(files, tmp_path):
+    args = ["atlas", "--population", str(files["pop_three"]), *MODEL, "--method", "pca",
+            "--resolution", "3", "--budget", "9", "--out", str(tmp_path / "run")]
+    assert runner.invoke(app, args).exit_code == 0
+    codes = tmp_path / "run" / "embedding" / "codes.safetensors"
+    codes.write_bytes(codes.read_bytes()[:20])
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert "embedding" in line and "--overwrite" in line, line
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["llc", "{ok0}", "--nbeta", "0"], "--nbeta must be > 0"),
+    (["llc", "{ok0}", "--gamma", "-5"], "--gamma must be >= 0"),
+    (["llc", "{ok0}", "--epsilon", "nan"], "--epsilon must be a finite number"),
+    (["llc", "{ok0}", "--draws", "0"], "--draws must be >= 1"),
+    (["atlas", "--population", "{pop_three}", "--budget", "0"], "--budget must be > 0"),
+    (["atlas", "--population", "{pop_three}", "--tol", "-1"], "--tol must be > 0"),
+    (["atlas", "--population", "{pop_three}", "--tol", "nan"], "--tol must be a finite"),
+    (["atlas", "--population", "{pop_three}", "--threshold", "-1"], "--threshold"),
+    (["atlas", "--population", "{pop_three}", "--threshold", "200%"], "--threshold"),
+    (["surface", "random", "{ok0}", "--span", "inf"], "--span must be a finite"),
+    (["surface", "plane", "{ok0}", "{ok1}", "{ok2}", "--margin", "-1"], "--margin must be >= 0"),
+    (["hessian", "{ok0}", "--top", "0"], "--top must be >= 1"),
+    (["connect", "{ok0}", "{ok1}", "--points", "1"], "--points must be >= 2"),
+])
+def test_numeric_options_are_validated(files, tmp_path, args, needle):
+    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    _refused([*args, *MODEL], tmp_path, needle)
+
+
+numeric_options = st.sampled_from([
+    (["llc", "{ok0}"], "--nbeta", "positive", float),
+    (["llc", "{ok0}"], "--epsilon", "positive", float),
+    (["llc", "{ok0}"], "--gamma", "nonnegative", float),
+    (["llc", "{ok0}"], "--burnin", "nonnegative", int),
+    (["llc", "{ok0}"], "--chains", "positive", int),
+    (["atlas", "--population", "{pop_three}"], "--budget", "positive", int),
+    (["atlas", "--population", "{pop_three}"], "--tol", "positive", float),
+    (["atlas", "--population", "{pop_three}"], "--holdout", "nonnegative", float),
+    (["surface", "random", "{ok0}"], "--span", "positive", float),
+    (["surface", "interp", "{ok0}", "{ok1}"], "--extrapolate", "nonnegative", float),
+    (["align", "{ok0}", "{ok1}"], "--reg", "positive", float),
+])
+bad_floats = st.one_of(st.sampled_from([float("nan"), float("inf"), float("-inf"), 0.0, -0.0]),
+                       st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False))
+
+
+@SETTINGS
+@given(option=numeric_options, data=st.data())
+def test_invalid_numeric_options_refused_by_name(files, option, data):
+    verb, name, kind, cast = option
+    if cast is int:
+        value = data.draw(st.integers(-10**12, 0 if kind == "positive" else -1))
+    else:
+        value = data.draw(bad_floats.filter(lambda v: kind == "positive" or v != 0))
+    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in verb]
+    with tempfile.TemporaryDirectory() as tmp:
+        res = runner.invoke(app, [*args, *MODEL, name, repr(value), "--out", f"{tmp}/run"])
+        _check(res, Path(tmp) / "run")
+        assert res.exit_code == 1, res.output
+        assert res.output.strip().splitlines()[-1].startswith(f"error: {name} must be")
+
+
+def test_empty_dataset_in_train_names_the_factory(tmp_path):
+    (tmp_path / "facs.py").write_text(
+        "import torch\n"
+        "def empty():\n    return torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)\n"
+        "def boom():\n    raise RuntimeError('disk on fire')\n")
+    _refused(["train", "--data", f"{tmp_path / 'facs.py'}:empty", "--epochs", "1"], tmp_path,
+             "facs.py:empty", "empty")
+    _refused(["surface", "random", "x.pt", "--data", f"{tmp_path / 'facs.py'}:boom"], tmp_path,
+             "facs.py:boom", "disk on fire")
+
+
+def test_long_field_name_is_one_line(files, tmp_path):
+    _refused(["surface", "random", str(files["ok0"]), *MODEL, "--name", "x" * 300], tmp_path,
+             "--name", "300 characters")
+
+
+def test_nan_weight_in_a_names_file_and_tensor(files, tmp_path):
+    _refused(["surface", "interp", str(files["nan"]), str(files["ok1"]), *MODEL], tmp_path,
+             "nan.pt", "'layers.0.weight'", "non-finite")
+    _refused(["connect", str(files["nan"]), str(files["ok1"]), *MODEL, "--curve", "linear"],
+             tmp_path, "nan.pt", "'layers.0.weight'")
+
+
+def test_connect_nan_headline_exits_non_zero(files, tmp_path):
+    sd = _mlp(seed=3).state_dict()
+    for k in sd:
+        sd[k] = sd[k] * 3e37  # finite weights whose logits overflow
+    huge = tmp_path / "huge.pt"
+    save_state_dict(sd, huge)
+    line = _refused(["connect", str(files["ok0"]), str(huge), *MODEL, "--curve", "linear",
+                     "--points", "5"], tmp_path, "line_barrier")
+    assert "non-finite" in line and "points" in line, line
+
+
+def test_identical_checkpoints_are_refused_as_zero_span(files, tmp_path):
+    d = tmp_path / "same"
+    d.mkdir()
+    for i in range(3):
+        (d / f"s{i}.pt").write_bytes(files["ok0"].read_bytes())
+    _refused(["atlas", "--population", str(d), *MODEL, "--method", "pca", "--resolution", "3",
+              "--budget", "9"], tmp_path, "same model", "zero span")
+
+
+def test_one_point_random_slice_is_the_model(files, tmp_path):
+    from lossatlas.evaluate import Evaluator
+
+    res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--dim", "2",
+                              "--resolution", "1", "--out", str(tmp_path / "run"), "--json"])
+    assert res.exit_code == 0, res.output
+    ds = Run(tmp_path / "run").open_field("random2d")
+    assert float(ds["alpha"][0]) == 0.0 and float(ds["beta"][0]) == 0.0
+    from lossatlas.data import create as create_data
+
+    d = create_data("blobs", num_features=40, num_classes=10)
+    m = _mlp(seed=0)
+    want = Evaluator(m, (d.x_train[:60], d.y_train[:60]), device="cpu").evaluate_models([m])
+    assert float(ds["loss"].values.reshape(-1)[0]) == pytest.approx(float(want["loss"][0]),
+                                                                    rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_integer_and_boolean_tensors_refused_by_name(tmp_path, dtype):
+    sd = _mlp(seed=0).state_dict()
+    sd["layers.0.weight"] = (sd["layers.0.weight"] > 0).to(dtype)
+    p = tmp_path / "quant.safetensors"
+    save_state_dict(sd, p)
+    _refused(["surface", "random", str(p), *MODEL], tmp_path, "quant.safetensors",
+             "'layers.0.weight'", str(dtype).replace("torch.", ""))
+
+
+def test_dot_named_checkpoint_is_kept_with_a_default_label(files, tmp_path, caplog):
+    from lossatlas.population import Population
+
+    d = tmp_path / "pop"
+    d.mkdir()
+    for seed, name in enumerate(("a_s0.pt", "b_s1.pt", "..__seed4.safetensors")):
+        save_state_dict(_mlp(seed=seed).state_dict(), d / name)
+    with caplog.at_level("WARNING"):
+        pop = Population.from_checkpoints(str(d), "mlp", factory_kwargs={
+            "in_features": 40, "hidden": (16,), "num_classes": 10})
+    assert len(pop) == 3
+    assert {"variant": "..__seed4", "seed": 4} in [dict(lab) for lab in pop.labels]
+    assert "no variant can be read" in caplog.text
+
+
+def test_big_grid_gets_an_estimate_or_is_refused(files, tmp_path, monkeypatch):
+    import lossatlas.cli as cli
+
+    monkeypatch.setattr(cli, "WARN_GRID_POINTS", 10)
+    res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--resolution",
+                              "4", "--out", str(tmp_path / "a"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "warning: a grid of 4 x 4 = 16 points: about" in res.output
+    monkeypatch.setattr(cli, "BYTES_PER_POINT", {2: 10**18})
+    line = _refused(["surface", "random", str(files["ok0"]), *MODEL, "--resolution", "4"],
+                    tmp_path, "4 x 4 = 16 points", "of free memory", "lower --resolution")
+    assert not (tmp_path / "run" / "fields").exists() or not any(
+        (tmp_path / "run" / "fields").iterdir()), line

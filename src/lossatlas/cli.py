@@ -478,7 +478,7 @@ def _check_grid_cost(sl, ev) -> None:
     if points <= WARN_GRID_POINTS:
         return
     memory = points * BYTES_PER_POINT.get(len(shape), 16)
-    probe = 32
+    probe = min(32, points)
     x = sl.source.points(0, probe)
     ev.evaluate(x[:4])  # warm-up
     t = time.perf_counter()
