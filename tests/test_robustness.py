@@ -507,3 +507,15 @@ def test_big_grid_gets_an_estimate_or_is_refused(files, tmp_path, monkeypatch):
                     tmp_path, "4 x 4 = 16 points", "of free memory", "lower --resolution")
     assert not (tmp_path / "run" / "fields").exists() or not any(
         (tmp_path / "run" / "fields").iterdir()), line
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"nbeta": 0.0}, "nbeta"), ({"nbeta": float("nan")}, "nbeta"), ({"gamma": -5.0}, "gamma"),
+    ({"epsilon": float("nan")}, "epsilon"),
+])
+def test_llc_api_refuses_bad_settings(kwargs, needle):
+    from lossatlas.curvature import llc
+
+    x, y = torch.randn(20, 40), torch.randint(0, 10, (20,))
+    with pytest.raises(ValueError, match=needle):
+        llc(_mlp(), (x, y), num_chains=1, num_draws=2, batch_size=8, device="cpu", **kwargs)

@@ -186,8 +186,12 @@ def llc(
             f"llc: num_burnin_steps must be >= 0 and num_steps_bw_draws >= 1, got "
             f"{num_burnin_steps} and {num_steps_bw_draws}"
         )
-    if epsilon <= 0:
-        raise ValueError(f"llc: epsilon must be positive, got {epsilon}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"llc: epsilon must be a finite number > 0, got {epsilon}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"llc: gamma must be a finite number >= 0, got {gamma}")
+    if nbeta is not None and not (math.isfinite(nbeta) and nbeta > 0):
+        raise ValueError(f"llc: nbeta must be a finite number > 0, got {nbeta}")
     nbeta = default_nbeta(m) if nbeta is None else float(nbeta)
     C = int(num_chains)
     L0 = float(obj.value()) if init_loss is None else float(init_loss)
