@@ -1050,7 +1050,7 @@ DEMO_BN_VARIANTS = [
 
 def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int = 4,
                 samples: int = 500, resolution: int = 12, budget: int = 300,
-                ae_epochs: int = 1000) -> dict:
+                ae_epochs: int = 1500) -> dict:
     """The demo's BatchNorm population: 3 variants x 3 checkpoints (epochs 0, 2, 4) of a
     small BatchNorm CNN (``cnn2d_bn``) on scikit-learn digits, its own atlas in
     ``out_dir`` (statistics recomputed at every point, the default policy) and report.
@@ -1073,7 +1073,7 @@ def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int 
                 "loss measured on": f"the first {len(xy[1])} samples of the training data"}
     _, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1, "0.1",
                              device, "fp32", progress=progress,
-                             embed_kwargs={"epochs": ae_epochs}, data=measured)
+                             embed_kwargs={"epochs": ae_epochs, "lr": 1e-2}, data=measured)
     per = json.loads((out_dir / "faithfulness.json").read_text())["per_model"]
     keep = {k: summary[k] for k in ("run", "models", "variants", "basins",
                                     "basins_with_models", "bn", "bn_text",
