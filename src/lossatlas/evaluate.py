@@ -743,8 +743,10 @@ class Evaluator:
                 out = outputs_fn(x)
             out = out.float()
             n = y.shape[0]
+            # loss weight: the target positions not ignored (a device tensor, no host sync),
+            # or the batch size
             w = ((y != IGNORE_INDEX).sum() if self.loss_fn is _cross_entropy
-                 and not y.is_floating_point() else torch.tensor(float(n), device=self.device))
+                 and not y.is_floating_point() else n)
             for k, v in self._batch_stats(out, y).items():
                 sums[k] += v * (w if k == "loss" else n)
             loss_weight += w
