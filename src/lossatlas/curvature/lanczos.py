@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..progress import progress_bar
 from .hvp import LinearOperator
 
 __all__ = ["EigenResult", "lanczos", "lanczos_tridiagonal", "power_iteration"]
@@ -72,6 +73,8 @@ def lanczos_tridiagonal(
     reorthogonalize: bool = True,
     generator: torch.Generator | None = None,
     stop=None,
+    progress: bool | None = None,
+    desc: str = "lanczos",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``m`` independent Lanczos recurrences in lock-step (one batched operator
     call per step).
@@ -87,6 +90,8 @@ def lanczos_tridiagonal(
         Full Gram-Schmidt against all previous basis vectors (memory ``m J n``).
     stop : callable(alphas [m, j], betas [m, j], j) -> bool, optional
         Called after each step; ``True`` ends the run early.
+    progress : bool, optional
+        A bar over the steps (``None``: auto, see :mod:`lossatlas.progress`).
 
     Returns
     -------
@@ -104,7 +109,9 @@ def lanczos_tridiagonal(
     v_prev = torch.zeros_like(v)
     beta = torch.zeros(m, device=dev, dtype=dt)
     j = 0
+    bar = progress_bar(total=num_iter, desc=desc, unit="step", progress=progress)
     for j in range(num_iter):
+        bar.update(1)
         if reorthogonalize:
             Q[:, j] = v
         w = op(v).to(dt) - beta[:, None] * v_prev
@@ -134,6 +141,7 @@ def lanczos_tridiagonal(
         else:
             norm = beta
         v_prev, v = v, w / norm[:, None]
+    bar.close()
     J = j + 1
     return alphas[:, :J], betas[:, :J], Q[:, :J], J
 
@@ -155,6 +163,7 @@ def lanczos(
     num_iter: int | None = None,
     tol: float = 1e-6,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> EigenResult:
     """The ``k`` largest (algebraic) eigenpairs of ``op`` by Lanczos with full
     reorthogonalisation.
@@ -171,6 +180,8 @@ def lanczos(
         ``tol x max |theta|`` (eigenvalue errors are about residual^2 / gap).
     seed : int, optional
         Seed of the random start vector.
+    progress : bool, optional
+        A bar over the Lanczos steps (``None``: auto).
     """
     n = op.dim
     if not 1 <= int(k) <= n:
@@ -189,7 +200,8 @@ def lanczos(
         res = (b[0, -1] * S[-1, -k:]).abs()
         return bool((res <= tol * theta.abs().max().clamp_min(1e-30)).all())
 
-    alphas, betas, Q, J = lanczos_tridiagonal(op, v0, J, generator=gen, stop=converged)
+    alphas, betas, Q, J = lanczos_tridiagonal(op, v0, J, generator=gen, stop=converged,
+                                              progress=progress)
     theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas)[0])
     order = torch.argsort(theta, descending=True)[:k]
     vals = theta[order]
@@ -208,10 +220,12 @@ def power_iteration(
     max_iter: int = 100,
     tol: float = 1e-3,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> EigenResult:
     """The ``k`` eigenpairs of largest magnitude by deflated power iteration, as
     PyHessian's ``hessian.eigenvalues`` (stop when the Rayleigh quotient changes by
-    less than ``tol`` relative; ``max_iter`` per eigenpair)."""
+    less than ``tol`` relative; ``max_iter`` per eigenpair; a bar over the pairs when
+    ``progress``, ``None``: auto)."""
     n = op.dim
     if not 1 <= int(k) <= n:
         raise ValueError(f"power_iteration: k must be between 1 and {n}, got k={k}")
@@ -219,7 +233,8 @@ def power_iteration(
     found: list[Tensor] = []
     vals, res, ok = [], [], []
     total = 0
-    for _ in range(int(k)):
+    for _ in progress_bar(range(int(k)), desc="power iteration", unit="pair",
+                          progress=progress):
         v = torch.randn(n, device=op.device, dtype=op.dtype, generator=gen)
         v = v / v.norm()
         lam = None
