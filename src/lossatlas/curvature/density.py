@@ -48,15 +48,18 @@ def slq(
     num_runs: int = 10,
     *,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Nodes and weights Tensor[R, J] of ``num_runs`` Lanczos quadratures from Rademacher
-    start vectors (run together: one batched operator call per step; memory ``R J n``)."""
+    start vectors (run together: one batched operator call per step; memory ``R J n``;
+    a bar over the steps when ``progress``, ``None``: auto)."""
     if int(num_iter) < 1 or int(num_runs) < 1:
         raise ValueError(f"slq: num_iter and num_runs must be >= 1, got {num_iter} and {num_runs}")
     gen = _generator(seed, op.device)
     r = torch.randint(0, 2, (int(num_runs), op.dim), device=op.device, generator=gen)
     V0 = (2 * r - 1).to(op.dtype)
-    alphas, betas, _, _ = lanczos_tridiagonal(op, V0, int(num_iter), generator=gen)
+    alphas, betas, _, _ = lanczos_tridiagonal(op, V0, int(num_iter), generator=gen,
+                                              progress=progress, desc="density (SLQ)")
     theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas).double())
     return theta.cpu(), (S[:, 0, :] ** 2).cpu()
 
@@ -70,6 +73,7 @@ def spectral_density(
     grid: Tensor | None = None,
     num_points: int = 2000,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> SpectralDensity:
     """Eigenvalue density of ``op`` by stochastic Lanczos quadrature.
 
@@ -84,8 +88,10 @@ def spectral_density(
     grid : Tensor[G], optional
         Default: ``num_points`` points from the smallest Ritz value - 6 sigma to the
         largest + 6 sigma.
+    progress : bool, optional
+        A bar over the Lanczos steps (``None``: auto, see :mod:`lossatlas.progress`).
     """
-    nodes, weights = slq(op, num_iter, num_runs, seed=seed)
+    nodes, weights = slq(op, num_iter, num_runs, seed=seed, progress=progress)
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
         sigma = 0.01 * (hi - lo) if hi > lo else max(1e-3 * abs(hi), 1e-6)
