@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..progress import progress_bar
 from .hvp import LinearOperator
 from .lanczos import _generator
 
@@ -39,13 +40,20 @@ def _probes(shape: tuple[int, int], kind: str, gen: torch.Generator, op: LinearO
     raise ValueError(f"trace: distribution must be 'rademacher' or 'gaussian', got {kind!r}")
 
 
-def _apply(op: LinearOperator, V: Tensor, probe_batch: int | None) -> Tensor:
+def _apply(op: LinearOperator, V: Tensor, probe_batch: int | None, bar=None) -> Tensor:
+    """``op`` on the rows of V [s, n] -> [s, n], ``probe_batch`` rows at a time
+    (``bar`` advanced by the rows done)."""
     step = V.shape[0] if probe_batch is None else max(1, int(probe_batch))
-    return torch.cat([op(V[i : i + step]) for i in range(0, V.shape[0], step)])
+    out = []
+    for i in range(0, V.shape[0], step):
+        out.append(op(V[i : i + step]))
+        if bar is not None:
+            bar.update(out[-1].shape[0])
+    return torch.cat(out)
 
 
-def _quadratic_forms(op: LinearOperator, V: Tensor, probe_batch: int | None) -> Tensor:
-    return (_apply(op, V, probe_batch) * V).sum(1)
+def _quadratic_forms(op: LinearOperator, V: Tensor, probe_batch: int | None, bar=None) -> Tensor:
+    return (_apply(op, V, probe_batch, bar) * V).sum(1)
 
 
 def _summary(samples: Tensor, base: float, num_hvp: int, method: str) -> TraceEstimate:
@@ -62,17 +70,21 @@ def hutchinson(
     probe_batch: int | None = 10,
     distribution: Literal["rademacher", "gaussian"] = "rademacher",
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimate ``mean_i v_i^T H v_i`` with ``num_probes`` random probes.
 
     ``probe_batch`` probes go through the operator together (vmap; memory grows
-    with it).
+    with it). ``progress``: a bar over the probes (``None``: auto).
     """
     if int(num_probes) < 1:
         raise ValueError(f"hutchinson: num_probes must be >= 1, got {num_probes}")
     gen = _generator(seed, op.device)
     V = _probes((int(num_probes), op.dim), distribution, gen, op)
-    return _summary(_quadratic_forms(op, V, probe_batch), 0.0, int(num_probes), "hutchinson")
+    with progress_bar(total=int(num_probes), desc="trace (Hutchinson)", unit="hvp",
+                      progress=progress) as bar:
+        samples = _quadratic_forms(op, V, probe_batch, bar)
+    return _summary(samples, 0.0, int(num_probes), "hutchinson")
 
 
 def hutch_plusplus(
@@ -82,12 +94,14 @@ def hutch_plusplus(
     probe_batch: int | None = 10,
     distribution: Literal["rademacher", "gaussian"] = "rademacher",
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> TraceEstimate:
     """Hutch++: the trace on a sketched top subspace exactly, Hutchinson on the rest.
 
     With ``num_probes = m`` operator applications: ``m/3`` to sketch ``Q = orth(H S)``,
     ``m/3`` for ``tr(Q^T H Q)``, ``m/3`` Hutchinson probes of ``(I - QQ^T) H (I - QQ^T)``.
-    ``std`` is the standard error of the last part.
+    ``std`` is the standard error of the last part. ``progress``: a bar over the
+    ``m`` products (``None``: auto).
     """
     m = int(num_probes)
     if m < 3:
@@ -97,19 +111,25 @@ def hutch_plusplus(
     gen = _generator(seed, op.device)
     S = _probes((s, op.dim), distribution, gen, op)
     G = _probes((g, op.dim), distribution, gen, op)
-    HS = _apply(op, S, probe_batch)  # [s, n]
-    Q = torch.linalg.qr(HS.T.double())[0].T.to(op.dtype)  # [s, n] orthonormal rows
-    base = float((_apply(op, Q, probe_batch) * Q).sum())
-    G = G - (G @ Q.T) @ Q
-    return _summary(_quadratic_forms(op, G, probe_batch), base, s + s + g, "hutch++")
+    with progress_bar(total=m, desc="trace (Hutch++)", unit="hvp", progress=progress) as bar:
+        HS = _apply(op, S, probe_batch, bar)  # [s, n]
+        Q = torch.linalg.qr(HS.T.double())[0].T.to(op.dtype)  # [s, n] orthonormal rows
+        base = float((_apply(op, Q, probe_batch, bar) * Q).sum())
+        G = G - (G @ Q.T) @ Q
+        samples = _quadratic_forms(op, G, probe_batch, bar)
+    return _summary(samples, base, s + s + g, "hutch++")
 
 
-def exact_trace(op: LinearOperator, *, probe_batch: int | None = 64) -> TraceEstimate:
-    """``sum_i e_i^T H e_i`` with all ``n`` unit vectors (``n`` operator applications)."""
+def exact_trace(
+    op: LinearOperator, *, probe_batch: int | None = 64, progress: bool | None = None
+) -> TraceEstimate:
+    """``sum_i e_i^T H e_i`` with all ``n`` unit vectors (``n`` operator applications;
+    a bar over them when ``progress``, ``None``: auto)."""
     total = 0.0
     step = op.dim if probe_batch is None else max(1, int(probe_batch))
     diag = []
-    for i in range(0, op.dim, step):
+    for i in progress_bar(range(0, op.dim, step), desc="trace (exact)", unit="batch",
+                          progress=progress):
         E = torch.zeros(min(step, op.dim - i), op.dim, device=op.device, dtype=op.dtype)
         E[torch.arange(E.shape[0]), torch.arange(i, i + E.shape[0])] = 1
         diag.append(op(E).diagonal(offset=i))
