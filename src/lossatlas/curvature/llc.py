@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
+from ..progress import progress_bar
 from ._objective import LossFn, Objective
 from .lanczos import _generator
 
@@ -106,6 +107,7 @@ def llc(
     init_loss: float | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Estimate the local learning coefficient at ``w*`` with SGLD (Lau et al. 2023).
 
@@ -153,6 +155,8 @@ def llc(
         Default: the model's device.
     seed : int, optional
         Seeds batches and noise (a generator on ``device``).
+    progress : bool, optional
+        A bar over the SGLD steps, all chains advancing together (``None``: auto).
 
     Returns
     -------
@@ -203,7 +207,9 @@ def llc(
     trace = torch.zeros(C, num_draws, device=obj.device, dtype=torch.float64)
     state = sgld_init(center, C)
     x_all, y_all = obj.data.x, obj.data.y
-    for t, idx in enumerate(_batch_indices(n, m, C, num_steps, gen, obj.device)):
+    steps = progress_bar(_batch_indices(n, m, C, num_steps, gen, obj.device), total=num_steps,
+                         desc=f"llc ({C} chains)", unit="step", progress=progress)
+    for t, idx in enumerate(steps):
         g, loss = step_fn(state.w, x_all[idx], y_all[idx])
         k = t - num_burnin_steps
         if k >= 0 and k % num_steps_bw_draws == 0:

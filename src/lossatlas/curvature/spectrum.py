@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..progress import progress_bar
 from ..space import ParamSpace
 from ._objective import LossFn
 from .density import SpectralDensity, spectral_density
@@ -63,6 +64,7 @@ def hessian_eigen(
     num_iter: int | None = None,
     tol: float | None = None,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> EigenResult:
     """Top-``k`` Hessian eigenpairs of the mean loss over ``data``.
 
@@ -71,14 +73,17 @@ def hessian_eigen(
     magnitude, ``tol`` default 1e-3 relative change, ``num_iter`` iterations per
     pair, default 100). Eigenvectors are returned as Tensor[k, D] in the
     ``ParamSpace(model)`` layout (zero outside ``group``), on the CPU, ready to be
-    used as slice directions. See :class:`HVP` for the other parameters.
+    used as slice directions. ``progress``: a bar over the iterations (``None``: auto).
+    See :class:`HVP` for the other parameters.
     """
     H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
     if method == "lanczos":
-        res = lanczos(H, k, num_iter=num_iter, tol=1e-6 if tol is None else tol, seed=seed)
+        res = lanczos(H, k, num_iter=num_iter, tol=1e-6 if tol is None else tol, seed=seed,
+                      progress=progress)
     elif method == "power":
         res = power_iteration(
-            H, k, max_iter=num_iter or 100, tol=1e-3 if tol is None else tol, seed=seed
+            H, k, max_iter=num_iter or 100, tol=1e-3 if tol is None else tol, seed=seed,
+            progress=progress,
         )
     else:
         raise ValueError(f"hessian_eigen: method must be 'lanczos' or 'power', got {method!r}")
@@ -110,16 +115,19 @@ def hessian_trace_estimate(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> TraceEstimate:
     """Hessian trace with its standard error: Hutch++ (default), Hutchinson or exact
-    (``D`` Hessian-vector products; small models only)."""
+    (``D`` Hessian-vector products; small models only); ``progress``: a bar over the
+    products (``None``: auto)."""
     H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
     if method == "hutch++":
-        return hutch_plusplus(H, num_probes, probe_batch=probe_batch, seed=seed)
+        return hutch_plusplus(H, num_probes, probe_batch=probe_batch, seed=seed,
+                              progress=progress)
     if method == "hutchinson":
-        return hutchinson(H, num_probes, probe_batch=probe_batch, seed=seed)
+        return hutchinson(H, num_probes, probe_batch=probe_batch, seed=seed, progress=progress)
     if method == "exact":
-        return exact_trace(H, probe_batch=probe_batch)
+        return exact_trace(H, probe_batch=probe_batch, progress=progress)
     raise ValueError(
         f"hessian_trace: method must be 'hutch++', 'hutchinson' or 'exact', got {method!r}"
     )
@@ -148,11 +156,14 @@ def hessian_density(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> SpectralDensity:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (see
-    :func:`spectral_density`); ``density.grid`` and ``density.density``."""
+    :func:`spectral_density`); ``density.grid`` and ``density.density``; ``progress``:
+    a bar over the Lanczos steps (``None``: auto)."""
     H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
-    return spectral_density(H, num_iter, num_runs, sigma=sigma, num_points=num_points, seed=seed)
+    return spectral_density(H, num_iter, num_runs, sigma=sigma, num_points=num_points, seed=seed,
+                            progress=progress)
 
 
 def layer_groups(model: nn.Module) -> dict[str, list[str]]:
@@ -172,6 +183,7 @@ def group_spectra(
     *,
     trace: bool = True,
     num_probes: int = 30,
+    progress: bool | None = None,
     **kwargs,
 ) -> xr.Dataset:
     """Top-``k`` eigenvalues (and Hutch++ trace) of each parameter group's Hessian block.
@@ -182,6 +194,8 @@ def group_spectra(
         Default: :func:`layer_groups` (one group per module owning parameters).
     k : int
         Eigenvalues per group (fewer when a group is smaller).
+    progress : bool, optional
+        A bar over the groups (``None``: auto).
     kwargs
         Passed to :class:`HVP` (loss_fn, params, train, batch_size, device).
 
@@ -198,16 +212,17 @@ def group_spectra(
     traces = np.full(len(groups), np.nan)
     sizes = np.zeros(len(groups), dtype=np.int64)
     mode = "train" if kwargs.get("train") else "eval"
-    for i, (_, prefixes) in enumerate(groups.items()):
+    bar = progress_bar(groups.items(), desc="group spectra", unit="group", progress=progress)
+    for i, (_, prefixes) in enumerate(bar):
         H = HVP(model, data, group=prefixes, **kwargs)
         sizes[i] = H.dim
         kk = min(k, H.dim)
-        vals[i, :kk] = lanczos(H, kk, seed=seed).eigenvalues.double().cpu().numpy()
+        vals[i, :kk] = lanczos(H, kk, seed=seed, progress=False).eigenvalues.double().cpu().numpy()
         if trace:
             if H.dim <= num_probes:
-                traces[i] = exact_trace(H).trace
+                traces[i] = exact_trace(H, progress=False).trace
             else:
-                traces[i] = hutch_plusplus(H, num_probes, seed=seed).trace
+                traces[i] = hutch_plusplus(H, num_probes, seed=seed, progress=False).trace
     return xr.Dataset(
         {
             "eigenvalues": (("group", "rank"), vals),

@@ -12,6 +12,7 @@ import xarray as xr
 from torch import nn
 
 from ..batchnorm import resolve_policy
+from ..progress import progress_bar
 from ._objective import LossFn, resolve_points
 from .hvp import HVP
 from .lanczos import lanczos
@@ -44,6 +45,7 @@ def terrain(
     device: str | torch.device | None = None,
     labels: Sequence[Any] | None = None,
     seed: int | None = 0,
+    progress: bool | None = None,
 ) -> xr.Dataset:
     """Local qualifiers at every model of a population.
 
@@ -66,6 +68,8 @@ def terrain(
         :class:`~lossatlas.curvature.HVP`; default: statistics recomputed at each model).
     labels : sequence, optional
         Coordinate values of dimension ``model`` (default 0..P-1).
+    progress : bool, optional
+        A bar over the models (``None``: auto, see :mod:`lossatlas.progress`).
 
     Returns
     -------
@@ -95,16 +99,18 @@ def terrain(
     if "llc" in measures:
         for name in ("llc_mean", "llc_std", "llc_diverged"):
             out[name] = np.full(P, np.nan)
-    for i, p in enumerate(points):
+    for i, p in enumerate(progress_bar(points, desc="terrain", unit="model", progress=progress)):
         H = HVP(templates[i], data, params=p, **common)
         out["loss"][i] = float(H.value())
         if "eigenvalues" in measures:
-            out["eigenvalues"][i] = lanczos(H, k, seed=seed).eigenvalues.double().cpu().numpy()
+            out["eigenvalues"][i] = (lanczos(H, k, seed=seed, progress=False)
+                                     .eigenvalues.double().cpu().numpy())
         if "trace" in measures:
-            est = hutch_plusplus(H, num_probes, seed=seed)
+            est = hutch_plusplus(H, num_probes, seed=seed, progress=False)
             out["trace"][i], out["trace_std"][i] = est.trace, est.std
         if "llc" in measures:
-            res = _llc(templates[i], data, params=p, seed=seed, **common_llc(common), **(llc_kwargs or {}))
+            res = _llc(templates[i], data, params=p, seed=seed, progress=False,
+                       **common_llc(common), **(llc_kwargs or {}))
             out["llc_mean"][i], out["llc_std"][i] = res["llc_mean"], res["llc_std"]
             out["llc_diverged"][i] = float(res["diverged"])
         log.info("terrain: model %d of %d done", i + 1, P)
