@@ -33,6 +33,7 @@ from ..batchnorm import resolve_policy
 from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import AffineSource, MappedSource
+from ..progress import progress_enabled
 from ..space import ParamSpace
 
 __all__ = [
@@ -177,6 +178,7 @@ def barrier_curve(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
     evaluator: Evaluator | None = None,
+    progress: bool | None = None,
     **evaluator_kwargs,
 ) -> xr.Dataset:
     """Loss, accuracy and error along ``w(t) = (1 - t) w_a + t w_b``, with the barriers.
@@ -195,6 +197,8 @@ def barrier_curve(
         "recompute" re-estimates BatchNorm statistics at every point on ``bn_data``.
     evaluator : Evaluator, optional
         Reuse an evaluator (then ``data``, ``bn``, ``loss_fn``... are ignored).
+    progress : bool, optional
+        A bar over the evaluated points (``None``: auto, see :mod:`lossatlas.progress`).
 
     Returns
     -------
@@ -214,7 +218,7 @@ def barrier_curve(
     wb = _flat(evaluator, model_b, "model_b")
     t = np.linspace(0.0, 1.0, int(steps))
     source = AffineSource(wa, (wb - wa)[None], [t], dims=("t",))
-    ds = _add_error(compute_field(evaluator, source))
+    ds = _add_error(compute_field(evaluator, source, progress=progress_enabled(progress)))
     ds["t"].attrs["units"] = "fraction of the way from model_a to model_b"
     ds.attrs["definition"] = definition
     ds.attrs["bn"] = evaluator.bn
@@ -271,6 +275,7 @@ def barrier_matrix(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
     return_paths: bool = False,
+    progress: bool | None = None,
     **evaluator_kwargs,
 ) -> xr.DataArray | tuple[xr.DataArray, xr.Dataset]:
     """Barriers between all pairs of ``models`` (or all against ``models[reference]``).
@@ -287,6 +292,8 @@ def barrier_matrix(
     metric : {"loss", "error"}
     return_paths : bool
         Also return the Dataset of loss / accuracy / error over ``(pair, t)``.
+    progress : bool, optional
+        A bar over the points of all paths (pairs x steps; ``None``: auto).
 
     Returns
     -------
@@ -335,7 +342,7 @@ def barrier_matrix(
         path_points, [np.arange(len(pairs), dtype=np.float64), t], ("pair", "t"),
         key=f"paths:{_key(flats, pair_a, pair_b)}",
     )
-    paths = _add_error(compute_field(evaluator, source))
+    paths = _add_error(compute_field(evaluator, source, progress=progress_enabled(progress)))
     values = paths["loss" if metric == "loss" else "error"].values
     per_pair = barrier_from_values(values, t, definition)
     if reference is None:

@@ -33,6 +33,7 @@ from ..batches import as_tensor_data
 from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import ExplicitSource
+from ..progress import progress_bar
 from ..space import ParamSpace
 from .barriers import _add_error, barrier_from_values
 
@@ -202,6 +203,7 @@ def train_curve(
     eval_data=None,
     bn_data=None,
     points: int = 61,
+    progress: bool | None = None,
 ) -> CurveResult:
     """Train a Bezier or polychain curve between two models (Garipov et al. 2018).
 
@@ -228,6 +230,8 @@ def train_curve(
         Data for BatchNorm statistics at evaluated points (default: ``data``).
     points : int
         Evaluated points along the curve (61 by default).
+    progress : bool, optional
+        A bar over the optimiser steps (``None``: auto, see :mod:`lossatlas.progress`).
 
     Training calls the model in train mode through ``functional_call`` with
     clones of its buffers each step, so BatchNorm uses the batch statistics at
@@ -270,7 +274,8 @@ def train_curve(
     n = len(train)
     order = torch.randperm(n, generator=gen)
     pos = 0
-    for step in range(int(steps)):
+    for step in progress_bar(range(int(steps)), desc=f"train {kind} curve", unit="step",
+                             progress=progress):
         if pos + batch_size > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + batch_size].to(device)
