@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -24,8 +25,9 @@ class EigenResult:
     Attributes
     ----------
     eigenvalues : Tensor[k]
-        Largest first (algebraic, for Lanczos; in order found for power
-        iteration); units of loss per squared parameter.
+        Largest first (algebraic, for Lanczos; smallest first with
+        ``which="smallest"``; in order found for power iteration); units of loss
+        per squared parameter.
     eigenvectors : Tensor[k, n]
         Unit rows; for an :class:`HVP` these are in its operator space (use
         ``hvp.embed`` for the full ``ParamSpace`` layout).
@@ -164,9 +166,10 @@ def lanczos(
     tol: float = 1e-6,
     seed: int | None = 0,
     progress: bool | None = None,
+    which: Literal["largest", "smallest"] = "largest",
 ) -> EigenResult:
-    """The ``k`` largest (algebraic) eigenpairs of ``op`` by Lanczos with full
-    reorthogonalisation.
+    """The ``k`` largest (or smallest) algebraic eigenpairs of ``op`` by Lanczos with
+    full reorthogonalisation.
 
     Parameters
     ----------
@@ -182,8 +185,15 @@ def lanczos(
         Seed of the random start vector.
     progress : bool, optional
         A bar over the Lanczos steps (``None``: auto).
+    which : "largest" or "smallest"
+        Which end of the spectrum: the ``k`` largest eigenvalues, largest first
+        (default), or the ``k`` smallest, smallest first (the most negative
+        curvature of a Hessian). The Krylov space converges at both ends of the
+        spectrum alike, so no shift or negation of ``op`` is needed.
     """
     n = op.dim
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"lanczos: which must be 'largest' or 'smallest', got {which!r}")
     if not 1 <= int(k) <= n:
         raise ValueError(f"lanczos: k must be between 1 and the operator size {n}, got k={k}")
     k = int(k)
@@ -197,13 +207,14 @@ def lanczos(
         if j < k or (j % 5 and j < J):
             return False
         theta, S = torch.linalg.eigh(_tridiagonal(a, b)[0])
-        res = (b[0, -1] * S[-1, -k:]).abs()
+        wanted = S[-1, -k:] if which == "largest" else S[-1, :k]
+        res = (b[0, -1] * wanted).abs()
         return bool((res <= tol * theta.abs().max().clamp_min(1e-30)).all())
 
     alphas, betas, Q, J = lanczos_tridiagonal(op, v0, J, generator=gen, stop=converged,
                                               progress=progress)
     theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas)[0])
-    order = torch.argsort(theta, descending=True)[:k]
+    order = torch.argsort(theta, descending=which == "largest")[:k]
     vals = theta[order]
     vecs = S[:, order].T @ Q[0]  # [k, n]
     res = (betas[0, -1] * S[-1, order]).abs()
