@@ -484,6 +484,8 @@ def train_population(
         "model_kwargs": kwargs,
         "data": data_spec,
         "data_kwargs": dict(data_kwargs or {}),
+        # where the data came from in words, also when given as an object (not compared)
+        "data_source": split.describe() if hasattr(split, "describe") else None,
         "checkpoint_every": int(checkpoint_every),
         "device": str(dev),
     }
