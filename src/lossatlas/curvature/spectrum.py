@@ -65,8 +65,9 @@ def hessian_eigen(
     tol: float | None = None,
     seed: int | None = 0,
     progress: bool | None = None,
+    which: Literal["largest", "smallest"] = "largest",
 ) -> EigenResult:
-    """Top-``k`` Hessian eigenpairs of the mean loss over ``data``.
+    """Top-``k`` (or bottom-``k``) Hessian eigenpairs of the mean loss over ``data``.
 
     ``method="lanczos"`` (default; largest algebraic first, ``tol`` default 1e-6 on
     Ritz residuals) or ``"power"`` (deflated power iteration as PyHessian: largest
@@ -74,12 +75,19 @@ def hessian_eigen(
     pair, default 100). Eigenvectors are returned as Tensor[k, D] in the
     ``ParamSpace(model)`` layout (zero outside ``group``), on the CPU, ready to be
     used as slice directions. ``progress``: a bar over the iterations (``None``: auto).
+    ``which="smallest"`` (Lanczos only) gives the ``k`` smallest algebraic
+    eigenvalues, smallest first: negative ones are directions of descent (a saddle).
     See :class:`HVP` for the other parameters.
     """
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"hessian_eigen: which must be 'largest' or 'smallest', got {which!r}")
+    if which == "smallest" and method != "lanczos":
+        raise ValueError("hessian_eigen: which='smallest' needs method='lanczos' (power "
+                         "iteration finds the largest magnitude)")
     H = _hvp(model, data, loss_fn, params, group, train, batch_size, device, None, bn)
     if method == "lanczos":
         res = lanczos(H, k, num_iter=num_iter, tol=1e-6 if tol is None else tol, seed=seed,
-                      progress=progress)
+                      progress=progress, which=which)
     elif method == "power":
         res = power_iteration(
             H, k, max_iter=num_iter or 100, tol=1e-3 if tol is None else tol, seed=seed,
