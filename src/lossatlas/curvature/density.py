@@ -41,6 +41,32 @@ class SpectralDensity:
         """``sum_runs sum_i w_i theta_i^p / R``: estimates ``tr(H^p) / n`` (no broadening)."""
         return float((self.weights * self.nodes**p).sum(1).mean())
 
+    def mass_below(self, x: float, broadened: bool = False) -> Tensor:
+        """Per-run spectral mass below ``x``, Tensor[R] (fractions in [0, 1]).
+
+        Without broadening: ``sum_i w_i [theta_i < x]``, each run an unbiased
+        estimate of ``#{eigenvalues < x} / n`` once its Lanczos run resolves the
+        spectrum there. With ``broadened``: the integral of the Gaussian-broadened
+        density below ``x``, ``sum_i w_i Phi((x - theta_i) / sigma)``.
+        """
+        if broadened:
+            cdf = 0.5 * torch.erfc(-(x - self.nodes) / (self.sigma * math.sqrt(2.0)))
+            return (self.weights * cdf).sum(1)
+        return (self.weights * (self.nodes < x)).sum(1)
+
+    def negative_mass(self, tol: float = 0.0, broadened: bool = False) -> float:
+        """Fraction of the spectrum at eigenvalues below ``-tol`` (mean over runs).
+
+        The negative-eigenvalue mass of the Hessian: 0 at a minimum, positive at a
+        saddle or a point of negative curvature. ``tol`` (loss per squared
+        parameter, >= 0) leaves out Ritz values within rounding of 0; see
+        :meth:`mass_below` for ``broadened``. The standard error is
+        ``mass_below(-tol).std() / sqrt(R)``.
+        """
+        if not tol >= 0:
+            raise ValueError(f"SpectralDensity.negative_mass: tol must be >= 0, got {tol}")
+        return float(self.mass_below(-float(tol), broadened).mean())
+
 
 def slq(
     op: LinearOperator,
