@@ -667,7 +667,8 @@ class Atlas:
 
     # ------------------------------------------------------ reconstruction
     def reconstruction_table(self, methods: tuple[str, ...] = ("pca", "kpca", "umap", "ae"),
-                             dim: int = 2, variants: dict[str, dict] | None = None) -> list[dict]:
+                             dim: int = 2, variants: dict[str, dict] | None = None,
+                             clustering: tuple[str, ...] = ("mds", "isomap")) -> list[dict]:
         """The seed's Table 1 on this population: every method side by side.
 
         For each method (fitted on the span coordinates, ``dim`` latents, no
@@ -675,14 +676,20 @@ class Atlas:
         decode(encode(model)), and the loss of every decoded model against the
         model's own loss (per model, and the median relative error). ``variants``
         adds autoencoder options by name, e.g. ``{"ae-tanh": {"bounded": True}}``.
+        Every row also has the variant separation of its codes (``silhouette``,
+        ``nn_purity``: :func:`lossatlas.manifold.variant_separation`); the
+        ``clustering`` methods (MDS, Isomap: no inverse) give only that, their loss
+        columns None with the reason in ``not_computable``.
         Stored as ``RUN/reconstruction.json``.
         """
-        from .manifold import SpanReduction, make_embedding
+        from .manifold import SpanReduction, make_embedding, variant_separation
+        from .manifold.clustering import clustering_row
 
         if getattr(self, "reduction_", None) is None:
             self.reduction_ = SpanReduction(block_size=self._block_size()).fit(self.X)
         C = self.reduction_.encode(self.X)
         true = self.true_values()["loss"].double()
+        variant = [str(lab.get("variant", "?")) for lab in self.population.labels]
         specs = {m: (m, {}) for m in methods}
         specs.update({k: ("ae", v) for k, v in (variants or {}).items()})
         rows = []
@@ -695,7 +702,8 @@ class Atlas:
                 log.warning("reconstruction_table: %s skipped (%s)", name, err)
                 rows.append({"method": name, "skipped": str(err)})
                 continue
-            values, mse = self._span_points(emb.decode(emb.encode(C)).to(C.dtype))
+            codes = emb.encode(C)
+            values, mse = self._span_points(emb.decode(codes).to(C.dtype))
             loss = values["loss"].double()
             rel = (loss / true - 1).abs()
             rows.append({
@@ -704,8 +712,14 @@ class Atlas:
                 "decoded_loss": loss.tolist(), "true_loss": true.tolist(),
                 "median_rel_loss_error": float(rel[torch.isfinite(rel)].median())
                 if torch.isfinite(rel).any() else float("inf"),
+                **variant_separation(codes, variant),
                 "seconds": round(time.perf_counter() - t0, 2),
             })
+        for name in clustering:  # no inverse: the variant separation only
+            t0 = time.perf_counter()
+            rows.append({**clustering_row(name, C, variant, dim=dim, seed=self.seed),
+                         "true_loss": true.tolist(),
+                         "seconds": round(time.perf_counter() - t0, 2)})
         atomic_write_json(self.path / "reconstruction.json", {"dim": dim, "rows": rows})
         return rows
 

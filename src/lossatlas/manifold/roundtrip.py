@@ -2,18 +2,21 @@
 
 `roundtrip(embedding, X)` gives ``decode(encode(X))`` (the models as the map sees them,
 ready for the Evaluator); `reconstruction_table` gives one row per embedding with the
-mean squared error over parameters, relative to the population's variance, and per model.
+mean squared error over parameters, relative to the population's variance, and per model;
+given the models' variant labels, also the variant separation of every embedding's codes
+and rows for the cluster embeddings without inverse (MDS, Isomap; see `clustering`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import Embedding, _as_population
+from .clustering import CLUSTERING_METHODS, clustering_row, variant_separation
 
 __all__ = ["reconstruction_table", "roundtrip"]
 
@@ -37,13 +40,26 @@ def roundtrip(
     )
 
 
-def reconstruction_table(embeddings: Mapping[str, Embedding], X: Tensor) -> list[dict[str, Any]]:
+def reconstruction_table(
+    embeddings: Mapping[str, Embedding],
+    X: Tensor,
+    labels: Sequence[Any] | None = None,
+    clustering: Sequence[str] = (),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """One row per fitted embedding: how well it reproduces the population.
 
     Parameters
     ----------
     embeddings : mapping name -> fitted Embedding
     X : Tensor[N, D] (or, for span-based embeddings, anything their `fit` accepts)
+    labels : N variant labels, optional
+        Adds `variant_separation` of each embedding's codes to its row (``silhouette``,
+        ``nn_purity``, ``nn_purity_chance``, ``num_variants``).
+    clustering : names in {"mds", "isomap"}
+        Rows for cluster embeddings without inverse (fitted here on ``X`` with the latent
+        dimension of the first embedding, 2 without one, and ``seed``): their loss
+        columns are None and ``not_computable`` says why; needs ``labels``.
 
     Returns
     -------
@@ -52,6 +68,13 @@ def reconstruction_table(embeddings: Mapping[str, Embedding], X: Tensor) -> list
     mean per-parameter variance; 0 is exact, 1 is as bad as decoding every model to the
     mean), ``per_model_mse`` (list of N floats, in the order of ``X``).
     """
+    if clustering and (labels is None or not isinstance(X, Tensor)):
+        raise ValueError("reconstruction_table: clustering rows need labels= and X as a "
+                         "Tensor[N, D]")
+    for name in clustering:
+        if name not in CLUSTERING_METHODS:
+            raise ValueError(f"reconstruction_table: clustering method {name!r} is not one of "
+                             f"{', '.join(CLUSTERING_METHODS)}")
     Xt = _as_population(X, "reconstruction_table") if isinstance(X, Tensor) else None
     var = None
     if Xt is not None:
@@ -66,14 +89,18 @@ def reconstruction_table(embeddings: Mapping[str, Embedding], X: Tensor) -> list
             )
         per_model = emb.reconstruction_errors(X)
         mse = float(per_model.mean())
-        rows.append(
-            {
-                "method": name,
-                "class": type(emb).__name__,
-                "n_components": int(emb.n_components_),
-                "mse": mse,
-                "relative_mse": (mse / var if var else float("nan")) if var is not None else None,
-                "per_model_mse": [float(v) for v in per_model],
-            }
-        )
+        row = {
+            "method": name,
+            "class": type(emb).__name__,
+            "n_components": int(emb.n_components_),
+            "mse": mse,
+            "relative_mse": (mse / var if var else float("nan")) if var is not None else None,
+            "per_model_mse": [float(v) for v in per_model],
+        }
+        if labels is not None:
+            row.update(variant_separation(emb.encode(X), labels))
+        rows.append(row)
+    dim = int(next(iter(embeddings.values())).n_components_) if embeddings else 2
+    for name in clustering:
+        rows.append(clustering_row(name, Xt, labels, dim=dim, seed=seed))
     return rows
