@@ -869,18 +869,29 @@ def faithfulness(view: RunView) -> Section | None:
         rows = []
         for r in data.get("rows", []):
             if "skipped" in r:
-                rows.append([esc(r["method"]), "skipped", esc(r["skipped"]), ""])
+                rows.append([esc(r["method"]), "skipped", esc(r["skipped"]), "", ""])
                 continue
             rel = r.get("median_rel_loss_error")
+            sep = (f"{fmt(r.get('silhouette'), '', 2)} / {fmt(r.get('nn_purity'), '', 2)} "
+                   f"(chance {fmt(r.get('nn_purity_chance'), '', 2)})")
+            if r.get("not_computable"):
+                rows.append([esc(r["method"]), "not computable",
+                             esc(r["not_computable"]), sep, fmt(r.get("seconds"), "s")])
+                continue
             rows.append([esc(r["method"]), fmt(r.get("mse"), "per parameter²", 3),
-                         fmt(100 * rel, "%", 3) if isinstance(rel, float) else "n/a",
+                         fmt(100 * rel, "%", 3) if isinstance(rel, float) else "n/a", sep,
                          fmt(r.get("seconds"), "s")])
         html.append(table(["method (on span coordinates)", "reconstruction MSE",
-                           "decoded-model loss error (median)", "fit time"], rows, raw=True,
+                           "decoded-model loss error (median)",
+                           "variant separation: silhouette / nearest-neighbour purity",
+                           "fit time"], rows, raw=True,
                           caption=f"Embeddings side by side ({data.get('dim', 2)} latent "
-                                  "dimensions, no residual correction)"))
+                                  "dimensions, no residual correction; MDS and Isomap have "
+                                  "no inverse, so only their separation of the variants)"))
         summary["reconstruction_table"] = [
-            {k: r.get(k) for k in ("method", "mse", "median_rel_loss_error", "skipped")}
+            {k: r.get(k) for k in ("method", "mse", "median_rel_loss_error", "skipped",
+                                   "not_computable", "silhouette", "nn_purity",
+                                   "nn_purity_chance")}
             for r in data.get("rows", [])]
     if view.overlays:
         rows = []
