@@ -401,13 +401,14 @@ def training_figure(runs: Sequence[Mapping[str, Any]], marks: Sequence[Mapping[s
 
 def curve_figure(curves: Sequence[Mapping[str, Any]], xlabel: str, title: str,
                  ylabel: str = "loss (nats, log scale)", log: bool = True) -> dict:
-    """Lines of a value along one coordinate: {"name" (escaped), "x", "y", "marks"}."""
+    """Lines of a value along one coordinate: {"name" (escaped), "x", "y", "marks", and
+    "dash" (plotly dash style, default "solid")}."""
     data = []
     for k, c in enumerate(curves):
         color, symbol = style(k)
         data.append({"type": "scatter", "mode": "lines+markers", "name": c["name"],
                      "x": _list(c["x"]), "y": _list(c["y"]),
-                     "line": {"color": color, "width": 1.8},
+                     "line": {"color": color, "width": 1.8, "dash": c.get("dash", "solid")},
                      "marker": {"size": 4, "symbol": symbol, "color": color},
                      "hovertemplate": f"{c['name']}<br>%{{x:.3g}}: %{{y:.4g}}<extra></extra>"})
         for m in c.get("marks", []):

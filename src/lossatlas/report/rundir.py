@@ -25,7 +25,9 @@ Where the report looks (``RUN`` is the run directory)::
     RUN/SUB/atlas_summary.json       sub-runs with an atlas of their own (e.g. the demo's)
     RUN/align.json                   alignment results (symmetry; lossatlas align)
     RUN/dynamics.json                transitions along training (dynamics)
-    RUN/branches.json                algorithmic branches within basins (dynamics)
+    RUN/branches.json, RUN/train/branches.json   algorithmic branches within basins
+    RUN/curves.json                  a trained curve beside the straight line (line_loss)
+    RUN/fields/line*.zarr            loss along the straight line (lossatlas connect A B)
 """
 
 from __future__ import annotations
@@ -365,7 +367,16 @@ class RunView:
 
     @cached_property
     def branches(self) -> dict | None:
-        return self._json("branches.json")
+        """``branches.json`` of the run, or of its ``train/`` folder (where ``lossatlas
+        branches RUN/train`` writes it)."""
+        return self._json("branches.json") or self._json(Path("train") / "branches.json")
+
+    @cached_property
+    def curves_table(self) -> dict:
+        """``curves.json`` (a trained curve's ``t``, ``loss`` and the straight line's
+        ``line_loss`` beside it, ``pair``, ``kind``), ``{}`` if absent."""
+        s = self._json("curves.json")
+        return s if isinstance(s, dict) else {}
 
     def png(self, name: str) -> Path | None:
         """``RUN/NAME`` if it is a PNG file."""

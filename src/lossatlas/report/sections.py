@@ -2,10 +2,14 @@
 
 A builder takes a :class:`~lossatlas.report.rundir.RunView` and returns a
 :class:`Section` (HTML, plotly figures, a machine-readable summary) or ``None``
-when the run lacks its inputs; the page then lists it under "Absent from this
-run" with the command that produces it. Adding a section is one function::
+when the run lacks its inputs; the page then lists it under "Absent sections"
+with the command that produces it: ``hint`` is that command, with placeholders
+(``{run}``, ``{population}``, ``{data}``, ``{model}``, ``{train}``, ``{a}``, ``{b}``)
+filled from the run by :func:`lossatlas.report.commands.fill_hint`. Adding a section
+is one function::
 
-    @section("terrain", "Terrain", hint="run `lossatlas hessian` or `lossatlas llc`")
+    @section("terrain", "Terrain",
+             hint="lossatlas hessian --population {population} {data} --out {run}")
     def terrain(view: RunView) -> Section | None:
         ds = view.field("terrain")
         if ds is None:
@@ -75,13 +79,18 @@ def section(key: str, title: str, hint: str) -> Callable:
     return deco
 
 
-def build_sections(view: RunView) -> list[tuple[SectionSpec, Section | None]]:
-    """Every registered section built on ``view`` (None for the absent ones).
+def build_sections(view: RunView, progress: bool | None = False,
+                   ) -> list[tuple[SectionSpec, Section | None]]:
+    """Every registered section built on ``view`` (None for the absent ones); a bar over
+    the sections when ``progress`` (``None``: auto, see :mod:`lossatlas.progress`).
 
     A builder that fails raises a ``RuntimeError`` naming the section and the run.
     """
+    from lossatlas.progress import progress_bar
+
     out = []
-    for spec in SECTIONS.values():
+    for spec in progress_bar(list(SECTIONS.values()), desc="report", unit="section",
+                             progress=progress):
         try:
             out.append((spec, spec.build(view)))
         except Exception as err:
@@ -181,6 +190,19 @@ def _policy_line(bn: Any, bn_text: Any = None, of: str = "") -> str:
     return f'<p class="note policy"><b>BatchNorm policy{esc(of)}:</b> {esc(text)}</p>'
 
 
+def _training_data(described: dict[str, str], manifest: dict[str, Any]) -> str:
+    """The training data in words: the atlas summary's description, else the train
+    manifest's ``data_source`` (recorded also for data given as an object), else its
+    registered name, else a statement that the run did not record it."""
+    source = manifest.get("data_source")
+    source = source if isinstance(source, dict) else {}
+    name = manifest.get("data")
+    return (described.get("training data") or source.get("training data")
+            or (str(name) if name else None)
+            or "not recorded (given in Python as an object; train with a DatasetSplits "
+               "or a registered name to have it named here)")
+
+
 # ===================================================================== overview
 @section("overview", "Overview", hint="")
 def overview(view: RunView) -> Section | None:
@@ -204,8 +226,7 @@ def overview(view: RunView) -> Section | None:
         model = manifest.get("model")
         kw = manifest.get("model_kwargs") or {}
         info["model"] = esc(f"{model} {json.dumps(kw, sort_keys=True)}" if kw else model)
-        info["training data"] = esc(described.get("training data") or manifest.get("data")
-                                    or "given in Python (not a registered name)")
+        info["training data"] = esc(_training_data(described, manifest))
         for key in ("test data", "loss measured on"):
             if described.get(key):
                 info[key] = esc(described[key])
@@ -345,7 +366,7 @@ def _tree(view: RunView):
     return tree, pairs
 
 
-@section("basins", "Basins", hint="run `lossatlas atlas` (or Atlas.embed/field/topology)")
+@section("basins", "Basins", hint="lossatlas atlas --population {population} {data} --out {run}")
 def basins(view: RunView) -> Section | None:
     """Latent landscape, merge tree, persistence diagram, 3-D surface, basin table."""
     ds = view.atlas
@@ -474,14 +495,55 @@ def _matrix(ds) -> tuple[np.ndarray, list[str], list[str], str, str] | None:
     return None
 
 
-@section("connectivity", "Connectivity", hint="run `lossatlas connect`")
+def _lines_of(name: str, ds, dash: str) -> list[dict[str, Any]]:
+    """One line per path of a field over ``t`` (more than one when it has a second dim)."""
+    if "t" not in ds.dims or "loss" not in ds:
+        return []
+    da = ds["loss"]
+    other = [d for d in da.dims if d != "t"]
+    if not other:
+        return [{"key": name, "name": esc(name), "x": ds["t"].values, "y": da.values,
+                 "dash": dash}]
+    labels = ds[other[0]].values if other[0] in ds.coords else range(da.sizes[other[0]])
+    return [{"key": f"{name} {lab}", "name": esc(f"{name} {lab}"), "x": ds["t"].values,
+             "y": da.isel({other[0]: k}).values, "dash": dash} for k, lab in enumerate(labels)]
+
+
+def _path_lines(curves: dict, straight: dict, table: dict,
+                summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lines of "Loss along paths and curves": trained curves (solid) and the straight
+    lines between their endpoints (dashed) from ``fields/curve*``, ``fields/line*`` and
+    ``curves.json`` (``loss`` and ``line_loss`` over ``t``); ``summary`` gets each
+    line's highest loss (nats)."""
+    lines = [ln for name, ds in curves.items() for ln in _lines_of(name, ds, "solid")]
+    lines += [ln for name, ds in straight.items()
+              for ln in _lines_of(f"straight line ({name})", ds, "dash")]
+    t = table.get("t")
+    pair = "–".join(str(p) for p in table.get("pair") or [])
+    stored = f"curve-{pair.replace('–', '-')}"
+    if isinstance(t, list) and isinstance(table.get("loss"), list) and stored not in curves:
+        key = f"{table.get('kind', 'curve')} curve {pair}"
+        lines.append({"key": key, "name": esc(key), "x": t, "y": table["loss"], "dash": "solid"})
+    if isinstance(t, list) and isinstance(table.get("line_loss"), list):
+        lines.append({"key": f"straight line {pair}", "name": esc(f"straight line {pair}"),
+                      "x": t, "y": table["line_loss"], "dash": "dash"})
+    for ln in lines:
+        v = np.asarray(ln["y"], dtype=float)
+        v = v[np.isfinite(v)]
+        summary[ln["key"]] = {"max_loss": float(v.max()) if len(v) else None}
+    return lines
+
+
+@section("connectivity", "Connectivity",
+         hint="lossatlas connect --population {population} {data} --align --out {run}")
 def connectivity(view: RunView) -> Section | None:
     """Barrier matrices (``fields/barriers*.zarr``, before/after alignment), loss along
     connecting curves (``fields/curve*.zarr`` over ``t``), layer-wise barriers."""
     mats = view.fields_named("barriers")
     curves = view.fields_named("curve")
     layers = view.fields_named("layerwise")
-    if not (mats or curves or layers):
+    straight = view.fields_named("line")
+    if not (mats or curves or layers or straight or view.curves_table):
         return None
     figs: dict[str, dict] = {}
     html = ['<p class="intro">Loss barriers between models: the highest loss along the path '
@@ -512,21 +574,7 @@ def connectivity(view: RunView) -> Section | None:
             "max": float(off.max()) if len(off) else None, "units": units}
     if row:
         html.append('<div class="grid2">' + "".join(row) + "</div>")
-    lines = []
-    for name, ds in curves.items():
-        if "t" not in ds.dims or "loss" not in ds:
-            continue
-        da = ds["loss"]
-        other = [d for d in da.dims if d != "t"]
-        if other:
-            for k, lab in enumerate(ds[other[0]].values if other[0] in ds.coords
-                                    else range(da.sizes[other[0]])):
-                lines.append({"name": esc(f"{name} {lab}"), "x": ds["t"].values,
-                              "y": da.isel({other[0]: k}).values})
-        else:
-            lines.append({"name": esc(name), "x": ds["t"].values, "y": da.values})
-        v = da.values[np.isfinite(da.values)]
-        summary["curves"][name] = {"max_loss": float(v.max()) if len(v) else None}
+    lines = _path_lines(curves, straight, view.curves_table, summary["curves"])
     if lines:
         figs["fig-conn-curves"] = F.curve_figure(lines, "t (position along the path)",
                                                  "Loss along paths and curves")
@@ -547,7 +595,8 @@ def connectivity(view: RunView) -> Section | None:
 
 
 # =================================================================== symmetry
-@section("symmetry", "Symmetry orbits", hint="run `lossatlas align`")
+@section("symmetry", "Symmetry orbits",
+         hint="lossatlas align {a} {b} {model} {data} --out {run}")
 def symmetry(view: RunView) -> Section | None:
     """Re-basined models on the map (overlays named ``rebasin*``/``aligned*``) and the
     alignment summary of ``symmetry.json`` (distances before/after, per pair)."""
@@ -595,7 +644,8 @@ _TERRAIN_UNITS = {"top_eigenvalue": "loss / param²", "trace": "loss / param²",
                   "epsilon_sharpness": "nats", "adaptive_sharpness": "nats", "llc": ""}
 
 
-@section("terrain", "Terrain", hint="run `lossatlas hessian` / `lossatlas llc`")
+@section("terrain", "Terrain",
+         hint="lossatlas hessian --population {population} {data} --out {run}")
 def terrain(view: RunView) -> Section | None:
     """Local qualifiers per model from ``fields/terrain.zarr`` (dim ``model``): top
     Hessian eigenvalues, trace, sharpness, local learning coefficient."""
@@ -636,7 +686,7 @@ def terrain(view: RunView) -> Section | None:
 
 # ========================================================= phase transitions
 @section("phase-transitions", "Phase transitions",
-         hint="train with `lossatlas train` (metrics) and run `lossatlas dynamics`")
+         hint="lossatlas dynamics {train}")
 def phase_transitions(view: RunView) -> Section | None:
     """Metrics along training per run (``train/metrics.json``), with the transitions,
     defect and stages of ``dynamics.json`` marked when present."""
@@ -714,7 +764,7 @@ def phase_transitions(view: RunView) -> Section | None:
 
 
 # ======================================================= algorithmic branches
-@section("branches", "Algorithmic branches", hint="run `lossatlas branches`")
+@section("branches", "Algorithmic branches", hint="lossatlas branches {train}")
 def branches(view: RunView) -> Section | None:
     """Models of one basin whose functions differ (``branches.json`` as written by
     :func:`lossatlas.dynamics.branches_report`: per model its basin and branch, the
@@ -799,7 +849,7 @@ def _loss_per_model(texts: list[str], true: np.ndarray, eval_mode: Any, bn: Any,
 
 
 @section("faithfulness", "Faithfulness",
-         hint="run `lossatlas atlas` (Atlas.faithfulness)")
+         hint="lossatlas atlas --population {population} {data} --out {run}")
 def faithfulness(view: RunView) -> Section | None:
     """How far to trust the map: reconstruction, decoded-vs-true loss per model, field
     error at the models, projection error of overlays (curves, trajectories)."""
@@ -911,7 +961,8 @@ def faithfulness(view: RunView) -> Section | None:
 
 
 # ===================================================================== slices
-@section("slices", "Slices", hint="run `lossatlas surface interp|random|plane|pca`")
+@section("slices", "Slices",
+         hint="lossatlas surface random {a} {model} {data} --out {run}")
 def slices(view: RunView) -> Section | None:
     """The stored 1-D / 2-D slices (fields with ``attrs["slice"]``) and their PNGs."""
     found = view.slices
