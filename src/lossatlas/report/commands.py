@@ -3,7 +3,7 @@
 A section's ``hint`` (see :func:`lossatlas.report.sections.section`) is a command
 template with the placeholders ``{run}`` (the run directory), ``{population}``
 (``--population`` source), ``{data}`` (``--data`` and friends: the data the atlas
-was measured on), ``{model}`` (``--model`` and ``--model-arg``), ``{train}`` (the run's training folder) and ``{a}`` / ``{b}`` (two
+was measured on), ``{dataset}`` (only ``--data`` and ``--data-arg``), ``{model}`` (``--model`` and ``--model-arg``), ``{train}`` (the run's training folder) and ``{a}`` / ``{b}`` (two
 final checkpoints). :func:`fill_hint` puts in what the run recorded; what it did not
 record stays as an upper-case placeholder in angle brackets (``<DATA>``), to be
 replaced by hand. Braces that are not placeholders are left as written.
@@ -28,7 +28,7 @@ OUT_SENTENCE = ("Other commands appear in this report only when they write into 
                 "<code>--out</code> of <code>lossatlas atlas</code>), then run "
                 "<code>lossatlas report {run}</code> again.")
 
-_PLACEHOLDER = re.compile(r"\{(run|population|data|model|train|a|b)\}")
+_PLACEHOLDER = re.compile(r"\{(run|population|data|dataset|model|train|a|b)\}")
 
 
 def _q(path: str | Path) -> str:
@@ -63,10 +63,10 @@ def _population(view: RunView) -> str:
     return "<CHECKPOINTS>"
 
 
-def _data_options(view: RunView) -> str:
-    """``--data NAME [--data-arg k=v] [--split test] [--samples N]`` as the run recorded
-    them (train manifest, else the atlas summary's description); ``--data <DATA>`` when
-    neither names the data."""
+def _data_options(view: RunView) -> tuple[str, str]:
+    """``--data NAME [--data-arg k=v]`` and the same followed by ``[--split test]
+    [--samples N]``, as the run recorded them (train manifest, else the atlas summary's
+    description); ``--data <DATA>`` when neither names the data."""
     manifest = view.train_manifest or {}
     described = view.atlas_summary.get("data")
     described = described if isinstance(described, dict) else {}
@@ -80,13 +80,14 @@ def _data_options(view: RunView) -> str:
     if name and name == manifest.get("data"):
         for k, v in (manifest.get("data_kwargs") or {}).items():
             parts += ["--data-arg", _q(f"{k}={v}")]
+    dataset = " ".join(parts)
     measured = str(described.get("loss measured on") or "")
     if "of the test data" in measured:
         parts += ["--split", "test"]
     m = re.search(r"the first (\d+) samples", measured)
     if m:
         parts += ["--samples", m.group(1)]
-    return " ".join(parts)
+    return dataset, " ".join(parts)
 
 
 def _model_options(view: RunView) -> str:
@@ -104,11 +105,13 @@ def _model_options(view: RunView) -> str:
 def run_context(view: RunView) -> dict[str, str]:
     """The placeholder values of :func:`fill_hint` for ``view`` (shell-quoted)."""
     finals = _final_checkpoints(view)
+    dataset, data = _data_options(view)
     return {
         "run": _q(view.path),
         "train": _q(view.path / "train"),
         "population": _population(view),
-        "data": _data_options(view),
+        "data": data,
+        "dataset": dataset,
         "model": _model_options(view),
         "a": _q(finals[0]) if len(finals) > 0 else "<CHECKPOINT_A>",
         "b": _q(finals[1]) if len(finals) > 1 else "<CHECKPOINT_B>",

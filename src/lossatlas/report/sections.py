@@ -4,9 +4,9 @@ A builder takes a :class:`~lossatlas.report.rundir.RunView` and returns a
 :class:`Section` (HTML, plotly figures, a machine-readable summary) or ``None``
 when the run lacks its inputs; the page then lists it under "Absent sections"
 with the command that produces it: ``hint`` is that command, with placeholders
-(``{run}``, ``{population}``, ``{data}``, ``{model}``, ``{train}``, ``{a}``, ``{b}``)
-filled from the run by :func:`lossatlas.report.commands.fill_hint`. Adding a section
-is one function::
+(``{run}``, ``{population}``, ``{data}``, ``{dataset}``, ``{model}``, ``{train}``,
+``{a}``, ``{b}``) filled from the run by :func:`lossatlas.report.commands.fill_hint`.
+Adding a section is one function::
 
     @section("terrain", "Terrain",
              hint="lossatlas hessian --population {population} {data} --out {run}")
@@ -764,7 +764,7 @@ def phase_transitions(view: RunView) -> Section | None:
 
 
 # ======================================================= algorithmic branches
-@section("branches", "Algorithmic branches", hint="lossatlas branches {train}")
+@section("branches", "Algorithmic branches", hint="lossatlas branches {train} {dataset}")
 def branches(view: RunView) -> Section | None:
     """Models of one basin whose functions differ (``branches.json`` as written by
     :func:`lossatlas.dynamics.branches_report`: per model its basin and branch, the
