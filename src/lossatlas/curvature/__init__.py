@@ -13,6 +13,7 @@ from .hvp import HVP, LinearOperator, MatrixOperator
 from .lanczos import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
 from .llc import SGLDState, default_nbeta, llc, sgld_init, sgld_step
 from .plot import plot_density, plot_llc_trace
+from .saddles import SaddleCheck, atlas_saddles, saddle_check
 from .sharpness import max_loss_increase, sharpness
 from .spectrum import (
     group_spectra,
@@ -32,8 +33,10 @@ __all__ = [
     "LinearOperator",
     "MatrixOperator",
     "SGLDState",
+    "SaddleCheck",
     "SpectralDensity",
     "TraceEstimate",
+    "atlas_saddles",
     "default_nbeta",
     "exact_trace",
     "group_spectra",
@@ -52,6 +55,7 @@ __all__ = [
     "plot_density",
     "plot_llc_trace",
     "power_iteration",
+    "saddle_check",
     "sgld_init",
     "sgld_step",
     "sharpness",
