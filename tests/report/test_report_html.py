@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import plotly.offline
 import pytest
@@ -41,8 +42,11 @@ def test_report_files_and_offline(report, small_run):
     assert (small_run / "figures" / "training.png").stat().st_size > 5000
     for key in summary["sections"]:
         assert f'<section id="{key}">' in page
-    assert "Absent from this run:" in page
-    assert "Connectivity (run `lossatlas connect`)" in page
+    run, train = shlex.quote(str(small_run)), shlex.quote(str(small_run / "train"))
+    connect = f"lossatlas connect --population {train} --data mnist1d --align --out {run}"
+    assert {a["section"]: a["command"] for a in summary["absent"]}["connectivity"] == connect
+    assert '<section id="absent" class="absent">' in page and '<a href="#absent">' in page
+    assert f"<code>{esc(connect)}</code>" in page
 
 
 def test_build_summary_matches_written(report, small_run):
@@ -83,7 +87,7 @@ def test_only_slices(small_run, tmp_path):
     assert summary["sections"] == ["overview", "slices"]
     assert {a["section"] for a in summary["absent"]} >= {"basins", "faithfulness",
                                                          "phase-transitions"}
-    assert "Basins (run `lossatlas atlas`" in page
+    assert '<tr data-section="basins"><td>Basins</td><td><code>lossatlas atlas' in page
     assert 'id="fig-slice-0"' in page and 'id="fig-slice-1"' in page
 
 
@@ -94,7 +98,7 @@ def test_only_atlas(small_run, tmp_path):
     page = write_report(run).read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sections"] == ["overview", "basins", "faithfulness"]
-    assert "Slices (run `lossatlas surface" in page
+    assert '<tr data-section="slices"><td>Slices</td><td><code>lossatlas surface' in page
     assert "model 0" in page  # no labels stored: generic names
 
 
@@ -118,7 +122,8 @@ def test_adding_a_section_is_one_function(small_run, tmp_path):
             "lossatlas.report", fromlist=["Section"]).Section(esc(p.read_text()))
 
     try:
-        assert "Notes (write notes.txt)" in write_report(run).read_text()
+        page = write_report(run).read_text()
+        assert '<tr data-section="notes"><td>Notes</td><td><code>write notes.txt' in page
         (run / "notes.txt").write_text("hello <world>")
         page = write_report(run).read_text()
         assert '<section id="notes">' in page and "hello &lt;world&gt;" in page

@@ -15,16 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from .labels import place_labels, to_pixels
+
 __all__ = [
     "PALETTE",
     "SYMBOLS",
     "grid_field",
     "landscape_figure",
+    "label_size",
+    "minima_traces",
     "surface_figure",
     "merge_tree_layout",
     "merge_tree_figure",
     "persistence_figure",
     "training_figure",
+    "change_point_traces",
     "curve_figure",
     "contour_figure",
     "heatmap_figure",
@@ -161,6 +166,11 @@ def landscape_figure(
                                                    "width": 1.2},
                 "hoverinfo": "skip", "showlegend": False, "name": "trajectory",
             })
+    if minima:  # below the models: a minimum's cross never hides a model's marker
+        marks = [np.column_stack([np.asarray(g["x"], float), np.asarray(g["y"], float)])
+                 for g in (*models, *overlays)]
+        data += minima_traces(minima, np.concatenate(marks) if marks else np.zeros((0, 2)),
+                              (float(x[0]), float(x[-1])), (float(y[0]), float(y[-1])))
     for k, g in enumerate(models):
         color, symbol = style(k)
         data.append({
@@ -184,15 +194,6 @@ def landscape_figure(
             "marker": {"size": 6, "color": color, "symbol": symbol,
                        "line": {"width": 0.6, "color": "#000"}},
         })
-    if minima:
-        data.append({
-            "type": "scatter", "mode": "markers+text", "name": "basin minima",
-            "x": [m["x"] for m in minima], "y": [m["y"] for m in minima],
-            "text": [m["label"] for m in minima], "hovertext": [m["text"] for m in minima],
-            "hovertemplate": "%{hovertext}<extra></extra>", "textposition": "top center",
-            "textfont": {"color": "#fff", "size": 11}, "cliponaxis": False,
-            "marker": {"symbol": "x-thin", "size": 12, "line": {"width": 2.5, "color": "#fff"}},
-        })
     layout = _layout(
         title, xaxis=_axis("latent z0", range=[float(x[0]), float(x[-1])]),
         yaxis=_axis("latent z1", range=[float(y[0]), float(y[-1])]),
@@ -200,6 +201,59 @@ def landscape_figure(
         margin={"l": 60, "r": 20, "t": 40, "b": 70}, clickmode="event",
     )
     return {"data": data, "layout": layout}
+
+
+#: nominal plot area (pixels) of the report's map at its smallest layout: labels placed
+#: without overlap there stay apart on any larger screen
+MAP_AREA = (640.0, 430.0)
+_CHAR_PX, _LABEL_PX = 6.6, 15.0  # width of a character and height of a line, 11 px font
+
+
+def label_size(text: str) -> tuple[float, float]:
+    """(width, height) in pixels of a one-line label in the map's 11 px font."""
+    return _CHAR_PX * len(text) + 4.0, _LABEL_PX
+
+
+def minima_traces(minima: Sequence[Mapping[str, Any]], markers: np.ndarray,
+                  xrange: tuple[float, float], yrange: tuple[float, float],
+                  area: tuple[float, float] = MAP_AREA) -> list[dict]:
+    """Basin minima as crosses, labelled where :func:`~lossatlas.report.labels.place_labels`
+    finds room (no overlap with each other or with the ``markers`` [m, 2], data
+    coordinates); each minimum without room gets its own coloured cross and a legend
+    entry instead.
+
+    minima : {"x", "y", "label" (raw text), "text" (escaped hover HTML)}, deepest first
+    Returns plotly traces; the labelled one has ``meta = {"role": "basin-labels",
+    "boxes": [[x0, y0, x1, y1] px, ...], "area": area}``.
+    """
+    pts = to_pixels([[m["x"], m["y"]] for m in minima], xrange, yrange, area)
+    obstacles = to_pixels(markers, xrange, yrange, area)
+    placed = place_labels(pts, [label_size(m["label"]) for m in minima], obstacles, area)
+    cross = {"symbol": "x-thin", "size": 12, "line": {"width": 2.5, "color": "#fff"}}
+    traces: list[dict] = []
+    on = [i for i, p in enumerate(placed) if p is not None]
+    if on:
+        traces.append({
+            "type": "scatter", "mode": "markers+text", "name": "basin minima",
+            "x": [minima[i]["x"] for i in on], "y": [minima[i]["y"] for i in on],
+            "text": [minima[i]["label"] for i in on],
+            "textposition": [placed[i].position for i in on],
+            "hovertext": [minima[i]["text"] for i in on],
+            "hovertemplate": "%{hovertext}<extra></extra>",
+            "textfont": {"color": "#fff", "size": 11}, "cliponaxis": False, "marker": cross,
+            "meta": {"role": "basin-labels", "boxes": [list(placed[i].box) for i in on],
+                     "area": list(area)},
+        })
+    for k, i in enumerate(i for i, p in enumerate(placed) if p is None):
+        color = PALETTE[(k + 1) % len(PALETTE)]
+        traces.append({
+            "type": "scatter", "mode": "markers", "name": f"{minima[i]['label']} (minimum)",
+            "x": [minima[i]["x"]], "y": [minima[i]["y"]], "hovertext": [minima[i]["text"]],
+            "hovertemplate": "%{hovertext}<extra></extra>", "legendgroup": "minima",
+            "meta": {"role": "basin-legend"},
+            "marker": {**cross, "line": {"width": 2.5, "color": color}},
+        })
+    return traces
 
 
 def surface_figure(grid: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -367,7 +421,8 @@ def training_figure(runs: Sequence[Mapping[str, Any]], marks: Sequence[Mapping[s
     """Loss (log) and accuracy along training, one colour per run; train solid, test dashed.
 
     runs : {"name" (escaped), "group" (colour index), "x" epochs, "series": {metric: [..]}}
-    marks : {"x", "text" (escaped), "group"} vertical lines (transitions)
+    marks : {"x", "text" (escaped), "group"} change points: dotted vertical lines and
+        markers with the text on hover (:func:`change_point_traces`)
     """
     data: list[dict] = []
     for r in runs:
@@ -383,20 +438,49 @@ def training_figure(runs: Sequence[Mapping[str, Any]], marks: Sequence[Mapping[s
                 "hovertemplate": f"{r['name']}<br>{metric} %{{y:.4g}}<br>epoch %{{x}}"
                                  "<extra></extra>",
             })
-    shapes, ann = [], []
+    shapes = []
     for m in marks:
         color, _ = style(int(m.get("group", 0)))
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": m["x"], "x1": m["x"],
-                       "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 1.5}})
-        ann.append({"x": m["x"], "y": 1, "yref": "paper", "text": m["text"], "showarrow": False,
-                    "yanchor": "bottom", "font": {"size": 10}})
+                       "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 1}})
+    data += change_point_traces(marks)
     layout = _layout(
         title, xaxis=_axis("epoch", anchor="y2"),
-        yaxis=_axis("loss (nats, log scale)", type="log", domain=[0.55, 1]),
-        yaxis2=_axis("accuracy (fraction)", domain=[0, 0.45], anchor="x"),
-        legend={"font": {"size": 10}}, shapes=shapes, annotations=ann, hovermode="closest",
+        yaxis=_axis("loss (nats, log scale)", type="log", domain=[0.56, 1]),
+        yaxis2=_axis("accuracy (fraction)", domain=[0, 0.44], anchor="x"),
+        yaxis3={"domain": [0.465, 0.535], "anchor": "x", "visible": False, "fixedrange": True,
+                "range": [-0.5, max([int(m.get("group", 0)) for m in marks], default=0) + 0.5]},
+        legend={"font": {"size": 10}}, shapes=shapes, hovermode="closest",
     )
     return {"data": data, "layout": layout}
+
+
+def change_point_traces(marks: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Change points as markers on a strip between the loss and accuracy panels, one row
+    per run group, the text on hover (never printed on the plot).
+
+    marks : {"x", "text" (escaped), "group"}; marks at one (x, group) share a marker
+    whose hover lists them all. Returns one trace per group (``meta.role ==
+    "change-points"``).
+    """
+    by: dict[int, dict[float, list[str]]] = {}
+    for m in marks:
+        by.setdefault(int(m.get("group", 0)), {}).setdefault(float(m["x"]), []).append(m["text"])
+    traces = []
+    for group, at in sorted(by.items()):
+        color, _ = style(group)
+        xs = sorted(at)
+        traces.append({
+            "type": "scatter", "mode": "markers", "yaxis": "y3", "x": xs, "y": [group] * len(xs),
+            "name": "change points" if group == min(by) else f"change points ({group})",
+            "legendgroup": "change-points", "showlegend": group == min(by),
+            "hovertext": ["<br>".join(at[x]) + f"<br>epoch {x:g}" for x in xs],
+            "hovertemplate": "%{hovertext}<extra>change point</extra>",
+            "marker": {"symbol": "diamond", "size": 9, "color": color,
+                       "line": {"width": 1, "color": "#000"}},
+            "meta": {"role": "change-points"},
+        })
+    return traces
 
 
 def curve_figure(curves: Sequence[Mapping[str, Any]], xlabel: str, title: str,

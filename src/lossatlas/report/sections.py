@@ -366,6 +366,114 @@ def _tree(view: RunView):
     return tree, pairs
 
 
+_BASINS_INTRO = (
+    '<p class="intro">The population\'s loss landscape on its latent map: colour is '
+    "log10 of the loss decoded at each point (the field is refined near the models, "
+    "so contours between samples are interpolated). Basins are leaves of the merge "
+    "tree; their boundaries are drawn in black. Hover a model for its label, loss and "
+    "basin; click a leaf of the merge tree to highlight its models on the map. Basin "
+    "labels that find no free room beside their minimum are listed in the legend.</p>")
+
+
+def _minima(tree, coords: np.ndarray, logl: np.ndarray) -> list[dict[str, Any]]:
+    """Each basin's minimum on the map: {"x", "y", "label", "text" (hover HTML)}."""
+    return [{"x": float(coords[flat, 0]), "y": float(coords[flat, 1]), "label": f"basin {b}",
+             "text": f"minimum of basin {b}<br>loss {fmt(10 ** float(logl[flat]), 'nats')}"}
+            for b, flat in enumerate(np.asarray(tree.minima_flat))]
+
+
+def _map_figures(view: RunView, coords: np.ndarray, logl: np.ndarray,
+                 models: dict[str, Any] | None, tree) -> dict[str, dict]:
+    """The 2-D map (contours, basin boundaries, models, minima) and its 3-D surface."""
+    ds = view.atlas
+    lo = ds.attrs.get("box_lo") or coords.min(0).tolist()
+    hi = ds.attrs.get("box_hi") or coords.max(0).tolist()
+    grid = F.grid_field(coords, logl, 160, lo, hi)
+    basin_grid = None
+    if tree is not None:
+        lab = np.asarray(tree.labels).reshape(-1).astype(float)
+        basin_grid = F.grid_field(coords, lab, 160, lo, hi, method="nearest")[2]
+        basin_grid[~np.isfinite(grid[2])] = np.nan
+    codes = coords[models["sample"]] if models else np.zeros((0, 2))
+    groups = _model_groups(view, codes, models) if models else []
+    minima = _minima(tree, coords, logl) if tree is not None else []
+    landscape = F.landscape_figure(grid, coords, logl, groups, basin_grid, minima,
+                                   _runs_of(view.labels), _overlay_groups(view, False),
+                                   title=f"Latent landscape: {len(codes)} models, "
+                                         f"{len(logl)} samples")
+    pts = [{"name": g["name"], "x": g["x"], "y": g["y"], "text": g["text"],
+            "z": np.log10(np.maximum(models["loss"][g["index"]], 1e-12))} for g in groups]
+    return {"fig-landscape": landscape, "fig-surface": F.surface_figure(grid, pts)}
+
+
+def _tree_figure(tree, topo: dict | None, models: dict[str, Any] | None) -> dict:
+    """The merge tree with hover text per leaf (loss, models and variants in the basin)."""
+    k = tree.n_leaves
+    per_leaf = [0] * k
+    for b in (models["basin"] if models is not None else []):
+        if 0 <= b < k:
+            per_leaf[b] += 1
+    stored = (topo or {}).get("basins") or []
+    leaf_text = []
+    for b in range(k):
+        variants = stored[b].get("variants", {}) if b < len(stored) else {}
+        vtext = ", ".join(f"{v}: {c}" for v, c in variants.items())
+        leaf_text.append(f"<b>basin {b}</b><br>minimum loss "
+                         f"{fmt(10 ** float(tree.minimum_values[b]), 'nats')}<br>"
+                         f"{per_leaf[b]} model(s)" + (f"<br>{esc(vtext)}" if vtext else ""))
+    return F.merge_tree_figure(tree.parent, tree.node_values, k, leaf_text, per_leaf)
+
+
+def _basin_table(topo: dict, tree) -> str:
+    """The table of ``topology.json``'s basins with their depth (persistence)."""
+    rows = []
+    for b in topo.get("basins") or []:
+        pers = None
+        if tree is not None and int(b.get("basin", -1)) < tree.n_leaves:
+            pers = float(tree.persistence[int(b["basin"])])
+        variants = ", ".join(f"{v}: {c}" for v, c in (b.get("variants") or {}).items())
+        rows.append([fmt(b.get("basin")), fmt(b.get("min_loss"), "nats"),
+                     fmt(pers, "decades", 3), fmt(len(b.get("models") or []), "models"),
+                     esc(variants)])
+    return table(["basin", "minimum loss", "depth (persistence)", "models",
+                  "variants (models)"], rows, raw=True,
+                 caption=f"{topo.get('num_basins')} basin(s) for {topo.get('num_variants')} "
+                         f"variant(s); persistence threshold "
+                         f"{fmt(topo.get('threshold'), 'decades', 3)}")
+
+
+def _basin_summary(topo: dict) -> dict[str, Any]:
+    return {"num_basins": topo.get("num_basins"), "num_variants": topo.get("num_variants"),
+            "threshold_decades": topo.get("threshold"),
+            "basins": [{"basin": b.get("basin"), "min_loss": b.get("min_loss"),
+                        "models": len(b.get("models") or []), "variants": b.get("variants")}
+                       for b in topo.get("basins") or []]}
+
+
+def _static_pngs(view: RunView) -> list[str]:
+    """The atlas's PNG figures, folded (``<details>``)."""
+    out = []
+    for png, alt in (("landscape.png", "Landscape (static figure)"),
+                     ("merge_tree.png", "Merge tree (static figure)"),
+                     ("persistence.png", "Persistence diagram (static figure)")):
+        p = view.png(png)
+        if p is not None:
+            out.append(f"<details><summary>{esc(alt)}</summary>{img(p, alt)}</details>")
+    return out
+
+
+def _tree_notes(tree, topo: dict | None) -> list[str]:
+    """What the tree and ``topology.json`` disagree on, or that topology is missing."""
+    if tree is not None and topo is not None and topo.get("num_basins") not in (
+            None, tree.n_leaves):
+        return [f"topology.json lists {topo['num_basins']} basins, the merge tree of the "
+                f"stored field {tree.n_leaves}: the field changed after topology ran."]
+    if tree is None and topo is None:
+        return ["No topology.json: basins, merge tree and boundaries are not shown "
+                "(run Atlas.topology)."]
+    return []
+
+
 @section("basins", "Basins", hint="lossatlas atlas --population {population} {data} --out {run}")
 def basins(view: RunView) -> Section | None:
     """Latent landscape, merge tree, persistence diagram, 3-D surface, basin table."""
@@ -375,112 +483,32 @@ def basins(view: RunView) -> Section | None:
     dims = view.latent_dims
     coords = np.stack([ds[c].values for c in dims], axis=1).astype(np.float64)
     logl = ds["log10_loss"].values.astype(np.float64)
-    models = _model_table(view)
-    topo = view.topology
-    figs: dict[str, dict] = {}
-    notes: list[str] = []
+    models, topo = _model_table(view), view.topology
     tree, pairs = _tree(view) if "edges" in ds else (None, np.zeros((0, 2)))
-    summary: dict[str, Any] = {"samples": int(len(logl)), "latent_dim": len(dims)}
-    html = ['<p class="intro">The population\'s loss landscape on its latent map: colour is '
-            "log10 of the loss decoded at each point (the field is refined near the models, "
-            "so contours between samples are interpolated). Basins are leaves of the merge "
-            "tree; their boundaries are drawn in black. Hover a model for its label, loss and "
-            "basin; click a leaf of the merge tree to highlight its models on the map.</p>"]
+    figs: dict[str, dict] = {}
+    html = [_BASINS_INTRO]
+    notes = _tree_notes(tree, topo)
     if len(dims) == 2:
-        lo = ds.attrs.get("box_lo") or coords.min(0).tolist()
-        hi = ds.attrs.get("box_hi") or coords.max(0).tolist()
-        grid = F.grid_field(coords, logl, 160, lo, hi)
-        basin_grid = None
-        if tree is not None:
-            lab = np.asarray(tree.labels).reshape(-1).astype(float)
-            basin_grid = F.grid_field(coords, lab, 160, lo, hi, method="nearest")[2]
-            basin_grid[~np.isfinite(grid[2])] = np.nan
-        codes = coords[models["sample"]] if models else np.zeros((0, 2))
-        groups = _model_groups(view, codes, models) if models else []
-        minima = []
-        if tree is not None:
-            for b, flat in enumerate(np.asarray(tree.minima_flat)):
-                minima.append({"x": float(coords[flat, 0]), "y": float(coords[flat, 1]),
-                               "label": f"basin {b}",
-                               "text": f"minimum of basin {b}<br>loss "
-                                       f"{fmt(10 ** float(logl[flat]), 'nats')}"})
-        fig = F.landscape_figure(grid, coords, logl, groups, basin_grid, minima,
-                                 _runs_of(view.labels), _overlay_groups(view, False),
-                                 title=f"Latent landscape: {len(codes)} models, "
-                                       f"{len(logl)} samples")
-        figs["fig-landscape"] = fig
-        html.append(plot_div("fig-landscape", tall=True))
-        html.append('<p id="basin-selection" class="note"></p>')
-        pts = []
-        for g in groups:
-            z = np.log10(np.maximum(models["loss"][g["index"]], 1e-12))
-            pts.append({"name": g["name"], "x": g["x"], "y": g["y"], "z": z, "text": g["text"]})
-        figs["fig-surface"] = F.surface_figure(grid, pts)
+        figs.update(_map_figures(view, coords, logl, models, tree))
+        html += [plot_div("fig-landscape", tall=True), '<p id="basin-selection" class="note"></p>']
     else:
-        notes.append(f"The map is {len(dims)}-D: the contour and surface views need 2-D.")
-    row = []
+        notes.insert(0, f"The map is {len(dims)}-D: the contour and surface views need 2-D.")
     if tree is not None:
-        k = tree.n_leaves
-        per_leaf = [0] * k
-        if models is not None:
-            for b in models["basin"]:
-                if 0 <= b < k:
-                    per_leaf[b] += 1
-        leaf_text = []
-        stored = (topo or {}).get("basins") or []
-        for b in range(k):
-            variants = stored[b].get("variants", {}) if b < len(stored) else {}
-            vtext = ", ".join(f"{v}: {c}" for v, c in variants.items())
-            leaf_text.append(f"<b>basin {b}</b><br>minimum loss "
-                             f"{fmt(10 ** float(tree.minimum_values[b]), 'nats')}<br>"
-                             f"{per_leaf[b]} model(s)" + (f"<br>{esc(vtext)}" if vtext else ""))
-        figs["fig-merge-tree"] = F.merge_tree_figure(tree.parent, tree.node_values, k,
-                                                     leaf_text, per_leaf)
-        row.append(plot_div("fig-merge-tree"))
-        if topo is not None and topo.get("num_basins") not in (None, k):
-            notes.append(f"topology.json lists {topo['num_basins']} basins, the merge tree "
-                         f"of the stored field {k}: the field changed after topology ran.")
-    elif topo is None:
-        notes.append("No topology.json: basins, merge tree and boundaries are not shown "
-                     "(run Atlas.topology).")
+        figs["fig-merge-tree"] = _tree_figure(tree, topo, models)
     if len(pairs):
-        thr = (topo or {}).get("threshold")
-        figs["fig-persistence"] = F.persistence_figure(pairs, thr)
-        row.append(plot_div("fig-persistence"))
+        figs["fig-persistence"] = F.persistence_figure(pairs, (topo or {}).get("threshold"))
+    row = [plot_div(f) for f in ("fig-merge-tree", "fig-persistence") if f in figs]
     if row:
         html.append('<div class="grid2">' + "".join(row) + "</div>")
     if "fig-surface" in figs:
         html.append("<h3>3-D view</h3>" + plot_div("fig-surface", tall=True))
+    summary: dict[str, Any] = {"samples": int(len(logl)), "latent_dim": len(dims),
+                               "persistence_pairs": int(len(pairs))}
     if topo is not None:
-        rows = []
-        for b in topo.get("basins") or []:
-            pers = None
-            if tree is not None and int(b.get("basin", -1)) < tree.n_leaves:
-                pers = float(tree.persistence[int(b["basin"])])
-            variants = ", ".join(f"{v}: {c}" for v, c in (b.get("variants") or {}).items())
-            rows.append([fmt(b.get("basin")), fmt(b.get("min_loss"), "nats"),
-                         fmt(pers, "decades", 3), fmt(len(b.get("models") or []), "models"),
-                         esc(variants)])
-        html.append(table(["basin", "minimum loss", "depth (persistence)", "models",
-                           "variants (models)"], rows, raw=True,
-                          caption=f"{topo.get('num_basins')} basin(s) for "
-                                  f"{topo.get('num_variants')} variant(s); persistence "
-                                  f"threshold {fmt(topo.get('threshold'), 'decades', 3)}"))
-        summary.update({"num_basins": topo.get("num_basins"),
-                        "num_variants": topo.get("num_variants"),
-                        "threshold_decades": topo.get("threshold"),
-                        "basins": [{"basin": b.get("basin"), "min_loss": b.get("min_loss"),
-                                    "models": len(b.get("models") or []),
-                                    "variants": b.get("variants")}
-                                   for b in topo.get("basins") or []]})
-    for png, alt in (("landscape.png", "Landscape (static figure)"),
-                     ("merge_tree.png", "Merge tree (static figure)"),
-                     ("persistence.png", "Persistence diagram (static figure)")):
-        p = view.png(png)
-        if p is not None:
-            html.append(f"<details><summary>{esc(alt)}</summary>{img(p, alt)}</details>")
+        html.append(_basin_table(topo, tree))
+        summary.update(_basin_summary(topo))
+    html += _static_pngs(view)
     html += [f'<p class="note">{esc(n)}</p>' for n in notes]
-    summary["persistence_pairs"] = int(len(pairs))
     return Section("".join(html), figs, summary)
 
 
@@ -737,7 +765,8 @@ def phase_transitions(view: RunView) -> Section | None:
     html = ['<p class="intro">Behavioural metrics along each training run: loss (top, log '
             "scale) and accuracy (bottom); solid lines are the training split, dashed the test "
             "split. Change points found by <code>lossatlas dynamics</code> are dotted vertical "
-            "lines.</p>"]
+            "lines with a diamond between the panels (one row per variant): hover a diamond "
+            "for the run, the metric and the epoch.</p>"]
     if runs:
         figs["fig-training"] = F.training_figure(runs, marks)
         html.append(plot_div("fig-training", tall=True))
