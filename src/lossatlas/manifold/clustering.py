@@ -22,6 +22,8 @@ Example
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +36,8 @@ from .base import _as_population
 
 __all__ = ["CLUSTERING_METHODS", "cluster_embed", "clustering_row", "not_computable_reason",
            "variant_separation"]
+
+log = logging.getLogger(__name__)
 
 CLUSTERING_METHODS = ("mds", "isomap")
 _CLASSES = {"mds": "MDS", "isomap": "Isomap"}
@@ -83,7 +87,14 @@ def cluster_embed(method: str, X: Tensor, dim: int = 2, seed: int = 0,
         if not 1 <= k < N:
             raise ValueError(f"{who}: n_neighbors must be in [1, N - 1 = {N - 1}], got {k}")
         est = Isomap(n_neighbors=k, n_components=int(dim))
-    return torch.as_tensor(np.asarray(est.fit_transform(Xn)), dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        # well separated variants leave Isomap's neighbour graph in pieces, which
+        # scikit-learn joins (and warns about): expected here, so logged, not warned
+        warnings.simplefilter("always")
+        Z = est.fit_transform(Xn)
+    for w in caught:
+        log.info("cluster_embed(%s): %s", method, w.message)
+    return torch.as_tensor(np.asarray(Z), dtype=torch.float64)
 
 
 def variant_separation(Z: Tensor | np.ndarray, labels: Sequence[Any]) -> dict[str, Any]:
