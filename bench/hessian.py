@@ -92,12 +92,43 @@ def _timed(device, fn, *args):
     return out, time.perf_counter() - t
 
 
-def _ours(model, x, y, k, batch_size, tol, probes, device):
-    H = HVP(model, (x, y), batch_size=batch_size, device=device)
+def _ours(model, x, y, k, batch_size, tol, probes, device, probe_batch, graphs=None):
+    # bn="own": the model's stored statistics, as the peers (eval mode) use them
+    H = HVP(model, (x, y), batch_size=batch_size, device=device, bn="own", graphs=graphs)
     eig = lanczos(H, k, tol=tol)
     n_eig = H.num_hvp
-    tr = hutch_plusplus(H, probes, probe_batch=10 if device.type == "cuda" else 3)
+    tr = hutch_plusplus(H, probes, probe_batch=probe_batch)
     return eig.eigenvalues.double().cpu().numpy(), tr.trace, n_eig, H.num_hvp - n_eig
+
+
+def _profile(model, x, y, k, batch_size, tol, probes, device, probe_batch) -> None:
+    """Where one call's time goes: operator set-up, Lanczos, Hutch++, with and without
+    CUDA graphs, and the time of one product of m vectors eager vs replayed."""
+    for graphs in ((False, True) if device.type == "cuda" else (False,)):
+        _sync(device)
+        t0 = time.perf_counter()
+        H = HVP(model, (x, y), batch_size=batch_size, device=device, bn="own", graphs=graphs)
+        _sync(device)
+        t1 = time.perf_counter()
+        eig = lanczos(H, k, tol=tol)
+        _sync(device)
+        t2 = time.perf_counter()
+        n_eig = H.num_hvp
+        hutch_plusplus(H, probes, probe_batch=probe_batch)
+        _sync(device)
+        t3 = time.perf_counter()
+        print(f"  profile graphs={graphs}: set-up {t1 - t0:.4f} s, lanczos {t2 - t1:.4f} s "
+              f"({n_eig} HVPs, {eig.num_iter} steps), hutch++ {t3 - t2:.4f} s "
+              f"({H.num_hvp - n_eig} HVPs), replays {getattr(H, 'num_replays', 0)}")
+        for m in sorted({1, probe_batch or probes // 3}):
+            V = torch.randn(m, H.dim, device=device)
+            for i in range(4):  # eager, capture, replay, replay
+                _sync(device)
+                t = time.perf_counter()
+                H(V)
+                _sync(device)
+                if i in (0, 3):
+                    print(f"    m={m}: call {i + 1} {1e3 * (time.perf_counter() - t):.2f} ms")
 
 
 def _pyhessian(model, x, y, k, device):
@@ -135,6 +166,13 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-4, help="our Lanczos residual tolerance")
     ap.add_argument("--probes", type=int, default=99, help="Hutch++ probes")
+    ap.add_argument("--probe-batch", type=int, default=0,
+                    help="Hutch++ probes per operator call (default: all 33 at once for the "
+                         "MLP on CUDA, 10 for the ResNet on CUDA, 3 on the CPU)")
+    ap.add_argument("--no-graphs", action="store_true", help="eager products (no CUDA graphs)")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the split of one call (set-up, Lanczos, Hutch++) and the time "
+                         "of one product eager vs replayed")
     ap.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -150,10 +188,16 @@ def main() -> None:
         model, x, y = _problem(name, n, device)
         D = sum(p.numel() for p in model.parameters())
         common = (model, x, y, args.k, args.batch_size)
-        (ref, ref_tr, _, _), t_ref = _timed(device, _ours, *common, 1e-7, 3 * args.probes, device)
+        pb = args.probe_batch or (
+            3 if device.type != "cuda" else (args.probes // 3 if name == "mlp" else 10))
+        graphs = False if args.no_graphs else None
+        (ref, ref_tr, _, _), t_ref = _timed(
+            device, _ours, *common, 1e-7, 3 * args.probes, device, pb, graphs)
         (vals, tr, n_eig, n_tr), t_ours = _timed(
-            device, _ours, *common, args.tol, args.probes, device
+            device, _ours, *common, args.tol, args.probes, device, pb, graphs
         )
+        if args.profile:
+            _profile(*common, args.tol, args.probes, device, pb)
         rows.append((name, D, n, "lossatlas", t_ours, _rel(vals, ref), tr, n_eig + n_tr))
         torch.manual_seed(0)
         (pvals, ptr, pn), t_py = _timed(device, _pyhessian, model, x, y, args.k, device)

@@ -119,6 +119,16 @@ def call_model(model: nn.Module, params: dict[str, Tensor], x) -> object:
     return functional_call(model, params, (x,))
 
 
+def fixed_tensors(model: nn.Module, names) -> dict[str, Tensor]:
+    """The model's state outside ``names`` (the laid-out tensors): buffers and parameters
+    not varied, without the second names of tied parameters (``functional_call`` ties
+    them to the first, e.g. a language model's head to its token embedding)."""
+    names = set(names)
+    aliases = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
+               - {n for n, _ in model.named_parameters()})
+    return {k: v for k, v in model.state_dict().items() if k not in names and k not in aliases}
+
+
 @contextlib.contextmanager
 def batchable_layers(math_attention: bool = True) -> Iterator[None]:
     """PyTorch's fused inference paths of ``nn.TransformerEncoderLayer`` and
@@ -307,8 +317,7 @@ class Evaluator:
         # input batch, or with statistics given per point (computed by _statistics)
         self._stat_names = set(bnp.strip_statistics(self.model)) if self.bn == "recompute" \
             else set()
-        state = self.model.state_dict()
-        self._fixed = {k: v for k, v in state.items() if k not in set(self.space.names)}
+        self._fixed = fixed_tensors(self.model, self.space.names)
 
         host = as_tensor_data(data, "Evaluator data")
         if isinstance(host.x, Tensor) and host.x.is_floating_point() \

@@ -96,3 +96,33 @@ def test_bad_inputs_raise_clear_errors(problem):
     op = HVP(model, (x, y))
     with pytest.raises(ValueError, match=r"HVP: vectors must have shape \[m, 51\]"):
         op(torch.zeros(2, 7))
+
+
+def test_graphs_need_cuda(problem):
+    model, x, y, _ = problem
+    with pytest.raises(ValueError, match="graphs=True needs a CUDA device"):
+        HVP(model, (x, y), graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_products_equal_eager_ones(problem):
+    model, x, y, H = problem
+    dev = torch.device("cuda")
+    m = model.float().to(dev)
+    xs, ys = x.float().to(dev), y.to(dev)
+    eager = HVP(m, (xs, ys), graphs=False)
+    op = HVP(m, (xs, ys))
+    assert op.graphs
+    V = torch.randn(3, op.dim, device=dev)
+    ref = eager(V)
+    outs = [op(V * (i + 1)) for i in range(4)]  # eager, capture, replay, replay
+    assert op.num_replays == 2 and op.num_hvp == 12
+    for i, out in enumerate(outs):
+        torch.testing.assert_close(out, ref * (i + 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(op(V[0]), ref[0], rtol=1e-5, atol=1e-6)  # m = 1: eager
+    # a new point drops the captured graphs: products of the new Hessian
+    other = tiny_mlp(seed=5).float().to(dev)
+    op.move_to(ParamSpace(other).flatten(other).to(dev))
+    H2 = full_hessian(other.double().cpu(), x, y).float().to(dev)
+    for _ in range(3):
+        torch.testing.assert_close(op(V), V @ H2, rtol=1e-4, atol=1e-5)

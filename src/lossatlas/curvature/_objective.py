@@ -11,7 +11,7 @@ from torch.func import grad_and_value, replace_all_batch_norm_modules_
 
 from ..batches import TensorData, as_tensor_data
 from ..batchnorm import resolve_policy
-from ..evaluate import _cross_entropy, batchable_layers, call_model, model_output
+from ..evaluate import _cross_entropy, batchable_layers, call_model, fixed_tensors, model_output
 from ..space import ParamSpace
 
 __all__ = ["LossFn", "Objective", "model_device", "resolve_points"]
@@ -104,8 +104,7 @@ class Objective:
             p.requires_grad_(False)
             p.grad = None
         self.net = net
-        names = set(self.space.names)
-        self.fixed = {k: v for k, v in net.state_dict().items() if k not in names}
+        self.fixed = fixed_tensors(net, self.space.names)
 
         if params is None:
             w = self.space.flatten(model)

@@ -10,12 +10,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
-from ..evaluate import batchable_layers
+from ..evaluate import _is_oom, batchable_layers
 from ._objective import LossFn, Objective
 
 __all__ = ["HVP", "LinearOperator", "MatrixOperator"]
 
 log = logging.getLogger(__name__)
+
+#: Vector counts ``m`` whose CUDA graphs an :class:`HVP` keeps (each holds its memory).
+MAX_GRAPHS = 4
 
 
 def _no_forward_ad(err: BaseException) -> bool:
@@ -71,6 +74,13 @@ class HVP(Objective):
     chunk_size : int, optional
         Probe vectors pushed through ``vmap`` together (memory grows linearly with
         it; activations of ``batch_size`` samples per vector). Default: all.
+    graphs : bool, optional
+        On CUDA (the default there), the product for ``m`` vectors is captured as a
+        CUDA graph the second time ``m`` vectors are asked for, and replayed after:
+        one launch instead of the Python and kernel-launch cost of the whole
+        forward-over-reverse pass (which bounds small models). Up to
+        ``MAX_GRAPHS`` shapes are kept (each holds its own activation memory); a
+        capture that fails falls back to eager products, logged once.
 
     Attributes
     ----------
@@ -78,6 +88,8 @@ class HVP(Objective):
         Size of the operator: ``D`` or the group's ``Dg``.
     num_hvp : int
         Hessian-vector products computed so far (one per probe vector).
+    num_replays : int
+        Calls answered by replaying a captured CUDA graph.
 
     Example
     -------
@@ -100,6 +112,7 @@ class HVP(Objective):
         chunk_size: int | None = None,
         bn: str | None = None,
         output=None,
+        graphs: bool | None = None,
     ):
         super().__init__(
             model,
@@ -116,7 +129,20 @@ class HVP(Objective):
         )
         self.chunk_size = chunk_size
         self.num_hvp = 0
+        self.num_replays = 0
         self.ad_mode = "forward-over-reverse"
+        self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
+        if self.graphs and self.device.type != "cuda":
+            raise ValueError(f"HVP: graphs=True needs a CUDA device, got {self.device}")
+        # m -> (graph, static input [m, dim], static output [m, dim]), or None once m was
+        # seen eagerly; cleared when the point moves
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None] = {}
+
+    def move_to(self, w: Tensor) -> None:
+        """Make ``w`` [D] the point (captured products are for the old one: dropped)."""
+        super().move_to(w)
+        if getattr(self, "_graphs", None):
+            self._graphs.clear()
 
     def _batch_hvp(self, V: Tensor, x: Tensor, y: Tensor) -> Tensor:
         w = self.origin
@@ -141,6 +167,59 @@ class HVP(Objective):
                 self.ad_mode = "reverse-over-reverse"
         return vmap(reverse, chunk_size=self.chunk_size, randomness="same")(V)
 
+    def _products(self, V: Tensor) -> Tensor:
+        """``H V`` [m, dim] for ``V`` [m, dim] on the device: the sum over batches."""
+        out = torch.zeros_like(V)
+        for x, y in self.batches():
+            out = out + self._batch_hvp(V, x, y).detach() * y.shape[0]
+        return out / self.num_samples
+
+    def _graphed(self, V: Tensor) -> Tensor | None:
+        """``H V`` through the CUDA graph for ``m = len(V)`` vectors: replayed when
+        captured before; captured now (the warm-up run answers this call) when ``m`` was
+        asked for before; else None (first call of this ``m``, too many shapes, or
+        capture failed): compute eagerly."""
+        m = V.shape[0]
+        if m not in self._graphs:
+            if len(self._graphs) < MAX_GRAPHS:
+                self._graphs[m] = None  # seen once: capture if it comes again
+            return None
+        entry = self._graphs[m]
+        if entry is None:
+            return self._capture(V)
+        graph, v_in, v_out = entry
+        v_in.copy_(V)
+        graph.replay()
+        self.num_replays += 1
+        return v_out.clone()
+
+    def _capture(self, V: Tensor) -> Tensor | None:
+        """Capture :meth:`_products` for vectors of ``V``'s shape as a CUDA graph and
+        return the warm-up run's ``H V``; None (with a log line; the operator stays eager)
+        when the model cannot be captured or the graph's memory is not there."""
+        v_in = V.clone()
+        current = torch.cuda.current_stream(self.device)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(stream):  # side-stream warm-up, as capture requires
+                out = self._products(v_in)
+            current.wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                v_out = self._products(v_in)
+        except Exception as err:  # noqa: BLE001 - any capture failure means eager products
+            torch.cuda.synchronize(self.device)
+            self.graphs = False
+            self._graphs.clear()
+            torch.cuda.empty_cache()
+            (log.info if _is_oom(err) else log.warning)(
+                "HVP: no CUDA graph (%s: %s); eager products", type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "")
+            return None
+        self._graphs[V.shape[0]] = (graph, v_in, v_out)
+        return out
+
     def __call__(self, V: Tensor) -> Tensor:
         """``H V`` for ``V`` of shape [m, dim] or [dim] (or [m, D] / [D] in the full
         layout when a group is set: entries outside the group are ignored and the
@@ -157,10 +236,9 @@ class HVP(Objective):
             )
         Vg = self.restrict(Vb) if full else Vb
         Vg = Vg.to(self.device, self.dtype)
-        out = torch.zeros_like(Vg)
-        for x, y in self.batches():
-            out = out + self._batch_hvp(Vg, x, y).detach() * y.shape[0]
-        out = out / self.num_samples
+        out = self._graphed(Vg) if self.graphs else None
+        if out is None:
+            out = self._products(Vg)
         self.num_hvp += Vg.shape[0]
         if full:
             out = self.embed(out)

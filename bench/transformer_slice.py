@@ -1,0 +1,271 @@
+"""Benchmark: a 2-D loss slice of a GPT-style decoder, lossatlas against loss-landscapes.
+
+The model is GPT-2 small in shape (12 pre-LN layers, width 768, 12 heads, MLP 3072,
+GELU, learned positions, LM head tied to the token embedding; vocabulary 50,304 as
+nanoGPT pads it: 124M parameters), attention through ``scaled_dot_product_attention``
+(causal). Data: ``--sequences`` x ``--tokens`` random tokens, next-token cross-entropy
+over every position (nats). The slice: ``--grid`` x ``--grid`` points along two random
+filter-normalised directions (``lossatlas.surfaces.random_direction``, seeds 0 and 1),
+coordinates in [-1, 1].
+
+Timed in one invocation (seconds for the whole grid after a warm-up on one row, which
+is reported separately as it includes compiling):
+
+- lossatlas ``Evaluator`` with ``precision="bf16"`` on each backend given in
+  ``--variants`` (``auto``, ``vmap``, ``sequential``, ``compiled``: ``compile=True``);
+- loss-landscapes 3.0.6 ``planar_interpolation`` on the same grid (fp32 as it runs, and
+  with TF32 matmuls allowed: ``--peer-tf32``).
+
+The floor: the model's forward matmul FLOPs per point (counted from the shapes: every
+linear layer and the LM head over all tokens, the two attention products at half the
+full T^2 cost as causal flash attention computes them) over the bf16 dense GEMM rate
+measured in the same run (8192^3 products). Printed: points/s, speed-up over the
+peer, the fraction of the floor, and the largest relative difference between our
+losses and the peer's at the same points.
+
+Usage::
+
+    python bench/transformer_slice.py --device cuda --out transformer_slice.json
+    python bench/transformer_slice.py --device cpu --tiny       # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from eval_throughput import device_name, max_rel, run_loss_landscapes, sync  # noqa: E402
+
+from lossatlas import Evaluator, ParamSpace  # noqa: E402
+from lossatlas.surfaces.directions import random_direction  # noqa: E402
+
+SIZES = {
+    "124m": {"vocab": 50304, "d_model": 768, "num_heads": 12, "num_layers": 12},
+    "tiny": {"vocab": 64, "d_model": 32, "num_heads": 2, "num_layers": 2},
+}
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention ``[n, T, d] -> [n, T, d]`` through SDPA."""
+
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
+        q, k, v = (t.transpose(-3, -2) for t in (q, k, v))  # [n, H, T, d_head]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(out.transpose(-3, -2).flatten(-2))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, num_heads)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * d_model, d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2-style decoder: ``LongTensor[n, T] -> logits Tensor[n, T, vocab]``."""
+
+    def __init__(self, vocab: int, d_model: int, num_heads: int, num_layers: int,
+                 context: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d_model)
+        self.pos = nn.Embedding(context, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, num_heads) for _ in range(num_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab, bias=False)
+        self.head.weight = self.tok.weight  # tied, as GPT-2
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, std=std)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        t = idx.shape[-1]
+        h = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln_f(h))
+
+
+class FlatLogits(nn.Module):
+    """``[n * T, vocab]`` logits for losses that take one class axis (loss-landscapes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: Tensor) -> Tensor:
+        out = self.model(idx)
+        return out.reshape(-1, out.shape[-1])
+
+
+def forward_flops(size: str, tokens: int) -> float:
+    """Matmul FLOPs of one forward pass of one sequence of ``tokens`` tokens."""
+    c = SIZES[size]
+    d, L = c["d_model"], c["num_layers"]
+    linear = L * 12 * d * d * tokens * 2  # qkv 3d^2, proj d^2, MLP 8d^2
+    attention = L * 2 * (tokens * tokens * d) * 2 / 2  # QK^T and PV, causal half
+    head = 2 * d * c["vocab"] * tokens
+    return float(linear + attention + head)
+
+
+def matmul_rate(device: torch.device) -> float:
+    """Dense GEMM FLOP/s: bf16 8192^3 on CUDA, fp32 1024^3 on the CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return reps * 2 * n**3 / (time.perf_counter() - t0)
+
+
+def grid_points(origin: Tensor, dirs: Tensor, coords: np.ndarray, row: int) -> Tensor:
+    """Points of grid row ``row`` ``[grid, D]`` on ``origin``'s device."""
+    a = float(coords[row])
+    b = torch.as_tensor(coords, dtype=origin.dtype, device=origin.device)
+    return origin + a * dirs[0] + b[:, None] * dirs[1]
+
+
+def run_ours(variant: str, model, x, y, origin, dirs, coords, device) -> dict:
+    kw = {"compile": True} if variant == "compiled" else {
+        "backend": "auto" if variant == "auto" else variant}
+    ev = Evaluator(model, (x, y), device=device, precision="bf16", **kw)
+    sync(device)
+    t0 = time.perf_counter()
+    ev.evaluate(grid_points(origin, dirs, coords, 0))  # warm-up row (compiles)
+    sync(device)
+    warm = time.perf_counter() - t0
+    losses = []
+    t0 = time.perf_counter()
+    for i in range(len(coords)):
+        losses.append(ev.evaluate(grid_points(origin, dirs, coords, i))["loss"])
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "points_per_s": len(coords) ** 2 / dt, "warmup_s": warm,
+            "backend": ev.backend, "chunk_size": ev.chunk_size, "batch_size": ev.batch_size,
+            "losses": torch.cat(losses).double().numpy()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer width-32 model (smoke test)")
+    ap.add_argument("--sequences", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--grid", type=int, default=11)
+    ap.add_argument("--variants", default="auto,sequential,compiled")
+    ap.add_argument("--peer", default="loss-landscapes", help="'' to skip the peer")
+    ap.add_argument("--peer-tf32", action="store_true", help="also time the peer with TF32")
+    ap.add_argument("--out", default="", help="write the results as JSON to this file")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    size = "tiny" if args.tiny else "124m"
+    torch.manual_seed(0)
+    model = GPT(context=args.tokens, **SIZES[size]).to(device).eval()
+    space = ParamSpace(model)
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, SIZES[size]["vocab"], (args.sequences, args.tokens + 1), generator=g)
+    x, y = seq[:, :-1].to(device), seq[:, 1:].to(device)
+    dirs = torch.stack([random_direction(model, "filter", "biasbn",
+                                         generator=torch.Generator().manual_seed(s),
+                                         space=space) for s in (0, 1)]).to(device)
+    origin = space.flatten(model).to(device)
+    coords = np.linspace(-1.0, 1.0, args.grid)
+    flops = forward_flops(size, args.tokens) * args.sequences
+    rate = matmul_rate(device)
+    floor = flops / rate
+    res: dict = {"device": device_name(device), "torch": torch.__version__,
+                 "params": space.dim, "sequences": args.sequences, "tokens": args.tokens,
+                 "grid": args.grid, "flops_per_point": flops, "matmul_rate": rate,
+                 "floor_s_per_point": floor, "ours": {}, "peer": {}}
+    print(f"device: {res['device']}; torch {torch.__version__}; GPT {space.dim / 1e6:.1f}M "
+          f"parameters, {args.sequences} x {args.tokens} tokens, {args.grid}x{args.grid} slice")
+    print(f"forward {flops / 1e12:.3f} TFLOP per point; bf16 GEMM {rate / 1e12:.0f} TFLOP/s; "
+          f"floor {1e3 * floor:.2f} ms per point ({1 / floor:.1f} points/s)")
+
+    peer_losses = None
+    if args.peer:
+        flat = FlatLogits(model).eval()
+        for tf32 in ((False, True) if args.peer_tf32 else (False,)):
+            old = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            try:
+                pps, losses, pc = run_loss_landscapes(
+                    flat, x, y.reshape(-1), origin.cpu(), dirs.cpu(), -1.0, 1.0, args.grid,
+                    device)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = old
+            key = "loss-landscapes" + (" (tf32)" if tf32 else "")
+            res["peer"][key] = {"points_per_s": pps}
+            print(f"{key:28s} {pps:9.3f} points/s")
+            if not tf32:
+                peer_losses, peer_coords = losses, pc
+        best_peer = max(v["points_per_s"] for v in res["peer"].values())
+    for variant in [v for v in args.variants.split(",") if v]:
+        try:
+            r = run_ours(variant, model, x, y, origin, dirs, coords, device)
+        except Exception as err:  # noqa: BLE001 - one variant failing is a result too
+            print(f"lossatlas {variant}: failed ({type(err).__name__}: {err})")
+            res["ours"][variant] = {"failed": f"{type(err).__name__}: {err}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        losses = r.pop("losses")
+        line = (f"lossatlas {variant:18s} {r['points_per_s']:9.3f} points/s "
+                f"(warm-up row {r['warmup_s']:.1f} s; backend {r['backend']}, chunk "
+                f"{r['chunk_size']}, batch {r['batch_size']}); "
+                f"{100 * r['points_per_s'] * floor:.1f}% of the floor")
+        r["floor_fraction"] = floor * r["points_per_s"]
+        if peer_losses is not None:
+            # the peer's points in our grid order: a = coords[i], b = coords[j]
+            h = 2.0 / (args.grid - 1)
+            ij = np.rint((peer_coords.numpy() + 1.0) / h).astype(int)
+            inside = (ij >= 0).all(1) & (ij < args.grid).all(1)
+            ij = ij.clip(0, args.grid - 1)
+            ours_at = losses.reshape(args.grid, args.grid)[ij[:, 0], ij[:, 1]]
+            r["max_rel_vs_peer"] = max_rel(ours_at[inside], peer_losses[inside])
+            r["speedup_vs_best_peer"] = r["points_per_s"] / best_peer
+            line += (f"; {r['speedup_vs_best_peer']:.2f}x the best peer; max rel diff "
+                     f"{r['max_rel_vs_peer']:.1e}")
+        print(line)
+        res["ours"][variant] = r
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
