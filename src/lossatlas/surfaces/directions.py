@@ -37,6 +37,7 @@ __all__ = [
     "NORMALIZATIONS",
     "as_directions",
     "flat_params",
+    "hessian_directions",
     "interpolation_direction",
     "normalize_direction",
     "orthogonalize",
@@ -193,6 +194,57 @@ def random_direction(
         generator = torch.Generator().manual_seed(generator)
     d = space.random_like(generator=generator)
     return normalize_direction(d, model, space, normalization, ignore)
+
+
+def hessian_directions(
+    model: nn.Module,
+    data,
+    k: int = 2,
+    *,
+    which: Literal["largest", "smallest"] = "largest",
+    space: ParamSpace | None = None,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
+    """Hessian eigenvectors of the mean loss at ``model`` as directions.
+
+    Parameters
+    ----------
+    model : nn.Module (the point)
+    data : (X, y) tensors, Dataset or DataLoader
+    k : number of directions
+    which : "largest" (top eigenvectors, the sharpest directions) or "smallest"
+        (the most negative curvature)
+    space : the layout of the returned directions; default ``ParamSpace(model)``
+        (parameters only). A space that also lays out buffers (BatchNorm statistics)
+        gets zeros there.
+    kwargs : passed to :func:`~lossatlas.curvature.hessian_eigen` (``loss_fn``,
+        ``bn``, ``params``, ``group``, ``tol``, ``seed``, ...)
+
+    Returns
+    -------
+    ``(eigenvalues, directions)``: Tensor[k] (loss per squared parameter, in the
+    order of ``which``) and unit rows Tensor[k, D] in ``space``.
+    """
+    from ..curvature.spectrum import hessian_eigen
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"hessian_directions: model must be an nn.Module, got "
+                        f"{type(model).__name__}")
+    res = hessian_eigen(model, data, k, which=which, **kwargs)
+    vecs = res.eigenvectors
+    own = ParamSpace(model)
+    if space is not None and space.names != own.names:
+        out = vecs.new_zeros(vecs.shape[0], space.dim)
+        for seg in own.segments:
+            if seg.name not in space.names:
+                raise ValueError(
+                    f"hessian_directions: parameter {seg.name!r} is not laid out by the "
+                    f"given space; build it from the same model"
+                )
+            dst = space[seg.name]
+            out[:, dst.start : dst.stop] = vecs[:, seg.start : seg.stop]
+        vecs = out
+    return res.eigenvalues, vecs
 
 
 def interpolation_direction(

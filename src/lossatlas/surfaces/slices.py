@@ -28,6 +28,7 @@ from .directions import (
     Normalization,
     as_directions,
     flat_params,
+    hessian_directions,
     random_direction,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "DISTANCE_UNITS",
     "Slice",
     "direction_slice",
+    "hessian_slice",
     "interpolation",
     "pca_plane",
     "plane",
@@ -71,7 +73,7 @@ class Slice:
     ----------
     source : AffineSource
         The grid of points (``origin`` Tensor[D], ``directions`` Tensor[k, D]).
-    kind : "interpolation" | "random" | "directions" | "plane" | "pca"
+    kind : "interpolation" | "random" | "directions" | "hessian" | "plane" | "pca"
     units : dict dim -> unit of that axis' coordinate
     anchors : dict name -> coordinates (k floats) of the models the slice was built
         from (e.g. ``{"a": (0, 0), "b": (|b-a|, 0), "c": (...)}``)
@@ -282,6 +284,47 @@ def random_slice(
         model, dirs, resolution, span, space=space, units=unit, kind="random",
         info={"normalization": normalization, "ignore": ignore, "seed": int(seed)},
     )
+
+
+def hessian_slice(
+    model: nn.Module,
+    data,
+    ndim: int = 2,
+    resolution: int | Sequence[int] = 51,
+    span=1.0,
+    which: str = "largest",
+    space: ParamSpace | None = None,
+    **kwargs,
+) -> Slice:
+    """A 1-, 2- or 3-D slice around ``model`` along its top (or bottom) Hessian eigenvectors.
+
+    The directions are unit eigenvectors (:func:`~lossatlas.surfaces.hessian_directions`),
+    so coordinates are parameter distances (L2); along direction ``i`` the loss is
+    ``L(w) + g.v_i t + lambda_i t^2 / 2 + O(t^3)``. Dims ``alpha``, ``beta``, ``gamma``;
+    ``info["eigenvalues"]`` holds the ``lambda_i`` (loss per squared parameter).
+    Compare with :func:`random_slice` (filter-normalised): a random direction sees
+    the average curvature, these see the extremes.
+
+    Parameters
+    ----------
+    model, data : the point and the data the Hessian is measured on
+    ndim : number of directions (1, 2 or 3)
+    resolution, span : as in :func:`direction_slice` (``span`` in parameter distance)
+    which : "largest" (sharpest directions) or "smallest" (most negative curvature)
+    space : layout of the slice's points (default ``ParamSpace(model)``; pass the
+        evaluator's space when it includes BatchNorm statistics)
+    kwargs : passed to :func:`~lossatlas.curvature.hessian_eigen` (``loss_fn``,
+        ``bn``, ``tol``, ``seed``, ...); use the same loss and BatchNorm policy as the
+        Evaluator that will evaluate the slice
+    """
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"hessian_slice: ndim must be 1, 2 or 3, got {ndim}")
+    space = _space_of(model, space)
+    vals, dirs = hessian_directions(model, data, ndim, which=which, space=space, **kwargs)
+    info = {"which": which, "eigenvalues": [float(v) for v in vals]}
+    info.update({k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))})
+    return direction_slice(model, dirs, resolution, span, space=space, units=DISTANCE_UNITS,
+                           kind="hessian", info=info)
 
 
 def interpolation(
