@@ -1,5 +1,5 @@
-"""Connectivity between models: barriers along straight paths, trained curves, and
-layer-wise barriers.
+"""Connectivity between models: barriers along straight paths, trained curves,
+layer-wise barriers and per-layer noise tolerance.
 
 Every result is a labelled xarray object whose ``attrs`` record the barrier
 definition (``"entezari"``, ``"midpoint"`` or ``"mean"``) and how BatchNorm
@@ -16,7 +16,12 @@ from .barriers import (
     make_evaluator,
 )
 from .curves import CURVES, CurveResult, curve_points, evaluate_curve, train_curve
-from .layerwise import default_groups, layerwise_barriers
+from .layerwise import (
+    default_groups,
+    layer_noise_tolerance,
+    layerwise_barriers,
+    layerwise_profile,
+)
 
 __all__ = [
     "CURVES",
@@ -30,7 +35,9 @@ __all__ = [
     "curve_points",
     "default_groups",
     "evaluate_curve",
+    "layer_noise_tolerance",
     "layerwise_barriers",
+    "layerwise_profile",
     "make_evaluator",
     "train_curve",
 ]

@@ -9,6 +9,13 @@ difference ``d_g = mask_g * (w_b - w_a)``, two paths are measured:
 The barrier of each path (relative to its own endpoints) says how much of the
 full-path barrier the group is responsible for. All ``2 G`` paths are produced
 by one lazy point source over ``(group, anchor, t)`` and evaluated together.
+
+Per-layer noise tolerance (:func:`layer_noise_tolerance`) is the other
+layer-wise view of the survey: the loss rise when a filter-normalised random
+direction (Li et al. 2018) is added to one group at a time, ``w + s mask_g d``,
+at a few noise scales ``s`` (1 = the size of each filter). Layers that tolerate
+large noise are the ones a barrier rarely comes from; :func:`layerwise_profile`
+puts both side by side for a pair of models.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import Tensor, nn
 
 from ..fields import compute_field
 from ..points import MappedSource
+from ..surfaces.directions import random_direction
 from .barriers import (
     Definition,
     _add_error,
@@ -34,7 +42,7 @@ from .barriers import (
     make_evaluator,
 )
 
-__all__ = ["default_groups", "layerwise_barriers"]
+__all__ = ["default_groups", "layer_noise_tolerance", "layerwise_barriers", "layerwise_profile"]
 
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
@@ -65,6 +73,27 @@ def default_groups(model: nn.Module, by: Literal["layers", "modules"] = "layers"
     for pname, _ in model.named_parameters(recurse=False):
         groups[pname] = pname
     return groups
+
+
+def _group_prefixes(model: nn.Module, groups, where: str) -> dict[str, list[str]]:
+    """Group name -> list of prefixes, from "layers", "modules" or a mapping."""
+    if isinstance(groups, str):
+        groups = default_groups(model, groups)  # type: ignore[arg-type]
+    prefixes = {str(g): [p] if isinstance(p, str) else list(p) for g, p in groups.items()}
+    if not prefixes:
+        raise ValueError(f"{where}: no layer groups (the model has no parameters?)")
+    return prefixes
+
+
+def _group_masks(space, prefixes: Mapping[str, list[str]], where: str) -> Tensor:
+    """Bool Tensor[G, D]: the entries of each group."""
+    masks = []
+    for g, ps in prefixes.items():
+        try:
+            masks.append(space.mask(ps))
+        except ValueError as err:
+            raise ValueError(f"{where}: group {g!r}: {err}") from None
+    return torch.stack(masks)
 
 
 def layerwise_barriers(
@@ -106,20 +135,10 @@ def layerwise_barriers(
     _check_definition("layerwise_barriers", definition)
     _check_metric("layerwise_barriers", metric)
     _check_steps("layerwise_barriers", steps, definition)
-    if isinstance(groups, str):
-        groups = default_groups(model_a, groups)  # type: ignore[arg-type]
-    prefixes = {str(g): [p] if isinstance(p, str) else list(p) for g, p in groups.items()}
-    if not prefixes:
-        raise ValueError("layerwise_barriers: no layer groups (the model has no parameters?)")
+    prefixes = _group_prefixes(model_a, groups, "layerwise_barriers")
     evaluator = make_evaluator(model_a, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
     space = evaluator.space
-    masks = []
-    for g, ps in prefixes.items():
-        try:
-            masks.append(space.mask(ps))
-        except ValueError as err:
-            raise ValueError(f"layerwise_barriers: group {g!r}: {err}") from None
-    mask = torch.stack(masks)  # [G, D]
+    mask = _group_masks(space, prefixes, "layerwise_barriers")  # [G, D]
     w_a = space.flatten(model_a, source="model_a")
     w_b = space.flatten(model_b, source="model_b")
     cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
@@ -161,4 +180,183 @@ def layerwise_barriers(
     if return_paths:
         paths.attrs.update(definition=definition, bn=evaluator.bn)
         return out, paths
+    return out
+
+
+def _check_scales(scales, where: str) -> np.ndarray:
+    arr = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{where}: scales must be positive finite numbers, got {scales!r}")
+    return np.unique(arr)
+
+
+def _tolerance(scales: np.ndarray, rise: np.ndarray, threshold: float) -> float:
+    """The noise scale at which the mean rise first reaches ``threshold`` (linear
+    interpolation from rise 0 at scale 0); inf when it never does."""
+    s = np.concatenate([[0.0], scales])
+    r = np.concatenate([[0.0], rise])
+    above = np.flatnonzero(r >= threshold)
+    if len(above) == 0:
+        return float("inf")
+    i = int(above[0])
+    return float(s[i - 1] + (threshold - r[i - 1]) * (s[i] - s[i - 1]) / (r[i] - r[i - 1]))
+
+
+def layer_noise_tolerance(
+    model: nn.Module | Tensor,
+    data,
+    groups: Literal["layers", "modules"] | Mapping[str, str | Sequence[str]] = "layers",
+    scales: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0),
+    num_draws: int = 4,
+    threshold: float = 0.1,
+    normalization: str = "filter",
+    ignore: Literal["biasbn"] | None = "biasbn",
+    seed: int = 0,
+    bn: Literal["own", "recompute"] | None = None,
+    bn_data=None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    device: str | torch.device | None = None,
+    template: nn.Module | None = None,
+    **evaluator_kwargs,
+) -> xr.Dataset:
+    """Loss rise under filter-normalised noise injected into one layer group at a time.
+
+    For each draw ``r`` a random direction ``d_r`` is drawn over the whole model
+    (:func:`~lossatlas.surfaces.random_direction`: filter normalisation by default,
+    so each filter's noise has that filter's norm; biases and norm layers get none
+    with ``ignore="biasbn"``); the point ``w + s * mask_g * d_r`` perturbs group ``g``
+    alone by noise of relative size ``s``. Every ``(group, draw, scale)`` point is
+    evaluated in one field.
+
+    Parameters
+    ----------
+    model : nn.Module, or a flat Tensor[D] with ``template`` giving the architecture
+    data : (X, y) tensors, Dataset or DataLoader
+    groups : "layers", "modules" or mapping group name -> prefix(es), as in
+        :func:`layerwise_barriers`
+    scales : noise scales ``s`` (> 0; multiples of the normalised direction)
+    num_draws : random directions averaged
+    threshold : loss rise (nats, or the loss' units) that defines the tolerance
+    normalization, ignore : as in :func:`~lossatlas.surfaces.random_direction`
+    seed : seeds ``torch.Generator``; draw ``r`` is the ``r``-th direction from it
+    bn, bn_data, loss_fn, device, evaluator_kwargs : as in :func:`layerwise_barriers`
+
+    Returns
+    -------
+    xarray.Dataset with ``loss_rise`` (group, scale): mean over draws of
+    ``L(w + s mask_g d_r) - L(w)``; ``loss_rise_std`` (group, scale) over draws;
+    ``loss`` (group, draw, scale); ``tolerance`` (group): the scale at which the
+    mean rise reaches ``threshold`` (linear interpolation, ``inf`` beyond the
+    largest scale, NaN for a group the noise does not touch); ``moved`` (group,
+    bool). ``attrs``: ``base_loss``, ``threshold``, ``normalization``, ``ignore``,
+    ``seed``, ``bn``, ``units``.
+    """
+    where = "layer_noise_tolerance"
+    scale_axis = _check_scales(scales, where)
+    if int(num_draws) < 1:
+        raise ValueError(f"{where}: num_draws must be >= 1, got {num_draws}")
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"{where}: threshold must be a positive loss rise, got {threshold}")
+    net = template if template is not None else model
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"{where}: a flat tensor model needs template= (the architecture)")
+    prefixes = _group_prefixes(net, groups, where)
+    evaluator = make_evaluator(net, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
+    space = evaluator.space
+    mask = _group_masks(space, prefixes, where)
+    w = (space.flatten(model, source="model") if isinstance(model, nn.Module)
+         else model.detach().to(space.dtype))
+    if w.shape != (space.dim,):
+        raise ValueError(f"{where}: model must be a flat vector of shape [{space.dim}], got "
+                         f"{tuple(w.shape)}")
+    gen = torch.Generator().manual_seed(int(seed))
+    dirs = torch.stack([random_direction(w, normalization, ignore, generator=gen, space=space)
+                        for _ in range(int(num_draws))])  # [R, D]
+    moved = (mask & (dirs != 0).any(0)[None]).any(1).numpy()  # [G]: noise reaches the group
+    cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def noisy_points(coords: Tensor) -> Tensor:  # [P, 3] (group, draw, scale) -> [P, D]
+        dev = coords.device
+        if dev not in cache:
+            cache.clear()
+            cache[dev] = (w.to(dev), dirs.to(dev), mask.to(dev))
+        base, d, m = cache[dev]
+        g = coords[:, 0].round().long()
+        r = coords[:, 1].round().long()
+        s = coords[:, 2:3].to(base.dtype)
+        return base[None] + s * m[g].to(base.dtype) * d[r]
+
+    source = MappedSource(
+        noisy_points,
+        [np.arange(len(prefixes), dtype=np.float64), np.arange(int(num_draws), dtype=np.float64),
+         np.concatenate([[0.0], scale_axis])],
+        ("group", "draw", "scale"),
+        key=f"noise:{_key(w, dirs, mask)}",
+    )
+    field = compute_field(evaluator, source)
+    loss = field["loss"].values.astype(np.float64)  # [G, R, 1 + S]
+    base = float(loss[:, :, 0].mean())
+    rise = loss[:, :, 1:] - loss[:, :, :1]
+    mean_rise = rise.mean(1)
+    tol = np.array([_tolerance(scale_axis, mean_rise[i], threshold) if moved[i] else np.nan
+                    for i in range(len(prefixes))])
+    names = list(prefixes)
+    return xr.Dataset(
+        {
+            "loss_rise": (("group", "scale"), mean_rise),
+            "loss_rise_std": (("group", "scale"), rise.std(1, ddof=1) if num_draws > 1
+                              else np.zeros_like(mean_rise)),
+            "loss": (("group", "draw", "scale"), loss[:, :, 1:]),
+            "tolerance": ("group", tol),
+            "moved": ("group", moved),
+        },
+        coords={"group": names, "draw": np.arange(int(num_draws)), "scale": scale_axis},
+        attrs={"base_loss": base, "threshold": float(threshold),
+               "normalization": normalization, "ignore": str(ignore), "seed": int(seed),
+               "bn": evaluator.bn, "prefixes": str(prefixes),
+               "units": "loss rise in the loss' units (nats for cross-entropy); scale in "
+                        f"multiples of the {normalization}-normalised direction"},
+    )
+
+
+def layerwise_profile(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data,
+    groups: Literal["layers", "modules"] | Mapping[str, str | Sequence[str]] = "layers",
+    scales: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0),
+    num_draws: int = 4,
+    threshold: float = 0.1,
+    definition: Definition = "entezari",
+    steps: int = 11,
+    seed: int = 0,
+    bn: Literal["own", "recompute"] | None = None,
+    bn_data=None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    device: str | torch.device | None = None,
+) -> xr.Dataset:
+    """Layer-wise barriers between two models next to each model's per-layer noise tolerance.
+
+    Returns
+    -------
+    xarray.Dataset over ``group``: ``barrier`` (group, anchor) from
+    :func:`layerwise_barriers` (loss, ``definition``), ``loss_rise`` (model, group,
+    scale) and ``tolerance`` (model, group) from :func:`layer_noise_tolerance` at
+    ``model_a`` and ``model_b`` (``model`` in ``["a", "b"]``, the same draws).
+    """
+    prefixes = _group_prefixes(model_a, groups, "layerwise_profile")
+    barriers = layerwise_barriers(model_a, model_b, data, prefixes, definition, steps, "loss",
+                                  bn, bn_data, loss_fn, device)
+    noise = [layer_noise_tolerance(m, data, prefixes, scales, num_draws, threshold, seed=seed,
+                                   bn=bn, bn_data=bn_data, loss_fn=loss_fn, device=device)
+             for m in (model_a, model_b)]
+    out = xr.Dataset({
+        "barrier": barriers,
+        "loss_rise": xr.concat([n["loss_rise"] for n in noise], dim="model"),
+        "tolerance": xr.concat([n["tolerance"] for n in noise], dim="model"),
+    }).assign_coords(model=["a", "b"])
+    out.attrs.update(definition=definition, threshold=float(threshold), bn=barriers.attrs["bn"],
+                     base_loss_a=noise[0].attrs["base_loss"],
+                     base_loss_b=noise[1].attrs["base_loss"],
+                     units="barrier and loss rise in the loss' units (nats for cross-entropy)")
     return out
