@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lossatlas.refine import delaunay_edges, refine_field
+from lossatlas.refine import Refinement, delaunay_edges, refine_field
 from lossatlas.topology import graph_merge_tree, merge_tree
 
 CENTRES = np.array([[0.31, 0.27], [-0.52, 0.13], [0.18, -0.61]])
@@ -79,3 +79,30 @@ def test_delaunay_edges_3d_and_errors():
         refine_field(narrow_wells, [-1, -1], [1, 1], resolution=64, budget=100)
     with pytest.raises(ValueError, match="hi > lo"):
         refine_field(narrow_wells, [1, -1], [1, 1])
+
+
+def test_refinement_ask_tell_is_refine_field_one_round_at_a_time():
+    ref = Refinement([-1, -1], [1, 1], resolution=8, tol=0.1, budget=400, extra_points=CENTRES,
+                     round_size=40)
+    first = ref.pending()
+    assert first.shape == (64 + 3, 2)  # the base grid, then the extra points
+    np.testing.assert_array_equal(first[:8, 1], np.linspace(-1, 1, 8))
+    with pytest.raises(RuntimeError, match="pending"):
+        ref.result()
+    sizes = []
+    while not ref.done:
+        z = ref.pending()
+        sizes.append(len(z))
+        ref.tell(narrow_wells(z))
+    assert all(0 < s <= 40 for s in sizes[1:]) and ref.rounds == len(sizes) - 1
+    assert len(ref.pending()) == 0
+    got = ref.result()
+    calls = []
+    want = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=8, tol=0.1, budget=400,
+                        extra_points=CENTRES, round_size=40,
+                        on_round=lambda r, n: calls.append((r, n)))
+    np.testing.assert_array_equal(got.coords, want.coords)
+    np.testing.assert_array_equal(got.values["log10_loss"], want.values["log10_loss"])
+    assert calls == [(r + 1, sum(sizes[:r + 2])) for r in range(ref.rounds)]
+    with pytest.raises(KeyError, match="'loss'"):
+        Refinement([-1], [1], resolution=4, budget=10).tell({"acc": np.zeros(4)})

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import Delaunay
 
-__all__ = ["RefinedField", "refine_field", "delaunay_edges"]
+__all__ = ["RefinedField", "Refinement", "refine_field", "delaunay_edges"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,202 @@ def _log10(loss: np.ndarray) -> np.ndarray:
     return out
 
 
+class Refinement:
+    """Adaptive refinement as explicit state, asked for points and told their values.
+
+    ``pending()`` gives the latent points Float[P, d] that need values (first the base
+    grid and the extra points, then each round's new samples); ``tell(values)`` records
+    their values (``{name: Float[P]}``, with ``key``), scores the cells they complete and
+    picks the next round's samples. ``done`` once the tolerance or the budget is met;
+    ``result()`` is then the :class:`RefinedField`. Parameters as :func:`refine_field`.
+
+    State (all between rounds, nothing hidden in closures):
+    ``coords`` list of Float[d] and ``levels`` list of int (one per sample, in the order
+    taken), ``index`` lattice point -> sample, ``values`` {name: list of Float[P] per
+    round}, ``evaluated`` samples with values, ``heap`` of cells to split as
+    ``(-priority, tie, lattice corner, size in lattice units)``, ``split`` the cells
+    split in the pending round, ``floor`` the lowest log10 value of the base round,
+    ``rounds`` refinement rounds told.
+    """
+
+    def __init__(
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        resolution: int = 64,
+        tol: float = 0.1,
+        budget: int = 20000,
+        max_level: int = 6,
+        extra_points: np.ndarray | None = None,
+        focus_points: np.ndarray | None = None,
+        key: str = "loss",
+        round_size: int = 4096,
+    ):
+        lo = np.asarray(lo, dtype=np.float64)
+        hi = np.asarray(hi, dtype=np.float64)
+        d = lo.shape[0]
+        if not 1 <= d <= 4:
+            raise ValueError(f"refine_field: latent dimension must be 1 to 4, got {d}")
+        if np.any(hi <= lo):
+            raise ValueError(f"refine_field: need hi > lo on every axis, got lo={lo}, hi={hi}")
+        if resolution < 2:
+            raise ValueError(f"refine_field: resolution must be >= 2, got {resolution}")
+        if resolution**d > budget:
+            raise ValueError(
+                f"refine_field: the base grid has {resolution ** d} points, over the budget "
+                f"{budget}"
+            )
+        self.lo, self.hi, self.d = lo, hi, d
+        self.resolution, self.tol, self.budget = resolution, tol, budget
+        self.max_level, self.key, self.round_size = max_level, key, round_size
+        self.scale = 2**max_level  # lattice units per base cell
+        self.step = (hi - lo) / ((resolution - 1) * self.scale)  # latent size of a unit
+        self.corners = np.array(list(itertools.product((0, 1), repeat=d)))
+        self.per_split = 3**d - 2**d  # new samples when a cell is split (at most)
+        self.index: dict[tuple[int, ...], int] = {}
+        self.coords: list[np.ndarray] = []
+        self.levels: list[int] = []
+        self.values: dict[str, list[np.ndarray]] = {}
+        self.evaluated = 0
+        self.heap: list[tuple[float, int, tuple[int, ...], int]] = []
+        self.tie = itertools.count()
+        self.split: list[tuple[np.ndarray, int]] = []
+        self.floor = 0.0
+        self.rounds = 0
+        self.done = False
+
+        for lat in itertools.product(range(0, (resolution - 1) * self.scale + 1, self.scale),
+                                     repeat=d):
+            self._add(tuple(lat), 0)
+        self.n_base = len(self.coords)
+        extra = (np.zeros((0, d)) if extra_points is None
+                 else np.atleast_2d(extra_points).astype(float))
+        focus = extra if focus_points is None else np.atleast_2d(focus_points).astype(float)
+        self.focus_lat = (focus - lo) / self.step if len(focus) else np.zeros((0, d))
+        unique, self.extra_index = _unique_in_order(extra, self.n_base)
+        for z in unique:
+            self.coords.append(np.asarray(z, dtype=np.float64))
+            self.levels.append(-1)
+
+    # ------------------------------------------------------------------ ask / tell
+    def pending(self) -> np.ndarray:
+        """Latent points Float[P, d] waiting for values (empty when ``done``)."""
+        return np.asarray(self.coords[self.evaluated:]).reshape(-1, self.d)
+
+    def tell(self, values: dict[str, np.ndarray]) -> None:
+        """Record the values ``{name: Float[P]}`` of the :meth:`pending` points, score the
+        cells they complete and take the next round's samples (or finish)."""
+        if self.key not in values:
+            raise KeyError(f"refine_field: evaluate() did not return {self.key!r}")
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
+        first = self.evaluated == 0
+        self.evaluated = len(self.coords)
+        lv = _log10(np.concatenate(self.values[self.key]))
+        if first:
+            finite = np.isfinite(lv)
+            self.floor = float(np.min(lv[finite])) if finite.any() else 0.0
+            for cell in itertools.product(range(self.resolution - 1), repeat=self.d):
+                c = np.asarray(cell) * self.scale
+                s = self._score(c, self.scale, lv)
+                if s > 0:
+                    self.heap.append((-s, next(self.tie), tuple(c), self.scale))
+            heapq.heapify(self.heap)
+        else:
+            self.rounds += 1
+            for c, half in self.split:
+                for off in self.corners:
+                    child = c + half * off
+                    s = self._score(child, half, lv)
+                    if s > 0 and half >= 2:
+                        heapq.heappush(self.heap, (-s, next(self.tie), tuple(child), half))
+        self._next_round()
+
+    def result(self) -> RefinedField:
+        """The samples, their values (``log10_loss`` added) and Delaunay adjacency."""
+        if not self.done:
+            raise RuntimeError("Refinement.result: points are still pending; tell() them first")
+        pts = np.asarray(self.coords)
+        vals = {k: np.concatenate(v) for k, v in self.values.items()}
+        vals["log10_loss"] = _log10(vals[self.key])
+        return RefinedField(
+            coords=pts, values=vals, key="log10_loss", edges=delaunay_edges(pts),
+            level=np.asarray(self.levels), rounds=self.rounds, extra_index=self.extra_index,
+            lo=self.lo, hi=self.hi, resolution=self.resolution,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _add(self, lattice: tuple[int, ...], level: int) -> None:
+        self.index[lattice] = len(self.coords)
+        self.coords.append(self.lo + np.asarray(lattice) * self.step)
+        self.levels.append(level)
+
+    def _room(self, start: int) -> bool:
+        """Whether one more split fits in this round and in the budget."""
+        n = len(self.coords)
+        return n - start + self.per_split <= self.round_size and n + self.per_split <= self.budget
+
+    def _next_round(self) -> None:
+        """Split the highest-priority cells into the next round's samples; ``done`` when
+        there are none (tolerance met) or the budget has no room for a split."""
+        start = len(self.coords)
+        self.split = []
+        if self.heap and start + self.per_split <= self.budget:
+            while self.heap and self._room(start):
+                _, _, corner, size = heapq.heappop(self.heap)
+                if size < 2:
+                    continue
+                c = np.asarray(corner)
+                half = size // 2
+                level = self.max_level - int(np.log2(half))
+                for off in itertools.product((0, 1, 2), repeat=self.d):
+                    lat = tuple(c + half * np.asarray(off))
+                    if lat not in self.index:
+                        self._add(lat, level)
+                self.split.append((c, half))
+        self.done = len(self.coords) == start
+
+    def _score(self, cell_lo: np.ndarray, size: int, lv: np.ndarray) -> float:
+        """Split priority of the cell at lattice corner ``cell_lo`` of ``size`` units (0:
+        its corners agree within ``tol`` decades and it holds no focus point)."""
+        tol = self.tol
+        v = lv[[self.index[tuple(cell_lo + size * c)] for c in self.corners]]
+        focus = self.focus_lat
+        holds = bool(len(focus)) and bool(
+            np.any(np.all((focus >= cell_lo) & (focus <= cell_lo + size), axis=1)))
+        if np.all(np.isinf(v)):
+            return 10.0 * tol if holds else 0.0
+        finite = v[np.isfinite(v)]
+        spread = (np.max(v) - np.min(v)) if np.all(np.isfinite(v)) else 3.0 + np.ptp(finite)
+        if holds:
+            # a narrow minimum can hide inside a cell whose corners agree: always split
+            spread = max(spread, tol * 1.01)
+        if spread <= tol:
+            return 0.0
+        low = float(np.min(finite)) if len(finite) else np.inf
+        # priority: spread, boosted for cells holding models and for low-lying cells
+        return spread * (10.0 if holds else 1.0) * (
+            1.0 + 1.0 / (1.0 + max(low - self.floor, 0.0)))
+
+
+def _unique_in_order(extra: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``extra`` [k, d] in order of first appearance, and for each
+    row the sample index (``offset`` + rank) holding it: identical extra points (models
+    sharing an initialisation) become one sample."""
+    if not len(extra):
+        return extra, np.zeros(0, dtype=int)
+    unique, inverse = np.unique(extra, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(len(unique), -1)
+    for i, u in enumerate(inverse):
+        if first[u] < 0:
+            first[u] = i
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return unique[order], offset + rank[inverse]
+
+
 def refine_field(
     evaluate: Evaluate,
     lo: np.ndarray,
@@ -138,151 +334,20 @@ def refine_field(
     round_size : int
         Most new samples evaluated per round (one call of ``evaluate``).
     on_round : callable(round, samples_so_far), optional
-        Progress callback.
+        Progress callback, after each refinement round.
 
     Returns
     -------
-    RefinedField with ``values["log10_loss"]`` added.
+    RefinedField with ``values["log10_loss"]`` added. The same loop, one step at a
+    time, is :class:`Refinement` (``pending`` / ``tell``).
     """
-    lo = np.asarray(lo, dtype=np.float64)
-    hi = np.asarray(hi, dtype=np.float64)
-    d = lo.shape[0]
-    if not 1 <= d <= 4:
-        raise ValueError(f"refine_field: latent dimension must be 1 to 4, got {d}")
-    if np.any(hi <= lo):
-        raise ValueError(f"refine_field: need hi > lo on every axis, got lo={lo}, hi={hi}")
-    if resolution < 2:
-        raise ValueError(f"refine_field: resolution must be >= 2, got {resolution}")
-    if resolution**d > budget:
-        raise ValueError(
-            f"refine_field: the base grid has {resolution ** d} points, over the budget {budget}"
-        )
-    scale = 2**max_level  # lattice units per base cell
-    step = (hi - lo) / ((resolution - 1) * scale)  # latent size of one lattice unit
-
-    index: dict[tuple[int, ...], int] = {}
-    coords: list[np.ndarray] = []
-    levels: list[int] = []
-
-    def add(lattice: tuple[int, ...], lvl: int) -> bool:
-        if lattice in index:
-            return False
-        index[lattice] = len(coords)
-        coords.append(lo + np.asarray(lattice) * step)
-        levels.append(lvl)
-        return True
-
-    base = itertools.product(range(0, (resolution - 1) * scale + 1, scale), repeat=d)
-    for lat in base:
-        add(tuple(lat), 0)
-    extra = np.zeros((0, d)) if extra_points is None else np.atleast_2d(extra_points).astype(float)
-    focus = extra if focus_points is None else np.atleast_2d(focus_points).astype(float)
-    n_lattice0 = len(coords)
-    # identical extra points (e.g. models sharing an initialisation) become one sample
-    unique, extra_inverse = (np.unique(extra, axis=0, return_inverse=True) if len(extra)
-                             else (extra, np.zeros(0, dtype=int)))
-    first = np.full(len(unique), -1)
-    for i, u in enumerate(extra_inverse.reshape(-1)):
-        if first[u] < 0:
-            first[u] = i
-    order = np.argsort(first)  # keep the order of first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    extra_index = n_lattice0 + rank[extra_inverse.reshape(-1)]
-    for z in unique[order]:
-        coords.append(np.asarray(z, dtype=np.float64))
-        levels.append(-1)
-
-    values: dict[str, list[np.ndarray]] = {}
-
-    def run(start: int) -> None:
-        res = evaluate(np.asarray(coords[start:]))
-        if key not in res:
-            raise KeyError(f"refine_field: evaluate() did not return {key!r}")
-        for k, v in res.items():
-            values.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
-
-    run(0)
-    corners = np.array(list(itertools.product((0, 1), repeat=d)))
-    focus_lat = (focus - lo) / step if len(focus) else np.zeros((0, d))
-
-    def logv() -> np.ndarray:
-        return _log10(np.concatenate(values[key]))
-
-    def score(cell_lo: np.ndarray, size: int, lv: np.ndarray) -> float:
-        idx = [index[tuple(cell_lo + size * c)] for c in corners]
-        v = lv[idx]
-        holds = bool(len(focus_lat)) and bool(
-            np.any(np.all((focus_lat >= cell_lo) & (focus_lat <= cell_lo + size), axis=1))
-        )
-        if np.all(np.isinf(v)):
-            return 10.0 * tol if holds else 0.0
-        finite = v[np.isfinite(v)]
-        spread = (np.max(v) - np.min(v)) if np.all(np.isfinite(v)) else 3.0 + np.ptp(finite)
-        if holds:
-            # a narrow minimum can hide inside a cell whose corners agree: always split
-            spread = max(spread, tol * 1.01)
-        if spread <= tol:
-            return 0.0
-        low = float(np.min(finite)) if len(finite) else np.inf
-        # priority: spread, boosted for cells holding models and for low-lying cells
-        return spread * (10.0 if holds else 1.0) * (1.0 + 1.0 / (1.0 + max(low - floor, 0.0)))
-
-    lv = logv()
-    floor = float(np.min(lv[np.isfinite(lv)])) if np.isfinite(lv).any() else 0.0
-    heap: list[tuple[float, int, tuple[int, ...], int]] = []
-    counter = itertools.count()
-    for cell in itertools.product(range(resolution - 1), repeat=d):
-        c = np.asarray(cell) * scale
-        s = score(c, scale, lv)
-        if s > 0:
-            heap.append((-s, next(counter), tuple(c), scale))
-    heapq.heapify(heap)
-    rounds = 0
-    per_split = 3**d - 2**d
-    while heap and len(coords) + per_split <= budget:
-        start = len(coords)
-        split: list[tuple[np.ndarray, int]] = []
-        while heap and len(coords) - start + per_split <= round_size and len(coords) + per_split <= budget:
-            _, _, c, size = heapq.heappop(heap)
-            if size < 2:
-                continue
-            c = np.asarray(c)
-            half = size // 2
-            for off in itertools.product((0, 1, 2), repeat=d):
-                lat = tuple(c + half * np.asarray(off))
-                if lat in index:
-                    continue
-                index[lat] = len(coords)
-                coords.append(lo + np.asarray(lat) * step)
-                levels.append(max_level - int(np.log2(half)))
-            split.append((c, half))
-        if len(coords) == start:
-            break
-        run(start)
-        rounds += 1
-        lv = logv()
-        for c, half in split:
-            for off in corners:
-                child = c + half * off
-                s = score(child, half, lv)
-                if s > 0 and half >= 2:
-                    heapq.heappush(heap, (-s, next(counter), tuple(child), half))
-        if on_round is not None:
-            on_round(rounds, len(coords))
-    pts = np.asarray(coords)
-    vals = {k: np.concatenate(v) for k, v in values.items()}
-    vals["log10_loss"] = _log10(vals[key])
-    log.info("refine_field: %d samples (%d base) after %d rounds", len(pts), n_lattice0, rounds)
-    return RefinedField(
-        coords=pts,
-        values=vals,
-        key="log10_loss",
-        edges=delaunay_edges(pts),
-        level=np.asarray(levels),
-        rounds=rounds,
-        extra_index=extra_index,
-        lo=lo,
-        hi=hi,
-        resolution=resolution,
-    )
+    ref = Refinement(lo, hi, resolution=resolution, tol=tol, budget=budget,
+                     max_level=max_level, extra_points=extra_points,
+                     focus_points=focus_points, key=key, round_size=round_size)
+    while not ref.done:
+        ref.tell(evaluate(ref.pending()))
+        if on_round is not None and ref.rounds:
+            on_round(ref.rounds, ref.evaluated)
+    log.info("refine_field: %d samples (%d base) after %d rounds", ref.evaluated, ref.n_base,
+             ref.rounds)
+    return ref.result()
