@@ -206,14 +206,16 @@ def lanczos(
     def converged(a: Tensor, b: Tensor, j: int) -> bool:
         if j < k or (j % 5 and j < J):
             return False
-        theta, S = torch.linalg.eigh(_tridiagonal(a, b)[0])
+        # the small tridiagonal problem on the CPU (a GPU eigh of it costs milliseconds)
+        theta, S = torch.linalg.eigh(_tridiagonal(a.cpu(), b.cpu())[0])
         wanted = S[-1, -k:] if which == "largest" else S[-1, :k]
-        res = (b[0, -1] * wanted).abs()
+        res = (b[0, -1].cpu() * wanted).abs()
         return bool((res <= tol * theta.abs().max().clamp_min(1e-30)).all())
 
     alphas, betas, Q, J = lanczos_tridiagonal(op, v0, J, generator=gen, stop=converged,
                                               progress=progress)
-    theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas)[0])
+    theta, S = torch.linalg.eigh(_tridiagonal(alphas.cpu(), betas.cpu())[0])
+    theta, S = theta.to(op.device), S.to(op.device)
     order = torch.argsort(theta, descending=which == "largest")[:k]
     vals = theta[order]
     vecs = S[:, order].T @ Q[0]  # [k, n]
