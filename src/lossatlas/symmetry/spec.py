@@ -22,6 +22,17 @@ graph:
 - Residual additions (and element-wise products, concatenation along another
   axis) of two permuted tensors TIE their groups (union-find), so ResNets with
   identity and projection shortcuts share one permutation per stage.
+- Groups whose units pass only through odd operations (tanh, softsign,
+  symmetric hardtanh, dropout, identity, average pooling, sums, products with
+  tensors that are not permuted) to the next Linear/Conv also have the
+  sign-flip symmetry: negating a unit's incoming weights and bias and its
+  outgoing weights leaves the function unchanged (``spec.odd``). A permutation
+  together with signs is a signed permutation (``apply_permutation(...,
+  signs=)``).
+- A Linear/Conv whose output goes straight into a BatchNorm (and nowhere else)
+  is invariant to a positive scale of each output unit, one into a LayerNorm to
+  a positive scale of the whole layer (up to the norm's ``eps``): recorded in
+  ``spec.norm_scales`` for the canonical form (:mod:`~lossatlas.symmetry.rescale`).
 - Whatever reaches the model's output is never permuted. An operation the
   rules do not cover (attention scores, ``matmul``, a reshape that splits the
   units, a GroupNorm, an unknown module) FIXES the group flowing into it (it is
@@ -57,7 +68,10 @@ __all__ = [
     "identity_permutation",
     "permutation_spec",
     "permute_model",
+    "NormScale",
     "random_permutation",
+    "random_signs",
+    "scale_axis",
     "spec_discrepancy",
 ]
 
@@ -85,6 +99,23 @@ class Axis:
     role: str = "in"
 
 
+@dataclass(frozen=True)
+class NormScale:
+    """A layer whose output goes straight into a normalisation layer (and nowhere else).
+
+    ``kind="unit"`` (BatchNorm): scaling output unit ``i`` of ``producer`` (its
+    weight slice along ``axis`` and its bias) by ``c_i > 0`` together with the
+    norm's running mean by ``c_i`` and running variance by ``c_i ** 2`` leaves the
+    function unchanged (up to the norm's ``eps``). ``kind="layer"`` (LayerNorm):
+    the same for one common scale ``c`` of the whole producer.
+    """
+
+    producer: str
+    norm: str
+    kind: str
+    axis: int = 0
+
+
 @dataclass
 class PermutationSpec:
     """Permutation groups of a model.
@@ -104,6 +135,11 @@ class PermutationSpec:
         Groups whose units are positively homogeneous between one producer and
         its consumers (ReLU-like, no normalisation, not tied): the ReLU rescaling
         symmetry acts on them.
+    odd : set of group names
+        Groups whose units pass only through odd operations (tanh-like, no
+        normalisation) to their consumers: the sign-flip symmetry acts on them.
+    norm_scales : list of NormScale
+        Layers made scale-invariant by a BatchNorm / LayerNorm right after them.
     fixed : dict producer module -> reason
         Groups left unpermuted and why (the model output, an unsupported op).
     graph : torch.fx.Graph
@@ -117,6 +153,8 @@ class PermutationSpec:
     rescalable: set[str] = field(default_factory=set)
     fixed: dict[str, str] = field(default_factory=dict)
     graph: fx.Graph | None = None
+    odd: set[str] = field(default_factory=set)
+    norm_scales: list[NormScale] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -168,6 +206,8 @@ _ELEMENTWISE_MODULES = (
     nn.LogSoftmax,
 )
 _HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Identity)
+# odd: f(-x) = -f(x) (nn.Hardtanh also when its bounds are symmetric, see _is_odd)
+_ODD_MODULES = (nn.Tanh, nn.Softsign, nn.Tanhshrink, nn.Dropout, nn.Identity)
 _POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
@@ -182,6 +222,8 @@ _ELEMENTWISE_NAMES = {
 }
 _HOMOGENEOUS_NAMES = {"relu", "relu_", "leaky_relu", "dropout", "contiguous", "clone", "float",
                       "double", "half", "bfloat16", "to", "type_as", "detach"}
+_ODD_NAMES = {"tanh", "tanh_", "softsign", "dropout", "neg", "sign", "contiguous", "clone",
+              "float", "double", "half", "bfloat16", "to", "type_as", "detach"}
 _POOL_NAMES = {
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -203,6 +245,12 @@ def _name_of(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
+def _is_odd(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Hardtanh):  # includes ReLU6 (bounds 0, 6): not odd
+        return float(mod.min_val) == -float(mod.max_val)
+    return isinstance(mod, _ODD_MODULES)
+
+
 class _Builder:
     """Walks the graph once, assigning groups to tensor axes (union-find over groups)."""
 
@@ -219,6 +267,8 @@ class _Builder:
         self.by_tensor_axis: dict[tuple[str, int], int] = {}
         self.consumers: list[tuple[int, str, int, int]] = []
         self.nonhom: set[int] = set()
+        self.nonodd: set[int] = set()
+        self.norm_scales: list[NormScale] = []
         self.tied: set[int] = set()
         self.reasons: dict[int, str] = {}
         self.state: dict[fx.Node, _P | None] = {}
@@ -327,6 +377,8 @@ class _Builder:
             self.only_first_input(node, f"{name}")
             if s is not None and name not in _HOMOGENEOUS_NAMES:
                 self.nonhom.add(s.g)
+            if s is not None and name not in _ODD_NAMES:
+                self.nonodd.add(s.g)
             return s
         if name in _POOL_NAMES:
             return self.visit_pool(node, s, name)
@@ -378,6 +430,7 @@ class _Builder:
                     self.add(s.g, f"{target}.weight", 0, 1, "norm")
                     self.add(s.g, f"{target}.bias", 0, 1, "norm")
                     self.nonhom.add(s.g)
+                    self.nonodd.add(s.g)
                     return s
                 self.fix(s, f"grouped convolution {target} (groups={mod.groups})")
                 return None
@@ -401,8 +454,11 @@ class _Builder:
             for p in ("weight", "bias", "running_mean", "running_var"):
                 self.add(s.g, f"{target}.{p}", 0, 1, "norm")
             self.nonhom.add(s.g)
+            self.nonodd.add(s.g)
+            self.note_norm_scale(x, target, "unit")
             return s
         if isinstance(mod, nn.LayerNorm):
+            self.note_norm_scale(x, target, "layer")
             if s is None or shape is None:
                 return s
             k = len(mod.normalized_shape)
@@ -411,12 +467,15 @@ class _Builder:
                 for p in ("weight", "bias"):
                     self.add(s.g, f"{target}.{p}", s.axis - first, s.block, "norm")
             self.nonhom.add(s.g)
+            self.nonodd.add(s.g)
             return s
         if isinstance(mod, _ELEMENTWISE_MODULES) or (
             isinstance(mod, nn.PReLU) and mod.num_parameters == 1
         ):
             if s is not None and not isinstance(mod, _HOMOGENEOUS_MODULES):
                 self.nonhom.add(s.g)
+            if s is not None and not _is_odd(mod):
+                self.nonodd.add(s.g)
             return s
         if isinstance(mod, _POOL_MODULES):
             return self.visit_pool(node, s, type(mod).__name__)
@@ -433,6 +492,16 @@ class _Builder:
         self.fix(s, f"unsupported module {target} ({type(mod).__name__})")
         return None
 
+    def note_norm_scale(self, x: Any, norm: str, kind: str) -> None:
+        """Record a Linear/Conv whose output feeds only the norm layer ``norm``."""
+        if not (isinstance(x, fx.Node) and x.op == "call_module" and len(x.users) == 1):
+            return
+        prod = self.modules[str(x.target)]
+        if isinstance(prod, nn.modules.conv._ConvNd) and prod.transposed:
+            return
+        if isinstance(prod, (nn.Linear, nn.modules.conv._ConvNd)):
+            self.norm_scales.append(NormScale(str(x.target), norm, kind, 0))
+
     def visit_pool(self, node: fx.Node, s: _P | None, name: str) -> _P | None:
         if s is None:
             return None
@@ -442,6 +511,8 @@ class _Builder:
                 or s.axis != len(shape) - spatial - 1 or shape[s.axis] != out[s.axis]):
             self.fix(s, f"pooling {name} (node {node.name}) over the permuted axis")
             return None
+        if "max" in name.lower():  # max(-x) = -min(x)
+            self.nonodd.add(s.g)
         return s
 
     def visit_reduce(self, node: fx.Node, s: _P | None) -> _P | None:
@@ -459,6 +530,8 @@ class _Builder:
         dims = {d % nd for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
         if s.axis in dims:
             return None  # reducing over the permuted axis: invariant
+        if _name_of(node.target) in ("amax", "amin"):
+            self.nonodd.add(s.g)
         axis = s.axis if keep else s.axis - sum(d < s.axis for d in dims)
         return _P(s.g, axis, s.block)
 
@@ -565,6 +638,7 @@ class _Builder:
             g = self.union(pa.g, pb.g)
             if op != "add" and op != "sub":
                 self.nonhom.add(g)
+                self.nonodd.add(g)  # a product of two flipped units is even
             return _P(g, pa.axis, pa.block)
         p, other = (pa, b) if pa is not None else (pb, a)
         if p is None:
@@ -578,6 +652,8 @@ class _Builder:
                 return None
         if not (op in ("mul", "div") and isinstance(other, (int, float)) and other > 0):
             self.nonhom.add(p.g)
+        if op not in ("mul", "div"):  # -x + c != -(x + c)
+            self.nonodd.add(p.g)
         return p
 
     def visit_cat(self, node: fx.Node) -> _P | None:
@@ -628,10 +704,12 @@ class _Builder:
                 consumers.setdefault(roots[r], []).append((mod, axis, block))
         bad = {self.find(g) for g in self.nonhom} | {self.find(g) for g in self.tied}
         rescalable = {name for r, name in roots.items() if r not in bad}
+        not_odd = {self.find(g) for g in self.nonodd}
+        odd = {name for r, name in roots.items() if r not in not_odd}
         fixed = {self.creator[g]: self.reasons.get(g, "tied to a fixed group")
                  for g in range(1, len(self.parent)) if self.find(g) == self.FIXED}
         return PermutationSpec(groups, sizes, producers, consumers, rescalable, fixed,
-                               self.gm.graph)
+                               self.gm.graph, odd=odd, norm_scales=list(self.norm_scales))
 
 
 def permutation_spec(
@@ -685,6 +763,14 @@ def permute_axis(t: Tensor, axis: int, perm: Tensor, block: int = 1) -> Tensor:
     return t.index_select(axis, _unit_index(perm.to(t.device), block))
 
 
+def scale_axis(t: Tensor, axis: int, c: Tensor, block: int = 1) -> Tensor:
+    """``t`` with unit ``i`` along ``axis`` (``block`` entries each) multiplied by ``c[i]``."""
+    c = torch.as_tensor(c).to(t.device, t.dtype).repeat_interleave(block)
+    shape = [1] * t.ndim
+    shape[axis] = -1
+    return t * c.reshape(shape)
+
+
 def identity_permutation(spec: PermutationSpec) -> dict[str, Tensor]:
     """``{group: arange(n)}`` for every group."""
     return {g: torch.arange(n) for g, n in spec.sizes.items()}
@@ -697,15 +783,48 @@ def random_permutation(
     return {g: torch.randperm(n, generator=generator) for g, n in spec.sizes.items()}
 
 
-def apply_permutation(
-    spec: PermutationSpec, state_dict: Mapping[str, Tensor], perms: Mapping[str, Tensor]
+def random_signs(
+    spec: PermutationSpec, generator: torch.Generator | None = None
 ) -> dict[str, Tensor]:
-    """A state dict with every group's units reordered by ``perms``.
+    """Uniformly random signs ``Tensor[n]`` of +-1 (float) for every group in ``spec.odd``."""
+    return {g: (2 * torch.randint(0, 2, (spec.sizes[g],), generator=generator) - 1).float()
+            for g in spec.groups if g in spec.odd}
+
+
+def _check_signs(spec: PermutationSpec, signs: Mapping[str, Tensor], where: str
+                 ) -> dict[str, Tensor]:
+    out = {}
+    for g, sg in signs.items():
+        if g not in spec.odd:
+            raise KeyError(
+                f"{where}: group {g!r} has no sign-flip symmetry (its units pass through a "
+                f"non-odd operation, e.g. ReLU or a norm layer); odd groups: "
+                f"{sorted(spec.odd)[:6]}"
+            )
+        sg = torch.as_tensor(sg)
+        if sg.shape != (spec.sizes[g],) or not bool((sg.abs() == 1).all()):
+            raise ValueError(
+                f"{where}: signs of group {g!r} must be a Tensor[{spec.sizes[g]}] of +-1, got "
+                f"shape {tuple(sg.shape)}"
+            )
+        out[g] = sg
+    return out
+
+
+def apply_permutation(
+    spec: PermutationSpec, state_dict: Mapping[str, Tensor], perms: Mapping[str, Tensor],
+    signs: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """A state dict with every group's units reordered by ``perms`` (and sign-flipped).
 
     ``perms[g]`` is a LongTensor[n]: unit ``i`` of the result is unit
-    ``perms[g][i]`` of ``state_dict``. Groups missing from ``perms`` stay as they
-    are; tensors that no group touches are shared with ``state_dict`` (not copied).
+    ``perms[g][i]`` of ``state_dict``. ``signs[g]`` (Tensor[n] of +-1, groups in
+    ``spec.odd`` only) then multiplies unit ``i`` of the result, i.e. its incoming
+    weights, bias and outgoing weights: a signed permutation. Groups missing from
+    ``perms`` / ``signs`` stay as they are; tensors that no group touches are shared
+    with ``state_dict`` (not copied).
     """
+    signs = _check_signs(spec, signs or {}, "apply_permutation")
     unknown = set(perms) - set(spec.groups)
     if unknown:
         raise KeyError(
@@ -724,13 +843,18 @@ def apply_permutation(
             )
         for ax in axes:
             out[ax.name] = permute_axis(out[ax.name], ax.axis, p, ax.block)
+    for g, sg in signs.items():
+        for ax in spec.groups[g]:
+            out[ax.name] = scale_axis(out[ax.name], ax.axis, sg, ax.block)
     return out
 
 
-def permute_model(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, Tensor]) -> nn.Module:
-    """A deep copy of ``model`` with its units permuted by ``perms`` (same function)."""
+def permute_model(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, Tensor],
+                  signs: Mapping[str, Tensor] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with its units permuted by ``perms`` and flipped by
+    ``signs`` (same function; see :func:`apply_permutation`)."""
     new = copy.deepcopy(model)
-    new.load_state_dict(apply_permutation(spec, model.state_dict(), perms))
+    new.load_state_dict(apply_permutation(spec, model.state_dict(), perms, signs))
     return new
 
 
@@ -741,13 +865,15 @@ def spec_discrepancy(
     generator: torch.Generator | None = None,
 ) -> float:
     """Max abs difference of outputs (eval mode) between ``model`` and a randomly
-    permuted copy (by ``spec``) on inputs ``x``; 0 up to rounding for a correct spec."""
+    permuted copy (by ``spec``, with random sign flips of the ``spec.odd`` groups) on
+    inputs ``x``; 0 up to rounding for a correct spec."""
     inputs = x if isinstance(x, tuple) else (x,)
     gen = generator or torch.Generator().manual_seed(0)
     was = model.training
     model.eval()
     try:
-        permuted = permute_model(model, spec, random_permutation(spec, gen)).eval()
+        perms = random_permutation(spec, gen)
+        permuted = permute_model(model, spec, perms, random_signs(spec, gen)).eval()
         with torch.no_grad():
             ref, out = model(*inputs), permuted(*inputs)
     finally:
