@@ -6,6 +6,12 @@ solves one group's linear assignment (``scipy.optimize.linear_sum_assignment``)
 with the other groups held at their current permutations, in a random group
 order each round, until no group improves. Activation matching assigns each
 group's units by the correlation of their activations on data.
+
+With ``signs`` (:func:`match_signed_weights`, ``weight_matching(signs=True)``) the
+groups with the sign-flip symmetry (``spec.odd``: tanh-like units) are matched by
+signed permutations: unit ``j`` of b may stand for unit ``i`` of a with either
+sign, so the assignment maximises ``|<a_i, b_j>|`` and the sign is that of the
+inner product.
 """
 
 from __future__ import annotations
@@ -22,11 +28,18 @@ from torch import Tensor, nn
 
 from ..batches import as_tensor_data
 from ._inputs import resolve_example_input
-from .spec import PermutationSpec, apply_permutation, permutation_spec, permute_axis
+from .spec import (
+    PermutationSpec,
+    apply_permutation,
+    permutation_spec,
+    permute_axis,
+    scale_axis,
+)
 
 __all__ = [
     "activation_matching",
     "match_activations",
+    "match_signed_weights",
     "match_weights",
     "weight_matching",
 ]
@@ -82,6 +95,47 @@ def match_weights(
     dict group -> LongTensor[n] (CPU): ``apply_permutation(spec, state_b, perms)``
     is ``state_b`` aligned onto ``state_a``.
     """
+    return _coordinate_descent(spec, state_a, state_b, max_iter, seed, init, device,
+                               signed=False)[0]
+
+
+def match_signed_weights(
+    spec: PermutationSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    max_iter: int = 100,
+    seed: int = 0,
+    init: Literal["forward", "identity"] | Mapping[str, Tensor] = "forward",
+    device: str | torch.device | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Signed permutations aligning ``state_b`` onto ``state_a`` by weight matching.
+
+    As :func:`match_weights`, with the sign-flip symmetry of the groups in
+    ``spec.odd`` (tanh-like units) as well: each such group's assignment maximises
+    ``sum_i |<a_i, b_perm(i)>|`` over the other groups' current signed permutations.
+
+    Returns
+    -------
+    ``(perms, signs)``: dict group -> LongTensor[n] and dict odd group -> Tensor[n]
+    of +-1 (float32, CPU); ``apply_permutation(spec, state_b, perms, signs)`` is
+    ``state_b`` aligned onto ``state_a``.
+    """
+    return _coordinate_descent(spec, state_a, state_b, max_iter, seed, init, device,
+                               signed=True)
+
+
+def _coordinate_descent(
+    spec: PermutationSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    max_iter: int,
+    seed: int,
+    init: Literal["forward", "identity"] | Mapping[str, Tensor],
+    device: str | torch.device | None,
+    signed: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Weight matching by coordinate descent; ``(perms, signs)`` (signs of odd groups
+    only when ``signed``, else empty)."""
     spec.validate(state_a, "state_a")
     spec.validate(state_b, "state_b")
     names = {ax.name for axes in spec.groups.values() for ax in axes}
@@ -89,6 +143,8 @@ def match_weights(
     a = {k: state_a[k].detach().to(dev, torch.float32) for k in names}
     b = {k: state_b[k].detach().to(dev, torch.float32) for k in names}
     perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
+    odd = set(spec.odd) if signed else set()
+    signs = {g: torch.ones(spec.sizes[g]) for g in spec.groups if g in odd}
     axes_of = spec.axes_of()
     groups = list(spec.groups)
 
@@ -102,9 +158,24 @@ def match_weights(
             wb = b[ax.name]
             for g2, ax2 in others:
                 wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block)
+                if g2 in signs:
+                    wb = scale_axis(wb, ax2.axis, signs[g2], ax2.block)
             cost += (_units_matrix(a[ax.name], ax.axis, n)
                      @ _units_matrix(wb, ax.axis, n).T).double()
         return cost.cpu().numpy()
+
+    def assign(g: str, c: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Best assignment of group ``g`` for similarities ``c`` (on |c| for an odd
+        group, whose signs follow the picked entries): columns, signs, objective."""
+        gain = np.abs(c) if g in odd else c
+        rows, cols = linear_sum_assignment(gain, maximize=True)
+        flips = np.where(c[rows, cols] < 0, -1.0, 1.0) if g in odd else None
+        return cols, flips, float(gain[rows, cols].sum())
+
+    def take(g: str, cols: np.ndarray, flips: np.ndarray | None) -> None:
+        perms[g] = torch.as_tensor(cols, dtype=torch.long)
+        if flips is not None:
+            signs[g] = torch.as_tensor(flips, dtype=torch.float32)
 
     if isinstance(init, str):
         if init not in ("forward", "identity"):
@@ -116,7 +187,7 @@ def match_weights(
             for g in groups:  # spec order follows the graph
                 c = cost_of(g, usable=done | {g})
                 if np.any(c):
-                    perms[g] = torch.as_tensor(linear_sum_assignment(c, maximize=True)[1])
+                    take(g, *assign(g, c)[:2])
                 done.add(g)
     else:
         perms.update({g: torch.as_tensor(p).long().cpu() for g, p in init.items()})
@@ -128,16 +199,18 @@ def match_weights(
             g = groups[k]
             n = spec.sizes[g]
             c = cost_of(g)
-            rows, cols = linear_sum_assignment(c, maximize=True)
-            old = float(c[np.arange(n), perms[g].numpy()].sum())
-            new = float(c[rows, cols].sum())
+            current = c[np.arange(n), perms[g].numpy()]
+            if g in signs:
+                current = current * signs[g].numpy()
+            old = float(current.sum())
+            cols, flips, new = assign(g, c)
             if new > old + 1e-12 * max(1.0, abs(old)):
-                perms[g] = torch.as_tensor(cols, dtype=torch.long)
+                take(g, cols, flips)
                 improved = True
         if not improved:
             break
     log.info("match_weights: %d groups converged after %d rounds", len(groups), rounds)
-    return perms
+    return perms, signs
 
 
 def weight_matching(
@@ -150,7 +223,8 @@ def weight_matching(
     device: str | torch.device | None = None,
     return_perms: bool = False,
     data: Any = None,
-) -> nn.Module | tuple[nn.Module, dict[str, Tensor]]:
+    signs: bool = False,
+) -> nn.Module | tuple:
     """A copy of ``model_b`` permuted onto ``model_a`` by weight matching.
 
     The copy computes the same function as ``model_b``. ``spec`` defaults to
@@ -159,21 +233,27 @@ def weight_matching(
     that), else on ``model_a.example_input(2)``, else on an input inferred from
     the model's first layer (:func:`~lossatlas.symmetry.infer_example_input`).
 
+    With ``signs=True`` the units of the ``spec.odd`` groups (tanh-like) may also
+    be sign-flipped (signed permutations, :func:`match_signed_weights`).
+
     Returns
     -------
     The aligned copy of ``model_b``; with ``return_perms=True`` the pair
-    ``(model, perms)`` with ``perms`` as in :func:`match_weights`.
+    ``(model, perms)`` with ``perms`` as in :func:`match_weights`, or the triple
+    ``(model, perms, signs)`` with ``signs=True``.
     """
     _check_models("weight_matching", model_a, model_b)
     if spec is None:
         example_input = resolve_example_input(model_a, example_input, data,
                                               where="weight_matching")
         spec = permutation_spec(model_a, example_input)
-    perms = match_weights(spec, model_a.state_dict(), model_b.state_dict(), max_iter, seed,
-                          device=device)
+    perms, flips = _coordinate_descent(spec, model_a.state_dict(), model_b.state_dict(),
+                                       max_iter, seed, "forward", device, signed=bool(signs))
     aligned = copy.deepcopy(model_b)
-    aligned.load_state_dict(apply_permutation(spec, model_b.state_dict(), perms))
-    return (aligned, perms) if return_perms else aligned
+    aligned.load_state_dict(apply_permutation(spec, model_b.state_dict(), perms, flips))
+    if not return_perms:
+        return aligned
+    return (aligned, perms, flips) if signs else (aligned, perms)
 
 
 class _Stats:
