@@ -67,8 +67,14 @@ def test_run_without_batchnorm_has_no_eval_mode_column(small_run, tmp_path):
     body = _section(page, "faithfulness")
     assert "<th>loss under the policy (none)</th>" in body
     assert "eval-mode" not in body
-    # no data description stored: said so, not guessed
-    assert "given in Python (not a registered name)" in _section(page, "overview")
+    # data given as a DatasetSplits object: named from the train manifest's data_source
+    data = _kv(_section(page, "overview"))["training data"]
+    assert data.startswith("mnist1d (train split, ") and "not recorded" not in data
+    # a manifest without a description says so, not guessed
+    manifest = run / "train" / "train.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "data_source": None}))
+    page = write_report(run).read_text()
+    assert _kv(_section(page, "overview"))["training data"].startswith("not recorded")
 
 
 def test_connectivity_and_terrain_state_their_policy(small_run, tmp_path):
