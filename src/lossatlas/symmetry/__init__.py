@@ -15,7 +15,14 @@ from .matching import (
 )
 from .ot import ot_align, ot_plans
 from .repair import interpolate, interpolate_state, repair, reset_bn
-from .rescale import apply_rescaling, canonical_rescaling, random_rescaling, rescale_canonical
+from .rescale import (
+    apply_norm_scaling,
+    apply_rescaling,
+    canonical_rescaling,
+    random_norm_scaling,
+    random_rescaling,
+    rescale_canonical,
+)
 from .spec import (
     Axis,
     NormScale,
@@ -38,6 +45,7 @@ __all__ = [
     "SpecWarning",
     "activation_matching",
     "align",
+    "apply_norm_scaling",
     "apply_permutation",
     "apply_rescaling",
     "canonical_rescaling",
@@ -55,6 +63,7 @@ __all__ = [
     "parameter_distance",
     "permutation_spec",
     "permute_model",
+    "random_norm_scaling",
     "random_permutation",
     "random_rescaling",
     "random_signs",

@@ -10,6 +10,13 @@ the total squared norm over the orbit, which is unique), reached by iterating
 the per-group balance to a fixed point. Remove this symmetry before measuring
 distances between models. The groups come from the permutation spec
 (``spec.rescalable``).
+
+Normalised layers have a scale symmetry too: a Linear/Conv whose output feeds
+only a BatchNorm can scale each output unit by ``c_i > 0`` (weights and bias,
+with the BatchNorm's running mean by ``c_i`` and running variance by ``c_i^2``),
+one feeding only a LayerNorm the whole layer by one ``c > 0``; the function is
+unchanged up to the norm's ``eps`` (``eps / var`` relative). The canonical form
+scales such units (layers) to unit weight norm (``spec.norm_scales``).
 """
 
 from __future__ import annotations
@@ -22,16 +29,16 @@ import torch
 from torch import Tensor, nn
 
 from ._inputs import resolve_example_input
-from .spec import PermutationSpec, permutation_spec
+from .spec import NormScale, PermutationSpec, permutation_spec, scale_axis
 
-__all__ = ["apply_rescaling", "canonical_rescaling", "random_rescaling", "rescale_canonical"]
-
-
-def _scale_axis(t: Tensor, axis: int, c: Tensor, block: int) -> Tensor:
-    c = c.to(t.dtype).repeat_interleave(block)
-    shape = [1] * t.ndim
-    shape[axis] = -1
-    return t * c.reshape(shape)
+__all__ = [
+    "apply_norm_scaling",
+    "apply_rescaling",
+    "canonical_rescaling",
+    "random_norm_scaling",
+    "random_rescaling",
+    "rescale_canonical",
+]
 
 
 def apply_rescaling(
@@ -54,7 +61,78 @@ def apply_rescaling(
             raise ValueError(f"apply_rescaling: scales of group {g!r} must be positive")
         for ax in spec.groups[g]:
             factor = c if ax.role == "in" else 1.0 / c
-            out[ax.name] = _scale_axis(out[ax.name], ax.axis, factor, ax.block)
+            out[ax.name] = scale_axis(out[ax.name], ax.axis, factor, ax.block)
+    return out
+
+
+def _norm_units(ns: NormScale, state: Mapping[str, Tensor]) -> int:
+    return 1 if ns.kind == "layer" else state[f"{ns.producer}.weight"].shape[ns.axis]
+
+
+def apply_norm_scaling(
+    spec: PermutationSpec, state: Mapping[str, Tensor], scales: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Scale the layers before a BatchNorm / LayerNorm (``spec.norm_scales``).
+
+    ``scales[producer]`` is a positive Tensor[n] (one per output unit, before a
+    BatchNorm) or Tensor[1] (the whole layer, before a LayerNorm). The producer's
+    weight and bias are multiplied by it, a BatchNorm's running mean by ``c`` and
+    running variance by ``c ** 2``: the function is unchanged up to the norm's eps.
+    """
+    by_producer = {ns.producer: ns for ns in spec.norm_scales}
+    out = dict(state)
+    for name, c in scales.items():
+        if name not in by_producer:
+            raise KeyError(
+                f"apply_norm_scaling: {name!r} does not feed a norm layer alone (scalable "
+                f"layers: {sorted(by_producer)[:6]})"
+            )
+        ns = by_producer[name]
+        c = torch.as_tensor(c, dtype=torch.float64).reshape(-1)
+        n = _norm_units(ns, out)
+        if c.shape != (n,):
+            raise ValueError(f"apply_norm_scaling: scales of {name!r} must be a Tensor[{n}] "
+                             f"({ns.kind} scale before {ns.norm}), got shape {tuple(c.shape)}")
+        if bool((c <= 0).any()):
+            raise ValueError(f"apply_norm_scaling: scales of {name!r} must be positive")
+        weight = f"{ns.producer}.weight"
+        unit = c if ns.kind == "unit" else c.expand(out[weight].shape[ns.axis])
+        out[weight] = scale_axis(out[weight], ns.axis, unit)
+        scaled = [(f"{ns.producer}.bias", unit)]
+        if ns.kind == "unit":  # a BatchNorm's statistics follow its input
+            scaled += [(f"{ns.norm}.running_mean", unit), (f"{ns.norm}.running_var", unit**2)]
+        for key, factor in scaled:
+            if key in out:
+                out[key] = scale_axis(out[key], 0, factor)
+    return out
+
+
+def random_norm_scaling(
+    spec: PermutationSpec, state: Mapping[str, Tensor], low: float = 0.25, high: float = 4.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Log-uniform random scales in ``[low, high]`` for every layer in ``spec.norm_scales``
+    (Tensor[n] per unit before a BatchNorm, Tensor[1] before a LayerNorm)."""
+    lo, hi = torch.log(torch.tensor(low)), torch.log(torch.tensor(high))
+    return {
+        ns.producer: torch.exp(lo + (hi - lo) * torch.rand(
+            _norm_units(ns, state), generator=generator, dtype=torch.float64))
+        for ns in spec.norm_scales
+    }
+
+
+def _unit_norm_scales(spec: PermutationSpec, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Scales that bring each layer of ``spec.norm_scales`` to unit weight norm (per unit
+    before a BatchNorm, per layer before a LayerNorm); 1 where the norm is 0."""
+    out = {}
+    for ns in spec.norm_scales:
+        w = state[f"{ns.producer}.weight"].detach().double().cpu()
+        if ns.kind == "unit":
+            norm = w.movedim(ns.axis, 0).reshape(w.shape[ns.axis], -1).norm(dim=1)
+        else:
+            norm = w.norm().reshape(1)
+        out[ns.producer] = torch.where(norm > 0, 1.0 / norm.clamp_min(1e-300),
+                                       torch.ones_like(norm))
     return out
 
 
@@ -81,17 +159,31 @@ def _sq_norms(state: Mapping[str, Tensor], spec: PermutationSpec, g: str, role: 
     return total
 
 
+def _settled(c: Tensor, rounding: float) -> Tensor:
+    """``c`` with entries within ``rounding`` of 1 (in log) set to 1."""
+    return torch.where(c.log().abs() <= rounding, torch.ones_like(c), c)
+
+
 def canonical_rescaling(
     spec: PermutationSpec, state: Mapping[str, Tensor], max_iter: int = 1000, tol: float = 1e-10
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Balance every rescalable unit's incoming and outgoing norms.
+    """Balance every rescalable unit's incoming and outgoing norms, and bring every layer
+    before a BatchNorm (per unit) or LayerNorm (per layer) to unit weight norm.
 
     Returns ``(state, scales)``: the canonical state dict and the accumulated
-    scales per group (Tensor[n], float64) that map ``state`` onto it. Iterates
-    over groups until every ``|log c| < tol`` or ``max_iter`` rounds.
+    scales that map ``state`` onto it (float64): Tensor[n] per rescalable group,
+    and under ``"norm:" + producer`` those of the layers before a norm. Iterates
+    until every ``|log c| < tol`` or ``max_iter`` rounds (the two kinds of scale
+    interact when a ReLU unit feeds a layer before a norm; alternating them
+    converges like Sinkhorn scaling). Every model of one orbit (rescaled by
+    :func:`apply_rescaling` / :func:`apply_norm_scaling`) has the same canonical form.
     """
     out = dict(state)
     groups = sorted(spec.rescalable, key=list(spec.groups).index)
+    # scales within a few roundings of 1 are left at 1: a float32 state would otherwise
+    # random-walk by ~1e-7 a round and never meet tol
+    floats = [t.dtype for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    rounding = 8 * max((torch.finfo(d).eps for d in floats), default=0.0)
     total = {g: torch.ones(spec.sizes[g], dtype=torch.float64) for g in groups}
     for _ in range(int(max_iter)):
         worst = 0.0
@@ -100,9 +192,16 @@ def canonical_rescaling(
             ok = (inc > 0) & (outg > 0)
             c = torch.ones_like(inc)
             c[ok] = (outg[ok] / inc[ok]) ** 0.25
+            c = _settled(c, rounding)
             out = apply_rescaling(spec, out, {g: c})
             total[g] *= c
             worst = max(worst, float(c.log().abs().max()) if len(c) else 0.0)
+        unit = {k: _settled(c, rounding) for k, c in _unit_norm_scales(spec, out).items()}
+        out = apply_norm_scaling(spec, out, unit)
+        for name, c in unit.items():
+            key = f"norm:{name}"
+            total[key] = total[key] * c if key in total else c
+            worst = max(worst, float(c.log().abs().max()))
         if worst < tol:
             break
     return out, total
@@ -112,7 +211,8 @@ def rescale_canonical(
     model: nn.Module, spec: PermutationSpec | None = None, example_input: Tensor | None = None,
     max_iter: int = 1000, tol: float = 1e-10, data: Any = None,
 ) -> nn.Module:
-    """A copy of ``model`` in the ReLU-rescaling canonical form (same function).
+    """A copy of ``model`` in the rescaling canonical form (same function, up to the
+    eps of norm layers): see :func:`canonical_rescaling`.
 
     ``spec`` defaults to ``permutation_spec(model, example_input, data=data)``
     (traced on ``example_input``, else the first samples of ``data``, else an
