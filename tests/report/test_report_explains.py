@@ -158,3 +158,26 @@ def test_change_points_are_marks_with_a_hover():
     assert [tr["y"] for tr in cps] == [[0], [1]]  # one row per run group: never stacked
     assert cps[0]["hovertext"] == ["run0: train_loss<br>run0: test_accuracy<br>epoch 2"]
     assert len(fig["layout"]["shapes"]) == 3
+
+
+def test_numbers_on_screen_terrain_and_barriers(tmp_path):
+    run, _ = _run(tmp_path)
+    names = ["A", "B", "C"]
+    _save(xr.Dataset({"trace": ("model", [12.5, 3.0, 7.25]),
+                      "trace_std": ("model", [0.25, 0.5, 0.125]),
+                      "llc_mean": ("model", [4.0, 5.0, 6.0]),
+                      "llc_std": ("model", [0.5, 0.75, 1.0])}, coords={"model": names}),
+          run / "fields" / "terrain.zarr")
+    sec = SECTIONS["terrain"].build(RunView(run))
+    assert "<th>trace (loss / param²)</th><th>llc_mean</th>" in sec.html
+    assert "<tr><td>A</td><td>12.5 ± 0.25</td><td>4 ± 0.5</td></tr>" in sec.html
+    before = np.array([[0, 1.5, 2.0], [1.5, 0, 0.75], [2.0, 0.75, 0]])
+    for name, mat in (("barriers", before), ("barriers_aligned", before / 4)):
+        da = xr.DataArray(mat, dims=("model_i", "model_j"),
+                          coords={"model_i": names, "model_j": names}, name="loss_barrier",
+                          attrs={"units": "nats"})
+        _save(da.to_dataset(), run / "fields" / f"{name}.zarr")
+    sec = SECTIONS["connectivity"].build(RunView(run))
+    assert "<th>pair</th><th>barriers (nats)</th><th>barriers aligned (nats)</th>" in sec.html
+    assert "<tr><td>A – C</td><td>2</td><td>0.5</td></tr>" in sec.html
+    assert "Barrier per pair (3 pairs)" in sec.html

@@ -523,6 +523,23 @@ def _matrix(ds) -> tuple[np.ndarray, list[str], list[str], str, str] | None:
     return None
 
 
+def _barrier_pairs(mats: dict) -> str:
+    """One row per pair of models, one column per square barrier matrix (before / after
+    alignment side by side, nats); ``""`` unless the matrices share their models."""
+    found = {name: m for name, ds in mats.items() if (m := _matrix(ds)) is not None
+             and m[0].shape[0] == m[0].shape[1] and m[1] == m[2]}
+    if not found or len({tuple(m[1]) for m in found.values()}) != 1:
+        return ""
+    names = next(iter(found.values()))[1]
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    rows = [[esc(f"{names[i]} – {names[j]}"), *[fmt(float(m[0][i, j])) for m in found.values()]]
+            for i, j in pairs]
+    header = ["pair", *[f"{n.replace('_', ' ')} ({m[4] or 'loss'})" for n, m in found.items()]]
+    return (f"<details{' open' if len(pairs) <= 28 else ''}><summary>"
+            f"{esc(f'Barrier per pair ({len(pairs)} pairs)')}</summary>"
+            + table(header, rows, raw=True) + "</details>")
+
+
 def _lines_of(name: str, ds, dash: str) -> list[dict[str, Any]]:
     """One line per path of a field over ``t`` (more than one when it has a second dim)."""
     if "t" not in ds.dims or "loss" not in ds:
@@ -602,6 +619,7 @@ def connectivity(view: RunView) -> Section | None:
             "max": float(off.max()) if len(off) else None, "units": units}
     if row:
         html.append('<div class="grid2">' + "".join(row) + "</div>")
+    html.append(_barrier_pairs(mats))
     lines = _path_lines(curves, straight, view.curves_table, summary["curves"])
     if lines:
         figs["fig-conn-curves"] = F.curve_figure(lines, "t (position along the path)",
@@ -669,7 +687,27 @@ def symmetry(view: RunView) -> Section | None:
 
 # ==================================================================== terrain
 _TERRAIN_UNITS = {"top_eigenvalue": "loss / param²", "trace": "loss / param²",
-                  "epsilon_sharpness": "nats", "adaptive_sharpness": "nats", "llc": ""}
+                  "epsilon_sharpness": "nats", "adaptive_sharpness": "nats", "llc": "",
+                  "llc_mean": "", "loss": "nats"}
+
+
+def _terrain_numbers(labels: list[str], ds, measures: dict[str, np.ndarray]) -> str:
+    """The per-model table of every measure, with its spread where stored (``trace_std``:
+    standard error of the estimate; ``llc_std``: across chains). Labels escaped."""
+    names = list(measures)
+    spread = {n: ds[f"{n.removesuffix('_mean')}_std"].values.astype(float) for n in names
+              if f"{n.removesuffix('_mean')}_std" in ds}
+
+    def cell(n: str, i: int) -> str:
+        v = fmt(float(measures[n][i]))
+        return f"{v} ± {fmt(float(spread[n][i]), '', 2)}" if n in spread else v
+
+    header = ["model", *[f"{n} ({_TERRAIN_UNITS[n]})" if _TERRAIN_UNITS.get(n) else n
+                         for n in names]]
+    rows = [[lab, *[cell(n, i) for n in names]] for i, lab in enumerate(labels)]
+    return table(header, rows, raw=True,
+                 caption="Measures per model (± standard error of the trace estimate; ± "
+                         "standard deviation of the LLC across chains)")
 
 
 @section("terrain", "Terrain",
@@ -692,7 +730,8 @@ def terrain(view: RunView) -> Section | None:
             "trace, epsilon / adaptive sharpness) and the local learning coefficient "
             "(flatter minima have a smaller one).</p>"]
     bn = view.terrain_table.get("bn") or ds.attrs.get("bn")
-    html += [_policy_line(bn, None, " at each model"), plot_div("fig-terrain", tall=True)]
+    html += [_policy_line(bn, None, " at each model"), plot_div("fig-terrain", tall=True),
+             _terrain_numbers(labels, ds, measures)]
     if "eigenvalues" in ds and ds["eigenvalues"].ndim == 2:
         ev = ds["eigenvalues"].values.astype(float)
         html.append(table(["model", *[f"λ{r + 1}" for r in range(ev.shape[1])]],
