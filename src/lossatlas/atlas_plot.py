@@ -43,7 +43,8 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
     trajectories are lines through each run's checkpoints in order.
     ``marker_values`` (population index -> value, e.g. the top Hessian eigenvalue)
     draws a ring around those models whose area grows with the value, labelled
-    ``marker_label``: terrain on the map.
+    ``marker_label``: terrain on the map. The legend sits below the map, so it never
+    covers a model.
     """
     f = atlas.field_
     if f.coords.shape[1] != 2:
@@ -96,7 +97,10 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
     ax.set_xlabel("latent z0")
     ax.set_ylabel("latent z1")
     ax.set_title(f"Loss landscape of {len(labels)} models ({f.n} samples)")
-    ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+    # below the map, never over it: a legend inside the axes hides models' markers
+    handles = ax.get_legend_handles_labels()[0]
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+              ncol=max(1, min(4, len(handles))), frameon=False)
     if path is not None and own:
         save_figure(ax.figure, path)
     return ax
