@@ -28,7 +28,7 @@ __all__ = ["branches_report", "dynamics_report"]
 
 log = logging.getLogger(__name__)
 
-_LABELS = {"step", "epoch", "variant", "seed", "run"}
+_LABELS = {"step", "epoch", "variant", "seed", "run", "seconds"}  # seconds: wall time, not a behaviour
 
 
 def _metric_rows(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
