@@ -8,7 +8,10 @@
 * :func:`stage_boundaries`, :func:`llc_stages` - learning-coefficient stages.
 * :func:`linear_cka`, :func:`find_branches` - functional similarity and branches
   within basins.
-* :func:`run_grokking` - the built-in grokking run (modular addition).
+* :func:`run_grokking` - the built-in grokking run (modular addition), with the
+  interventions ``weight_decay`` and ``freeze_embedding``.
+* :func:`fit_lead_time_law`, :func:`lead_time_sweep`, :func:`grokking_interventions` -
+  the defect's lead over the onset as a power law; the interventions' effect on onset.
 * :func:`plot_transitions`, :func:`plot_trajectory_transitions` - figures.
 * :func:`dynamics_report`, :func:`branches_report` - what the CLI verbs call.
 """
@@ -24,6 +27,14 @@ from .branches import (
 )
 from .commutator import commutator_defect, defect_along, first_order_difference, sgd_commutator
 from .grokking import GrokkingResult, ModularMLP, modular_mlp, run_grokking
+from .lead_law import (
+    LeadTimeLaw,
+    fit_lead_time_law,
+    grokking_interventions,
+    lead_time_sweep,
+    onset_effect,
+    plot_lead_time_law,
+)
 from .plot import plot_trajectory_transitions, plot_transitions
 from .report import branches_report, dynamics_report
 from .stages import StageResult, llc_along, llc_stages, stage_boundaries
@@ -41,6 +52,7 @@ from .transitions import (
 __all__ = [
     "BranchResult",
     "GrokkingResult",
+    "LeadTimeLaw",
     "ModularMLP",
     "StageResult",
     "Transition",
@@ -53,15 +65,20 @@ __all__ = [
     "dynamics_report",
     "find_branches",
     "first_order_difference",
+    "fit_lead_time_law",
     "fit_trend",
     "functional_distances",
+    "grokking_interventions",
     "grokking_onset",
     "lead_time",
+    "lead_time_sweep",
     "linear_cka",
     "llc_along",
     "llc_stages",
     "modular_mlp",
     "noise_scale",
+    "onset_effect",
+    "plot_lead_time_law",
     "plot_trajectory_transitions",
     "plot_transitions",
     "prediction_disagreement",

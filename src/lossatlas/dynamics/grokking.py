@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..progress import progress_bar
 from ..recorder import Recorder
 from ..store import atomic_write_json
 from .transitions import Transition, detect_all, grokking_onset, lead_time
@@ -149,6 +150,15 @@ def _build(model: str, p: int, model_kwargs: dict[str, Any]) -> tuple[nn.Module,
     raise ValueError(f"run_grokking: model must be 'mlp' or 'transformer', got {model!r}")
 
 
+def _embedding_names(net: nn.Module) -> set[str]:
+    """Names of the parameters of every ``nn.Embedding`` in ``net``."""
+    return {
+        f"{mod_name}.{n}" if mod_name else n
+        for mod_name, mod in net.named_modules() if isinstance(mod, nn.Embedding)
+        for n, _ in mod.named_parameters(recurse=False)
+    }
+
+
 def _weight_norm(model: nn.Module) -> float:
     with torch.no_grad():
         return float(torch.sqrt(sum((q.double() ** 2).sum() for q in model.parameters())))
@@ -172,6 +182,8 @@ def run_grokking(
     defect_kwargs: dict[str, Any] | None = None,
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
+    freeze_embedding: bool = False,
+    progress: bool | None = None,
 ) -> GrokkingResult:
     """Train a model on modular addition until it groks, recording metrics and checkpoints.
 
@@ -195,6 +207,11 @@ def run_grokking(
         (default ``eta=lr, num_pairs=8, batch_size=64``)
     num_threads : torch intra-op threads during the run (restored afterwards)
     device : where to train (default CPU, where runs are bit-reproducible)
+    freeze_embedding : an intervention: the token embeddings (every ``nn.Embedding``)
+        stay at their initial values (left out of the optimizer, weight decay
+        included); the survey reports that it delays the onset. The defect is still
+        taken over all parameters.
+    progress : a tqdm bar over the steps (see :mod:`lossatlas.progress`)
 
     Returns
     -------
@@ -217,6 +234,7 @@ def run_grokking(
         "model_kwargs": kw, "lr": lr, "weight_decay": weight_decay, "optimizer": "adamw",
         "betas": [0.9, 0.98], "eval_every": eval_every, "checkpoints": checkpoints,
         "num_checkpoints": num_checkpoints, "data_seed": data_seed,
+        "freeze_embedding": bool(freeze_embedding),
     }
     atomic_write_json(out_dir / "train.json", {
         "model": spec, "model_kwargs": kw, "data": "modular",
@@ -227,13 +245,18 @@ def run_grokking(
                    metadata={"variant": "grok", "seed": seed})
     if rec.metrics_path.exists():
         rec.metrics_path.unlink()  # a fresh run
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay,
-                            betas=(0.9, 0.98))
+    frozen = _embedding_names(net) if freeze_embedding else set()
+    if freeze_embedding and not frozen:
+        raise ValueError(f"run_grokking: freeze_embedding=True but model {model!r} has no "
+                         f"nn.Embedding")
+    trainable = [q for n, q in net.named_parameters() if n not in frozen]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     old_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        for step in range(steps + 1):
+        for step in progress_bar(range(steps + 1), progress=progress, desc=f"grokking p={p}",
+                                 unit="step"):
             out = net(data.x_train)
             loss = F.cross_entropy(out, data.y_train)
             if step % eval_every == 0 or rec.wants(step):
