@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import os
 import subprocess
@@ -187,3 +188,110 @@ def test_bad_input_errors():
         Evaluator(model, (x, y[:5]))
     with pytest.raises(RuntimeError, match="fails on"):
         Evaluator(model, (torch.randn(10, 4), y))
+
+
+class _TiedLM(nn.Module):
+    """Embedding -> Linear+GELU -> LM head tied to the embedding: ``[n, T] -> [n, T, V]``."""
+
+    def __init__(self, vocab: int = 11, width: int = 8):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, width)
+        self.mix = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx):
+        return self.head(nn.functional.gelu(self.mix(self.tok(idx))))
+
+
+def _lm_case(n: int = 12, t: int = 5, vocab: int = 11):
+    torch.manual_seed(7)
+    model = _TiedLM(vocab).eval()
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(0, vocab, (n, t), generator=g)
+    y = torch.randint(0, vocab, (n, t), generator=g)
+    y[0, :2] = -100  # ignored positions
+    space = ParamSpace(model)
+    pts = space.flatten(model) + 0.1 * torch.randn(3, space.dim, generator=g)
+    return model, x, y, space, pts
+
+
+def _lm_reference(model, space, pts, x, y):
+    """Token-level cross-entropy (ignore index -100) of each point with the head tied."""
+    out = []
+    for p in pts:
+        m = _TiedLM(model.tok.num_embeddings, model.tok.embedding_dim)
+        space.load_into(m, p)
+        logits = m(x)
+        out.append(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                               y.reshape(-1), ignore_index=-100))
+    return torch.stack(out).detach()
+
+
+def test_tied_parameters_evaluate_like_the_model():
+    model, x, y, space, pts = _lm_case()
+    assert "head.weight" not in space.names  # one tensor, laid out once
+    ref = _lm_reference(model, space, pts, x, y)
+    for backend in ("vmap", "sequential"):
+        out = Evaluator(model, (x, y), backend=backend, device="cpu").evaluate(pts)
+        torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_backend_equals_the_reference(monkeypatch, caplog):
+    """The "compiled" backend (per-point forward + loss; torch.compile replaced by the
+    identity so the test needs no compiler) gives the token-level losses of the model."""
+    model, x, y, space, pts = _lm_case()
+    monkeypatch.setattr(torch, "compile", lambda fn, **_kw: fn)
+    with caplog.at_level(logging.INFO, logger="lossatlas.evaluate"):
+        ev = Evaluator(model, (x, y), compile=True, device="cpu", batch_size=5)
+    assert ev.backend == "compiled"
+    assert "backend 'compiled'" in caplog.text and "not fast-mlp:" in caplog.text
+    out = ev.evaluate(pts)
+    torch.testing.assert_close(out["loss"], _lm_reference(model, space, pts, x, y),
+                               rtol=1e-5, atol=1e-6)
+    acc = Evaluator(model, (x, y), backend="vmap", device="cpu").evaluate(pts)["accuracy"]
+    torch.testing.assert_close(out["accuracy"], acc)
+    assert Evaluator(model, (x, y), device="cpu").backend == "vmap"  # compile=False
+
+
+class _ItemModel(nn.Module):
+    """A model vmap cannot run (a Python number from a tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(x) * float(self.lin.bias.sum() > -1e9)
+
+
+def test_vmap_failure_chooses_sequential_once(caplog):
+    torch.manual_seed(9)
+    model = _ItemModel()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    with caplog.at_level(logging.INFO, logger="lossatlas.evaluate"):
+        ev = Evaluator(model, (x, y), device="cpu")
+    assert ev.backend == "sequential"
+    assert "vmap failed on this model" in caplog.text and "backend 'sequential'" in caplog.text
+    space = ev.space
+    pts = space.flatten(model) + 0.1 * torch.randn(2, space.dim)
+    out = ev.evaluate(pts)
+    assert ev.backend == "sequential"
+    ref = []
+    for p in pts:
+        space.load_into(model, p)
+        ref.append(nn.functional.cross_entropy(model(x), y))
+    torch.testing.assert_close(out["loss"], torch.stack(ref).detach(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception):  # noqa: B017 - asked for vmap: no fallback
+        Evaluator(model, (x, y), device="cpu", backend="vmap").evaluate(pts)
+
+
+def test_backend_registry_names_and_errors():
+    from lossatlas.backends import BACKENDS, backend_names, get_backend
+
+    assert backend_names() == ["fast-mlp-fused", "fast-mlp", "fast-bnfold", "compiled", "vmap",
+                               "sequential"]
+    assert len({b.name for b in BACKENDS}) == len(BACKENDS)
+    assert get_backend("vmap").name == "vmap"
+    with pytest.raises(ValueError, match="no backend 'nope'; registered"):
+        get_backend("nope")

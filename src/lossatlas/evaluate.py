@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from . import batchnorm as bnp
+from .backends import BACKENDS, Backend, get_backend
 from .batches import as_tensor_data, num_samples, to_device
-from .kernels.bnfold import FoldPlan, fold_batchnorm
-from .kernels.mlp import MLPPlan, detect_mlp, mlp_logits
+from .kernels.bnfold import FoldPlan
+from .kernels.mlp import MLPPlan, mlp_logits
 from .kernels.mlp_triton import fused_mlp_ce
 from .kernels.mlp_triton import supports as fused_supports
 from .space import ParamSpace
@@ -26,7 +27,7 @@ __all__ = ["Evaluator", "accuracy", "precision_context"]
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "tf32", "bf16"]
-Backend = Literal["auto", "fast", "vmap", "sequential"]
+BackendName = Literal["auto", "fast", "vmap", "sequential"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -205,18 +206,21 @@ class Evaluator:
     precision : {"fp32", "tf32", "bf16"}
         "fp32" is the reference (no TF32); "bf16" uses autocast.
     backend : {"auto", "fast", "vmap", "sequential"}
-        "fast" uses a specialised path (:mod:`lossatlas.kernels`): ``"fast-mlp"``
-        for a plain chain of Linear layers and elementwise activations (first
-        layer as one GEMM over all points, batched GEMMs after; on CUDA in bf16
-        with the default loss and metrics, a Linear-ReLU-Linear-ReLU-Linear MLP
-        runs as one fused Triton kernel, ``"fast-mlp-fused"``), or
-        ``"fast-bnfold"`` for eval-mode BatchNorm after convolutions (folded into
-        the convolution weights per point); it raises when neither applies.
-        "vmap" runs ``torch.func.functional_call`` vectorised over points;
-        "sequential" writes each point into a model copy. "auto" picks the
-        fastest that applies, in the order fast-mlp > fast-bnfold > vmap >
-        sequential (also when vmap fails on the model). The chosen path is
-        ``self.backend`` and shown in ``repr``.
+        The backends are registered in :mod:`lossatlas.backends`; each says whether it
+        applies to the model and data. "auto" takes the first that applies, in the
+        order ``"fast-mlp-fused"`` (on CUDA in bf16 with the default loss and metrics,
+        a Linear-ReLU-Linear-ReLU-Linear MLP as one fused Triton kernel),
+        ``"fast-mlp"`` (a plain chain of Linear layers and elementwise activations:
+        first layer as one GEMM over all points, batched GEMMs after),
+        ``"fast-bnfold"`` (eval-mode BatchNorm after convolutions, folded into the
+        convolution weights per point), ``"compiled"`` (with ``compile=True``: the
+        per-point forward and loss through ``torch.compile``, one point after another:
+        large models such as transformers), ``"vmap"`` (``functional_call``
+        vectorised over points) and ``"sequential"`` (one point after another; used
+        when vmap fails on the model). "fast" takes the first fast path and raises
+        when none applies; "vmap" and "sequential" are used as asked. The choice is
+        made once, logged (with why the faster ones did not apply), and is
+        ``self.backend``, shown in ``repr``.
     space : ParamSpace, optional
         Layout of the points; default ``ParamSpace(model, buffers=True)`` under
         ``bn="own"`` (every point carries its own BatchNorm statistics), else
@@ -245,7 +249,7 @@ class Evaluator:
         or 512 MiB on CPU).
     compile : bool
         Run the fast paths through ``torch.compile`` (``max-autotune`` for the
-        MLP path on CUDA). Compiling takes seconds to minutes once; worth it for
+        MLP path on CUDA); where none applies, the "compiled" backend. Compiling takes seconds to minutes once; worth it for
         thousands of points. A failure falls back to eager with a warning.
     channels_last : bool, optional
         Channels-last inputs and weights on the "fast-bnfold" path (default: on
@@ -265,7 +269,7 @@ class Evaluator:
         loss_fn: LossFn | None = None,
         device: str | torch.device | None = None,
         precision: Precision = "fp32",
-        backend: Backend = "auto",
+        backend: BackendName = "auto",
         space: ParamSpace | None = None,
         metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
         bn: Literal["own", "recompute"] | None = None,
@@ -349,15 +353,13 @@ class Evaluator:
         self.channels_last = (
             self.device.type == "cuda" if channels_last is None else bool(channels_last)
         )
-        self.backend = self._choose_backend(backend)
+        self._compiled: Callable | None = None
+        self._compile_failed = False
+        self._backend: Backend = self._choose_backend(backend)
+        self.backend = self._backend.name
         self.batch_size = batch_size or self._default_batch_size()
         self.chunk_size = chunk_size or self._default_chunk_size()
         self._fold_vmap = self.batch_size < 256
-        if self.backend == "fast-mlp" and self._fused_applies():
-            self.backend = "fast-mlp-fused"
-        self._fused_checked = False
-        self._compiled: Callable | None = None
-        self._compile_failed = False
         self.points_evaluated = 0
         self.nonfinite = 0
 
@@ -384,40 +386,68 @@ class Evaluator:
                 and self.loss_fn is _cross_entropy and list(self.metrics) == ["accuracy"]
                 and fused_supports(self._mlp) is None and not self.data.y.is_floating_point())
 
-    def _choose_backend(self, backend: str) -> str:
-        if backend == "sequential":
-            return "sequential"
-        if backend == "vmap" or self.bn == "recompute" or not isinstance(self.data.x, Tensor):
-            return "vmap"
-        state = {k: v for k, v in self.model.state_dict().items()}
+    def _fused_why_not(self) -> str | None:
+        """None if the fused MLP kernel applies and agrees with the batched-GEMM path (both
+        bf16) at the model's own point on up to 1,024 samples, else why not."""
+        if not self._fused_applies():
+            return ("it needs CUDA, precision='bf16', the default loss and metrics, integer "
+                    "targets and a Linear-ReLU-Linear-ReLU-Linear the kernel supports")
+        assert self._mlp is not None
+        head = self.data.subset(min(self.num_samples, 1024))
+        x, y = head.x.to(self.device), head.y.to(self.device)
+        batched = self.space.unflatten(
+            self.space.flatten(self.model).to(self.device, self.space.dtype)[None].expand(2, -1))
+        with torch.no_grad():
+            got = fused_mlp_ce(self._mlp, batched, self._fixed, 2, x, y)[0] / len(y)
+            with precision_context(self.precision, self.device):
+                out = mlp_logits(self._mlp, batched, self._fixed, 2, x)
+            ref = self._batch_stats(out.float(), y)["loss"]
+        if not torch.allclose(got, ref, rtol=2e-2, atol=1e-3):
+            log.warning("Evaluator: the fused MLP kernel disagrees with the batched-GEMM path "
+                        "(%s vs %s); using the latter", got.tolist(), ref.tolist())
+            return "it disagrees with the batched-GEMM path"
+        return None
+
+    def _vmap_why_not(self) -> str | None:
+        """None if ``vmap`` over points runs the model (one point, two samples), else why
+        not (logged as a warning: the sequential backend is then used)."""
+        head = self.data.subset(min(2, self.num_samples))
+        x = to_device(head.x, self.device)
+        params = self._point_params(
+            self.space.flatten(self.model).to(self.device, self.space.dtype)[None])
+        try:
+            with torch.no_grad(), precision_context(self.precision, self.device):
+                self._point_outputs(params, x, vectorise=True)
+        except Exception as err:  # noqa: BLE001 - a model vmap cannot run goes sequential
+            if _is_oom(err):
+                return None
+            log.warning("Evaluator: vmap failed on this model (%s); using the sequential "
+                        "backend", err)
+            return f"it fails on the model ({type(err).__name__}: {err})"
+        return None
+
+    def _choose_backend(self, backend: str) -> Backend:
+        """The backend, chosen once and logged: the one asked for, or the first in
+        ``BACKENDS`` order that applies ("fast": among the fast ones; an error when none
+        does)."""
+        if backend in ("vmap", "sequential"):
+            chosen = get_backend(backend)
+            log.info("Evaluator: backend %r (asked for)", chosen.name)
+            return chosen
         reasons = []
-        plan, why = detect_mlp(self.model)
-        if plan is not None:
-            x0 = self.data.subset(1).x
-            if not x0.is_floating_point() or (x0.dim() != 2 and not plan.flatten):
-                why = "the inputs are not float vectors [n, features]"
-            else:
-                why = self._probe(lambda x: mlp_logits(plan, {}, state, 1, x)) or ""
-            if not why:
-                self._mlp = plan
-                return "fast-mlp"
-        reasons.append(f"fast-mlp: {why}")
-        gm, fold, why = fold_batchnorm(self.model)
-        if gm is not None and fold is not None:
-            gm = gm.to(self.device)
-            _, fixed = fold.apply({}, state)
-            why = self._probe(lambda x: functional_call(gm, fixed, (x,))[None]) or ""
-            if not why:
-                self._folded, self._fold = gm, fold
-                return "fast-bnfold"
-        reasons.append(f"fast-bnfold: {why}")
-        log.debug("Evaluator: no fast path (%s)", "; ".join(reasons))
-        if backend == "fast":
-            raise ValueError(
-                "Evaluator: backend='fast' but no fast path applies to "
-                f"{type(self.model).__name__} ({'; '.join(reasons)}); use backend='auto'"
-            )
-        return "vmap"
+        for candidate in BACKENDS:
+            if backend == "fast" and not candidate.fast:
+                continue
+            why = candidate.why_not(self)
+            if why is None:
+                log.info("Evaluator: backend %r%s", candidate.name,
+                         f" ({'; '.join(reasons)})" if reasons else "")
+                return candidate
+            reasons.append(f"not {candidate.name}: {why}")
+        raise ValueError(
+            "Evaluator: backend='fast' but no fast path applies to "
+            f"{type(self.model).__name__} ({'; '.join(reasons)}); use backend='auto'"
+        )
 
     def use_sizes(self, chunk_size: int, batch_size: int) -> None:
         """Evaluate ``chunk_size`` points together over batches of ``batch_size`` samples
@@ -494,15 +524,19 @@ class Evaluator:
         return 4 * 2 * sum(self._mlp.widths[1:])
 
     def _default_batch_size(self) -> int:
-        if self.backend == "fast-mlp":
+        family = self._backend.family
+        if family == "mlp":
             # All samples at once where 16 points fit: the first layer's GEMM is widest then.
             fit = self.memory_budget // (16 * self._mlp_bytes())
             return int(max(1, min(self.num_samples, fit)))
-        if self.backend == "fast-bnfold":
+        if family == "bnfold":
             # One point at a time over a large batch: ~4 live activations of the largest size.
             fit = self.memory_budget // (4 * 4 * self._act_max)
             return int(max(1, min(self.num_samples, fit)))
         live = self._live_bytes()
+        if family == "loop":
+            # One point at a time: all of its activations over the batch.
+            return int(max(1, min(self.num_samples, self.memory_budget // (2 * live))))
         if self.bn == "recompute" and live * self.num_samples <= max(self.memory_budget,
                                                                      RECOMPUTE_ONE_BATCH):
             # one pass over all samples gives the statistics too; in several batches the
@@ -520,9 +554,10 @@ class Evaluator:
         cap = 1024 if self.device.type == "cuda" else 64
         # every point of a chunk also brings its parameters (and a working copy)
         weights = 4 * 2 * self.space.dim
-        if self.backend.startswith("fast-mlp"):
+        family = self._backend.family
+        if family == "mlp":
             per_point = self._mlp_bytes() * self.batch_size + weights
-        elif self.backend == "fast-bnfold":
+        elif family in ("bnfold", "loop"):
             # Folded weights of every point of the chunk; activations of one point at a time.
             per_point = weights
             cap = 64 if self.device.type == "cuda" else 16
@@ -539,11 +574,12 @@ class Evaluator:
             params = {k: v for k, v in params.items() if k not in self._stat_names}
         return params
 
-    def _map(self, fn: Callable, params: dict[str, Tensor]):
+    def _map(self, fn: Callable, params: dict[str, Tensor], vectorise: bool | None = None):
         """``fn`` applied to every point's tensors ``params {name: [P, ...]}``: vectorised
-        with ``vmap``, or one point after another on the sequential backend; outputs
-        (a tensor or a tuple of tensors) stacked on a leading point axis."""
-        if self.backend != "sequential":
+        with ``vmap``, or one point after another (the sequential backend, or
+        ``vectorise=False``); outputs (a tensor or a tuple of tensors) stacked on a
+        leading point axis."""
+        if vectorise if vectorise is not None else self.backend != "sequential":
             return vmap(fn, in_dims=(0,), randomness="different")(params)
         n = next(iter(params.values())).shape[0]
         outs = [fn({k: v[i] for k, v in params.items()}) for i in range(n)]
@@ -551,14 +587,15 @@ class Evaluator:
             return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
         return torch.stack(outs)
 
-    def _point_outputs(self, params: dict[str, Tensor], x) -> Tensor:
+    def _point_outputs(self, params: dict[str, Tensor], x, vectorise: bool | None = None
+                       ) -> Tensor:
         """Model outputs ``[P, n, ...]`` of every point on inputs ``x``."""
 
         def one(p: dict[str, Tensor]) -> Tensor:
             return model_output(call_model(self.model, {**p, **self._fixed}, x), self.output)
 
         with batchable_layers(self.device.type == "cpu"):
-            return self._map(one, params)
+            return self._map(one, params, vectorise)
 
     def _statistics(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Recomputed BatchNorm statistics of every point, ``{name: Tensor[P, C]}``:
@@ -705,18 +742,37 @@ class Evaluator:
             l_sum, c_sum = fused_mlp_ce(self._mlp, batched, self._fixed, len(chunk), x, y)
             loss += l_sum
             correct += c_sum
-        res = {"loss": loss / self.num_samples, "accuracy": correct / self.num_samples}
-        if not self._fused_checked:
-            # Once: the kernel must agree with the batched-GEMM path (both bf16).
-            self._fused_checked = True
-            ref = self._accumulate(lambda x: self._point_outputs_mlp(chunk[:2], x), len(chunk[:2]))
-            if not torch.allclose(res["loss"][:2], ref["loss"], rtol=2e-2, atol=1e-3):
-                log.warning("Evaluator: the fused MLP kernel disagrees with the batched-GEMM path "
-                            "(%s vs %s); using the latter", res["loss"][:2].tolist(),
-                            ref["loss"].tolist())
-                self.backend = "fast-mlp"
-                return self._evaluate_chunk(chunk)
+        return {"loss": loss / self.num_samples, "accuracy": correct / self.num_samples}
+
+    def _point_stats(self, w: Tensor, x, y: Tensor) -> dict[str, Tensor]:
+        """Mean loss and metrics of one batch at the point ``w`` [D], each Tensor[1] (the
+        function the "compiled" backend compiles)."""
+        params = {k: v[0] for k, v in self._point_params(w[None]).items()}
+        with precision_context(self.precision, self.device):
+            out = model_output(call_model(self.model, {**params, **self._fixed}, x),
+                               self.output)
+        out = out.float()
+        res = {"loss": self.loss_fn(out, y)[None]}
+        for name, fn in self.metrics.items():
+            res[name] = fn(out, y)[None]
         return res
+
+    def _evaluate_compiled(self, chunk: Tensor) -> dict[str, Tensor]:
+        """The "compiled" backend: ``torch.compile`` of :meth:`_point_stats`, one point
+        after another (each copied into one buffer, so the compiled graph sees one layout)."""
+        if self._compiled is None:
+            self._compiled = self._compile_fn(self._point_stats, None)
+        fn = self._compiled
+        w = torch.empty_like(chunk[0])
+
+        def stats(x, y: Tensor) -> dict[str, Tensor]:
+            per_point = []
+            for i in range(len(chunk)):
+                w.copy_(chunk[i])
+                per_point.append(fn(w, x, y))
+            return {k: torch.cat([r[k] for r in per_point]) for k in per_point[0]}
+
+        return self._accumulate(None, len(chunk), stats_fn=stats)
 
     def _batch_stats(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Mean loss and metrics per point of one batch: ``out [P, n, ...]`` -> Tensor[P] each."""
@@ -739,24 +795,30 @@ class Evaluator:
                 res[name] = vmap(fn, in_dims=(0, None))(out, y)
         return res
 
-    def _accumulate(self, outputs_fn: Callable, n_points: int) -> dict[str, Tensor]:
+    def _accumulate(self, outputs_fn: Callable | None, n_points: int,
+                    stats_fn: Callable | None = None) -> dict[str, Tensor]:
         """Means over all samples of the per-batch means, weighted by the samples (for
         the default cross-entropy: by the target positions not ignored);
-        ``outputs_fn(x) -> [P, n, ...]``."""
+        ``outputs_fn(x) -> [P, n, ...]``, or ``stats_fn(x, y) -> {name: Tensor[P]}`` (the
+        per-point batch means directly)."""
         sums = {k: torch.zeros(n_points, device=self.device) for k in ["loss", *self.metrics]}
         loss_weight = torch.zeros((), device=self.device)
         for x, y in self.data.batches(self.batch_size):
             x = to_device(x, self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            with precision_context(self.precision, self.device):
-                out = outputs_fn(x)
-            out = out.float()
+            if stats_fn is not None:
+                stats = stats_fn(x, y)
+            else:
+                assert outputs_fn is not None
+                with precision_context(self.precision, self.device):
+                    out = outputs_fn(x)
+                stats = self._batch_stats(out.float(), y)
             n = y.shape[0]
             # loss weight: the target positions not ignored (a device tensor, no host sync),
             # or the batch size
             w = ((y != IGNORE_INDEX).sum() if self.loss_fn is _cross_entropy
                  and not y.is_floating_point() else n)
-            for k, v in self._batch_stats(out, y).items():
+            for k, v in stats.items():
                 sums[k] += v * (w if k == "loss" else n)
             loss_weight += w
         res = {k: v / self.num_samples for k, v in sums.items()}
@@ -774,38 +836,7 @@ class Evaluator:
         return self._accumulate(lambda x: self._point_outputs(params, x), len(chunk))
 
     def _evaluate_chunk(self, chunk: Tensor) -> dict[str, Tensor]:
-        if self.backend == "sequential":
-            with torch.no_grad():
-                return self._evaluate_generic(chunk)
-        if self.backend == "fast-mlp-fused":
-            with torch.no_grad():
-                return self._evaluate_fused(chunk)
-        if self.backend == "fast-mlp":
-            with torch.no_grad():
-                return self._accumulate(lambda x: self._point_outputs_mlp(chunk, x), len(chunk))
-        if self.backend == "fast-bnfold":
-            old = torch.backends.cudnn.benchmark
-            # Fixed shapes over many points: let cuDNN time its algorithms once, unless
-            # deterministic results were asked for (the timing picks per process).
-            deterministic = (torch.backends.cudnn.deterministic
-                             or torch.are_deterministic_algorithms_enabled())
-            torch.backends.cudnn.benchmark = (self.device.type == "cuda"
-                                              and not deterministic) or old
-            try:
-                with torch.no_grad():
-                    return self._accumulate(
-                        lambda x: self._point_outputs_folded(chunk, x), len(chunk))
-            finally:
-                torch.backends.cudnn.benchmark = old
-        try:
-            with torch.no_grad():
-                return self._evaluate_generic(chunk)
-        except Exception as err:
-            if _is_oom(err) or self.backend == "vmap":
-                raise
-            log.warning("Evaluator: vmap failed on this model (%s); using the sequential backend", err)
-            self.backend = "sequential"
-            return self._evaluate_chunk(chunk)
+        return self._backend.run(self, chunk)
 
     # ------------------------------------------------------------- public
     def evaluate(self, points: Tensor) -> dict[str, Tensor]:

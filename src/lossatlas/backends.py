@@ -1,0 +1,207 @@
+"""The Evaluator's backends: how a chunk of parameter points is evaluated.
+
+Each backend says whether it applies to an evaluator's model and data
+(:meth:`Backend.why_not`: ``None``, or the reason it does not) and evaluates one chunk
+(:meth:`Backend.run`: ``Tensor[P, D] -> {"loss": Tensor[P], ...}``). The Evaluator
+tries them once, when it is built, in the order of ``BACKENDS`` (``backend="auto"``;
+``"fast"`` tries the fast ones only), keeps the first that applies and logs the
+choice with the reasons the ones before it were passed over. To add a backend: a
+subclass with a unique ``name``, registered in ``BACKENDS`` at its place in the order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from .kernels.bnfold import fold_batchnorm
+from .kernels.mlp import detect_mlp, mlp_logits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .evaluate import Evaluator
+
+__all__ = ["BACKENDS", "Backend", "backend_names", "get_backend"]
+
+
+class Backend:
+    """One way of evaluating a chunk of points (stateless; what it prepares lives on the
+    Evaluator).
+
+    Attributes
+    ----------
+    name : str
+        Shown as ``Evaluator.backend`` and in ``repr``.
+    fast : bool
+        A specialised path (``backend="fast"`` chooses among these only).
+    family : str
+        How the Evaluator sizes its chunks and batches for it: ``"mlp"``, ``"bnfold"``,
+        ``"loop"`` (one point at a time over large batches) or ``"generic"``.
+    """
+
+    name: ClassVar[str] = ""
+    fast: ClassVar[bool] = False
+    family: ClassVar[str] = "generic"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        """None when this backend applies to ``ev``'s model and data (what it needs is
+        then prepared on ``ev``), else why it does not."""
+        raise NotImplementedError
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        """Mean loss and metrics, ``{name: Tensor[P]}`` on the device, of the points
+        ``chunk`` [P, D]."""
+        raise NotImplementedError
+
+
+def _plain_tensor_inputs(ev: Evaluator) -> str | None:
+    """Why a specialised path cannot be used: BatchNorm statistics recomputed at every
+    point, or inputs that are not one tensor."""
+    if ev.bn == "recompute":
+        return "bn='recompute' (statistics of every point's batch)"
+    if not isinstance(ev.data.x, Tensor):
+        return "the inputs are not one tensor"
+    return None
+
+
+class FusedMLP(Backend):
+    """Linear-ReLU-Linear-ReLU-Linear as one fused Triton kernel (CUDA, bf16, default loss
+    and metrics): sums of loss and correct predictions, no activations stored."""
+
+    name, fast, family = "fast-mlp-fused", True, "mlp"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        why = FastMLP().why_not(ev)
+        if why is not None:
+            return why
+        why = ev._fused_why_not()
+        if why is not None:
+            ev._mlp = None
+        return why
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return ev._evaluate_fused(chunk)
+
+
+class FastMLP(Backend):
+    """A plain chain of Linear layers and elementwise activations: the first layer as one
+    GEMM over all points, batched GEMMs after (:mod:`lossatlas.kernels.mlp`)."""
+
+    name, fast, family = "fast-mlp", True, "mlp"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        why = _plain_tensor_inputs(ev)
+        if why is not None:
+            return why
+        plan, why = detect_mlp(ev.model)
+        if plan is None:
+            return why
+        x0 = ev.data.subset(1).x
+        if not x0.is_floating_point() or (x0.dim() != 2 and not plan.flatten):
+            return "the inputs are not float vectors [n, features]"
+        state = ev.model.state_dict()
+        why = ev._probe(lambda x: mlp_logits(plan, {}, state, 1, x))
+        if why is None:
+            ev._mlp = plan
+        return why
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return ev._accumulate(lambda x: ev._point_outputs_mlp(chunk, x), len(chunk))
+
+
+class FoldedBN(Backend):
+    """Eval-mode BatchNorm folded into the preceding convolutions per point
+    (:mod:`lossatlas.kernels.bnfold`), one point at a time over a large batch."""
+
+    name, fast, family = "fast-bnfold", True, "bnfold"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        why = _plain_tensor_inputs(ev)
+        if why is not None:
+            return why
+        gm, fold, why = fold_batchnorm(ev.model)
+        if gm is None or fold is None:
+            return why
+        gm = gm.to(ev.device)
+        _, fixed = fold.apply({}, ev.model.state_dict())
+        why = ev._probe(lambda x: functional_call(gm, fixed, (x,))[None])
+        if why is None:
+            ev._folded, ev._fold = gm, fold
+        return why
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        old = torch.backends.cudnn.benchmark
+        # Fixed shapes over many points: let cuDNN time its algorithms once, unless
+        # deterministic results were asked for (the timing picks per process).
+        deterministic = (torch.backends.cudnn.deterministic
+                         or torch.are_deterministic_algorithms_enabled())
+        torch.backends.cudnn.benchmark = (ev.device.type == "cuda" and not deterministic) or old
+        try:
+            with torch.no_grad():
+                return ev._accumulate(lambda x: ev._point_outputs_folded(chunk, x), len(chunk))
+        finally:
+            torch.backends.cudnn.benchmark = old
+
+
+class Compiled(Backend):
+    """One point after another through ``torch.compile`` of the per-point forward with the
+    loss and metrics (``compile=True``): for large models (a transformer), whose points
+    each fill the device, the compiled graph fuses the elementwise work and the loss
+    (no ``[n, T, vocab]`` float32 logits)."""
+
+    name, family = "compiled", "loop"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        if not ev.compile:
+            return "compile=False"
+        return _plain_tensor_inputs(ev)
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return ev._evaluate_compiled(chunk)
+
+
+class Vmap(Backend):
+    """``torch.func.functional_call`` vectorised over the points with ``vmap`` (any
+    model whose operations have batching rules); BatchNorm statistics recomputed."""
+
+    name = "vmap"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        return ev._vmap_why_not()
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return ev._evaluate_generic(chunk)
+
+
+class Sequential(Vmap):
+    """Each point's tensors through ``functional_call`` one point after another (any
+    model)."""
+
+    name = "sequential"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        return None
+
+
+#: Every backend, in the order ``backend="auto"`` tries them.
+BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FoldedBN(), Compiled(), Vmap(),
+                                 Sequential())
+
+
+def backend_names() -> list[str]:
+    """Names of the registered backends, in the order ``"auto"`` tries them."""
+    return [b.name for b in BACKENDS]
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called ``name`` (ValueError naming the known ones)."""
+    for b in BACKENDS:
+        if b.name == name:
+            return b
+    raise ValueError(f"Evaluator: no backend {name!r}; registered: {backend_names()}")
