@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from report_runs import _save
 
-from lossatlas.report import SECTIONS, RunView, build_sections
+from lossatlas.report import SECTIONS, RunView, build_sections, render_report
 from lossatlas.report import figures as F
 from lossatlas.report.commands import absent_panel, fill_hint, run_context
 from lossatlas.report.html import esc
@@ -66,6 +66,9 @@ def test_absent_panel_names_every_missing_section_and_its_command(tmp_path):
     assert "write into the atlas's run directory" in html
     assert f"<code>--out {esc(out)}</code>" in html
     assert absent_panel([], view) == ""
+    page = render_report(view, built)  # right after the Overview, and in the navigation
+    assert page.index('<section id="overview">') < page.index('<section id="absent"')
+    assert '<a href="#overview">Overview</a><a href="#absent">Absent sections</a>' in page
 
 
 def test_unknown_data_stays_a_placeholder(tmp_path):
