@@ -179,7 +179,7 @@ def test_saddle_check_of_a_batchnorm_cnn_matches_dense():
     res = saddle_check(model, (x, y), k=2, bn="own")
     torch.testing.assert_close(res.min_eigenvalues, evals[:2], rtol=1e-6, atol=1e-8)
     assert res.max_eigenvalue == pytest.approx(float(evals[-1]), rel=1e-6)
-    assert res.is_saddle == bool(evals[0] < -1e-3 * evals.abs().max())
+    assert res.is_saddle == bool(evals[0] < -0.05 * evals.abs().max())
 
 
 def test_atlas_saddles_are_checked_at_the_decoded_points(tmp_path):
@@ -217,10 +217,17 @@ def test_atlas_saddles_are_checked_at_the_decoded_points(tmp_path):
         evals = torch.linalg.eigvalsh(H)
         np.testing.assert_allclose(ds["min_eigenvalue"].values[s], evals[:2].numpy(),
                                    rtol=1e-3, atol=1e-4)
-        assert bool(ds["is_saddle"].values[s]) == bool(evals[0] < -1e-3 * evals.abs().max())
+        assert bool(ds["is_saddle"].values[s]) == bool(evals[0] < -0.05 * evals.abs().max())
         # the full-space loss at the decoded saddle is the map's value there
         assert math.log10(float(ds["loss"].values[s])) == pytest.approx(
             float(ds["map_log10_loss"].values[s]), abs=1e-4)
+    # the passes between the permuted copies bend down as much as the basins bend up;
+    # the trained model itself is a near-minimum: a tiny negative eigenvalue (about 0.1%
+    # of the largest), below the verdict's tolerance
+    assert bool(ds["is_saddle"].all())
+    at_model = saddle_check(model, (x, y), k=2)
+    assert not at_model.is_saddle and float(at_model.min_eigenvalues[0]) < 0
+    assert saddle_check(model, (x, y), k=2, tol=1e-6).is_saddle
     stored = atlas.run.open_field("saddles")
     np.testing.assert_array_equal(stored["is_saddle"].values, ds["is_saddle"].values)
     assert atlas.run.read()["stages"]["saddles"]["saddles"] == ds.sizes["saddle"]

@@ -127,7 +127,7 @@ def saddle_check(
     params: Tensor | None = None,
     *,
     k: int = 1,
-    tol: float = 1e-3,
+    tol: float = 0.05,
     loss_fn: LossFn | None = None,
     group: str | Sequence[str] | None = None,
     train: bool = False,
@@ -153,9 +153,12 @@ def saddle_check(
         directions when they are all negative).
     tol : float
         Verdict tolerance, relative: an eigenvalue counts as negative below
-        ``-tol * max(|lambda_max|, |lambda_min|)`` (float rounding and Lanczos'
-        residuals put near-zero eigenvalues of a minimum at about ``1e-6`` of the
-        largest).
+        ``-tol * max(|lambda_max|, |lambda_min|)``. Trained models are not exact
+        minima and show small negative eigenvalues (measured: -1.6% of the largest
+        for an MLP on digits at loss 0.014), while a pass between two basins bends
+        down about as much as the basins bend up (-80% on the saddles of a tanh
+        MLP's permuted copies); the default 0.05 tells the two apart. Use ~1e-6 to
+        count every resolved negative eigenvalue.
     loss_fn, group, train, bn, output, batch_size, device :
         As in :class:`~lossatlas.curvature.HVP` (eval mode and the BatchNorm
         policy ``bn`` by default).
@@ -177,7 +180,7 @@ def atlas_saddles(
     atlas,
     *,
     k: int = 1,
-    tol: float = 1e-3,
+    tol: float = 0.05,
     corrected: bool = True,
     num_iter: int | None = None,
     lanczos_tol: float = 1e-6,
