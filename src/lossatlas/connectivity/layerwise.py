@@ -234,7 +234,8 @@ def layer_noise_tolerance(
     data : (X, y) tensors, Dataset or DataLoader
     groups : "layers", "modules" or mapping group name -> prefix(es), as in
         :func:`layerwise_barriers`
-    scales : noise scales ``s`` (> 0; multiples of the normalised direction)
+    scales : noise scales ``s`` (> 0; multiples of the normalised direction; sorted,
+        duplicates dropped)
     num_draws : random directions averaged
     threshold : loss rise (nats, or the loss' units) that defines the tolerance
     normalization, ignore : as in :func:`~lossatlas.surfaces.random_direction`
