@@ -535,8 +535,8 @@ class Evaluator:
             return int(max(1, min(self.num_samples, fit)))
         live = self._live_bytes()
         if family == "loop":
-            # One point at a time: all of its activations over the batch.
-            return int(max(1, min(self.num_samples, self.memory_budget // (2 * live))))
+            # One point at a time: its activations over the batch.
+            return int(max(1, min(self.num_samples, self.memory_budget // live)))
         if self.bn == "recompute" and live * self.num_samples <= max(self.memory_budget,
                                                                      RECOMPUTE_ONE_BATCH):
             # one pass over all samples gives the statistics too; in several batches the
@@ -746,11 +746,9 @@ class Evaluator:
 
     def _point_stats(self, w: Tensor, x, y: Tensor) -> dict[str, Tensor]:
         """Mean loss and metrics of one batch at the point ``w`` [D], each Tensor[1] (the
-        function the "compiled" backend compiles)."""
+        function the "compiled" backend compiles; called under the precision context)."""
         params = {k: v[0] for k, v in self._point_params(w[None]).items()}
-        with precision_context(self.precision, self.device):
-            out = model_output(call_model(self.model, {**params, **self._fixed}, x),
-                               self.output)
+        out = model_output(call_model(self.model, {**params, **self._fixed}, x), self.output)
         out = out.float()
         res = {"loss": self.loss_fn(out, y)[None]}
         for name, fn in self.metrics.items():
@@ -767,9 +765,10 @@ class Evaluator:
 
         def stats(x, y: Tensor) -> dict[str, Tensor]:
             per_point = []
-            for i in range(len(chunk)):
-                w.copy_(chunk[i])
-                per_point.append(fn(w, x, y))
+            with precision_context(self.precision, self.device):
+                for i in range(len(chunk)):
+                    w.copy_(chunk[i])
+                    per_point.append(fn(w, x, y))
             return {k: torch.cat([r[k] for r in per_point]) for k in per_point[0]}
 
         return self._accumulate(None, len(chunk), stats_fn=stats)
