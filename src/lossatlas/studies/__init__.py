@@ -1,9 +1,11 @@
-"""Built-in studies of the survey's experiments: the edge of stability and double descent.
+"""Built-in studies of the survey's experiments: the edge of stability, double descent, batch size
+vs flatness and the developmental stages of a transformer (induction heads).
 
 Each study writes a run directory (``run.json``, a summary JSON, PNG figures) and
 returns a JSON-able summary dict.
 """
 
+from .batch_size import batch_size_study, plot_batch_size, run_batch_size
 from .double_descent import (
     double_descent_population,
     double_descent_study,
@@ -23,9 +25,32 @@ from .eos import (
     run_eos,
     top_eigen,
 )
+from .induction import (
+    INDUCTION_CONFIGS,
+    AttentionOnlyTransformer,
+    InductionData,
+    attention_similarity,
+    checkpoint_steps,
+    induction_data,
+    induction_heads_study,
+    induction_scores,
+    plot_induction,
+    run_induction_heads,
+)
 
 __all__ = [
+    "INDUCTION_CONFIGS",
+    "AttentionOnlyTransformer",
+    "InductionData",
+    "attention_similarity",
+    "checkpoint_steps",
+    "induction_data",
+    "induction_heads_study",
+    "induction_scores",
+    "plot_induction",
+    "run_induction_heads",
     "SharpnessTracker",
+    "batch_size_study",
     "TopEigen",
     "double_descent_population",
     "double_descent_study",
@@ -35,8 +60,10 @@ __all__ = [
     "interpolation_threshold",
     "model_sharpness",
     "mse_loss",
+    "plot_batch_size",
     "plot_double_descent",
     "plot_eos",
+    "run_batch_size",
     "run_double_descent",
     "run_eos",
     "top_eigen",

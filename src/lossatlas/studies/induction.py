@@ -26,7 +26,7 @@ Run directory (``run_induction_heads``)::
     OUT/induction.json       summary (see :func:`run_induction_heads`)
     OUT/induction.png        loss, induction score, LLC with the stage boundaries
 
-Measured (seed 0, one thread on a loaded 2-core CPU): see :data:`CONFIGS` for the two
+Measured (seed 0, one thread on a loaded 2-core CPU): see :data:`INDUCTION_CONFIGS` for the two
 presets; the numbers are in ``tests/studies/test_induction.py``'s module docstring.
 """
 
@@ -51,7 +51,7 @@ from ..recorder import Recorder
 from ..store import Run, atomic_write_json
 
 __all__ = [
-    "CONFIGS",
+    "INDUCTION_CONFIGS",
     "AttentionOnlyTransformer",
     "checkpoint_steps",
     "InductionData",
@@ -255,7 +255,7 @@ def attention_similarity(a: Tensor, b: Tensor) -> np.ndarray:
 
 
 #: Presets: "default" (minutes on a CPU) and "tiny" (seconds; the test's).
-CONFIGS: dict[str, dict[str, Any]] = {
+INDUCTION_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {
         "vocab_size": 32, "seq_len": 32, "d_model": 32, "num_heads": 2, "segment": (10, 14),
         "steps": 2000, "lr": 3e-3, "batch_size": 64, "num_train": 8192, "num_checkpoints": 30,
@@ -317,7 +317,7 @@ def run_induction_heads(
     Parameters
     ----------
     out_dir : run directory (created)
-    config : a preset of :data:`CONFIGS` ("default" or "tiny")
+    config : a preset of :data:`INDUCTION_CONFIGS` ("default" or "tiny")
     seed : initialisation and mini-batch seed; data_seed : the chain and sequences
     eval_every : a metrics row every this many steps (default ``steps // 40``)
     llc_kwargs : passed to :func:`lossatlas.curvature.llc` (default epsilon 1e-3,
@@ -350,14 +350,14 @@ def run_induction_heads(
     from ..dynamics import defect_along, stage_boundaries
     from ..surfaces.plot import save_figure
 
-    if config not in CONFIGS:
-        raise ValueError(f"run_induction_heads: config must be one of {sorted(CONFIGS)}, "
+    if config not in INDUCTION_CONFIGS:
+        raise ValueError(f"run_induction_heads: config must be one of {sorted(INDUCTION_CONFIGS)}, "
                          f"got {config!r}")
-    unknown = set(overrides) - set(CONFIGS[config])
+    unknown = set(overrides) - set(INDUCTION_CONFIGS[config])
     if unknown:
         raise TypeError(f"run_induction_heads: unknown options {sorted(unknown)}; the preset "
-                        f"keys are {sorted(CONFIGS[config])}")
-    cfg = {**CONFIGS[config], **overrides}
+                        f"keys are {sorted(INDUCTION_CONFIGS[config])}")
+    cfg = {**INDUCTION_CONFIGS[config], **overrides}
     steps = int(cfg["steps"])
     if steps < 20:
         raise ValueError(f"run_induction_heads: steps must be >= 20, got {steps}")
