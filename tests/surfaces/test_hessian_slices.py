@@ -15,6 +15,15 @@ from lossatlas.surfaces import hessian_directions, hessian_slice, random_slice, 
 H_STEP = 0.05
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny Hessians run much faster on one thread (and on a shared CPU)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _data(shape, n=48, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g).double()

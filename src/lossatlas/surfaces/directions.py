@@ -230,17 +230,20 @@ def hessian_directions(
     if not isinstance(model, nn.Module):
         raise TypeError(f"hessian_directions: model must be an nn.Module, got "
                         f"{type(model).__name__}")
+    own = ParamSpace(model)
+    remap = space is not None and space.names != own.names
+    if remap:
+        missing = [seg.name for seg in own.segments if seg.name not in space.names]
+        if missing:
+            raise ValueError(
+                f"hessian_directions: parameter {missing[0]!r} is not laid out by the given "
+                f"space; build it from the same model"
+            )
     res = hessian_eigen(model, data, k, which=which, **kwargs)
     vecs = res.eigenvectors
-    own = ParamSpace(model)
-    if space is not None and space.names != own.names:
+    if remap:
         out = vecs.new_zeros(vecs.shape[0], space.dim)
         for seg in own.segments:
-            if seg.name not in space.names:
-                raise ValueError(
-                    f"hessian_directions: parameter {seg.name!r} is not laid out by the "
-                    f"given space; build it from the same model"
-                )
             dst = space[seg.name]
             out[:, dst.start : dst.stop] = vecs[:, seg.start : seg.stop]
         vecs = out
