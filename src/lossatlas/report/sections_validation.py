@@ -1,0 +1,194 @@
+"""The seed's two downstream validations as report sections.
+
+- "Table 2": mode-connectivity curves projected onto each map (``RUN/table2.json``,
+  written by :func:`lossatlas.connectivity.curve_table.write_curve_table`);
+- "Re-basin": re-basined models and their permuted trajectories on a joint map
+  (``RUN/rebasin.json``, written by
+  :func:`lossatlas.symmetry.rebasin_study.write_rebasin_study`).
+
+Registered with :func:`~lossatlas.report.sections.section` when this module is
+imported (``lossatlas.report`` imports it); like every builder they read stored
+values only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from . import figures as F
+from .html import esc, fmt, table
+from .rundir import RunView
+from .sections import Section, plot_div, section
+
+__all__ = ["rebasin", "table2"]
+
+
+def _read(view: RunView, name: str) -> dict | None:
+    p = view.path / name
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"report: {p} is not valid JSON ({err})") from err
+
+
+def _range(r: Any) -> str:
+    if not isinstance(r, list) or len(r) != 2 or None in r:
+        return "n/a"
+    return f"{fmt(r[0])} – {fmt(r[1])}"
+
+
+def _map_figure(m: dict, overlays: list[dict], title: str, basins: list | None = None) -> dict:
+    """A stored map (field samples, log10 loss, model codes) with overlays drawn on it."""
+    samples = np.asarray(m["samples"], dtype=float)
+    logl = np.asarray(m["log10_loss"], dtype=float)
+    grid = F.grid_field(samples, logl, 120, m.get("box_lo"), m.get("box_hi"))
+    codes = np.asarray(m["models"], dtype=float).reshape(-1, 2)
+    labels = [str(v) for v in m.get("labels") or range(len(codes))]
+    basins = basins if basins is not None else [0] * len(codes)
+    models = [{"name": "models", "x": codes[:, 0], "y": codes[:, 1],
+               "index": list(range(len(codes))), "basin": basins,
+               "text": [esc(f"model {i}: {lab}") for i, lab in enumerate(labels)]}]
+    return F.landscape_figure(grid, samples, logl, models, overlays=overlays, title=title)
+
+
+def _curve_overlays(entry: dict, key: str, data: dict) -> list[dict]:
+    out = []
+    for pair, c in entry["pairs"].items():
+        codes = np.asarray(c.get(f"{key}_codes") or [], dtype=float)
+        if codes.ndim != 2 or codes.shape[1] < 2 or not np.isfinite(codes).all():
+            continue
+        true = data.get("true_loss", {}).get(pair) or []
+        dec = c.get(f"{key}_loss") or []
+        texts = [f"<b>{esc(pair)}</b> t={t:.3f}<br>true loss {fmt(a, 'nats')}<br>"
+                 f"decoded {fmt(b, 'nats')}"
+                 for t, a, b in zip(data.get("t", []), true, dec, strict=False)]
+        out.append({"name": esc(f"curve {pair}"), "x": codes[:, 0], "y": codes[:, 1],
+                    "text": texts})
+    return out
+
+
+@section("table2", "Mode connectivity on the map (Table 2)",
+         hint="run lossatlas.connectivity.curve_table.curve_table and write_curve_table")
+def table2(view: RunView) -> Section | None:
+    """Per method and pair: true loss range along the curve, range of the loss at the
+    decoded projected points, median absolute error (projected, span floor, included);
+    the curves drawn on each 2-D map."""
+    data = _read(view, "table2.json")
+    if not data or not data.get("rows"):
+        return None
+    html = [
+        '<p class="intro">A trained Bezier curve joins the reference model '
+        f"({esc(data.get('reference'))}) to each other variant's final model. Its points "
+        "are projected onto each map, decoded back to weights and evaluated: the error "
+        "is the median over the curve of |loss at the decoded point − true loss| (nats), "
+        "as the seed's Table 2. <i>Projected</i>: the map fitted on the models only; "
+        "<i>span floor</i>: the loss error of the curve projected onto the models' span, "
+        "which no map fitted on the models alone can beat; <i>included</i>: a map fitted "
+        "on the models and the curves (the curves take no part in basins).</p>"]
+    rows = []
+    for r in data["rows"]:
+        rows.append([esc(r["method"]), esc(r["pair"]), _range(r.get("true_range")),
+                     _range(r.get("projected_range")), fmt(r.get("projected_mae"), "", 3),
+                     fmt(r.get("span_mae"), "", 3), _range(r.get("included_range")),
+                     fmt(r.get("included_mae"), "", 3)])
+    html.append(table(["map", "pair", "curve loss range", "projected loss range",
+                       "projected MAE", "span floor MAE", "included loss range",
+                       "included MAE"], rows, raw=True,
+                      caption=f"{len(data.get('pairs') or [])} pairs, "
+                              f"{data.get('points_per_curve')} points per curve, "
+                              "loss in nats"))
+    med = data.get("median_abs_error") or {}
+    if med:
+        html.append(table(["map", "median projected MAE", "median included MAE"],
+                          [[esc(m), fmt(e.get("projected"), "nats", 3),
+                            fmt(e.get("included"), "nats", 3)] for m, e in med.items()],
+                          raw=True, caption="Median over pairs"))
+    figs: dict[str, dict] = {}
+    row = []
+    for method, entry in (data.get("curves") or {}).items():
+        for key, map_key, what in (("projected", "map", "projected"),
+                                   ("included", "included_map", "included")):
+            m = entry.get(map_key)
+            overlays = _curve_overlays(entry, key, data)
+            if not m or not overlays:
+                continue
+            fid = f"fig-table2-{len(figs)}"
+            figs[fid] = _map_figure(m, overlays, esc(f"{method} map: curves {what}"))
+            row.append(plot_div(fid))
+    if row:
+        html.append('<div class="grid2">' + "".join(row) + "</div>")
+    if data.get("skipped"):
+        html.append('<p class="note">Skipped: ' + esc(", ".join(
+            f"{k} ({v})" for k, v in data["skipped"].items())) + "</p>")
+    summary = {k: data.get(k) for k in ("reference", "pairs", "methods", "units",
+                                        "median_abs_error", "skipped")}
+    summary["rows"] = [{k: r.get(k) for k in ("method", "pair", "true_range",
+                                              "projected_range", "projected_mae",
+                                              "span_mae", "included_range", "included_mae")}
+                       for r in data["rows"]]
+    return Section("".join(html), figs, summary)
+
+
+@section("rebasin", "Re-basin on the map",
+         hint="run lossatlas.symmetry.rebasin_study.rebasin_study and write_rebasin_study")
+def rebasin(view: RunView) -> Section | None:
+    """Re-basined models on a joint map: basin against the partner's (and the control's),
+    permuted training trajectories with their projection error."""
+    data = _read(view, "rebasin.json")
+    if not data or not data.get("pairs"):
+        return None
+    n = len(data["pairs"])
+    html = [
+        '<p class="intro">Pairs of independently trained models on one map. Model B of '
+        "each pair is permuted onto model A (weight matching) and projected: the seed "
+        "expects it to land in A's basin. The control projects B unpermuted. B's whole "
+        "training trajectory, permuted the same way, is projected too; its error is the "
+        "median |loss at the decoded projected point − true loss| (nats).</p>",
+        f"<p><b>{fmt(data.get('in_partner_basin'))} of {n}</b> re-basined models land in "
+        f"their partner's basin (control, unpermuted: "
+        f"{fmt(data.get('control_in_partner_basin'))} of {n}); the map has "
+        f"{fmt(data.get('num_basins'))} basin(s).</p>"]
+    rows = []
+    for p in data["pairs"]:
+        tr = p.get("trajectory") or {}
+        rows.append([esc(p["a"]), esc(p["b"]), fmt(p.get("partner_basin")),
+                     fmt(p.get("rebased_basin")), esc("yes" if p.get("same_basin") else "no"),
+                     fmt(p.get("control_basin")), fmt(p.get("distance_before"), "", 3),
+                     fmt(p.get("distance_after"), "", 3),
+                     fmt(p.get("rebased_abs_error"), "nats", 3),
+                     fmt(tr.get("median_abs_error"), "nats", 3)])
+    html.append(table(["A", "B", "A's basin", "re-basined B's basin", "same", "B's basin "
+                       "(control)", "|B − A|", "|P·B − A|", "re-basined error",
+                       "trajectory MAE"], rows, raw=True,
+                      caption="Per pair (distances in parameter units)"))
+    figs: dict[str, dict] = {}
+    m = data.get("map")
+    if m:
+        overlays = []
+        reb = np.asarray([p["rebased_code"] for p in data["pairs"]], dtype=float)
+        if reb.ndim == 2 and reb.shape[1] >= 2:
+            overlays.append({"name": "re-basined B", "x": reb[:, 0], "y": reb[:, 1],
+                             "text": [esc(f"{p['b']} onto {p['a']}: basin "
+                                          f"{p.get('rebased_basin')} (A's "
+                                          f"{p.get('partner_basin')})")
+                                      for p in data["pairs"]]})
+        for p in data["pairs"]:
+            codes = np.asarray((p.get("trajectory") or {}).get("codes") or [], dtype=float)
+            if codes.ndim == 2 and codes.shape[1] >= 2:
+                overlays.append({"name": esc(f"{p['b']} trajectory, permuted"),
+                                 "x": codes[:, 0], "y": codes[:, 1],
+                                 "text": [esc(f"{p['b']} epoch {e}") for e in
+                                          p["trajectory"].get("epochs", [])]})
+        figs["fig-rebasin"] = _map_figure(m, overlays, "Re-basined models on the joint map",
+                                          m.get("model_basin"))
+        html.append(plot_div("fig-rebasin", tall=True))
+    summary = {k: data.get(k) for k in ("in_partner_basin", "control_in_partner_basin",
+                                        "num_basins", "trajectory_median_abs_error",
+                                        "rebased_median_abs_error")}
+    summary["pairs"] = n
+    return Section("".join(html), figs, summary)
