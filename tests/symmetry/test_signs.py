@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lossatlas.symmetry import (
+    activation_matching,
     apply_permutation,
     check_spec,
     match_signed_weights,
@@ -67,6 +68,22 @@ def test_signed_permuted_copy_aligns_back_exactly(build, shape):
     state = apply_permutation(spec, copy_b.state_dict(), p2, s2)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(state[k], v, rtol=0, atol=1e-6)
+
+
+def test_activation_matching_with_signs_recovers_a_flipped_copy():
+    torch.manual_seed(0)
+    model = _tanh_mlp().eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(256, 8, generator=g), torch.randint(0, 4, (256,), generator=g)
+    spec = permutation_spec(model, x[:2])
+    copy_b = permute_model(model, spec, random_permutation(spec, g), random_signs(spec, g))
+    aligned, _, found = activation_matching(model, copy_b, (x, y), spec, return_perms=True,
+                                            signs=True)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(aligned.state_dict()[k], v, rtol=0, atol=1e-6)
+    assert any(bool((s < 0).any()) for s in found.values())
+    plain = activation_matching(model, copy_b, (x, y), spec)
+    assert not torch.allclose(plain.state_dict()["0.weight"], model.state_dict()["0.weight"])
 
 
 def test_signed_matching_of_models_without_odd_units_is_plain_matching():

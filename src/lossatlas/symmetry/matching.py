@@ -313,6 +313,21 @@ def match_activations(
     -------
     dict group -> LongTensor[n] as in :func:`match_weights`.
     """
+    corrs = _group_correlations(spec, model_a, model_b, data, batch_size, max_samples, device)
+    return _assign_correlations(spec, corrs, signed=False)[0]
+
+
+def _group_correlations(
+    spec: PermutationSpec,
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data,
+    batch_size: int,
+    max_samples: int | None,
+    device: str | torch.device | None,
+) -> dict[str, Tensor]:
+    """Correlation matrices ``[n, n]`` (a's units x b's units) of every group's
+    activations, summed over the group's readers."""
     _check_models("match_activations", model_a, model_b)
     td = as_tensor_data(data, "match_activations data")
     if max_samples is not None:
@@ -354,12 +369,26 @@ def match_activations(
     finally:
         for h in handles:
             h.remove()
+    return {g: sum(stats[(g, mod)].correlation() for mod, _, _ in spec.consumers[g]).cpu()
+            for g in spec.sizes}
+
+
+def _assign_correlations(
+    spec: PermutationSpec, corrs: dict[str, Tensor], signed: bool
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Assignments maximising the summed correlation, on ``|corr|`` for the odd groups
+    when ``signed`` (their signs: those of the picked correlations)."""
     perms: dict[str, Tensor] = {}
-    for g in spec.sizes:
-        corr = sum(stats[(g, mod)].correlation() for mod, _, _ in spec.consumers[g])
-        _, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
+    signs: dict[str, Tensor] = {}
+    for g, corr in corrs.items():
+        c = corr.numpy()
+        odd = signed and g in spec.odd
+        rows, cols = linear_sum_assignment(np.abs(c) if odd else c, maximize=True)
         perms[g] = torch.as_tensor(cols, dtype=torch.long)
-    return perms
+        if odd:
+            signs[g] = torch.as_tensor(np.where(c[rows, cols] < 0, -1.0, 1.0),
+                                       dtype=torch.float32)
+    return perms, signs
 
 
 def activation_matching(
@@ -372,23 +401,31 @@ def activation_matching(
     max_samples: int | None = 2048,
     device: str | torch.device | None = None,
     return_perms: bool = False,
-) -> nn.Module | tuple[nn.Module, dict[str, Tensor]]:
+    signs: bool = False,
+) -> nn.Module | tuple:
     """A copy of ``model_b`` permuted onto ``model_a`` by activation matching on ``data``.
 
     ``spec`` defaults to the permutation spec of ``model_a`` traced on
-    ``example_input``, else on the first samples of ``data``.
+    ``example_input``, else on the first samples of ``data``. With ``signs=True``
+    the units of the ``spec.odd`` groups (tanh-like) may also be sign-flipped: a
+    flipped unit's activations are anti-correlated, so they are assigned on the
+    absolute correlation.
 
     Returns
     -------
     The aligned copy of ``model_b``; with ``return_perms=True`` the pair
-    ``(model, perms)`` with ``perms`` as in :func:`match_weights`.
+    ``(model, perms)`` with ``perms`` as in :func:`match_weights`, or the triple
+    ``(model, perms, signs)`` with ``signs=True``.
     """
     _check_models("activation_matching", model_a, model_b)
     if spec is None:
         example_input = resolve_example_input(model_a, example_input, data,
                                               where="activation_matching")
         spec = permutation_spec(model_a, example_input)
-    perms = match_activations(spec, model_a, model_b, data, batch_size, max_samples, device)
+    corrs = _group_correlations(spec, model_a, model_b, data, batch_size, max_samples, device)
+    perms, flips = _assign_correlations(spec, corrs, signed=bool(signs))
     aligned = copy.deepcopy(model_b)
-    aligned.load_state_dict(apply_permutation(spec, model_b.state_dict(), perms))
-    return (aligned, perms) if return_perms else aligned
+    aligned.load_state_dict(apply_permutation(spec, model_b.state_dict(), perms, flips))
+    if not return_perms:
+        return aligned
+    return (aligned, perms, flips) if signs else (aligned, perms)
