@@ -115,4 +115,6 @@ def with_all_results(src: Path, dst: Path, bn: str | None = None) -> Path:
     (dst / "symmetry.json").write_text(json.dumps(
         {"method": "weight matching", "pairs": [{"a": "B", "b": "A", "distance_before": 3.2,
                                                   "distance_after": 1.1}]}))
-    return dst
+    from validation_runs import add_validation_results  # Table 2, re-basin
+
+    return add_validation_results(dst)
