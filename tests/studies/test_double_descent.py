@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from lossatlas.studies import (
     flip_labels,
     interpolation_threshold,
     run_double_descent,
+    surface_flatness,
 )
 
 CONFIG = {"widths": (2, 8, 48), "num_train": 200, "steps": 300, "label_noise": 0.2,
@@ -99,3 +101,51 @@ def test_label_noise_and_threshold_helpers():
     assert interpolation_threshold([4, 8], [0.3, 0.1]) is None
     with pytest.raises(ValueError, match="fraction"):
         flip_labels(y, 10, 1.5)
+
+
+def test_filter_normalised_surfaces_across_the_sweep(tmp_path):
+    """The stored surfaces equal the loss evaluated directly at ``w + a d1 + b d2`` (the
+    filter-normalised random directions of the model's seed); the flatness numbers are
+    those of the stored field."""
+    from lossatlas.space import ParamSpace
+    from lossatlas.store import Run
+    from lossatlas.surfaces import random_direction
+
+    torch.set_num_threads(1)
+    s = run_double_descent(tmp_path, widths=(2, 24), num_train=100, steps=150, lr=3e-3,
+                           dataset="digits", surfaces=True, surface_resolution=5,
+                           surface_span=0.5, progress=False)
+    assert (tmp_path / "double_descent_surfaces.png").stat().st_size > 0
+    assert s["flattest_surface_width"] in (2, 24) and s["sharpest_surface_width"] in (2, 24)
+    splits = datasets.create("digits")
+    x = splits.x_train[:100].flatten(1).float()
+    y, _ = flip_labels(splits.y_train[:100], 10, 0.2, seed=0)
+    for row in s["models"]:
+        ds = Run(tmp_path).open_field(row["surface"])
+        loss = ds["loss"].values
+        assert loss.shape == (5, 5)
+        assert loss[2, 2] == pytest.approx(row["train_loss"], rel=1e-5)  # the centre
+        flat = surface_flatness(loss, row["train_loss"], 0.1)
+        assert {k: row[k] for k in flat} == pytest.approx(flat)
+        model = models.create("mlp", in_features=64, hidden=(row["width"],), num_classes=10)
+        model.load_state_dict(load_state_dict(tmp_path / row["checkpoint"]))
+        space = ParamSpace(model)
+        gen = torch.Generator().manual_seed(row["seed"])
+        d1, d2 = (random_direction(model, "filter", "biasbn", generator=gen, space=space)
+                  for _ in range(2))
+        w = space.flatten(model)
+        a, b = float(ds["alpha"][4]), float(ds["beta"][1])
+        space.load_into(model, w + a * d1 + b * d2)
+        with torch.no_grad():
+            direct = float(nn.functional.cross_entropy(model(x), y))
+        assert loss[4, 1] == pytest.approx(direct, rel=1e-5)
+
+
+def test_surface_flatness_on_a_known_grid():
+    grid = np.array([[1.0, 1.05], [1.3, np.inf]])
+    out = surface_flatness(grid, 1.0, tol=0.1)
+    assert out["surface_mean_rise"] == pytest.approx((0 + 0.05 + 0.3) / 3)
+    assert out["surface_max_rise"] == pytest.approx(0.3)
+    assert out["surface_flat_fraction"] == 0.5  # the diverged point is not flat
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        surface_flatness(np.full(3, np.nan), 0.0)

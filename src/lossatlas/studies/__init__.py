@@ -13,7 +13,9 @@ from .double_descent import (
     interpolation_threshold,
     model_sharpness,
     plot_double_descent,
+    plot_double_descent_surfaces,
     run_double_descent,
+    surface_flatness,
 )
 from .eos import (
     SharpnessTracker,
@@ -62,9 +64,11 @@ __all__ = [
     "mse_loss",
     "plot_batch_size",
     "plot_double_descent",
+    "plot_double_descent_surfaces",
     "plot_eos",
     "run_batch_size",
     "run_double_descent",
     "run_eos",
+    "surface_flatness",
     "top_eigen",
 ]

@@ -23,6 +23,11 @@ peak 0.64 at 128 (train error 0.005; 0 from 256), 0.56 at 512; lambda_max 14
 and trace 540 at 128, down to 0.96 and 23 at 512. With only 400 MNIST-1D samples
 the test error stays near 0.75 at every width.
 
+With ``surfaces=True`` every final model also gets a filter-normalised random 2-D
+slice of the training loss (Li et al. 2018; :func:`lossatlas.surfaces.random_slice`),
+the survey's picture of the sharpest minimum at the threshold and the widening basins
+beyond it, summarised by :func:`surface_flatness`.
+
 Run directory::
 
     OUT/run.json                       config and stage timings (lossatlas.store.Run)
@@ -31,6 +36,9 @@ Run directory::
                                        the interpolation threshold
     OUT/double_descent.png             test/train error and sharpness vs width, the
                                        threshold marked
+    OUT/double_descent_surfaces.png    (``surfaces=True``) filter-normalised random 2-D
+                                       loss surfaces of every width (first seed)
+    OUT/fields/surface_width{W}_seed{S}.zarr   (``surfaces=True``) those surfaces
     OUT/checkpoints/width{W}_seed{S}_step{T}.safetensors (+ .json labels)
         the final models; those of one width form a Population
         (:func:`double_descent_population`); different widths are different
@@ -52,11 +60,15 @@ from torch import Tensor, nn
 
 from ..curvature import hessian_eigen, hessian_trace_estimate
 from ..population import Population
+from ..progress import progress_bar
 from ..recorder import Recorder
 from ..store import Run, atomic_write_json
+from ..surfaces.plot import save_figure
 
 __all__ = [
     "double_descent_population",
+    "plot_double_descent_surfaces",
+    "surface_flatness",
     "double_descent_study",
     "flip_labels",
     "interpolation_threshold",
@@ -207,6 +219,43 @@ def plot_double_descent(summary: dict[str, Any], path: str | Path | None = None)
     return fig
 
 
+def surface_flatness(loss: np.ndarray, centre_loss: float, tol: float = 0.1) -> dict[str, float]:
+    """Flatness numbers of a loss surface ``loss`` (any shape) around its centre.
+
+    Returns ``surface_mean_rise`` (mean of ``loss - centre_loss`` over the finite
+    points, nats), ``surface_max_rise`` (nats) and ``surface_flat_fraction`` (the
+    fraction of all points with ``loss <= centre_loss + tol``; diverged points count
+    as not flat).
+    """
+    v = np.asarray(loss, dtype=float).ravel()
+    fin = np.isfinite(v)
+    if not fin.any():
+        raise ValueError("surface_flatness: every loss value is NaN or infinite")
+    rise = v[fin] - float(centre_loss)
+    return {"surface_mean_rise": float(rise.mean()), "surface_max_rise": float(rise.max()),
+            "surface_flat_fraction": float((rise <= float(tol)).sum() / v.size)}
+
+
+def plot_double_descent_surfaces(summary: dict[str, Any], fields: dict[int, Any]) -> Figure:
+    """Filled contours of the log10 training loss on each width's random filter-normalised
+    plane (``fields``: width -> xarray Dataset), one panel per width, one colour scale."""
+    from ..surfaces import plot_contour
+
+    widths = sorted(fields)
+    ncols = min(4, len(widths))
+    nrows = -(-len(widths) // ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    thr = summary.get("interpolation_threshold")
+    for ax, w in zip(axes, widths, strict=False):
+        plot_contour(fields[w], ax=ax, points={})
+        mark = " (threshold)" if thr == w else ""
+        ax.set_title(f"width {w}{mark}", fontsize="small")
+    for ax in axes[len(widths):]:
+        ax.set_visible(False)
+    return fig
+
+
 def _peak(widths: list[int], test_error: list[float], threshold: int | None) -> dict[str, Any]:
     """The classical optimum (lowest test error below the threshold) and the peak (highest
     test error at or beyond it), as widths and errors."""
@@ -219,6 +268,19 @@ def _peak(widths: list[int], test_error: list[float], threshold: int | None) -> 
         "peak_test_error_width": widths[peak], "peak_test_error": float(err[peak]),
         "final_test_error": float(err[-1]),
     }
+
+
+def _surface(model: nn.Module, data: tuple[Tensor, Tensor], run: Run, name: str,
+              config: dict[str, Any], seed: int):
+    """The filter-normalised random plane around ``model`` (training loss), stored in
+    ``run`` as field ``name``; an xarray Dataset with dims (alpha, beta)."""
+    from ..evaluate import Evaluator
+    from ..surfaces import random_slice, slice_field
+
+    sl = random_slice(model, ndim=2, resolution=config["surface_resolution"],
+                      span=config["surface_span"], normalization="filter", ignore="biasbn",
+                      seed=seed)
+    return slice_field(Evaluator(model, data), sl, run=run, name=name, overwrite=True)
 
 
 def _model_kwargs(config: dict[str, Any], width: int) -> dict[str, Any]:
@@ -247,6 +309,11 @@ def run_double_descent(
     exact_trace_max: int = 1000,
     num_probes: int = 60,
     data_seed: int = 0,
+    surfaces: bool = False,
+    surface_resolution: int = 21,
+    surface_span: float = 1.0,
+    surface_tol: float = 0.1,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """The built-in double-descent sweep; writes a run directory, returns its summary.
 
@@ -266,6 +333,13 @@ def run_double_descent(
     train_tol : training error counted as interpolation (``<=``; e.g. 0.005)
     exact_trace_max, num_probes : see :func:`model_sharpness`
     data_seed : seed of the label noise
+    surfaces : also a filter-normalised random 2-D slice of the training loss (noisy
+        labels) around every final model, ``surface_resolution`` points a side over
+        ``[-surface_span, surface_span]`` (multiples of the filter-normalised
+        directions; biases and norms not perturbed), directions from
+        ``random_slice(..., seed=<the model's seed>)``; stored as fields, drawn in ``double_descent_surfaces.png``
+    surface_tol : loss rise (nats) counted as flat by :func:`surface_flatness`
+    progress : a bar over the models
 
     Returns
     -------
@@ -276,7 +350,10 @@ def run_double_descent(
     ``classical_best_width`` / ``classical_best_test_error`` (lowest test error
     below the threshold), ``peak_test_error_width`` / ``peak_test_error`` (highest
     at or above that width), ``final_test_error`` (widest model);
-    ``sharpest_width`` (largest mean lambda_max); ``paths``.
+    ``sharpest_width`` (largest mean lambda_max); ``paths``. With ``surfaces``,
+    every row also has ``surface`` (the field's name), ``surface_centre_loss`` and
+    the :func:`surface_flatness` numbers, and the summary ``flattest_surface_width``
+    / ``sharpest_surface_width`` (smallest / largest mean ``surface_mean_rise``).
     """
     from .. import data as datasets
     from .. import models
@@ -301,6 +378,9 @@ def run_double_descent(
         "lr": float(lr), "depth": int(depth), "activation": activation, "seeds": seeds,
         "train_tol": float(train_tol), "exact_trace_max": int(exact_trace_max),
         "num_probes": int(num_probes), "data_seed": int(data_seed),
+        "surfaces": bool(surfaces), "surface_resolution": int(surface_resolution),
+        "surface_span": float(surface_span), "surface_tol": float(surface_tol),
+        "surface_normalization": "filter", "surface_ignore": "biasbn",
         "in_features": int(np.prod(splits.input_shape)), "num_classes": int(splits.num_classes),
         "model": "mlp", "loss": "cross-entropy (nats)",
     }
@@ -311,32 +391,40 @@ def run_double_descent(
     y, _ = flip_labels(y_clean, splits.num_classes, label_noise, seed=data_seed)
     x_test, y_test = splits.x_test.flatten(1).float(), splits.y_test
     rows: list[dict[str, Any]] = []
-    for width in widths:
-        for seed in seeds:
-            t0 = time.perf_counter()
-            torch.manual_seed(seed)
-            model = models.create("mlp", **_model_kwargs(config, width))
-            taken = _train_full_batch(model, x, y, int(steps), float(lr))
-            train_err, train_loss = _errors(model, x, y)
-            clean_err, _ = _errors(model, x, y_clean)
-            test_err, test_loss = _errors(model, x_test, y_test)
-            sharp = model_sharpness(
-                model, (x, y), exact_trace_max=exact_trace_max, num_probes=num_probes, seed=seed
-            )
-            rec = Recorder(
-                out, steps=[taken], name="width{width:04d}_seed{seed}_step{step}",
-                metadata={"variant": f"width{width}", "width": width, "seed": seed},
-            )
-            path = rec.save(model, taken)
-            rows.append({
-                "width": width, "seed": seed, "steps": taken, "train_error": train_err,
-                "train_loss": train_loss, "clean_train_error": clean_err,
-                "test_error": test_err, "test_loss": test_loss, **sharp,
-                "checkpoint": str(path.relative_to(out)),
-            })
-            run.record_stage(f"width{width}_seed{seed}", time.perf_counter() - t0)
-            log.info("double descent: width %d seed %d: train %.3f test %.3f lambda %.3g",
-                     width, seed, train_err, test_err, sharp["lambda_max"])
+    fields: dict[int, Any] = {}
+    for width, seed in progress_bar([(w, s) for w in widths for s in seeds], progress=progress,
+                                    desc="double descent", unit="model"):
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        model = models.create("mlp", **_model_kwargs(config, width))
+        taken = _train_full_batch(model, x, y, int(steps), float(lr))
+        train_err, train_loss = _errors(model, x, y)
+        clean_err, _ = _errors(model, x, y_clean)
+        test_err, test_loss = _errors(model, x_test, y_test)
+        sharp = model_sharpness(
+            model, (x, y), exact_trace_max=exact_trace_max, num_probes=num_probes, seed=seed
+        )
+        rec = Recorder(
+            out, steps=[taken], name="width{width:04d}_seed{seed}_step{step}",
+            metadata={"variant": f"width{width}", "width": width, "seed": seed},
+        )
+        path = rec.save(model, taken)
+        rows.append({
+            "width": width, "seed": seed, "steps": taken, "train_error": train_err,
+            "train_loss": train_loss, "clean_train_error": clean_err,
+            "test_error": test_err, "test_loss": test_loss, **sharp,
+            "checkpoint": str(path.relative_to(out)),
+        })
+        if surfaces:
+            name = f"surface_width{width:04d}_seed{seed}"
+            ds = _surface(model, (x, y), run, name, config, seed)
+            rows[-1].update(surface=name,
+                            surface_centre_loss=train_loss,
+                            **surface_flatness(ds["loss"].values, train_loss, surface_tol))
+            fields.setdefault(width, ds)
+        run.record_stage(f"width{width}_seed{seed}", time.perf_counter() - t0)
+        log.info("double descent: width %d seed %d: train %.3f test %.3f lambda %.3g",
+                 width, seed, train_err, test_err, sharp["lambda_max"])
     mean_by = {
         key: [float(np.mean([r[key] for r in rows if r["width"] == w])) for w in widths]
         for key in ("train_error", "test_error", "lambda_max")
@@ -352,6 +440,14 @@ def run_double_descent(
                   "figure": str(out / "double_descent.png"),
                   "checkpoints": str(out / "checkpoints")},
     }
+    if surfaces:
+        rise = [float(np.mean([r["surface_mean_rise"] for r in rows if r["width"] == w]))
+                for w in widths]
+        summary["flattest_surface_width"] = widths[int(np.argmin(rise))]
+        summary["sharpest_surface_width"] = widths[int(np.argmax(rise))]
+        summary["paths"]["surfaces"] = str(out / "double_descent_surfaces.png")
+        save_figure(plot_double_descent_surfaces(summary, fields),
+                    out / "double_descent_surfaces.png", dpi=110)
     plot_double_descent(summary, out / "double_descent.png")
     atomic_write_json(out / "double_descent.json", summary)
     run.update("summary", "double_descent.json")
