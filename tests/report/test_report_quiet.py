@@ -50,7 +50,7 @@ def test_small_atlas_is_quiet(family, tmp_path):
         atlas.field(resolution=6, budget=60)
         atlas.topology()
         atlas.faithfulness()
-        ds = terrain(models[:2], models[0], xy, measures=("eigenvalues",), k=1,
+        ds = terrain(models[:2], models[0], xy, measures=("trace",), num_probes=3,
                      labels=["A/0", "B/1"], progress=False)
         run = Run(tmp_path / "run")
         run.save_dataset("terrain", ds)
