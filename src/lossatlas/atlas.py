@@ -15,10 +15,13 @@ Every stage is stored in the run directory and reused when called again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,8 @@ from .correction import ResidualCorrection
 from .evaluate import Evaluator
 from .fields import compute_field
 from .points import LatentSource
-from .refine import RefinedField, refine_field
+from .progress import progress_bar, progress_enabled
+from .refine import RefinedField, Refinement, RefinePlan
 from .store import Run, atomic_write_json
 from .vectors import VectorFile, parse_bytes, return_freed_memory
 
@@ -63,6 +67,41 @@ def _nanmean(a: np.ndarray) -> float:
 
 def _digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class _FieldClock:
+    """The plan and the time estimate of a refined field, logged and (with a progress
+    bar) written above the bar: the estimate once, from the first chunk evaluated."""
+
+    def __init__(self, name: str, plan: RefinePlan, show: bool):
+        self.name, self.plan, self.show = name, plan, show
+        self.bar = None
+        self.estimate: float | None = None  # seconds for the whole field
+
+    def say(self, text: str) -> None:
+        log.info("%s", text)
+        if self.show and self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+
+    def chunk(self, points: int, seconds: float) -> None:
+        """``compute_field``'s ``on_chunk``: the first chunk gives the estimate."""
+        if self.estimate is not None:
+            return
+        rate = points / max(seconds, 1e-9)
+        self.estimate = self.plan.max_points / rate
+        self.say(f"{self.name} estimate: first chunk of {points:,} points in {seconds:.2f} s "
+                 f"({rate:,.0f} points/s): about {_duration(self.estimate)} for "
+                 f"{self.plan.max_points:,} points")
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 5 s"`` or ``"2 h 10 min"``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{max(seconds, 0):.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _embedding_kwargs(method: str, dim: int, seed: int, kwargs: dict) -> dict:
@@ -403,7 +442,7 @@ class Atlas:
 
     def field(self, resolution: int = 48, margin: float = 0.2, refine: bool = True,
               tol: float = 0.1, budget: int = 6000, max_level: int = 6,
-              include_models: bool = True, progress: bool = False) -> RefinedField:
+              include_models: bool = True, progress: bool | None = None) -> RefinedField:
         """The loss field over the latent box, refined where the loss changes fast.
 
         Starts from a ``resolution``^d grid plus the models' codes; with ``refine``
@@ -429,33 +468,44 @@ class Atlas:
         return field
 
     def _refined_field(self, lo: np.ndarray, hi: np.ndarray, resolution: int, tol: float,
-                       budget: int, max_level: int, include_models: bool, progress: bool,
-                       corrected: bool, settings: list) -> RefinedField:
+                       budget: int, max_level: int, include_models: bool,
+                       progress: bool | None, corrected: bool, settings: list) -> RefinedField:
         """The field over the box ``[lo, hi]`` decoded with (or without) the residual
-        correction; each refinement round stored as a field of the run (resumable)."""
+        correction; each refinement round stored as a field of the run (resumable).
+
+        The plan (grid, budget, points, rounds) is logged before the first evaluation and
+        the time it will take once the first chunk is measured; with a progress bar both
+        are also written above it."""
         key = self._decoder_key() + ("" if corrected else "|raw")
         tag = hashlib.sha256(json.dumps([resolution, tol, budget, max_level, include_models,
                                          *settings, key]).encode()).hexdigest()[:8]
         prefix = "atlas" if corrected else "atlas-raw"
-        rounds = [0]
+        ref = Refinement(lo, hi, resolution=resolution, tol=tol,
+                         budget=max(budget, resolution ** len(lo) + len(self.codes_)),
+                         max_level=max_level,
+                         extra_points=self.codes_.numpy() if include_models else None,
+                         focus_points=self.codes_.numpy())
+        plan = ref.plan()
+        show = progress_enabled(progress) and distributed.is_main()
+        clock = _FieldClock(prefix, plan, show)
+        decode = partial(self.decode, corrected=corrected)
+        with progress_bar(total=plan.max_points, progress=show, desc=prefix, unit="pt") as bar:
+            clock.bar = bar
+            clock.say(f"{prefix} plan: {plan.describe()}")
+            for i in itertools.count():
+                src = LatentSource(decode, ref.pending(), key)
+                ds = compute_field(self.evaluator, src, self.run, f"{prefix}-{tag}-r{i:03d}",
+                                   progress=False, overwrite=False,
+                                   chunk_points=self._chunk_points(), on_chunk=clock.chunk)
+                ref.tell({v: ds[v].values.astype(np.float64) for v in ds.data_vars})
+                bar.update(ref.evaluated - bar.n)
+                if ref.done:
+                    break
+            bar.total = ref.evaluated
+            bar.refresh()
+        return ref.result()
 
-        def evaluate(z: np.ndarray) -> dict[str, np.ndarray]:
-            name = f"{prefix}-{tag}-r{rounds[0]:03d}"
-            rounds[0] += 1
-            src = LatentSource(lambda c: self.decode(c, corrected=corrected), z, key)
-            ds = compute_field(self.evaluator, src, self.run, name, progress=progress,
-                               overwrite=False, chunk_points=self._chunk_points())
-            return {v: ds[v].values.astype(np.float64) for v in ds.data_vars}
-
-        return refine_field(
-            evaluate, lo, hi, resolution=resolution, tol=tol,
-            budget=max(budget, resolution ** len(lo) + len(self.codes_)),
-            max_level=max_level,
-            extra_points=self.codes_.numpy() if include_models else None,
-            focus_points=self.codes_.numpy(),
-        )
-
-    def raw_check(self, resolution: int | None = None, progress: bool = False) -> dict:
+    def raw_check(self, resolution: int | None = None, progress: bool | None = None) -> dict:
         """The map without the residual correction, beside the corrected atlas.
 
         A uniform grid over the same box (``resolution`` per axis, default the field's

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch.distributed
@@ -40,6 +41,7 @@ def compute_field(
     progress: bool = False,
     attrs: dict | None = None,
     max_points: int | None = MAX_GRID_POINTS,
+    on_chunk: Callable[[int, float], None] | None = None,
 ) -> xr.Dataset:
     """Loss and metrics at every point of ``source``, as an ``xarray.Dataset``.
 
@@ -51,6 +53,10 @@ def compute_field(
     per sample) and ``accuracy`` (fraction), plus any extra metrics; non-finite
     losses (diverged points) are kept as NaN/inf and counted in
     ``attrs["nonfinite"]``.
+
+    ``on_chunk(points, seconds)`` is called after every chunk this call evaluates (not
+    those resumed or reused) with its number of points and the seconds it took to make
+    and evaluate them (e.g. to estimate the time left).
 
     A source of more than ``max_points`` points (default 10**7) is refused before
     anything is allocated; pass ``max_points=None`` to lift the limit.
@@ -84,7 +90,8 @@ def compute_field(
     _check_device(evaluator)
     t0 = time.perf_counter()
     if run is None:
-        ds = _compute_in_memory(evaluator, source, variables, chunk_points, progress)
+        ds = _compute_in_memory(evaluator, source, variables, chunk_points, progress,
+                                on_chunk)
         ds.attrs.update(attrs)
     else:
         if not name:
@@ -109,9 +116,12 @@ def compute_field(
             )
             for k in mine:
                 start, stop = writer.chunk_range(k)
+                tc = time.perf_counter()
                 res = evaluator.evaluate(source.points(start, stop, evaluator.device))
                 writer.write(k, {v: res[v].numpy() for v in variables})
                 bar.update(stop - start)
+                if on_chunk is not None:
+                    on_chunk(stop - start, time.perf_counter() - tc)
             bar.close()
             distributed.barrier()  # every chunk is on disk
             if distributed.is_main():
@@ -183,7 +193,7 @@ def _open_writer(
 
 def _compute_in_memory(
     evaluator: Evaluator, source: PointSource, variables: list[str], chunk_points: int,
-    progress: bool,
+    progress: bool, on_chunk: Callable[[int, float], None] | None = None,
 ) -> xr.Dataset:
     flat = {v: np.empty(source.size, dtype=np.float32) for v in variables}
     starts = distributed.shard(list(range(0, source.size, chunk_points)))
@@ -193,9 +203,12 @@ def _compute_in_memory(
               unit="pt") as bar:
         for start in starts:
             stop = min(source.size, start + chunk_points)
+            tc = time.perf_counter()
             res = evaluator.evaluate(source.points(start, stop, evaluator.device))
             done[start] = {v: res[v].numpy() for v in variables}
             bar.update(stop - start)
+            if on_chunk is not None:
+                on_chunk(stop - start, time.perf_counter() - tc)
     if distributed.is_distributed():
         gathered: list = [None] * distributed.world_size()
         torch.distributed.all_gather_object(gathered, done)

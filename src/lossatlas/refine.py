@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import Delaunay
 
-__all__ = ["RefinedField", "Refinement", "refine_field", "delaunay_edges"]
+__all__ = ["RefinedField", "RefinePlan", "Refinement", "refine_field", "delaunay_edges"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,57 @@ class RefinedField:
         if miss.any():
             out[miss] = NearestNDInterpolator(self.coords[finite], vals[finite])(z[miss])
         return out
+
+
+@dataclass(frozen=True)
+class RefinePlan:
+    """What a refinement will compute, known before its first evaluation.
+
+    Attributes
+    ----------
+    dim : int          latent dimensions
+    resolution : int   base grid points per axis
+    base : int         base grid samples (``resolution ** dim``)
+    extra : int        inserted samples (distinct extra points, e.g. the models' codes)
+    budget : int       most samples in all
+    max_points : int   most samples taken: the budget, or the first round alone when no
+                       cell can be split (infinite ``tol`` or no room for a split)
+    rounds : int       refinement rounds expected: enough rounds of ``round_size`` to spend
+                       the budget, and at least ``max_level`` (each round goes one level
+                       deeper near the models); 0 when nothing is refined
+    tol : float        decades of log10 loss that make a cell split
+    max_level : int    deepest split
+    round_size : int   most samples per refinement round
+    """
+
+    dim: int
+    resolution: int
+    base: int
+    extra: int
+    budget: int
+    max_points: int
+    rounds: int
+    tol: float
+    max_level: int
+    round_size: int
+
+    @property
+    def first(self) -> int:
+        """Samples of the first round (base grid and extra points)."""
+        return self.base + self.extra
+
+    def describe(self) -> str:
+        """One line: grid, budget, points and rounds."""
+        grid = "x".join([str(self.resolution)] * self.dim)
+        text = (f"base grid {grid} = {self.base:,} points + {self.extra:,} model codes; "
+                f"budget {self.budget:,}: at most {self.max_points:,} points")
+        if self.max_points > self.first:
+            text += (f", {self.first:,} first, then up to {self.max_points - self.first:,} in "
+                     f"about {self.rounds} refinement rounds (tolerance {self.tol:g} decades, "
+                     f"at most {self.max_level} levels)")
+        else:
+            text += ", no refinement"
+        return text
 
 
 def _log10(loss: np.ndarray) -> np.ndarray:
@@ -176,6 +227,20 @@ class Refinement:
         for z in unique:
             self.coords.append(np.asarray(z, dtype=np.float64))
             self.levels.append(-1)
+        self.n_first = len(self.coords)  # samples of the first round
+
+    def plan(self) -> RefinePlan:
+        """The points and rounds this refinement expects (before any :meth:`tell`)."""
+        first = self.n_first
+        refines = (self.max_level >= 1 and self.tol < np.inf
+                   and first + self.per_split <= self.budget)
+        most = self.budget if refines else first
+        spare = most - first
+        rounds = max(-(-spare // self.round_size), self.max_level) if spare > 0 else 0
+        return RefinePlan(dim=self.d, resolution=self.resolution, base=self.n_base,
+                          extra=first - self.n_base, budget=self.budget, max_points=most,
+                          rounds=int(rounds), tol=float(self.tol), max_level=self.max_level,
+                          round_size=self.round_size)
 
     # ------------------------------------------------------------------ ask / tell
     def pending(self) -> np.ndarray:

@@ -1,0 +1,66 @@
+"""The atlas says what its field will compute before computing it (issue 17 item 1)."""
+
+import logging
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from lossatlas.atlas import Atlas
+from lossatlas.population import Population
+
+MODELS = 5
+
+
+@pytest.fixture()
+def atlas(tmp_path):
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    models = []
+    for _ in range(MODELS):
+        m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        m.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        models.append(m)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    a = Atlas(Population.from_models(models), (x, y), tmp_path / "run")
+    return a.embed("pca", dim=2)
+
+
+def test_plan_logged_with_its_numbers_before_the_field(atlas, caplog):
+    res, budget = 6, 150
+    with caplog.at_level(logging.INFO, logger="lossatlas"):
+        field = atlas.field(resolution=res, budget=budget, tol=0.01)
+    lines = [r.getMessage() for r in caplog.records if r.name == "lossatlas.atlas"]
+    plan = next(m for m in lines if m.startswith("atlas plan:"))
+    first = res * res + MODELS
+    # the base grid, the models, the budget and the refinement, counted by hand
+    assert f"base grid {res}x{res} = {res * res} points + {MODELS} model codes" in plan
+    assert f"budget {budget}: at most {budget} points" in plan
+    # rounds of at most 4096 points, at least one per level (max_level 6) near the models
+    rounds = max(math.ceil((budget - first) / 4096), 6)
+    assert f"{first} first, then up to {budget - first} in about {rounds} refinement" in plan
+    assert field.n <= budget and field.rounds >= 1
+    # the plan came before the estimate, which came from a measured chunk
+    estimate = next(m for m in lines if m.startswith("atlas estimate:"))
+    assert lines.index(plan) < lines.index(estimate)
+    pts, secs = re.search(r"first chunk of ([\d,]+) points in ([\d.]+) s", estimate).groups()
+    assert 0 < int(pts.replace(",", "")) <= first and float(secs) >= 0
+    assert f"for {budget} points" in estimate
+
+
+def test_plan_on_the_console_with_a_progress_bar(atlas, capsys):
+    atlas.field(resolution=5, budget=40, tol=0.01, refine=False, progress=True)
+    err = capsys.readouterr().err
+    assert "atlas plan: base grid 5x5 = 25 points + 5 model codes; budget 40: at most 30 " \
+           "points, no refinement" in err
+    assert "atlas estimate: first chunk of" in err
+
+
+def test_plan_silent_without_a_bar(atlas, capsys):
+    atlas.field(resolution=5, budget=40, refine=False, progress=False)
+    assert "plan" not in capsys.readouterr().err
