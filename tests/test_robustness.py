@@ -495,7 +495,7 @@ def test_dot_named_checkpoint_is_kept_with_a_default_label(files, tmp_path, capl
 
 
 def test_big_grid_gets_an_estimate_or_is_refused(files, tmp_path, monkeypatch):
-    import lossatlas.cli as cli
+    import lossatlas.cli.surface as cli  # where the grid-cost limits live
 
     monkeypatch.setattr(cli, "WARN_GRID_POINTS", 10)
     res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--resolution",

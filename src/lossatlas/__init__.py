@@ -4,7 +4,10 @@ The main objects: :class:`ParamSpace` (model <-> flat vector), :class:`Evaluator
 (loss and metrics of many parameter points at once), point sources and
 :func:`compute_field` (slices and maps as labelled xarray fields), :class:`Run`
 (a resumable run directory), :class:`Population` (models of one architecture) and
-:class:`Atlas` (the global map: embedding, refined loss field, merge tree).
+:class:`Atlas` (the global map: embedding, refined loss field, merge tree); the
+pipelines the CLI runs (:func:`build_atlas`, :func:`population_barriers`,
+:func:`population_terrain`, :func:`run_demo`); :class:`LossatlasError`, the base of
+the errors lossatlas raises about its input.
 Subpackages: ``surfaces`` (directions and slices), ``manifold`` (embeddings),
 ``topology`` (persistence, merge trees), ``connectivity``, ``symmetry``,
 ``curvature``, ``models`` and ``data`` (built-in registries).
@@ -25,7 +28,12 @@ _EXPORTS = {
     "load_state_dict": "checkpoints", "match_state_dict": "checkpoints",
     "read_labels": "checkpoints", "save_state_dict": "checkpoints",
     "DatasetSplits": "data", "load_data": "data",
+    "run_demo": "demo",
+    "LossatlasError": "errors",
     "Evaluator": "evaluate",
+    "population_barriers": "connectivity.population",
+    "population_terrain": "curvature.population",
+    "build_atlas": "pipeline",
     "compute_field": "fields", "log10_loss": "fields",
     "AffineSource": "points", "ExplicitSource": "points", "LatentSource": "points",
     "MappedSource": "points", "PointSource": "points", "grid_axes": "points",
@@ -77,6 +85,7 @@ __all__ = [
     "Evaluator",
     "ExplicitSource",
     "FactoryError",
+    "LossatlasError",
     "LatentSource",
     "MappedSource",
     "ParamSpace",
@@ -91,6 +100,7 @@ __all__ = [
     "VectorFile",
     "VectorFileWriter",
     "as_tensor_data",
+    "build_atlas",
     "compute_field",
     "data",
     "grid_axes",
@@ -102,8 +112,11 @@ __all__ = [
     "match_state_dict",
     "models",
     "num_samples",
+    "population_barriers",
+    "population_terrain",
     "read_labels",
     "resolve_factory",
+    "run_demo",
     "save_state_dict",
     "to_device",
     "train_population",

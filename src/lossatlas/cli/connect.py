@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from .cli import (
+from ._common import (
     _BN,
     _DATA,
     _DATA_ARG,
@@ -35,10 +35,9 @@ from .cli import (
     _model_factory,
     _number,
     _setup_logging,
-    app,
 )
 
-__all__ = ["connect", "align", "population_barriers"]
+__all__ = ["align", "connect"]
 
 
 def _pair_paths(a: Path | None, b: Path | None, population: str | None) -> None:
@@ -46,57 +45,6 @@ def _pair_paths(a: Path | None, b: Path | None, population: str | None) -> None:
         raise UsageError("give two checkpoints A B, or --population DIR")
 
 
-def population_barriers(models, names, xy, out_dir: Path, align_models: bool,
-                        device=None, steps: int = 25, progress: bool = False,
-                        bn: str | None = None) -> dict:
-    """Barrier matrices of ``models`` before (and after weight matching onto the first),
-    under the BatchNorm policy ``bn`` (default: statistics recomputed at every point).
-
-    Writes ``OUT/connectivity.json`` (matrices in nats, names, definition) and
-    ``OUT/barriers.png``; returns the JSON dict.
-    """
-    import matplotlib.pyplot as plt
-
-    from .connectivity import barrier_matrix
-    from .store import Run, atomic_write_json
-    from .surfaces import save_figure
-    from .symmetry import permutation_spec, weight_matching
-
-    mats = {"before": barrier_matrix(models, xy, steps=steps, names=names, device=device,
-                                     bn=bn)}
-    if align_models:
-        ref = models[0]
-        spec = permutation_spec(ref, data=xy)  # traced once, on the data's first samples
-        aligned = [ref] + [weight_matching(ref, m, spec) for m in models[1:]]
-        mats["after"] = barrier_matrix(aligned, xy, steps=steps, names=names, device=device,
-                                       bn=bn)
-    run = Run(out_dir)
-    for k, v in mats.items():
-        v = v.copy()
-        v.attrs["units"] = "nats"
-        run.save_dataset("barriers" if k == "before" else "barriers_aligned",
-                         v.to_dataset(name="loss_barrier"))
-    result = {
-        "names": list(names), "definition": "entezari", "units": "nats",
-        "bn": mats["before"].attrs.get("bn"),
-        "alignment": "weight matching onto the first model" if align_models else None,
-        **{k: np.asarray(v.values).tolist() for k, v in mats.items()},
-    }
-    fig, axes = plt.subplots(1, len(mats), figsize=(5.2 * len(mats), 4.4), squeeze=False)
-    vmax = max(float(np.nanmax(np.asarray(v.values))) for v in mats.values())
-    for ax, (k, v) in zip(axes[0], mats.items(), strict=True):
-        im = ax.imshow(np.asarray(v.values), cmap="cividis", vmin=0, vmax=max(vmax, 1e-9))
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_title(f"loss barrier, {k} alignment")
-        fig.colorbar(im, ax=ax, label="barrier (nats)")
-    fig.tight_layout()
-    save_figure(fig, out_dir / "barriers.png")
-    atomic_write_json(out_dir / "connectivity.json", result)
-    return result
-
-
-@app.command()
 @_handle
 def connect(
     a: Path = typer.Argument(None, help="First checkpoint."),
@@ -123,9 +71,10 @@ def connect(
 ):
     """Loss along the straight path and along a trained curve between two models
     (Garipov et al. 2018), or the barrier matrix of a population."""
-    from .connectivity import barrier_curve, train_curve
-    from .store import Run, atomic_write_json
-    from .surfaces import plot_curve, save_figure
+    from ..connectivity import barrier_curve, train_curve
+    from ..connectivity.population import population_barriers
+    from ..store import Run, atomic_write_json
+    from ..surfaces import plot_curve, save_figure
 
     _setup_logging(verbose)
     _pair_paths(a, b, population)
@@ -136,7 +85,7 @@ def connect(
     run = Run(out_dir)
     if population is not None:
         pop = _load_population(population, model, kwargs, trust_run)
-        from .fingerprint import claim_run
+        from ..fingerprint import claim_run
 
         claim_run(run, pop, overwrite)  # one run directory, one population
         idx = pop.final_indices()
@@ -180,7 +129,6 @@ def connect(
     _finish(summary, as_json, "connect")
 
 
-@app.command()
 @_handle
 def align(
     a: Path = typer.Argument(..., help="Reference checkpoint."),
@@ -204,10 +152,10 @@ def align(
 ):
     """Permute B onto A (weight or activation matching); distances and barriers before
     and after, side by side; the aligned B saved as safetensors."""
-    from .checkpoints import save_state_dict
-    from .store import atomic_write_json
-    from .symmetry import align as align_models
-    from .symmetry import compare_alignment
+    from ..checkpoints import save_state_dict
+    from ..store import atomic_write_json
+    from ..symmetry import align as align_models
+    from ..symmetry import compare_alignment
 
     _setup_logging(verbose)
     if method not in ("weight", "activation", "ot"):
@@ -219,8 +167,8 @@ def align(
     factory, _ = _model_factory(model, model_arg, splits)
     ma, mb = _load_models([a, b], factory)
     if method == "ot":
-        from .connectivity import barrier
-        from .symmetry import ot_align, parameter_distance
+        from ..connectivity import barrier
+        from ..symmetry import ot_align, parameter_distance
 
         aligned = ot_align(ma, mb, method=ot_solver, reg=reg)
         table = None
@@ -230,7 +178,7 @@ def align(
                    "distance_none": parameter_distance(ma, mb)["distance"],
                    "distance_aligned": parameter_distance(ma, aligned)["distance"]}
     else:
-        from .symmetry import permutation_spec
+        from ..symmetry import permutation_spec
 
         spec = permutation_spec(ma, data=xy)  # traced once, on the data's first samples
         table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=steps,
@@ -242,10 +190,10 @@ def align(
         summary = {f"{k}_{al}": float(table[k].sel(alignment=al)) for k in table.data_vars
                    for al in ("none", "aligned")}
     if repair:
-        from .evaluate import Evaluator
-        from .space import ParamSpace
-        from .symmetry import interpolate
-        from .symmetry import repair as repair_midpoint
+        from ..evaluate import Evaluator
+        from ..space import ParamSpace
+        from ..symmetry import interpolate
+        from ..symmetry import repair as repair_midpoint
 
         ev = Evaluator(ma, xy, device=device, space=ParamSpace(ma, buffers=True))
         mids = [interpolate(ma, aligned, 0.5), repair_midpoint(ma, aligned, 0.5, xy)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .cli import (
+from ._common import (
     _DATA_ARG,
     _TRUST_RUN,
     Json,
@@ -18,13 +18,11 @@ from .cli import (
     _load_data,
     _number,
     _setup_logging,
-    app,
 )
 
 __all__ = ["dynamics", "branches"]
 
 
-@app.command()
 @_handle
 def dynamics(
     run: Path = typer.Argument(..., help="A train run or a Recorder run directory."),
@@ -37,7 +35,7 @@ def dynamics(
 ):
     """Phase transitions along training: change points of every metric, grokking onset,
     commutator defect and its lead time, representation similarity, LLC stages."""
-    from .dynamics import dynamics_report
+    from ..dynamics import dynamics_report
 
     _setup_logging(verbose)
     if max_checkpoints < 2:
@@ -59,7 +57,6 @@ def dynamics(
     _finish(summary, as_json, "dynamics")
 
 
-@app.command()
 @_handle
 def branches(
     population: Path = typer.Argument(..., help="A train run (or checkpoints with train.json)."),
@@ -75,7 +72,7 @@ def branches(
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Algorithmic branches: models in one basin whose functions differ."""
-    from .dynamics import branches_report
+    from ..dynamics import branches_report
 
     _setup_logging(verbose)
     if metric not in ("disagreement", "cka"):

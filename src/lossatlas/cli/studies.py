@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .cli import (
+from ._common import (
     Json,
     UsageError,
     Verbose,
@@ -16,7 +16,6 @@ from .cli import (
     _handle,
     _number,
     _setup_logging,
-    app,
 )
 
 __all__ = ["study"]
@@ -29,7 +28,6 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         raise UsageError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
-@app.command()
 @_handle
 def study(
     name: str = typer.Argument(..., help="eos | double-descent"),
@@ -48,7 +46,7 @@ def study(
     """Built-in studies of the survey: the edge of stability (top Hessian eigenvalue
     against 2/eta under full-batch GD) and double descent (test error and sharpness
     against width, interpolation threshold marked)."""
-    from .studies import double_descent_study, eos_study
+    from ..studies import double_descent_study, eos_study
 
     _setup_logging(verbose)
     t0 = time.perf_counter()
