@@ -81,12 +81,13 @@ def main() -> None:
         print(f"\n== {name}: {len(pop)} models, reference {res['reference']}, "
               f"{res['seconds']} s (training {t_train:.0f} s)")
         print(f"{'method':6} {'pair':6} {'true range':>17} {'projected range':>17} "
-              f"{'proj MAE':>9} {'span MAE':>9} {'incl MAE':>9}")
+              f"{'proj MAE':>9} {'span MAE':>9} {'incl MAE':>9} {'incl raw':>9}")
         for r in res["rows"]:
             tr, pr = r["true_range"], r["projected_range"]
             print(f"{r['method']:6} {r['pair']:6} {tr[0]:8.4f}-{tr[1]:<8.4f} "
                   f"{pr[0]:8.4f}-{pr[1]:<8.4f} {r['projected_mae']:9.4f} "
-                  f"{r['span_mae']:9.4f} {r.get('included_mae', float('nan')):9.5f}")
+                  f"{r['span_mae']:9.4f} {r.get('included_mae', float('nan')):9.5f} "
+                  f"{r.get('included_raw_mae', float('nan')):9.5f}")
         for m, e in res["median_abs_error"].items():
             print(f"{name} {m}: median over pairs: projected {e['projected']:.4f}, "
                   f"included {e['included']:.5f} nats")

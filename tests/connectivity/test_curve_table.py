@@ -82,6 +82,10 @@ def test_reported_errors_equal_a_direct_computation(table, small, digits_xy):
             inc = inc.double().numpy()
             assert float(ds["included_mae"].sel(embedding=m, pair=p)) == pytest.approx(
                 float(np.median(np.abs(inc - true))), rel=1e-4, abs=1e-7)
+            raw = ev.evaluate(inc_atlas.decode(inc_atlas.include_codes_[p], corrected=False))
+            raw = raw["loss"].double().numpy()
+            assert float(ds["included_raw_mae"].sel(embedding=m, pair=p)) == pytest.approx(
+                float(np.median(np.abs(raw - true))), rel=1e-4, abs=1e-7)
     # the points are the trained Bezier curve from the reference to the partner, inside
     # (0, 1), and the curve was trained: its bend left the straight line
     t = torch.tensor(ds["t"].values, dtype=torch.float32)
@@ -117,8 +121,9 @@ def test_a_one_dimensional_map_is_worse_than_a_two_dimensional_one(table, small,
     assert np.median(ds["projected_mae"].values) >= 0.5 * np.median(ds["span_mae"].values)
 
 
-def test_written_file_and_summary(table, tmp_path):
-    path = write_curve_table(table, tmp_path)
+def test_written_file_summary_and_report_section(table):
+    run = table.atlases["ae"].path.parent  # the maps' runs sit one level down
+    path = write_curve_table(table, run)
     data = json.loads(path.read_text())
     assert path.name == "table2.json" and data["units"] == "nats"
     assert {(r["method"], r["pair"]) for r in data["rows"]} == {
@@ -130,6 +135,24 @@ def test_written_file_and_summary(table, tmp_path):
     assert len(data["curves"]["ae"]["map"]["models"]) == 6
     assert table.to_dict()["median_abs_error"]["ae"]["included"] == pytest.approx(
         float(np.median(table.table["included_mae"].sel(embedding="ae").values)))
+    # the report section shows every row's numbers and draws each curve on its map
+    from lossatlas.report import SECTIONS, RunView
+    from lossatlas.report.html import fmt
+
+    sec = SECTIONS["table2"].build(RunView(run))
+    for r in data["rows"]:
+        assert fmt(r["projected_mae"], "", 3) in sec.html
+        assert fmt(r["included_mae"], "", 3) in sec.html
+    assert sec.summary["median_abs_error"] == data["median_abs_error"]
+    assert len(sec.figures) == 4  # projected and included, for the AE and PCA maps
+    for fig, (m, key) in zip(sec.figures.values(), [("ae", "projected"), ("ae", "included"),
+                                                   ("pca", "projected"), ("pca", "included")],
+                             strict=True):
+        drawn = {tr["name"]: tr for tr in fig["data"] if tr.get("name", "").startswith("curve")}
+        assert set(drawn) == {"curve C-A", "curve C-B"}
+        codes = table.table[f"{key}_codes"].sel(embedding=m, pair="C-B").values
+        np.testing.assert_allclose(drawn["curve C-B"]["x"], codes[:, 0])
+        np.testing.assert_allclose(drawn["curve C-B"]["y"], codes[:, 1])
 
 
 def test_bad_inputs_are_named(small, digits_xy, tmp_path):

@@ -91,7 +91,10 @@ class CurveTable:
         ``true_range [pair, bound]``, ``projected_loss [embedding, pair, t]``,
         ``projected_range [embedding, pair, bound]``, ``projected_mae [embedding, pair]``,
         ``projected_codes [embedding, pair, t, latent]``; the same with ``included_``
-        (NaN when not computed), ``span_loss [pair, t]`` and ``span_mae [pair]`` (the
+        (NaN when not computed), ``included_raw_loss`` and ``included_raw_mae`` (the
+        included codes decoded without the residual correction, which pins only the
+        models and can add their residuals at included points between crowded models),
+        ``span_loss [pair, t]`` and ``span_mae [pair]`` (the
         loss at the curve points' orthogonal projection onto the models' affine span, the
         floor of any map fitted on the models alone: curve points off the span lose
         their off-span part), ``curve_barrier [pair]`` and ``line_barrier [pair]``
@@ -129,7 +132,8 @@ class CurveTable:
                        "curve_barrier": float(ds["curve_barrier"].sel(pair=p))}
                 if np.isfinite(float(sel["included_mae"])):
                     row.update(included_range=sel["included_range"].values.tolist(),
-                               included_mae=float(sel["included_mae"]))
+                               included_mae=float(sel["included_mae"]),
+                               included_raw_mae=float(sel["included_raw_mae"]))
                 out.append(row)
         return out
 
@@ -152,6 +156,16 @@ class CurveTable:
                 "curve_steps": self.table.attrs["curve_steps"],
                 "median_abs_error": self.median_errors(), "rows": self.rows(),
                 "skipped": dict(self.skipped), "seconds": self.table.attrs["seconds"]}
+
+
+def _uncorrected(atlas, name: str, true: list[float]) -> dict[str, Any]:
+    """Loss (nats) at the included codes of ``name`` decoded without the residual
+    correction (which pins only the models), and its median absolute error."""
+    z = atlas.include_codes_[name]
+    loss = atlas.evaluator.evaluate(atlas.decode(z.to(atlas.device), corrected=False))
+    loss = loss["loss"].double().cpu().numpy()
+    return {"included_raw_loss": loss.tolist(),
+            "included_raw_median_abs_error": float(np.median(np.abs(loss - np.asarray(true))))}
 
 
 def _fit_map(population, data, run_dir: Path, config: Mapping[str, Any], resolution: int,
@@ -302,6 +316,7 @@ def curve_table(
                                                   labels=[f"t={v:.3f}" for v in t.tolist()])
                 ov.update({f"included_{k}": ov_inc[f"included_{k}"]
                            for k in ("codes", "loss", "range", "median_abs_error")})
+                ov.update(_uncorrected(included[method], name, ov["true_loss"]))
             results[method][name] = ov
 
     kept = [m for m in methods if m in results]
@@ -342,6 +357,9 @@ def curve_table(
                for k, src in (("projected", "projected_"), ("included", "included_"))},
             "projected_mae": (("embedding", "pair"), grid("median_abs_error", ())),
             "included_mae": (("embedding", "pair"), grid("included_median_abs_error", ())),
+            "included_raw_loss": (("embedding", "pair", "t"), grid("included_raw_loss", (T,))),
+            "included_raw_mae": (("embedding", "pair"),
+                                 grid("included_raw_median_abs_error", ())),
             "projected_codes": (("embedding", "pair", "t", "latent"), grid("codes", (T, d))),
             "included_codes": (("embedding", "pair", "t", "latent"),
                                grid("included_codes", (T, d))),
@@ -382,7 +400,8 @@ def write_curve_table(table: CurveTable, run_dir: str | Path) -> Path:
         for p in ds["pair"].values.tolist():
             sel = ds.sel(embedding=m, pair=p)
             entry["pairs"][p] = {k: sel[k].values.tolist() for k in (
-                "projected_loss", "projected_codes", "included_loss", "included_codes")}
+                "projected_loss", "projected_codes", "included_loss", "included_codes",
+                "included_raw_loss")}
         if m in table.atlases and table.atlases[m].codes_.shape[1] >= 2:
             entry["map"] = _map_of(table.atlases[m])
         if m in table.included_atlases and table.included_atlases[m].codes_.shape[1] >= 2:
