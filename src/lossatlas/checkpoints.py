@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import LossatlasError
 from .store import atomic_path
 
 __all__ = [
@@ -46,7 +47,7 @@ KNOWN_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, LossatlasError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from .batchnorm import POLICY_TEXT, resolve_policy
 from .checkpoints import SUFFIXES, load_state_dict, match_state_dict, read_labels
+from .errors import LossatlasError
 from .space import ParamSpace, batchnorm_stat_names
 from .vectors import VectorFile, VectorFileWriter
 
@@ -809,7 +810,7 @@ class Population:
 BUILTIN_SPECS = frozenset({"lossatlas.dynamics.grokking:modular_mlp"})
 
 
-class UntrustedRunError(ValueError):
+class UntrustedRunError(ValueError, LossatlasError):
     """A run file names a ``"package.module:function"`` factory that lossatlas does not
     import and call unless the caller names that factory or passes ``trust_run=True``."""
 

@@ -31,17 +31,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
+from .errors import LossatlasError
+
 __all__ = ["FactoryError", "Registry", "UnknownNameError", "resolve_factory"]
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(KeyError, ValueError, LossatlasError):
     """A name that is not in a registry (catch as `KeyError` or `ValueError`)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
 
-class FactoryError(ValueError):
+class FactoryError(ValueError, LossatlasError):
     """A factory spec that cannot be resolved, or a factory that raised when called."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from . import distributed
+from .errors import LossatlasError
 from .points import PointSource
 
 __all__ = [
@@ -37,11 +38,11 @@ __all__ = [
 ]
 
 
-class StaleResultError(ValueError):
+class StaleResultError(ValueError, LossatlasError):
     """A stored result was computed from other inputs or settings than those asked for."""
 
 
-class RunInUseError(RuntimeError):
+class RunInUseError(RuntimeError, LossatlasError):
     """Another process holds the run directory's lock."""
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import LossatlasError
+
 __all__ = ["VectorFile", "VectorFileWriter", "parse_bytes", "return_freed_memory"]
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
@@ -85,7 +87,7 @@ def return_freed_memory() -> bool:
     return True
 
 
-class VectorFileError(ValueError):
+class VectorFileError(ValueError, LossatlasError):
     """A vector file that is missing, not safetensors, or lacks the tensor asked for."""
 
 

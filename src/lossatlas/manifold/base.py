@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import owned_tensors
+from ..errors import LossatlasError
 from ..store import atomic_path, atomic_write_bytes
 
 __all__ = ["Embedding", "NotFittedError", "load_embedding", "clone"]
@@ -45,7 +46,7 @@ _FORMAT_VERSION = 1
 _CLASSES: dict[str, type[Embedding]] = {}
 
 
-class NotFittedError(ValueError, AttributeError):
+class NotFittedError(ValueError, AttributeError, LossatlasError):
     """An embedding used before `fit` (catch as `ValueError` or `AttributeError`)."""
 
 
