@@ -106,3 +106,22 @@ def test_refinement_ask_tell_is_refine_field_one_round_at_a_time():
     assert calls == [(r + 1, sum(sizes[:r + 2])) for r in range(ref.rounds)]
     with pytest.raises(KeyError, match="'loss'"):
         Refinement([-1], [1], resolution=4, budget=10).tell({"acc": np.zeros(4)})
+
+
+def test_plan_counts_points_and_rounds_before_any_evaluation():
+    # 8x8 base grid + 3 distinct extra points (one given twice), 300-sample budget
+    extra = np.concatenate([CENTRES, CENTRES[:1]])
+    plan = Refinement([-1, -1], [1, 1], resolution=8, tol=0.1, budget=300, extra_points=extra,
+                      round_size=100, max_level=2).plan()
+    assert (plan.base, plan.extra, plan.first, plan.max_points) == (64, 3, 67, 300)
+    assert plan.rounds == 3  # ceil(233 / 100) rounds of at most 100 (more than 2 levels)
+    assert "8x8 = 64 points + 3 model codes" in plan.describe()
+    field = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=8, tol=0.1, budget=300,
+                         extra_points=extra, round_size=100, max_level=2)
+    assert field.n <= plan.max_points
+    # nothing to refine: the first round is all
+    for kwargs in ({"tol": np.inf}, {"max_level": 0}, {"budget": 64 + 3 + 4}):
+        plan = Refinement([-1, -1], [1, 1], **{"resolution": 8, "budget": 300,
+                                               "extra_points": CENTRES, **kwargs}).plan()
+        assert (plan.max_points, plan.rounds) == (67, 0), kwargs
+        assert plan.describe().endswith("at most 67 points, no refinement")
