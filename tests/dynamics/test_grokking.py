@@ -75,3 +75,19 @@ def test_plot_trajectory_transitions(grok, tmp_path):
     assert ax is not None and (tmp_path / "t.png").is_file()
     with pytest.raises(KeyError, match="unknown run"):
         plot_trajectory_transitions(atlas, {"nope": [1]})
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_freeze_embedding_keeps_every_embedding_at_its_init(tmp_path, model):
+    from lossatlas.checkpoints import load_state_dict
+
+    kw = {"d_embed": 8, "hidden": 16} if model == "mlp" else {
+        "d_model": 16, "num_heads": 2, "d_mlp": 32}
+    res = run_grokking(tmp_path, p=7, train_fraction=0.5, steps=12, model=model,
+                       model_kwargs=kw, num_checkpoints=2, eval_every=6, defect=False,
+                       freeze_embedding=True, weight_decay=1.0, progress=False)
+    first, last = (load_state_dict(p) for p in (res.checkpoints[0], res.checkpoints[-1]))
+    assert torch.equal(first["embed.weight"], last["embed.weight"])  # the token embedding
+    others = [k for k in first if k != "embed.weight"]
+    assert any(not torch.equal(first[k], last[k]) for k in others)  # the rest trained
+    assert json.loads((tmp_path / "grokking.json").read_text())["config"]["freeze_embedding"]
