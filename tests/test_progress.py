@@ -117,3 +117,15 @@ def test_progress_enabled(monkeypatch):
 
 def test_disabled_bar_passes_items_through():
     assert list(progress_bar(range(3), progress=False)) == [0, 1, 2]
+
+
+def test_auto_is_on_in_a_notebook(monkeypatch):
+    """Under Jupyter tqdm.auto is the notebook widget: auto shows it (stderr is no tty)."""
+    import tqdm.notebook
+
+    import lossatlas.progress as mod
+
+    monkeypatch.delenv("LOSSATLAS_PROGRESS", raising=False)
+    assert not progress_enabled(None)
+    monkeypatch.setattr(mod, "tqdm", type("widget", (tqdm.notebook.tqdm_notebook,), {}))
+    assert progress_enabled(None)
