@@ -92,13 +92,15 @@ def _timed(device, fn, *args):
     return out, time.perf_counter() - t
 
 
-def _ours(model, x, y, k, batch_size, tol, probes, device, probe_batch, graphs=None):
+def _ours(model, x, y, k, batch_size, tol, probes, device, probe_batch, graphs=None,
+          precision="fp32"):
     # bn="own": the model's stored statistics, as the peers (eval mode) use them
-    H = HVP(model, (x, y), batch_size=batch_size, device=device, bn="own", graphs=graphs)
+    H = HVP(model, (x, y), batch_size=batch_size, device=device, bn="own", graphs=graphs,
+            precision=precision)
     eig = lanczos(H, k, tol=tol)
     n_eig = H.num_hvp
     tr = hutch_plusplus(H, probes, probe_batch=probe_batch)
-    return eig.eigenvalues.double().cpu().numpy(), tr.trace, n_eig, H.num_hvp - n_eig
+    return eig.eigenvalues.double().cpu().numpy(), tr, n_eig, H.num_hvp - n_eig
 
 
 def _profile(model, x, y, k, batch_size, tol, probes, device, probe_batch) -> None:
@@ -137,8 +139,9 @@ def _pyhessian(model, x, y, k, device):
     m = copy.deepcopy(model)
     ref = hessian(m, nn.CrossEntropyLoss(), data=(x, y), cuda=device.type == "cuda")
     vals, _ = ref.eigenvalues(top_n=k)
-    samples = ref.trace()
-    return np.sort(np.array(vals))[::-1], float(np.mean(samples)), len(samples)
+    samples = np.asarray(ref.trace(), dtype=np.float64)
+    std = float(samples.std(ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else np.nan
+    return np.sort(np.array(vals))[::-1], float(np.mean(samples)), len(samples), std
 
 
 def _eigenthings(model, x, y, k, device, probes):
@@ -166,6 +169,9 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-4, help="our Lanczos residual tolerance")
     ap.add_argument("--probes", type=int, default=99, help="Hutch++ probes")
+    ap.add_argument("--settings", default="",
+                    help="our settings to time, 'tol:probes:precision' separated by commas "
+                         "(e.g. 1e-4:99:fp32,1e-3:24:tf32); default: --tol, --probes, fp32")
     ap.add_argument("--probe-batch", type=int, default=0,
                     help="Hutch++ probes per operator call (default: all 33 at once for the "
                          "MLP on CUDA, 10 for the ResNet on CUDA, 3 on the CPU)")
@@ -188,40 +194,52 @@ def main() -> None:
         model, x, y = _problem(name, n, device)
         D = sum(p.numel() for p in model.parameters())
         common = (model, x, y, args.k, args.batch_size)
-        pb = args.probe_batch or (
-            3 if device.type != "cuda" else (args.probes // 3 if name == "mlp" else 10))
+        settings = [(float(t), int(p), prec) for t, p, prec in (
+            item.split(":") for item in args.settings.split(",") if item)] or [
+            (args.tol, args.probes, "fp32")]
         graphs = False if args.no_graphs else None
+        top = max(p for _, p, _ in settings)
+
+        def probe_batch(probes: int, name: str = name) -> int:
+            return args.probe_batch or (
+                3 if device.type != "cuda" else (probes // 3 if name == "mlp" else 10))
+
         (ref, ref_tr, _, _), t_ref = _timed(
-            device, _ours, *common, 1e-7, 3 * args.probes, device, pb, graphs)
-        (vals, tr, n_eig, n_tr), t_ours = _timed(
-            device, _ours, *common, args.tol, args.probes, device, pb, graphs
-        )
-        if args.profile:
-            _profile(*common, args.tol, args.probes, device, pb)
-        rows.append((name, D, n, "lossatlas", t_ours, _rel(vals, ref), tr, n_eig + n_tr))
+            device, _ours, *common, 1e-7, 3 * top, device, probe_batch(3 * top), graphs)
+        for tol, probes, prec in settings:
+            (vals, tr, n_eig, n_tr), t_ours = _timed(
+                device, _ours, *common, tol, probes, device, probe_batch(probes), graphs, prec)
+            rows.append((name, D, n, f"ours {tol:g}/{probes}/{prec}", t_ours, _rel(vals, ref),
+                         tr.trace, tr.std, n_eig + n_tr))
+            if args.profile and (tol, probes, prec) == settings[0]:
+                _profile(*common, tol, probes, device, probe_batch(probes))
         torch.manual_seed(0)
-        (pvals, ptr, pn), t_py = _timed(device, _pyhessian, model, x, y, args.k, device)
-        rows.append((name, D, n, "pyhessian", t_py, _rel(pvals, ref), ptr, None))
+        (pvals, ptr, pn, pstd), t_py = _timed(device, _pyhessian, model, x, y, args.k, device)
+        rows.append((name, D, n, "pyhessian", t_py, _rel(pvals, ref), ptr, pstd, None))
         try:
             (evals, etr), t_e = _timed(
-                device, _eigenthings, model, x, y, args.k, device, args.probes
+                device, _eigenthings, model, x, y, args.k, device, top
             )
-            rows.append((name, D, n, "eigenthings", t_e, _rel(evals, ref), etr, None))
+            rows.append((name, D, n, "eigenthings", t_e, _rel(evals, ref), etr, float("nan"),
+                         None))
         except ImportError:
             print("note: hessian-eigenthings is not installed; skipped")
         print(
             f"{name}: reference top-{args.k} {np.array2string(ref, precision=4)}, "
-            f"trace (Hutch++ x{3 * args.probes}) {ref_tr:.4g}, {t_ref:.1f} s; "
-            f"PyHessian trace samples {pn}"
+            f"trace (Hutch++ x{3 * top}) {ref_tr.trace:.4g} +- {ref_tr.std:.2g}, "
+            f"{t_ref:.1f} s; PyHessian trace samples {pn}"
         )
     print()
     hdr = f"{'model':10s} {'D':>8s} {'N':>6s} {'method':12s} {'time s':>8s} {'ratio':>7s} "
-    print(hdr + f"{'eig rel':>9s} {'trace':>10s} {'HVPs':>6s}")
-    base = {r[0]: r[4] for r in rows if r[3] == "lossatlas"}
-    for name, D, n, method, t, rel, tr, nh in rows:
+    print(hdr + f"{'eig rel':>9s} {'trace':>10s} {'+-':>8s} {'HVPs':>6s}")
+    base: dict[str, float] = {}
+    for r in rows:
+        if r[3].startswith("ours"):
+            base.setdefault(r[0], r[4])  # ratios against our first setting
+    for name, D, n, method, t, rel, tr, std, nh in rows:
         print(
-            f"{name:10s} {D:8d} {n:6d} {method:12s} {t:8.2f} {t / base[name]:7.2f} "
-            f"{rel:9.1e} {tr:10.4g} {'' if nh is None else nh:>6}"
+            f"{name:10s} {D:8d} {n:6d} {method:22s} {t:8.3f} {t / base[name]:7.2f} "
+            f"{rel:9.1e} {tr:10.4g} {std:8.2g} {'' if nh is None else nh:>6}"
         )
 
 

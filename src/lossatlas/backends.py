@@ -172,6 +172,10 @@ class Vmap(Backend):
     name = "vmap"
 
     def why_not(self, ev: Evaluator) -> str | None:
+        if ev.device.type == "cpu" and ev.bn == "recompute":
+            # measured (bench/bn_policy.py, 2 cores): one point at a time 1.04-1.2x
+            # faster than vmap's batched convolutions with batch statistics
+            return "on the CPU with bn='recompute' one point at a time is faster"
         return ev._vmap_why_not()
 
     def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
@@ -181,7 +185,7 @@ class Vmap(Backend):
 
 class Sequential(Vmap):
     """Each point's tensors through ``functional_call`` one point after another (any
-    model)."""
+    model; the CPU's choice under ``bn="recompute"``)."""
 
     name = "sequential"
 

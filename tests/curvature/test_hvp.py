@@ -98,10 +98,27 @@ def test_bad_inputs_raise_clear_errors(problem):
         op(torch.zeros(2, 7))
 
 
-def test_graphs_need_cuda(problem):
+def test_graphs_need_cuda_and_precision_is_checked(problem):
     model, x, y, _ = problem
     with pytest.raises(ValueError, match="graphs=True needs a CUDA device"):
         HVP(model, (x, y), graphs=True)
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'tf32', got 'bf16'"):
+        HVP(model, (x, y), precision="bf16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 needs a GPU")
+def test_tf32_products_are_close_and_flags_restored(problem):
+    model, x, y, H = problem
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 256), nn.Tanh(), nn.Linear(256, 3)).to(dev)
+    xs, ys = x.float().to(dev), y.to(dev)
+    V = torch.randn(4, ParamSpace(m).dim, device=dev)
+    ref = HVP(m, (xs, ys), graphs=False)(V)
+    before = torch.backends.cuda.matmul.allow_tf32
+    got = HVP(m, (xs, ys), precision="tf32")(V)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert float((got - ref).norm() / ref.norm()) < 2e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -115,8 +132,8 @@ def test_cuda_graph_products_equal_eager_ones(problem):
     assert op.graphs
     V = torch.randn(3, op.dim, device=dev)
     ref = eager(V)
-    outs = [op(V * (i + 1)) for i in range(4)]  # eager, capture, replay, replay
-    assert op.num_replays == 2 and op.num_hvp == 12
+    outs = [op(V * (i + 1)) for i in range(4)]  # eager, capture + replay, replay, replay
+    assert op.num_replays == 3 and op.num_hvp == 12
     for i, out in enumerate(outs):
         torch.testing.assert_close(out, ref * (i + 1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(op(V[0]), ref[0], rtol=1e-5, atol=1e-6)  # m = 1: eager
