@@ -89,10 +89,16 @@ def _jsonable(obj: Any) -> Any:
 def _load_population_and_data(run_dir: Path, data: Any,
                               trust_run: bool = False) -> tuple[Any, Any]:
     """The run's checkpoints as a Population and its dataset splits (or None, None)."""
-    from ..population import Population, UntrustedRunError, check_run_factory
+    from ..population import (
+        TRAIN_MANIFEST,
+        Population,
+        UntrustedRunError,
+        check_run_factory,
+        is_train_run,
+    )
 
-    manifest = run_dir / "train.json"
-    if not (run_dir / "checkpoints").is_dir() or not manifest.is_file():
+    manifest = run_dir / TRAIN_MANIFEST
+    if not is_train_run(run_dir) or not manifest.is_file():
         return None, data
     try:
         pop = Population.from_run(run_dir, trust_run=trust_run)
