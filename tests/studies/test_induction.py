@@ -1,5 +1,5 @@
 """Induction heads: the tiny preset plateaus near the bigram loss, then drops as an
-induction head forms, and an LLC stage boundary falls within two checkpoints of the
+induction head forms, and an LLC stage boundary falls within three checkpoints of the
 drop; the recorded numbers equal direct computations.
 
 The tiny preset (500 Adam steps, 14 checkpoints) measured on a loaded 2-core CPU
@@ -78,7 +78,7 @@ def test_plateau_then_induction_drop(study):
 def test_llc_stage_boundary_at_the_drop(study):
     _, s = study
     assert s["boundary_offset_checkpoints"] is not None
-    assert s["boundary_offset_checkpoints"] <= 2.0
+    assert abs(s["boundary_offset_checkpoints"]) <= 3.0
     direct = stage_boundaries(s["checkpoint_steps"], s["llc"], **s["stage_kwargs"])
     assert [b["step"] for b in s["stages"]] == direct.boundary_steps
     ck, v = np.asarray(s["checkpoint_steps"]), np.asarray(s["llc"])

@@ -212,10 +212,7 @@ def plot_double_descent(summary: dict[str, Any], path: str | Path | None = None)
     h2, l2 = ax3.get_legend_handles_labels()
     ax2.legend(h1 + h2, l1 + l2, fontsize="small")
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=120, format="png")
-        tmp.replace(path)
+        save_figure(fig, path, dpi=120)
     return fig
 
 
@@ -238,19 +235,22 @@ def surface_flatness(loss: np.ndarray, centre_loss: float, tol: float = 0.1) -> 
 
 def plot_double_descent_surfaces(summary: dict[str, Any], fields: dict[int, Any]) -> Figure:
     """Filled contours of the log10 training loss on each width's random filter-normalised
-    plane (``fields``: width -> xarray Dataset), one panel per width, one colour scale."""
+    plane (``fields``: width -> xarray Dataset), one panel (and colour bar) per width."""
     from ..surfaces import plot_contour
 
     widths = sorted(fields)
     ncols = min(4, len(widths))
     nrows = -(-len(widths) // ncols)
-    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+    fig = Figure(figsize=(3.8 * ncols, 3.4 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     thr = summary.get("interpolation_threshold")
     for ax, w in zip(axes, widths, strict=False):
         plot_contour(fields[w], ax=ax, points={})
         mark = " (threshold)" if thr == w else ""
-        ax.set_title(f"width {w}{mark}", fontsize="small")
+        rise = np.mean([r["surface_mean_rise"] for r in summary["models"] if r["width"] == w])
+        ax.set_title(f"width {w}{mark}: mean rise {rise:.2g} nats", fontsize="small")
+        ax.set_xlabel("α (filter-normalised units)", fontsize="small")
+        ax.set_ylabel("β (filter-normalised units)", fontsize="small")
     for ax in axes[len(widths):]:
         ax.set_visible(False)
     return fig

@@ -258,7 +258,7 @@ def attention_similarity(a: Tensor, b: Tensor) -> np.ndarray:
 INDUCTION_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {
         "vocab_size": 32, "seq_len": 32, "d_model": 32, "num_heads": 2, "segment": (10, 14),
-        "steps": 2000, "lr": 3e-3, "batch_size": 64, "num_train": 8192, "num_checkpoints": 30,
+        "steps": 2000, "lr": 1e-2, "batch_size": 64, "num_train": 8192, "num_checkpoints": 30,
         "llc_draws": 100, "llc_chains": 4,
     },
     "tiny": {
@@ -326,7 +326,9 @@ def run_induction_heads(
     defect_kwargs : passed to :func:`lossatlas.dynamics.commutator_defect` (default
         ``eta=lr, num_pairs=4, batch_size=32``)
     stage_kwargs : passed to :func:`lossatlas.dynamics.stage_boundaries` (default
-        width 0.4, plateau_tol 0.1)
+        width 0.3 and plateau_tol 1.0: "flat" is a slope below the curve's mean slope
+        over log-step, so the LLC's jump at the transition is the one stage change
+        and its start a ``plateau_end`` boundary)
     progress : tqdm bars over training and checkpoints (see lossatlas.progress)
     **overrides : any key of the preset (vocab_size, seq_len, d_model, num_heads,
         segment, steps, lr, batch_size, num_train, num_checkpoints, llc_draws,
@@ -341,7 +343,8 @@ def run_induction_heads(
     (per checkpoint, lists over layers); ``stages`` (the LLC stage boundaries, dicts
     with step, kind, value); ``drop_step`` (step where the induction score is half-way
     up, None if it never rises); ``nearest_boundary_step`` / ``boundary_offset_checkpoints``
-    (the LLC boundary nearest the drop, and how many checkpoints apart);
+    (the LLC boundary nearest the drop in log-step, and its position minus the drop's
+    in checkpoint indices, interpolated: negative when the LLC boundary comes first);
     ``plateau_loss`` (lowest probe loss before the drop), ``final_loss``,
     ``final_induction_score``; ``paths``.
     """
@@ -423,7 +426,7 @@ def run_induction_heads(
         for i in range(1, len(patterns))
     ]
     sim_final = [attention_similarity(p, patterns[-1]).tolist() for p in patterns]
-    sk = {"width": 0.4, "plateau_tol": 0.1, **(stage_kwargs or {})}
+    sk = {"width": 0.3, "plateau_tol": 1.0, **(stage_kwargs or {})}
     stages = stage_boundaries(ck_steps, np.asarray(llcs), **sk)
 
     m_steps = np.array([r["step"] for r in rows], dtype=float)
@@ -434,8 +437,8 @@ def run_induction_heads(
     if drop is not None and stages.boundaries:
         nearest = min(stages.boundary_steps, key=lambda s: abs(math.log(s) - math.log(drop)))
         pos = np.log(np.maximum(ck_steps, 1.0))
-        offset = abs(float(np.interp(math.log(nearest), pos, np.arange(len(pos))))
-                     - float(np.interp(math.log(drop), pos, np.arange(len(pos)))))
+        offset = (float(np.interp(math.log(nearest), pos, np.arange(len(pos))))
+                  - float(np.interp(math.log(drop), pos, np.arange(len(pos)))))
     before = loss[m_steps < drop] if drop is not None else loss
     summary = {
         "config": cfg,
