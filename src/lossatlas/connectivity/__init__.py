@@ -17,15 +17,18 @@ from .barriers import (
 )
 from .curves import CURVES, CurveResult, curve_points, evaluate_curve, train_curve
 from .layerwise import (
+    LAYER_NOISE_NAME,
     default_groups,
     layer_noise_tolerance,
     layerwise_barriers,
     layerwise_profile,
+    write_layer_noise,
 )
 
 __all__ = [
     "CURVES",
     "DEFINITIONS",
+    "LAYER_NOISE_NAME",
     "METRICS",
     "CurveResult",
     "barrier",
@@ -40,4 +43,5 @@ __all__ = [
     "layerwise_profile",
     "make_evaluator",
     "train_curve",
+    "write_layer_noise",
 ]

@@ -20,7 +20,9 @@ puts both side by side for a pair of models.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -42,7 +44,17 @@ from .barriers import (
     make_evaluator,
 )
 
-__all__ = ["default_groups", "layer_noise_tolerance", "layerwise_barriers", "layerwise_profile"]
+__all__ = [
+    "LAYER_NOISE_NAME",
+    "default_groups",
+    "layer_noise_tolerance",
+    "layerwise_barriers",
+    "layerwise_profile",
+    "write_layer_noise",
+]
+
+LAYER_NOISE_NAME = "layer_noise"
+"""The stored name of a noise-tolerance result: ``RUN/fields/layer_noise.zarr``."""
 
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
@@ -361,3 +373,21 @@ def layerwise_profile(
                      base_loss_b=noise[1].attrs["base_loss"],
                      units="barrier and loss rise in the loss' units (nats for cross-entropy)")
     return out
+
+
+def write_layer_noise(run_dir: str | os.PathLike, ds: xr.Dataset,
+                      name: str = LAYER_NOISE_NAME) -> Path:
+    """Store a :func:`layer_noise_tolerance` or :func:`layerwise_profile` result in the
+    run directory as ``RUN/fields/NAME.zarr`` (default ``layer_noise``, what the
+    report's "Layer noise tolerance" section reads); returns its path.
+
+    Raises ``ValueError`` when ``ds`` has no ``tolerance`` and ``loss_rise`` (it is not
+    such a result).
+    """
+    from ..store import Run
+
+    missing = [v for v in ("tolerance", "loss_rise") if v not in ds]
+    if missing:
+        raise ValueError(f"write_layer_noise: the dataset has no {missing} variable(s); pass "
+                         "the result of layer_noise_tolerance or layerwise_profile")
+    return Run(run_dir).save_dataset(name, ds)

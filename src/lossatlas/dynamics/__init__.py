@@ -34,6 +34,7 @@ from .lead_law import (
     lead_time_sweep,
     onset_effect,
     plot_lead_time_law,
+    write_lead_time_law,
 )
 from .plot import plot_trajectory_transitions, plot_transitions
 from .report import branches_report, dynamics_report
@@ -83,6 +84,7 @@ __all__ = [
     "plot_transitions",
     "prediction_disagreement",
     "representations",
+    "write_lead_time_law",
     "rise_step",
     "run_grokking",
     "sgd_commutator",

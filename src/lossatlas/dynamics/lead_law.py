@@ -43,6 +43,7 @@ __all__ = [
     "lead_time_sweep",
     "onset_effect",
     "plot_lead_time_law",
+    "write_lead_time_law",
 ]
 
 log = logging.getLogger(__name__)
@@ -235,10 +236,9 @@ def lead_time_sweep(
     train_fit_step, grokked, defect_rise_step, lead_time, final_val_accuracy, seconds,
     out_dir), ``law`` (:meth:`LeadTimeLaw.to_dict`, or None with fewer than 2 usable
     runs or a single onset), ``num_used`` (runs with an onset and a positive lead),
-    ``paths``. Written to ``OUT/lead_time_law.json`` and ``OUT/lead_time_law.png``.
+    ``paths``. Written to ``OUT/lead_time_law.json`` and ``OUT/lead_time_law.png``
+    (:func:`write_lead_time_law`).
     """
-    from ..surfaces.plot import save_figure
-
     for name in ("defect", "out_dir", "p", "weight_decay", "seed"):
         if name in grokking_kwargs:
             raise TypeError(f"lead_time_sweep: {name!r} is set by the sweep, not a keyword")
@@ -258,6 +258,48 @@ def lead_time_sweep(
                            defect=True, progress=False, **grokking_kwargs)
         rows.append(_run_row(res, p=p, weight_decay=wd, seed=seed))
         run.record_stage(f"p{p}_wd{wd:g}_seed{seed}", res.seconds)
+    return write_lead_time_law(out, rows, config=config, level=level,
+                               num_bootstrap=num_bootstrap)
+
+
+def write_lead_time_law(
+    out_dir: str | Path,
+    runs: Sequence[dict[str, Any]],
+    *,
+    config: dict[str, Any] | None = None,
+    level: float = 0.95,
+    num_bootstrap: int = 2000,
+) -> dict[str, Any]:
+    """Fit the lead-time law to grokking runs and write it into the run directory.
+
+    Parameters
+    ----------
+    out_dir : run directory (created); gets ``lead_time_law.json`` and
+        ``lead_time_law.png``, what the report's "Grokking lead time" section reads
+    runs : one dict per grokking run with at least ``p`` (modulus), ``onset_step``
+        (steps, None without an onset) and ``lead_time`` (steps, None without a
+        defect rise), as :func:`lead_time_sweep` records them
+    config : the sweep's settings, stored as ``config`` (and in ``run.json``)
+    level, num_bootstrap : see :func:`fit_lead_time_law`
+
+    Returns
+    -------
+    The summary written: ``config``, ``runs``, ``law`` (:meth:`LeadTimeLaw.to_dict`, or
+    None with fewer than 2 distinct onsets among the usable runs), ``num_used`` (runs
+    with an onset and a positive lead), ``paths``.
+    """
+    from ..surfaces.plot import save_figure
+
+    rows = [dict(r) for r in runs]
+    for i, r in enumerate(rows):
+        missing = [k for k in ("p", "onset_step", "lead_time") if k not in r]
+        if missing:
+            raise ValueError(f"write_lead_time_law: run {i} has no {missing} (expected the "
+                             f"rows of lead_time_sweep)")
+    out = Path(out_dir)
+    config = dict(config or {"study": "lead_time_law", "level": float(level),
+                             "num_bootstrap": int(num_bootstrap)})
+    run = Run(out, config=config)
     used = [r for r in rows if r["onset_step"] and r["lead_time"] is not None
             and r["lead_time"] > 0]
     law = None
