@@ -80,12 +80,20 @@ def test_reported_values_match_a_direct_computation(study, pairs_pop, digits_xy)
     assert tr["true_loss"][-1] == pytest.approx(true, rel=1e-4)
 
 
-def test_written_file(study, tmp_path):
-    path = write_rebasin_study(study, tmp_path)
+def test_written_file_and_report_section(study):
+    from lossatlas.report import SECTIONS, RunView
+
+    path = write_rebasin_study(study, study.atlas.path)
     data = json.loads(path.read_text())
     assert data["in_partner_basin"] == study.in_partner_basin
     assert data["num_pairs"] == 8 and len(data["map"]["models"]) == 16
-    assert len(data["map"]["model_basin"]) == 16
+    assert data["map"]["model_basin"] == [int(b) for b in study.atlas.basins_]
+    sec = SECTIONS["rebasin"].build(RunView(study.atlas.path))
+    assert f"<b>{study.in_partner_basin} of 8</b>" in sec.html
+    assert sec.summary["control_in_partner_basin"] == study.control_in_partner_basin
+    traces = {tr["name"]: tr for tr in sec.figures["fig-rebasin"]["data"]}
+    np.testing.assert_allclose(traces["re-basined B"]["x"],
+                               [p["rebased_code"][0] for p in study.pairs])
 
 
 def test_pairs_are_checked(pairs_pop):
