@@ -22,8 +22,8 @@ from lossatlas.studies import (
     surface_flatness,
 )
 
-CONFIG = {"widths": (2, 8, 48), "num_train": 200, "steps": 300, "label_noise": 0.2,
-          "dataset": "digits", "lr": 3e-3}
+CONFIG = {"widths": (2, 4, 8, 16, 32, 64, 256), "num_train": 200, "steps": 600,
+          "label_noise": 0.2, "dataset": "digits", "lr": 3e-3}
 
 
 @pytest.fixture(autouse=True)
@@ -48,19 +48,66 @@ def test_sweep_runs_end_to_end(sweep):
     out, summary = sweep
     assert json.loads((out / "double_descent.json").read_text()) == json.loads(
         json.dumps(summary))
-    assert (out / "double_descent.png").stat().st_size > 0
+    assert (out / "double_descent.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "run.json").read_text())["summary"] == "double_descent.json"
     rows = summary["models"]
-    assert [r["width"] for r in rows] == [2, 8, 48]
+    assert [r["width"] for r in rows] == list(CONFIG["widths"])
     assert rows[-1]["train_error"] == 0.0  # the widest model interpolates the noisy labels
     assert rows[0]["train_error"] > 0.2  # the narrowest cannot
-    assert summary["interpolation_threshold"] in (8, 48)
+    # the threshold: the first width whose train error is 0 (measured: 16)
+    first_zero = next(r["width"] for r in rows if r["train_error"] == 0.0)
+    assert summary["interpolation_threshold"] == first_zero
     for r in rows:
         assert r["lambda_max"] > 0 and r["trace"] > 0 and (out / r["checkpoint"]).exists()
     pop = double_descent_population(out, 8)
     assert len(pop) == 1 and pop.labels[0]["width"] == 8
     with pytest.raises(ValueError, match="width 5 is not in the sweep"):
         double_descent_population(out, 5)
+
+
+def _test_errors_from_checkpoints(out, summary) -> list[float]:
+    """Each model's test error recomputed from its checkpoint on disk (clean test labels)."""
+    cfg = summary["config"]
+    splits = datasets.create("digits")
+    x, y = splits.x_test.flatten(1).float(), splits.y_test
+    errors = []
+    for r in summary["models"]:
+        model = models.create("mlp", in_features=64, hidden=(r["width"],), num_classes=10)
+        model.load_state_dict(load_state_dict(out / r["checkpoint"]))
+        with torch.no_grad():
+            errors.append(float((model(x).argmax(1) != y).float().mean()))
+    assert cfg["seeds"] == [0]  # one model per width: its error is the width's
+    return errors
+
+
+def test_double_descent_peak(sweep):
+    """Test error (recomputed from the checkpoints): classical U below the interpolation
+    threshold, a peak at it, a second descent beyond it. Measured (seed 0): 0.617, 0.325
+    (best, width 4), 0.364 (peak, width 8: train error 0.02), 0.283 (threshold 16), 0.233,
+    0.208, 0.197 (width 256); lambda_max 3.0 at width 4, 0.07 at 256."""
+    out, summary = sweep
+    widths = [r["width"] for r in summary["models"]]
+    err = np.asarray(_test_errors_from_checkpoints(out, summary))
+    np.testing.assert_allclose([r["test_error"] for r in summary["models"]], err, atol=1e-9)
+    # the summary's figures, by hand from the recomputed errors
+    threshold = summary["interpolation_threshold"]
+    below = [i for i, w in enumerate(widths) if w < threshold]
+    best = min(below, key=lambda i: err[i])
+    peak = best + int(np.argmax(err[best:]))
+    assert summary["classical_best_width"] == widths[best]
+    assert summary["peak_test_error_width"] == widths[peak]
+    assert summary["peak_test_error"] == pytest.approx(err[peak])
+    assert summary["final_test_error"] == pytest.approx(err[-1])
+    # the shape: the first descent ends before the threshold, the error then rises to a
+    # peak within a factor 2 of the threshold (by more than 10 of the 360 test samples),
+    # and falls again well below it (second descent)
+    assert err[0] > err[best] + 0.1
+    assert widths[best] < widths[peak] and threshold / 2 <= widths[peak] <= threshold
+    assert err[peak] > err[best] + 10 / 360
+    assert err[-1] < err[peak] - 0.1 and err[-1] < err[best]
+    # sharpness: largest below the threshold, at least 10x smaller at the widest model
+    lam = [r["lambda_max"] for r in summary["models"]]
+    assert widths[int(np.argmax(lam))] < threshold and max(lam) > 10 * lam[-1]
 
 
 def test_recorded_sharpness_equals_the_dense_hessian(sweep):
