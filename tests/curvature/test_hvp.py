@@ -132,11 +132,12 @@ def test_cuda_graph_products_equal_eager_ones(problem):
     assert op.graphs
     V = torch.randn(3, op.dim, device=dev)
     ref = eager(V)
-    outs = [op(V * (i + 1)) for i in range(4)]  # eager, capture + replay, replay, replay
+    outs = [op(V * (i + 1)) for i in range(4)]  # eager (warm-up), capture + replay, replays
     assert op.num_replays == 3 and op.num_hvp == 12
     for i, out in enumerate(outs):
         torch.testing.assert_close(out, ref * (i + 1), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(op(V[0]), ref[0], rtol=1e-5, atol=1e-6)  # m = 1: eager
+    torch.testing.assert_close(op(V[0]), ref[0], rtol=1e-5, atol=1e-6)  # m = 1: captured now
+    assert op.num_replays == 4
     # a new point drops the captured graphs: products of the new Hessian
     other = tiny_mlp(seed=5).float().to(dev)
     op.move_to(ParamSpace(other).flatten(other).to(dev))

@@ -79,8 +79,9 @@ class HVP(Objective):
         TF32 tensor cores on CUDA (about 1e-3 relative error per product; several times
         faster; eigenvalues to ~1e-3, traces unchanged within their sampling error).
     graphs : bool, optional
-        On CUDA (the default there), the product for ``m`` vectors is captured as a
-        CUDA graph the second time ``m`` vectors are asked for, and replayed after:
+        On CUDA (the default there), after the first (eager) product the product for
+        ``m`` vectors is captured as a CUDA graph when ``m`` is first asked for, and
+        replayed after:
         one launch instead of the Python and kernel-launch cost of the whole
         forward-over-reverse pass (which bounds small models). Up to
         ``MAX_GRAPHS`` shapes are kept (each holds its own activation memory); a
@@ -142,9 +143,10 @@ class HVP(Objective):
         self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
         if self.graphs and self.device.type != "cuda":
             raise ValueError(f"HVP: graphs=True needs a CUDA device, got {self.device}")
-        # m -> (graph, static input [m, dim], static output [m, dim]), or None once m was
-        # seen eagerly; cleared when the point moves
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None] = {}
+        # m -> (graph, static input [m, dim], static output [m, dim]); cleared when the
+        # point moves. Captures start once an eager product has warmed up the kernels.
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._warm = False
 
     def move_to(self, w: Tensor) -> None:
         """Make ``w`` [D] the point (captured products are for the old one: dropped)."""
@@ -184,16 +186,14 @@ class HVP(Objective):
         return out / self.num_samples
 
     def _graphed(self, V: Tensor) -> Tensor | None:
-        """``H V`` through the CUDA graph for ``m = len(V)`` vectors: replayed when
-        captured before, captured now when ``m`` was asked for before; else None (first
-        call of this ``m``, too many shapes, or capture failed): compute eagerly."""
+        """``H V`` by replaying the CUDA graph for ``m = len(V)`` vectors (captured now if
+        new), or None: compute eagerly (the operator's first product, which warms up its
+        kernels, more than ``MAX_GRAPHS`` shapes, or a capture that failed)."""
         m = V.shape[0]
-        if m not in self._graphs:
-            if len(self._graphs) < MAX_GRAPHS:
-                self._graphs[m] = None  # seen once: capture if it comes again
-            return None
-        entry = self._graphs[m]
+        entry = self._graphs.get(m)
         if entry is None:
+            if not self._warm or len(self._graphs) >= MAX_GRAPHS:
+                return None
             entry = self._capture(V)
             if entry is None:
                 return None
@@ -204,8 +204,8 @@ class HVP(Objective):
         return v_out.clone()
 
     def _capture(self, V: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None:
-        """A CUDA graph of :meth:`_products` for vectors of ``V``'s shape (the eager call
-        of that shape before was the warm-up), or None (with a log line; the operator
+        """A CUDA graph of :meth:`_products` for vectors of ``V``'s shape (the operator's
+        first, eager product was the warm-up), or None (with a log line; the operator
         stays eager) when the model cannot be captured or its memory is not there."""
         v_in = V.clone()
         try:
@@ -244,6 +244,7 @@ class HVP(Objective):
         out = self._graphed(Vg) if self.graphs else None
         if out is None:
             out = self._products(Vg)
+            self._warm = True
         self.num_hvp += Vg.shape[0]
         if full:
             out = self.embed(out)
