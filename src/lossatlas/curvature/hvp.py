@@ -76,13 +76,12 @@ class HVP(Objective):
         it; activations of ``batch_size`` samples per vector). Default: all.
     precision : {"fp32", "tf32"}
         Matmuls and convolutions of the products in full float32 (default) or with
-        TF32 tensor cores on CUDA (about 1e-3 relative error per product; several times
-        faster; eigenvalues to ~1e-3, traces unchanged within their sampling error).
+        TF32 tensor cores on CUDA (eigenvalues to ~1e-3 relative, traces unchanged
+        within their sampling error; ResNet-20's top-5 + trace 1.3x faster on an H200).
     graphs : bool, optional
         On CUDA (the default there), after the first (eager) product the product for
         ``m`` vectors is captured as a CUDA graph when ``m`` is first asked for, and
-        replayed after:
-        one launch instead of the Python and kernel-launch cost of the whole
+        replayed after: one launch instead of the Python and kernel-launch cost of the whole
         forward-over-reverse pass (which bounds small models). Up to
         ``MAX_GRAPHS`` shapes are kept (each holds its own activation memory); a
         capture that fails falls back to eager products, logged once.
