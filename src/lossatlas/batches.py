@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .errors import InputTypeError
+
 __all__ = [
     "Inputs",
     "TensorData",
@@ -50,7 +52,7 @@ def map_inputs(fn: Callable[[Tensor], Tensor], x: Inputs) -> Inputs:
         return type(x)(*(map_inputs(fn, v) for v in x))
     if isinstance(x, (tuple, list)):
         return type(x)(map_inputs(fn, v) for v in x)
-    raise TypeError(
+    raise InputTypeError(
         f"data: inputs must be a tensor or a dict / tuple / list of tensors, found a "
         f"{type(x).__name__}"
     )
@@ -65,7 +67,7 @@ def input_leaves(x: Inputs, name: str = "x") -> list[tuple[str, Tensor]]:
         return [leaf for k, v in x.items() for leaf in input_leaves(v, f"{name}[{k!r}]")]
     if isinstance(x, (tuple, list)):
         return [leaf for i, v in enumerate(x) for leaf in input_leaves(v, f"{name}[{i}]")]
-    raise TypeError(
+    raise InputTypeError(
         f"data: input {name} is a {type(x).__name__}; inputs must be tensors, or dicts / "
         "tuples / lists of tensors"
     )
@@ -144,7 +146,7 @@ def _combine(parts: list, op: Callable[[list[Tensor]], Tensor], what: str, where
             isinstance(p, Mapping) if isinstance(first, Mapping) else
             isinstance(p, (tuple, list)) and not isinstance(p, Mapping))
         if not same:
-            raise TypeError(
+            raise InputTypeError(
                 f"{where}: input {name} is a {kind} in {what} {i} but a {kind_first} in {what} 0"
             )
         if isinstance(first, Mapping) and list(p.keys()) != list(first.keys()):
@@ -284,7 +286,7 @@ def _as_input_tensors(x: Any, where: str, name: str = "x") -> Inputs:
     try:
         t = torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: input {name} is a {type(x).__name__}, which is not a tensor, array or "
             "number"
         ) from exc
@@ -307,7 +309,7 @@ def _split_items(items: list, where: str, what: str) -> tuple[list, list]:
     xs, ys = [], []
     for i, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise TypeError(
+            raise InputTypeError(
                 f"{where}: {what} {i} is {type(item).__name__}; expected an (input, target) pair"
             )
         xs.append(_as_input_tensors(item[0], where))
@@ -341,7 +343,7 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
             x = _as_input_tensors(x, where)
         return TensorData(x, torch.as_tensor(data[1]))
     if isinstance(data, IterableDataset):
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: an IterableDataset ({type(data).__name__}) has no length; wrap it in a "
             "DataLoader(dataset, batch_size=...)"
         )
@@ -349,7 +351,7 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
         try:
             n = len(data)  # type: ignore[arg-type]
         except TypeError as exc:
-            raise TypeError(
+            raise InputTypeError(
                 f"{where}: the Dataset {type(data).__name__} has no __len__; give it one or "
                 "wrap it in a DataLoader"
             ) from exc
@@ -357,7 +359,7 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
             raise ValueError(f"{where}: the Dataset is empty")
         xs, ys = _split_items([data[i] for i in range(n)], where, "item")
         return TensorData(stack_inputs(xs, where), torch.stack(ys))
-    raise TypeError(
+    raise InputTypeError(
         f"{where}: expected an (X, y) tensor pair, a Dataset or a DataLoader, "
         f"got {type(data).__name__}"
     )

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import LossatlasError
+from .errors import InputTypeError, LossatlasError
 from .store import atomic_path
 
 __all__ = [
@@ -266,7 +266,7 @@ def save_state_dict(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -
         )
     for k, v in state.items():
         if not isinstance(v, Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"save_state_dict: value of {k!r} is a {type(v).__name__}, not a Tensor"
             )
     if p.suffix == ".safetensors":

@@ -49,6 +49,8 @@ from lossatlas.batches import (
 )
 from lossatlas.registry import FactoryError, Registry
 
+from .errors import InputTypeError
+
 __all__ = [
     "DATASETS",
     "DatasetSplits",
@@ -200,7 +202,7 @@ def _call_factory(
     elif callable(spec):
         factory = spec
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"load_data: {role} spec must be a dataset name, a 'package.module:function' or "
             f"'file.py:function' spec, or a callable; got {type(spec).__name__}"
         )
@@ -233,7 +235,7 @@ def _tensor_data(obj: Any, label: str, role: str) -> tuple[TensorData, str]:
     if not (isinstance(obj, (Dataset, DataLoader, TensorData)) or is_xy_pair(obj)):
         hint = ("; a (train, test) pair of sets is not one set: return a DatasetSplits, or "
                 "give the test set's factory as --test-data" if _is_set_pair(obj) else "")
-        raise TypeError(f"{role} factory {label!r} returned {kind}; expected {ACCEPTED}{hint}")
+        raise InputTypeError(f"{role} factory {label!r} returned {kind}; expected {ACCEPTED}{hint}")
     where = f"{role} factory {label!r} (returned {kind})"
     try:
         td = as_tensor_data(obj, where=where)

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import SetupError
+
 __all__ = [
     "init_from_env", "is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier",
     "broadcast_object", "device", "shard", "shutdown",
@@ -72,12 +74,12 @@ def init_from_env(backend: str | None = None, timeout_s: float = 6 * 3600.0) -> 
     if size <= 1:
         return False
     if not dist.is_available():
-        raise RuntimeError(
+        raise SetupError(
             f"distributed: WORLD_SIZE={size} but this torch build has no torch.distributed"
         )
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing:
-        raise RuntimeError(
+        raise SetupError(
             f"distributed: WORLD_SIZE={size} but {', '.join(missing)} not set; "
             "launch with torchrun (python -m torch.distributed.run)"
         )

@@ -10,9 +10,19 @@ these as one line; anything else it treats as a bug and shows with its traceback
 
 from __future__ import annotations
 
-__all__ = ["LossatlasError"]
+__all__ = ["InputTypeError", "LossatlasError", "SetupError"]
 
 
 class LossatlasError(Exception):
     """An error lossatlas raises on purpose: the input, a file or the run directory is
     at fault (not lossatlas); its message names what and says what to do."""
+
+
+class InputTypeError(TypeError, LossatlasError):
+    """An argument, data or a factory's return value of the wrong type (a ``TypeError``
+    lossatlas raises on purpose, naming the value and what it accepts)."""
+
+
+class SetupError(RuntimeError, LossatlasError):
+    """The environment lossatlas runs in is set up wrong (e.g. the variables of a
+    distributed launch); the message says how to set it up."""

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .batchnorm import POLICY_TEXT, resolve_policy
 from .checkpoints import SUFFIXES, load_state_dict, match_state_dict, read_labels
-from .errors import LossatlasError
+from .errors import InputTypeError, LossatlasError
 from .space import ParamSpace, batchnorm_stat_names
 from .vectors import VectorFile, VectorFileWriter
 
@@ -92,7 +92,7 @@ def resolve_model_factory(
     elif callable(factory):
         fn, spec = factory, _callable_spec(factory)
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"model factory must be a callable, a 'package.module:function' spec or a "
             f"registered model name, got {type(factory).__name__}"
         )
@@ -101,7 +101,7 @@ def resolve_model_factory(
     def build() -> nn.Module:
         model = fn(**kwargs)
         if not isinstance(model, nn.Module):
-            raise TypeError(
+            raise InputTypeError(
                 f"model factory {name!r} returned {type(model).__name__}, expected an nn.Module"
             )
         return model

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .errors import InputTypeError
 from .population import TRAIN_MANIFEST, Population, resolve_model_factory
 from .recorder import Recorder, read_jsonl, select_steps
 from .store import atomic_write_json
@@ -135,7 +136,7 @@ def expand_variants(
     out: list[dict[str, Any]] = []
     for i, v in enumerate(variants):
         if not isinstance(v, Mapping):
-            raise TypeError(f"{where}: variant {i} is a {type(v).__name__}, expected a dict")
+            raise InputTypeError(f"{where}: variant {i} is a {type(v).__name__}, expected a dict")
         unknown = [k for k in v if k != "name" and k not in HPARAM_DEFAULTS]
         if unknown:
             raise ValueError(
@@ -200,7 +201,7 @@ def _resolve_data(data: Any, data_kwargs: Mapping[str, Any] | None) -> tuple[Any
     needed = ("x_train", "y_train", "x_test", "y_test")
     missing = [a for a in needed if not hasattr(data, a)]
     if missing:
-        raise TypeError(
+        raise InputTypeError(
             f"train_population: data must be a dataset name, a 'pkg.mod:fn' spec or an object "
             f"with {', '.join(needed)} (e.g. lossatlas.data.DatasetSplits); "
             f"{type(data).__name__} lacks {missing[0]}"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import LossatlasError
+from .errors import InputTypeError, LossatlasError
 
 __all__ = ["VectorFile", "VectorFileWriter", "parse_bytes", "return_freed_memory"]
 
@@ -51,7 +51,7 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 def parse_bytes(value: int | float | str, what: str = "memory budget") -> int:
     """Bytes from an int or a string such as ``"512MB"``, ``"4GiB"``, ``"1.5e9"``."""
     if isinstance(value, bool):
-        raise TypeError(f"{what}: expected bytes or a size such as '4GB', got {value!r}")
+        raise InputTypeError(f"{what}: expected bytes or a size such as '4GB', got {value!r}")
     if isinstance(value, (int, float)):
         number, unit = float(value), ""
     else:

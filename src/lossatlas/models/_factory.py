@@ -8,6 +8,8 @@ from torch import nn
 
 from lossatlas.registry import Registry
 
+from ..errors import InputTypeError
+
 __all__ = ["MODELS", "create", "list_models"]
 
 MODELS = Registry("model")
@@ -18,7 +20,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     ``"package.module:function"`` factory spec; ``None`` keyword arguments are dropped."""
     model = MODELS.create(name, **kwargs)
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise InputTypeError(
             f"models.create: factory {name!r} returned {type(model).__name__}, expected a "
             "torch.nn.Module"
         )
