@@ -3,10 +3,12 @@ induction head forms, and an LLC stage boundary falls within three checkpoints o
 drop; the recorded numbers equal direct computations.
 
 The tiny preset (500 Adam steps, 14 checkpoints) measured on a loaded 2-core CPU
-(load ~12, one thread, seed 0): bigram loss 3.11 nats, lowest loss before the drop
-2.85, final 2.44; induction score 0.06 -> 0.81, half-way up at step 288; LLC
-1.2-1.3 on the plateau, 3.1 at step 261, 5.4 at the end; boundaries at steps 37
-(plateau end) and 411 (max), 1.1 checkpoints from the drop.
+(load ~12-19, one thread, seed 0): bigram loss 3.11 nats, lowest loss before the drop
+2.85, final 2.44 (repeated positions 3.62 -> 0.75); induction score 0.06 -> 0.81,
+half-way up at step 288; LLC 1.2-1.3 on the plateau, 3.1 at step 261, 5.4 at the end;
+one LLC boundary, the plateau end at step 191, 1.3 checkpoints before the drop. This
+file: 22 s on an idle core (28 s with start-up); 71 s of CPU time, 7.7 min wall, on
+the shared 2-core machine at load ~19.
 """
 
 from __future__ import annotations

@@ -12,6 +12,15 @@ cross-entropy, eval mode): the top Hessian eigenvalue and trace
 (:func:`lossatlas.curvature.sharpness`, radius ``rho``), and train / test loss and
 error with their gaps.
 
+Measured (the defaults: sklearn digits, 1024 training samples, MLP 64-64-10, SGD lr
+0.1 to train loss 0.05; seed 0, one thread of an idle core, 11 s): batch sizes 8 / 32
+/ 128 / 512 need 4 / 15 / 61 / 243 epochs (480-512 steps each); the top eigenvalue
+grows with the batch, 0.53 / 0.57 / 0.60 / 0.60 (ratio 1.14, rank correlation 1), as
+does the trace (8.5 -> 9.8) and the loss gap (0.079 -> 0.082 nats), while the
+epsilon-sharpness at rho 0.05 falls slightly (0.0024 -> 0.0018) and the test error is
+0.042 at batch 8, 0.036 above: on this small, easy problem the effect is the survey's
+direction but small.
+
 Run directory::
 
     OUT/run.json                  config and stage timings (lossatlas.store.Run)

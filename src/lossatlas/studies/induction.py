@@ -26,8 +26,18 @@ Run directory (``run_induction_heads``)::
     OUT/induction.json       summary (see :func:`run_induction_heads`)
     OUT/induction.png        loss, induction score, LLC with the stage boundaries
 
-Measured (seed 0, one thread on a loaded 2-core CPU): see :data:`INDUCTION_CONFIGS` for the two
-presets; the numbers are in ``tests/studies/test_induction.py``'s module docstring.
+Measured (seed 0, one thread of an idle CPU core): the "default" preset (2000 Adam steps,
+30 checkpoints) takes 90 s (training 21 s, LLC 64 s, defect 4.5 s). Bigram loss 3.10
+nats; the held-out loss falls to 2.91 (the plateau: the bigram solution, the repeated
+positions still at 3.2), then drops to 2.29 (repeated positions 3.65 -> 0.46) as the
+induction score rises 0.045 -> 0.75 (half-way at step 283). The LLC grows slowly
+1.4 -> 4.0 up to step 246, jumps to 6.5 at 283 and 7.7 at 325, then stays at 7.5-8.0;
+the one LLC boundary (plateau end) is at step 230, 1.5 checkpoints before the drop.
+The commutator defect is ~0.5 on the plateau and rises to ~1.4 across the drop (from
+step 214 on). The "tiny" preset (500 steps, 14
+checkpoints; 22 s for its test file on an idle core): drop at step 288, boundary at
+191 (1.3 checkpoints before). The same holds at lr 3e-3 (default preset, drop at step
+600, boundary at 476, 1.7 checkpoints before).
 """
 
 from __future__ import annotations
@@ -326,9 +336,10 @@ def run_induction_heads(
     defect_kwargs : passed to :func:`lossatlas.dynamics.commutator_defect` (default
         ``eta=lr, num_pairs=4, batch_size=32``)
     stage_kwargs : passed to :func:`lossatlas.dynamics.stage_boundaries` (default
-        width 0.3 and plateau_tol 1.0: "flat" is a slope below the curve's mean slope
-        over log-step, so the LLC's jump at the transition is the one stage change
-        and its start a ``plateau_end`` boundary)
+        width 0.3 and plateau_tol 2.0: "flat" is a slope below twice the curve's mean
+        slope over log-step, so the LLC's jump at the transition is the one stage
+        change and its start a ``plateau_end`` boundary; with the default 0.05 the
+        slow LLC growth before the jump is not flat and no boundary marks the jump)
     progress : tqdm bars over training and checkpoints (see lossatlas.progress)
     **overrides : any key of the preset (vocab_size, seq_len, d_model, num_heads,
         segment, steps, lr, batch_size, num_train, num_checkpoints, llc_draws,
@@ -426,7 +437,7 @@ def run_induction_heads(
         for i in range(1, len(patterns))
     ]
     sim_final = [attention_similarity(p, patterns[-1]).tolist() for p in patterns]
-    sk = {"width": 0.3, "plateau_tol": 1.0, **(stage_kwargs or {})}
+    sk = {"width": 0.3, "plateau_tol": 2.0, **(stage_kwargs or {})}
     stages = stage_boundaries(ck_steps, np.asarray(llcs), **sk)
 
     m_steps = np.array([r["step"] for r in rows], dtype=float)
