@@ -55,28 +55,30 @@ from lossatlas.surfaces.slices import slice_field  # noqa: E402
 def surface_random(model: torch.nn.Module, data, out: Path, resolution: int, bn: str | None
                    ) -> dict:
     """``surface random``'s library path: Evaluator, 2-D random slice, stored field."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ev = Evaluator(model, data, bn=bn)
     sl = random_slice(model, ndim=2, resolution=resolution, span=1.0, space=ev.space)
     t1 = time.perf_counter()
     ds = slice_field(ev, sl, Run(out), "random2d")
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     n = int(ds["loss"].size)
-    return {"points": n, "seconds": t2 - t0, "eval_seconds": t2 - t1,
-            "points_per_s": n / (t2 - t0), "backend": ev.backend}
+    return {"points": n, "seconds": t2 - t0, "eval_seconds": t2 - t1, "cpu_s": c2 - c0,
+            "points_per_s": n / (t2 - t0), "points_per_cpu_s": n / (c2 - c0),
+            "backend": ev.backend}
 
 
 def atlas(pop: Population, data, out: Path, resolution: int, budget: int,
           profile: bool) -> tuple[dict, str]:
     """The stages of ``lossatlas atlas`` (as its ``build_atlas``) with their seconds."""
     stages: dict[str, float] = {}
-    t = time.perf_counter()
+    cpu: dict[str, float] = {}
+    t, c = time.perf_counter(), time.process_time()
 
     def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        stages[name] = now - t
-        t = now
+        nonlocal t, c
+        now, now_c = time.perf_counter(), time.process_time()
+        stages[name], cpu[name] = now - t, now_c - c
+        t, c = now, now_c
 
     a = Atlas(pop, data, out, overwrite=True)
     lap("setup")
@@ -105,7 +107,7 @@ def atlas(pop: Population, data, out: Path, resolution: int, budget: int,
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
         text = s.getvalue()
     raw = a.run.read()["stages"].get("raw_check", {})
-    return {"stages": stages, "samples": field.n, "rounds": field.rounds,
+    return {"stages": stages, "cpu": cpu, "samples": field.n, "rounds": field.rounds,
             "raw_samples": raw.get("samples"),
             "field_points_per_s": field.n / stages["field"],
             "backend": a.evaluator.backend}, text
@@ -127,8 +129,10 @@ def run_family(name: str, root: Path, resolution: int, budget: int, slice_res: i
                           getattr(pop, "bn", None))
     res, prof = atlas(pop, data, root / f"{name}-atlas", resolution, budget, profile)
     total = load_s + sum(res["stages"].values())
+    total_cpu = load_s + sum(res["cpu"].values())
     out = {"family": name, "models": len(pop), "parameters": params, "train_s": train_s,
            "load_s": load_s, "surface": surf, "atlas": res, "end_to_end_s": total,
+           "end_to_end_cpu_s": total_cpu,
            "field_vs_surface": res["field_points_per_s"] / surf["points_per_s"]}
     print(f"\n== {name}: {len(pop)} checkpoints of {params:,} parameters, "
           f"{len(data[0])} samples")
@@ -139,6 +143,9 @@ def run_family(name: str, root: Path, resolution: int, budget: int, slice_res: i
     print(f"ratio field / surface random: {out['field_vs_surface']:.2f}")
     print(f"atlas stages (s): load {load_s:.1f}, " + ", ".join(
         f"{k} {v:.1f}" for k, v in res["stages"].items()) + f"; end to end {total:.1f}")
+    print("process CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["cpu"].items())
+          + f"; end to end {total_cpu:.1f} (surface random {surf['cpu_s']:.1f} for "
+          f"{surf['points']} points)")
     if prof:
         print(prof)
     return out
