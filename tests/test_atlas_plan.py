@@ -51,6 +51,11 @@ def test_plan_logged_with_its_numbers_before_the_field(atlas, caplog):
     pts, secs = re.search(r"first chunk of ([\d,]+) points in ([\d.]+) s", estimate).groups()
     assert 0 < int(pts.replace(",", "")) <= first and float(secs) >= 0
     assert f"for {budget} points" in estimate
+    # and stored with the stage's time
+    stored = atlas.run.read()["stages"]["field"]["plan"]
+    assert (stored["base"], stored["extra"], stored["max_points"], stored["rounds"]) == (
+        res * res, MODELS, budget, rounds)
+    assert stored["estimated_seconds"] > 0
 
 
 def test_plan_on_the_console_with_a_progress_bar(atlas, capsys):

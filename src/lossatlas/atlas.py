@@ -14,6 +14,7 @@ Every stage is stored in the run directory and reused when called again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -451,11 +452,19 @@ class Atlas:
         stored as a field of the run, so an interrupted call resumes.
         ``include_models=False`` leaves the models' codes out of the samples (to
         measure what a grid alone shows; topology then needs them, so it refuses).
+
+        Before the first evaluation the plan (base grid, budget, most points, expected
+        refinement rounds: :class:`~lossatlas.refine.RefinePlan`) is logged at INFO on
+        ``lossatlas.atlas``, then an estimated time from the first chunk measured;
+        ``progress`` (``None``: in a notebook or a terminal, see
+        :func:`lossatlas.progress.progress_enabled`) shows one bar over all rounds with
+        both lines above it. Returns the :class:`RefinedField` (also ``field_``); the
+        plan is stored in ``run.json`` with the stage's time.
         """
         self._check("codes_", "embed()")
         t0 = time.perf_counter()
         lo, hi = self.box(margin)
-        field = self._refined_field(lo, hi, resolution, tol if refine else np.inf, budget,
+        field, plan = self._refined_field(lo, hi, resolution, tol if refine else np.inf, budget,
                                     max_level, include_models, progress, corrected=True,
                                     settings=[margin, refine])
         field.values["distance"] = self._distances(field.coords)
@@ -464,14 +473,17 @@ class Atlas:
         self._save_field(field)
         self.run.record_stage("field", time.perf_counter() - t0, samples=field.n,
                               rounds=field.rounds, resolution=resolution, tol=tol,
-                              budget=budget, box=[lo.tolist(), hi.tolist()])
+                              budget=budget, box=[lo.tolist(), hi.tolist()], plan=plan)
         return field
 
     def _refined_field(self, lo: np.ndarray, hi: np.ndarray, resolution: int, tol: float,
                        budget: int, max_level: int, include_models: bool,
-                       progress: bool | None, corrected: bool, settings: list) -> RefinedField:
+                       progress: bool | None, corrected: bool, settings: list
+                       ) -> tuple[RefinedField, dict]:
         """The field over the box ``[lo, hi]`` decoded with (or without) the residual
-        correction; each refinement round stored as a field of the run (resumable).
+        correction, each refinement round stored as a field of the run (resumable), and
+        its plan (:class:`RefinePlan` as a dict, with ``estimated_seconds``: from the
+        first chunk evaluated, None when every round was stored already).
 
         The plan (grid, budget, points, rounds) is logged before the first evaluation and
         the time it will take once the first chunk is measured; with a progress bar both
@@ -503,7 +515,7 @@ class Atlas:
                     break
             bar.total = ref.evaluated
             bar.refresh()
-        return ref.result()
+        return ref.result(), {**dataclasses.asdict(plan), "estimated_seconds": clock.estimate}
 
     def raw_check(self, resolution: int | None = None, progress: bool | None = None) -> dict:
         """The map without the residual correction, beside the corrected atlas.
@@ -520,7 +532,7 @@ class Atlas:
         self._check("tree_", "topology()")
         t0 = time.perf_counter()
         res = int(resolution or self.field_.resolution)
-        raw = self._refined_field(self.field_.lo, self.field_.hi, res, np.inf, 0, 0, True,
+        raw, _ = self._refined_field(self.field_.lo, self.field_.hi, res, np.inf, 0, 0, True,
                                   progress, corrected=False, settings=["raw"])
         values = raw.values["log10_loss"]
         tree = graph_merge_tree(values, raw.edges, threshold=float(self.tree_.threshold))
