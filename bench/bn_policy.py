@@ -135,9 +135,11 @@ def make_evaluator(variant: str, model, x, y, space, device, precision, n, lbl_b
     if variant == "own-vmap":
         return Evaluator(model, (x, y), bn="own", backend="vmap", batch_size=n, **common)
     if variant == "recompute":
-        return Evaluator(model, (x, y), bn="recompute", batch_size=n, **common)
+        # vmap as named (on the CPU "auto" runs recompute one point at a time)
+        return Evaluator(model, (x, y), bn="recompute", backend="vmap", batch_size=n, **common)
     if variant == "recompute-lbl":
-        return Evaluator(model, (x, y), bn="recompute", batch_size=lbl_batch, **common)
+        return Evaluator(model, (x, y), bn="recompute", backend="vmap", batch_size=lbl_batch,
+                         **common)
     if variant == "recompute-seq":
         return Evaluator(model, (x, y), bn="recompute", backend="sequential", batch_size=n,
                          **common)
