@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.tri as mtri  # noqa: E402
-import numpy as np  # noqa: E402
+from .plotting import pyplot
+from .plotting import save_figure as _save_figure
 
 __all__ = ["plot_landscape", "plot_atlas_tree", "plot_atlas_persistence", "save_figure"]
 
@@ -18,19 +15,14 @@ MARKERS = "osD^v<>pPX*h"
 
 
 def save_figure(fig, path) -> Path:
-    """Save ``fig`` as PNG atomically (temp file, then rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path
+    """Save an atlas figure as PNG atomically (130 dpi, cropped to its content) and close
+    it; returns the path (:func:`lossatlas.plotting.save_figure` with these settings)."""
+    return _save_figure(fig, path, dpi=130, bbox_inches="tight", close=True)
 
 
 def _variant_styles(labels: list[dict]) -> dict[str, tuple[str, object]]:
     variants = sorted({str(lab.get("variant", "?")) for lab in labels})
-    cmap = plt.get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     return {v: (MARKERS[i % len(MARKERS)], cmap(i % 10)) for i, v in enumerate(variants)}
 
 
@@ -51,9 +43,11 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
         raise ValueError(
             f"plot_landscape: draws 2-D maps; this atlas has dim {f.coords.shape[1]}"
         )
+    import matplotlib.tri as mtri
+
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(7.5, 6.2))
+        fig, ax = pyplot().subplots(figsize=(7.5, 6.2))
     values = f.values["log10_loss"].copy()
     finite = np.isfinite(values)
     cap = np.nanmax(values[finite]) if finite.any() else 1.0
@@ -112,7 +106,7 @@ def plot_atlas_tree(atlas, path=None, ax=None):
 
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = pyplot().subplots(figsize=(7, 4.5))
     labels = atlas.population.labels
     names = []
     for b in range(len(np.asarray(atlas.tree_.minima).reshape(-1))):
@@ -132,7 +126,7 @@ def plot_atlas_persistence(atlas, path=None, ax=None):
 
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(4.8, 4.5))
+        fig, ax = pyplot().subplots(figsize=(4.8, 4.5))
     plot_persistence_diagram(atlas.pairs_, ax=ax)
     ax.set_xlabel("birth (log10 loss)")
     ax.set_ylabel("death (log10 loss)")

@@ -79,10 +79,10 @@ def plot_barriers(mats: dict[str, xr.DataArray], names: Sequence[str],
                   axes: Sequence[Axes] | None = None) -> list[Axes]:
     """The barrier matrices side by side (one heat map each, a shared colour scale from 0
     in nats); on ``axes`` (one per matrix) or a new figure. Returns the axes."""
-    import matplotlib.pyplot as plt
+    from ..plotting import pyplot
 
     if axes is None:
-        fig, grid = plt.subplots(1, len(mats), figsize=(5.2 * len(mats), 4.4), squeeze=False)
+        fig, grid = pyplot().subplots(1, len(mats), figsize=(5.2 * len(mats), 4.4), squeeze=False)
         axes = list(grid[0])
     fig = axes[0].figure
     vmax = max(float(np.nanmax(np.asarray(v.values))) for v in mats.values())
@@ -107,13 +107,10 @@ def population_barriers(models: Sequence[nn.Module], names: Sequence[str], xy,
     and ``OUT/barriers.png``; returns the JSON dict. (``progress`` is accepted for
     callers that pass it; the barrier evaluation shows none.)
     """
-    import matplotlib.pyplot as plt
-
-    from ..surfaces import save_figure
+    from ..plotting import save_figure
 
     mats = population_barrier_matrices(models, names, xy, align_models, device, steps, bn)
     result = write_barriers(out_dir, mats, names, align_models)
-    fig = plot_barriers(mats, names)[0].figure
-    save_figure(fig, Path(out_dir) / "barriers.png")
-    plt.close(fig)
+    save_figure(plot_barriers(mats, names)[0].figure, Path(out_dir) / "barriers.png",
+                close=True)
     return result

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..plotting import save_figure
 from .density import SpectralDensity
 
 __all__ = ["plot_density", "plot_llc_trace"]
@@ -15,10 +16,7 @@ __all__ = ["plot_density", "plot_llc_trace"]
 
 def _save(fig: Figure, path: str | Path | None) -> None:
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=120, format="png")
-        tmp.replace(path)
+        save_figure(fig, path, dpi=120)
 
 
 def plot_llc_trace(result: dict[str, Any], path: str | Path | None = None) -> Figure:

@@ -10,26 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .transitions import Transition  # noqa: E402
+from ..plotting import pyplot, save_figure
+from .transitions import Transition
 
 __all__ = ["plot_trajectory_transitions", "plot_transitions", "save_png"]
 
 
 def save_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG atomically (temporary file, then rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path
+    """Save ``fig`` as PNG atomically (120 dpi, cropped to its content) and close it
+    (:func:`lossatlas.plotting.save_figure` with these settings)."""
+    return save_figure(fig, path, dpi=120, bbox_inches="tight", close=True)
 
 
 def _as_list(transitions: Any, name: str) -> list[Transition]:
@@ -70,11 +62,11 @@ def plot_transitions(
     st = np.asarray(steps, dtype=float)
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(8, 4.2))
+        fig, ax = pyplot().subplots(figsize=(8, 4.2))
     acc = {k: v for k, v in metrics.items() if "acc" in k}
     other = {k: v for k, v in metrics.items() if "acc" not in k}
     ax2 = ax.twinx() if other else None
-    colors = plt.get_cmap("tab10")
+    colors = pyplot().get_cmap("tab10")
     for i, (name, values) in enumerate([*acc.items(), *other.items()]):
         target = ax if name in acc else ax2
         v = np.asarray(values, dtype=float)
@@ -145,10 +137,10 @@ def plot_trajectory_transitions(
         )
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(7.5, 6.2))
+        fig, ax = pyplot().subplots(figsize=(7.5, 6.2))
     if landscape and hasattr(atlas, "field_"):
         atlas.plot_landscape(ax=ax, trajectories=False)
-    colors = plt.get_cmap("tab10")
+    colors = pyplot().get_cmap("tab10")
     for i, (key, idx) in enumerate(trajectories.items()):
         z = codes[idx]
         c = colors(i % 10)

@@ -53,12 +53,10 @@ def _training_png(view: RunView, path: Path) -> Path | None:
     runs = (view.metrics or {}).get("runs", view.metrics or {})
     if not runs:
         return None
-    import matplotlib
-
-    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-    import matplotlib.pyplot as plt
-
     from lossatlas.atlas_plot import save_figure
+    from lossatlas.plotting import pyplot
+
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     cmap = plt.get_cmap("viridis")

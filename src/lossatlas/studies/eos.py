@@ -54,6 +54,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..curvature import HVP, lanczos_tridiagonal
+from ..plotting import save_figure
 from ..space import ParamSpace
 from ..store import Run, atomic_write_json
 
@@ -345,10 +346,7 @@ def plot_eos(traces: Sequence[dict[str, Any]], path: str | Path | None = None) -
     ax2.set_xlabel("GD step")
     ax2.set_ylabel("full-batch training loss")
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=120, format="png")
-        tmp.replace(path)
+        save_figure(fig, path, dpi=120)
     return fig
 
 

@@ -10,9 +10,7 @@ scales are log10 by default (losses span decades).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -21,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..fields import log10_loss
-from ..store import atomic_path
+from ..plotting import save_figure  # the one figure saver, re-exported here
 from .slices import Slice
 
 __all__ = ["plot_contour", "plot_curve", "plot_surface", "plot_trajectory", "save_figure"]
@@ -256,10 +254,3 @@ def plot_trajectory(
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix, PNG if none) through a temp file."""
-    path = Path(path)
-    fmt = path.suffix[1:].lower() or "png"
-    with atomic_path(path, suffix=f".tmp.{fmt}") as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-    return path

@@ -18,9 +18,9 @@ __all__ = ["plot_merge_tree", "plot_persistence_diagram"]
 def _axes(ax: Axes | None) -> Axes:
     if ax is not None:
         return ax
-    import matplotlib.pyplot as plt
+    from ..plotting import pyplot
 
-    return plt.figure(figsize=(7, 4.5)).add_subplot()
+    return pyplot().figure(figsize=(7, 4.5)).add_subplot()
 
 
 def _finite_top(y: np.ndarray) -> tuple[float, float, float]:
