@@ -91,3 +91,19 @@ def test_freeze_embedding_keeps_every_embedding_at_its_init(tmp_path, model):
     others = [k for k in first if k != "embed.weight"]
     assert any(not torch.equal(first[k], last[k]) for k in others)  # the rest trained
     assert json.loads((tmp_path / "grokking.json").read_text())["config"]["freeze_embedding"]
+
+
+def test_rise_kwargs_choose_how_the_defect_rise_is_found(tmp_path):
+    from lossatlas.dynamics import lead_time
+
+    rk = {"method": "threshold", "factor": 1.0, "baseline": 1}
+    res = run_grokking(tmp_path, p=7, train_fraction=0.5, steps=12, num_checkpoints=6,
+                       eval_every=2, model_kwargs={"d_embed": 4, "hidden": 8},
+                       defect_kwargs={"num_pairs": 2, "batch_size": 4}, rise_kwargs=rk,
+                       progress=False)
+    direct = lead_time(res.checkpoint_steps, res.defect, res.onset["onset_step"],
+                       res.onset["train_fit_step"], **rk)
+    assert res.defect_rise["method"] == "threshold"
+    assert res.defect_rise["step"] == direct["rise"]["step"]
+    assert res.lead_time == direct["lead_time"]
+    assert json.loads((tmp_path / "grokking.json").read_text())["config"]["rise_kwargs"] == rk

@@ -180,6 +180,7 @@ def run_grokking(
     data_seed: int = 0,
     defect: bool = True,
     defect_kwargs: dict[str, Any] | None = None,
+    rise_kwargs: dict[str, Any] | None = None,
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
     freeze_embedding: bool = False,
@@ -205,6 +206,9 @@ def run_grokking(
         and its lead time over the onset
     defect_kwargs : passed to :func:`~lossatlas.dynamics.commutator_defect`
         (default ``eta=lr, num_pairs=8, batch_size=64``)
+    rise_kwargs : passed to :func:`~lossatlas.dynamics.lead_time` (how the defect's rise
+        is found), e.g. ``{"method": "threshold", "factor": 2.0}``; default its
+        change-point method
     num_threads : torch intra-op threads during the run (restored afterwards)
     device : where to train (default CPU, where runs are bit-reproducible)
     freeze_embedding : an intervention: the token embeddings (every ``nn.Embedding``)
@@ -295,10 +299,12 @@ def run_grokking(
             dk = {"eta": lr, "num_pairs": 8, "batch_size": 64, **(defect_kwargs or {})}
             states = [load_state_dict(pth) for pth in rec.paths]
             result.defect = defect_along(net, states, (data.x_train, data.y_train), **dk)
-            lt = lead_time(ck_steps, result.defect, onset["onset_step"], onset["train_fit_step"])
+            lt = lead_time(ck_steps, result.defect, onset["onset_step"], onset["train_fit_step"],
+                           **(rise_kwargs or {}))
             result.defect_rise = lt["rise"]
             result.lead_time = lt["lead_time"]
             config["defect_kwargs"] = dk
+            config["rise_kwargs"] = dict(rise_kwargs or {})
     finally:
         torch.set_num_threads(old_threads)
     result.seconds = time.perf_counter() - t0
