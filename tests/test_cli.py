@@ -222,7 +222,7 @@ def test_study_and_ot_align(checkpoints, tmp_path):
 def test_absurd_sizes_are_refused_before_any_work(checkpoints, tmp_path):
     res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(checkpoints[1]),
                               *MODEL, "--steps", str(2**40), "--out", str(tmp_path)])
-    _error(res, "--steps")
+    _error(res, "--points")  # --steps: the deprecated name of --points
     res = runner.invoke(app, ["surface", "interp", str(checkpoints[0]), str(checkpoints[1]),
                               *MODEL, "--extrapolate", "nan", "--out", str(tmp_path)])
     _error(res, "--extrapolate")

@@ -252,7 +252,7 @@ def test_grid_axes_limits():
      "no checkpoints"),
     ("one-model atlas", ["atlas", "--method", "pca", "--population", "{pop_one}"],
      "at least 3 models"),
-    ("zero steps", ["surface", "interp", "{ok0}", "{ok1}", "--steps", "0"], "steps"),
+    ("zero points", ["surface", "interp", "{ok0}", "{ok1}", "--steps", "0"], "--points"),
     ("zero resolution", ["surface", "random", "{ok0}", "--resolution", "0"], "resolution"),
 ])
 def test_errors_name_the_culprit(files, tmp_path, what, args, needle):
@@ -269,12 +269,10 @@ def test_one_point_line_is_a_result(files, tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1])["points"] == 1
 
 
-# Gaps whose fix belongs to modules this suite does not own (reported to the lead);
-# strict xfail, so the day they are fixed these start failing and get promoted.
 def test_infinite_extrapolation_is_refused(files, tmp_path):
-    res = runner.invoke(app, ["surface", "interp", str(files["ok0"]), str(files["ok1"]), *MODEL,
-                              "--extrapolate", "inf", "--out", str(tmp_path / "run")])
-    _check(res, tmp_path / "run")
+    # exit 1 with a one-line error naming the option; exit 0 (a result) fails
+    _refused(["surface", "interp", str(files["ok0"]), str(files["ok1"]), *MODEL,
+              "--extrapolate", "inf"], tmp_path, "--extrapolate")
 
 
 # ------------------------------------------- issue 20: items 4 and 5 (one-line errors)
@@ -368,7 +366,7 @@ def test_truncated_stored_embedding_is_one_line(files, tmp_path):
     (["atlas", "--population", "{pop_three}", "--threshold", "200%"], "--threshold"),
     (["surface", "random", "{ok0}", "--span", "inf"], "--span must be a finite"),
     (["surface", "plane", "{ok0}", "{ok1}", "{ok2}", "--margin", "-1"], "--margin must be >= 0"),
-    (["hessian", "{ok0}", "--top", "0"], "--top must be >= 1"),
+    (["hessian", "{ok0}", "--top", "0"], "--k must be >= 1"),  # --top: deprecated name
     (["connect", "{ok0}", "{ok1}", "--points", "1"], "--points must be >= 2"),
 ])
 def test_numeric_options_are_validated(files, tmp_path, args, needle):

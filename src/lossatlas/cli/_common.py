@@ -42,8 +42,7 @@ def _expected(e: BaseException) -> bool:
     `LossatlasError` (usage errors included), a ``ValueError``, a file that is missing
     or cannot be read or written (``OSError`` from a system call), or memory running out.
     """
-    if isinstance(e, (LossatlasError, ValueError, MemoryError, KeyError, TypeError,
-                      RuntimeError, OverflowError)):
+    if isinstance(e, (LossatlasError, ValueError, MemoryError)):
         return True
     if isinstance(e, (FileNotFoundError, FileExistsError, IsADirectoryError,
                       NotADirectoryError, PermissionError)):
@@ -105,7 +104,9 @@ def _refuse(message: str):
 
 
 def _option_name(param) -> str:
-    return max(getattr(param, "opts", None) or [f"--{param.name}"], key=len)
+    """The option's current name: its first long name (later ones are deprecated)."""
+    opts = getattr(param, "opts", None) or [f"--{param.name}"]
+    return next((o for o in opts if o.startswith("--")), max(opts, key=len))
 
 
 def _number(kind: str = "finite", minimum: float | None = None):

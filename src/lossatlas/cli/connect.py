@@ -141,7 +141,8 @@ def align(
     rescale: bool = typer.Option(False, help="Also remove ReLU positive rescaling."),
     repair: bool = typer.Option(False, help="Also the midpoint with REPAIRed (or reset) "
                                 "channel statistics (Jordan et al. 2022)."),
-    steps: int = typer.Option(25, help="Points on the straight path for barriers.",
+    points: int = typer.Option(25, "--points", "--steps", help="Points on the straight path "
+                               "for barriers (--steps: the old name, deprecated).",
                               callback=_number(minimum=2)),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     data_arg: list[str] = _DATA_ARG, split: str = _SPLIT, samples: int = _SAMPLES,
@@ -172,8 +173,8 @@ def align(
 
         aligned = ot_align(ma, mb, method=ot_solver, reg=reg)
         table = None
-        summary = {"loss_barrier_none": barrier(ma, mb, xy, steps=steps, device=device),
-                   "loss_barrier_aligned": barrier(ma, aligned, xy, steps=steps,
+        summary = {"loss_barrier_none": barrier(ma, mb, xy, steps=points, device=device),
+                   "loss_barrier_aligned": barrier(ma, aligned, xy, steps=points,
                                                    device=device),
                    "distance_none": parameter_distance(ma, mb)["distance"],
                    "distance_aligned": parameter_distance(ma, aligned)["distance"]}
@@ -181,7 +182,7 @@ def align(
         from ..symmetry import permutation_spec
 
         spec = permutation_spec(ma, data=xy)  # traced once, on the data's first samples
-        table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=steps,
+        table = compare_alignment(ma, mb, xy, method=method, rescale=rescale, steps=points,
                                   device=device, spec=spec)
         _, aligned = align_models(ma, mb, method, xy, rescale, spec)
     out_dir.mkdir(parents=True, exist_ok=True)

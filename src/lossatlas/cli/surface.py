@@ -153,7 +153,9 @@ _RES = typer.Option(51, help="Grid points per axis.", callback=_number(minimum=1
 
 @_handle
 def surface_interp(
-    a: Path, b: Path, steps: int = typer.Option(25, help="Points on [0, 1].", callback=_number(minimum=2)),
+    a: Path, b: Path,
+    points: int = typer.Option(25, "--points", "--steps", help="Points on [0, 1] (--steps: "
+                               "the old name, deprecated).", callback=_number(minimum=2)),
     extrapolate: float = typer.Option(0.0, help="Extend t by this much on both sides.",
                                       callback=_number("nonnegative")),
     model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
@@ -172,15 +174,15 @@ def surface_interp(
     _setup_logging(verbose)
     if not math.isfinite(extrapolate) or extrapolate < 0:
         raise UsageError(f"--extrapolate must be a finite number >= 0, got {extrapolate}")
-    if steps < 2 or (steps - 1) * (1 + 2 * extrapolate) + 1 > MAX_GRID_POINTS:
-        raise UsageError(f"--steps {steps} with --extrapolate {extrapolate}: need 2 to "
+    if points < 2 or (points - 1) * (1 + 2 * extrapolate) + 1 > MAX_GRID_POINTS:
+        raise UsageError(f"--points {points} with --extrapolate {extrapolate}: need 2 to "
                          f"{MAX_GRID_POINTS} points on the path")
     _, _, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
                                                 samples, device, precision, test_data,
                                                 _eval_options(bn, output_key, loss))
     ma, mb = _load_models([a, b], factory)
     ev = make_ev(ma)
-    sl = interpolation(ma, mb, steps=steps, extrapolate=extrapolate, space=ev.space)
+    sl = interpolation(ma, mb, steps=points, extrapolate=extrapolate, space=ev.space)
     _write_slice("interp", sl, ev, out_dir, name or "interp", overwrite, as_json)
 
 

@@ -56,7 +56,8 @@ def _terrain_table(table: dict):
 @_handle
 def hessian(
     checkpoint: Path = typer.Argument(None, help="A checkpoint (or use --population)."),
-    top: int = typer.Option(5, help="Top-k eigenvalues (Lanczos, largest first).",
+    k: int = typer.Option(5, "--k", "-k", "--top", help="The k largest eigenvalues (Lanczos, "
+                          "largest first; --top: the old name, deprecated).",
                             callback=_number(minimum=1)),
     trace: bool = typer.Option(False, "--trace", help="Also the trace (Hutch++)."),
     density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ)."),
@@ -87,14 +88,14 @@ def hessian(
     if population is not None:
         measures = ["eigenvalues"] + (["trace"] if trace else [])
         table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
-                                   out_dir, measures, k=top, device=device, bn=bn,
+                                   out_dir, measures, k=k, device=device, bn=bn,
                                    overwrite=overwrite)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
         _finish(summary, as_json, "hessian (population)", [_terrain_table(table)])
         return
     (m,) = _load_models([checkpoint], factory)
-    eig = hessian_eigen(m, xy, k=top, device=device, bn=bn)
+    eig = hessian_eigen(m, xy, k=k, device=device, bn=bn)
     summary: dict = {"eigenvalues": [float(v) for v in eig.eigenvalues],
                      "bn": resolve_policy(m, bn, "hessian")}
     if trace:
