@@ -64,7 +64,7 @@ def surface_random(model: torch.nn.Module, data, out: Path, resolution: int, bn:
     n = int(ds["loss"].size)
     return {"points": n, "seconds": t2 - t0, "eval_seconds": t2 - t1, "cpu_s": c2 - c0,
             "points_per_s": n / (t2 - t0), "points_per_cpu_s": n / (c2 - c0),
-            "backend": ev.backend}
+            "backend": ev.backend, "chunk_size": ev.chunk_size, "batch_size": ev.batch_size}
 
 
 def atlas(pop: Population, data, out: Path, resolution: int, budget: int,
@@ -110,7 +110,8 @@ def atlas(pop: Population, data, out: Path, resolution: int, budget: int,
     return {"stages": stages, "cpu": cpu, "samples": field.n, "rounds": field.rounds,
             "raw_samples": raw.get("samples"),
             "field_points_per_s": field.n / stages["field"],
-            "backend": a.evaluator.backend}, text
+            "backend": a.evaluator.backend, "chunk_size": a.evaluator.chunk_size,
+            "batch_size": a.evaluator.batch_size}, text
 
 
 def run_family(name: str, root: Path, resolution: int, budget: int, slice_res: int,
@@ -137,9 +138,10 @@ def run_family(name: str, root: Path, resolution: int, budget: int, slice_res: i
     print(f"\n== {name}: {len(pop)} checkpoints of {params:,} parameters, "
           f"{len(data[0])} samples")
     print(f"surface random: {surf['points']} points, {surf['points_per_s']:.1f} points/s "
-          f"({surf['backend']})")
+          f"({surf['backend']}, chunks of {surf['chunk_size']} points x {surf['batch_size']} samples)")
     print(f"atlas field:    {res['samples']} samples in {res['rounds']} rounds, "
-          f"{res['field_points_per_s']:.1f} points/s ({res['backend']})")
+          f"{res['field_points_per_s']:.1f} points/s ({res['backend']}, chunks of {res['chunk_size']} "
+          f"points x {res['batch_size']} samples)")
     print(f"ratio field / surface random: {out['field_vs_surface']:.2f}")
     print(f"atlas stages (s): load {load_s:.1f}, " + ", ".join(
         f"{k} {v:.1f}" for k, v in res["stages"].items()) + f"; end to end {total:.1f}")
