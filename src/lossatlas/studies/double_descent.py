@@ -26,7 +26,11 @@ the test error stays near 0.75 at every width.
 With ``surfaces=True`` every final model also gets a filter-normalised random 2-D
 slice of the training loss (Li et al. 2018; :func:`lossatlas.surfaces.random_slice`),
 the survey's picture of the sharpest minimum at the threshold and the widening basins
-beyond it, summarised by :func:`surface_flatness`.
+beyond it, summarised by :func:`surface_flatness`. Measured (digits, 200 samples, 300
+steps, widths 2 / 8 / 24 / 64, a 9 x 9 plane over [-1, 1]^2; ~1 min on the loaded
+2-core CPU): the threshold is width 24, and its surface is the sharpest (mean rise
+3.9 nats; 3.8 at width 8, 2.0 at 64, where 10 % of the plane stays within 0.1 nats
+of the centre against 2.5 % at 24); the underfit width 2 is flat at a high loss (1.5).
 
 Run directory::
 
