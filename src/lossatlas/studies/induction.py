@@ -28,14 +28,14 @@ Run directory (``run_induction_heads``)::
 
 Measured (seed 0, one thread of an idle CPU core): the "default" preset (2000 Adam steps,
 30 checkpoints) takes 90 s (training 21 s, LLC 64 s, defect 4.5 s). Bigram loss 3.10
-nats; the held-out loss falls to 2.91 (the plateau: the bigram solution, the repeated
-positions still at 3.2), then drops to 2.29 (repeated positions 3.65 -> 0.46) as the
-induction score rises 0.045 -> 0.75 (half-way at step 283). The LLC grows slowly
+nats; the held-out loss reaches it by step ~140 (3.10; the plateau, repeated positions
+at 2.9), then drops to 2.29 (repeated positions 3.65 -> 0.46; the others rise slightly,
+3.22 -> 3.33) as the induction score rises 0.045 -> 0.75 (half-way at step 283). The LLC grows slowly
 1.4 -> 4.0 up to step 246, jumps to 6.5 at 283 and 7.7 at 325, then stays at 7.5-8.0;
 the one LLC boundary (plateau end) is at step 230, 1.5 checkpoints before the drop.
 The commutator defect is ~0.5 on the plateau and rises to ~1.4 across the drop (from
-step 214 on). The "tiny" preset (500 steps, 14
-checkpoints; 22 s for its test file on an idle core): drop at step 288, boundary at
+step 214 on). The "tiny" preset (500 steps, 14 checkpoints; 22 s for its test file on
+an idle core): drop at step 288, boundary at
 191 (1.3 checkpoints before). The same holds at lr 3e-3 (default preset, drop at step
 600, boundary at 476, 1.7 checkpoints before).
 """
