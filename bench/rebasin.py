@@ -56,6 +56,7 @@ def main() -> None:
         results[name] = d
         print(f"{name:17} re-basined in partner's basin {d['in_partner_basin']:2d}/"
               f"{d['num_pairs']}, control {d['control_in_partner_basin']:2d}/{d['num_pairs']}, "
+              f"nearest code the partner's {d['nearest_is_partner']:2d}/{d['num_pairs']}, "
               f"{d['num_basins']} basins, re-basined MAE {d['rebased_median_abs_error']:.4f}, "
               f"trajectory MAE {d['trajectory_median_abs_error']:.4f} nats, "
               f"{d['seconds']:.0f} s")

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lossatlas import Evaluator
 from lossatlas.data import create
@@ -47,6 +48,12 @@ def test_most_rebased_models_land_in_their_partners_basin(study):
     assert study.in_partner_basin >= 6, [(p["partner_basin"], p["rebased_basin"])
                                          for p in study.pairs]
     assert study.in_partner_basin > study.control_in_partner_basin + 3
+    # on the map, the re-basined code is nearest its partner's (checked by hand for one)
+    codes = study.atlas.codes_.double()
+    p = study.pairs[0]
+    d = (codes - torch.tensor(p["rebased_code"], dtype=torch.float64)).norm(dim=1)
+    assert p["nearest_model"] == int(d.argmin())
+    assert study.nearest_is_partner >= 6
     for p in study.pairs:  # matching brings B closer to A in weight space
         assert p["distance_after"] < 0.8 * p["distance_before"]
 

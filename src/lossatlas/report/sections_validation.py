@@ -154,8 +154,9 @@ def rebasin(view: RunView) -> Section | None:
         "median |loss at the decoded projected point − true loss| (nats).</p>",
         f"<p><b>{fmt(data.get('in_partner_basin'))} of {n}</b> re-basined models land in "
         f"their partner's basin (control, unpermuted: "
-        f"{fmt(data.get('control_in_partner_basin'))} of {n}); the map has "
-        f"{fmt(data.get('num_basins'))} basin(s).</p>"]
+        f"{fmt(data.get('control_in_partner_basin'))} of {n}); "
+        f"{fmt(data.get('nearest_is_partner'))} of {n} land nearer their partner than any "
+        f"other model; the map has {fmt(data.get('num_basins'))} basin(s).</p>"]
     rows = []
     for p in data["pairs"]:
         tr = p.get("trajectory") or {}
@@ -191,6 +192,7 @@ def rebasin(view: RunView) -> Section | None:
                                           m.get("model_basin"))
         html.append(plot_div("fig-rebasin", tall=True))
     summary = {k: data.get(k) for k in ("in_partner_basin", "control_in_partner_basin",
+                                        "nearest_is_partner",
                                         "num_basins", "trajectory_median_abs_error",
                                         "rebased_median_abs_error")}
     summary["pairs"] = n

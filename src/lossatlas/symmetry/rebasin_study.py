@@ -96,7 +96,8 @@ class RebasinStudy:
         ``control_basin`` (B unpermuted), ``control_same``, ``rebased_code``,
         ``rebased_true_loss``, ``rebased_projected_loss``, ``rebased_abs_error`` (nats),
         ``distance_before`` = ``|B - A|``, ``distance_after`` = ``|P B - A|`` (parameter
-        units), and ``trajectory``: ``epochs``, ``codes``, ``true_loss``,
+        units), ``nearest_model`` (map index of the model whose code is nearest the
+        re-basined code), ``nearest_is_partner``, and ``trajectory``: ``epochs``, ``codes``, ``true_loss``,
         ``projected_loss``, ``median_abs_error`` (nats) of B's permuted checkpoints.
     atlas : Atlas
         The joint map (its population: every pair's final models, A then B per pair,
@@ -114,6 +115,12 @@ class RebasinStudy:
         return sum(bool(p["same_basin"]) for p in self.pairs)
 
     @property
+    def nearest_is_partner(self) -> int:
+        """Re-basined models whose code is nearer the partner's code than any other
+        model's (on the map, whatever the basins)."""
+        return sum(bool(p["nearest_is_partner"]) for p in self.pairs)
+
+    @property
     def control_in_partner_basin(self) -> int:
         """Unpermuted B models that land in their partner's basin."""
         return sum(bool(p["control_same"]) for p in self.pairs)
@@ -124,6 +131,7 @@ class RebasinStudy:
         return {
             "num_pairs": len(self.pairs), "in_partner_basin": self.in_partner_basin,
             "control_in_partner_basin": self.control_in_partner_basin,
+            "nearest_is_partner": self.nearest_is_partner,
             "num_basins": int(len(np.asarray(self.atlas.tree_.minima).reshape(-1))),
             "rebased_median_abs_error": float(np.median([p["rebased_abs_error"]
                                                          for p in self.pairs])),
@@ -241,8 +249,12 @@ def rebasin_study(
                        labels=[f"{b} onto {a}" for a, b in keys])
     ov_c = atlas.overlay(_vectors(control, space), "rebasin-control", partners=partners,
                          labels=[f"{b} (unpermuted)" for _, b in keys])
+    codes = atlas.codes_.double()
+    nearest = torch.cdist(torch.tensor(ov["codes"], dtype=torch.float64), codes).argmin(1)
     for k, row in enumerate(rows):
-        row.update(partner_basin=ov["partner_basin"][k], rebased_basin=ov["basin"][k],
+        row.update(nearest_model=int(nearest[k]),
+                   nearest_is_partner=int(nearest[k]) == partners[k],
+                   partner_basin=ov["partner_basin"][k], rebased_basin=ov["basin"][k],
                    same_basin=bool(ov["same_basin_as_partner"][k]),
                    control_basin=ov_c["basin"][k],
                    control_same=bool(ov_c["same_basin_as_partner"][k]),
