@@ -11,7 +11,8 @@ Protocols: ``projected`` (the seed's: a map of the models alone, AE defaults),
 ``included`` (re-basined models and permuted trajectories fitted into the map too).
 
     .venv/bin/python bench/rebasin.py [--pairs 16] [--hidden 128] [--epochs 5]
-                                      [--work DIR] [--out FILE]
+                                      [--protocols projected,included] [--work DIR]
+                                      [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/lossatlas-rebasin"))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -48,7 +50,8 @@ def main() -> None:
     sp = create("digits")
     xy = (sp.x_train[:args.samples], sp.y_train[:args.samples])
     results = {}
-    for name, (kwargs, include) in PROTOCOLS.items():
+    for name in args.protocols.split(","):
+        kwargs, include = PROTOCOLS[name]
         st = rebasin_study(pop, xy, args.work / name, embed_kwargs=kwargs, include=include,
                            progress=False)
         d = st.to_dict()
