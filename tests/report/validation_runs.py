@@ -1,7 +1,8 @@
 """Stored results of the seed's validations (``RUN/table2.json``, ``RUN/rebasin.json``) in
 the formats ``write_curve_table`` and ``write_rebasin_study`` write, for report tests
 (small, hand-made; the real writers are exercised in tests/connectivity/test_curve_table.py
-and tests/symmetry/test_rebasin_study.py)."""
+and tests/symmetry/test_rebasin_study.py), and issue 19's results (saddles, Hessian
+slices, layer noise, the studies; made by the library, see seed_runs.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ def _map(n: int) -> dict:
 
 
 def add_validation_results(dst: Path) -> Path:
-    """Write a two-pair ``table2.json`` (AE map) and a two-pair ``rebasin.json`` into ``dst``."""
+    """Write a two-pair ``table2.json`` (AE map) and a two-pair ``rebasin.json`` into ``dst``,
+    and copy issue 19's stored results there (:func:`seed_runs.add_seed_results`)."""
+    from seed_runs import add_seed_results
+
+    add_seed_results(dst)
     t = [0.25, 0.5, 0.75]
     pair = {"projected_loss": [0.4, 0.5, 0.45], "projected_codes": [[0, 0], [0.1, 0.2], [0.2, 0.3]],
             "included_loss": [0.31, 0.33, 0.32], "included_codes": [[0, 0.1], [0.1, 0.1], [0.2, 0.2]]}
