@@ -21,7 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -175,17 +175,30 @@ def _json_default(obj: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON (NaN/inf written as null)."""
-    atomic_write_text(path, json.dumps(_sanitize(data), indent=2, default=_json_default) + "\n")
+    """Atomically write ``data`` as indented JSON (through :func:`jsonable`: NaN/inf
+    written as null)."""
+    atomic_write_text(path, json.dumps(jsonable(data), indent=2, default=_json_default) + "\n")
 
 
-def _sanitize(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _sanitize(v) for k, v in obj.items()}
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values, recursively: NaN/inf as None, tensors and numpy
+    arrays as (nested) lists, numpy scalars as Python numbers, paths as strings,
+    mappings as dicts with string keys, tuples as lists; anything else as it is.
+    lossatlas's one JSON cleaner."""
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_sanitize(v) for v in obj]
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "detach"):  # a tensor, wherever it lives
+        obj = obj.detach().cpu()
+    if hasattr(obj, "tolist"):
+        return jsonable(obj.tolist())
     return obj
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lossatlas.store import jsonable
+
 __all__ = [
     "esc",
     "fmt",
@@ -50,22 +52,9 @@ def fmt(value: Any, unit: str = "", digits: int = 4) -> str:
     return esc(f"{value} {unit}".strip())
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/inf to None, numpy scalars/arrays to Python, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _clean(obj.tolist())
-    return obj
-
-
 def script_json(obj: Any) -> str:
     """JSON for inside ``<script>``: NaN/inf as null; ``< > &`` and U+2028/9 as escapes."""
-    text = json.dumps(_clean(obj), allow_nan=False, separators=(",", ":"))
+    text = json.dumps(jsonable(obj), allow_nan=False, separators=(",", ":"))
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 

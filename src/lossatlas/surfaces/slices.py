@@ -23,7 +23,7 @@ from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import AffineSource, PointSource, grid_axes
 from ..space import ParamSpace
-from ..store import Run
+from ..store import Run, jsonable
 from .directions import (
     Normalization,
     as_directions,
@@ -48,21 +48,6 @@ DISTANCE_UNITS = "parameter distance (L2)"
 _DIMS = ("alpha", "beta", "gamma", "delta")
 
 ModelLike = nn.Module | Mapping[str, Tensor] | Tensor
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.ndarray, Tensor)):
-        return _jsonable(np.asarray(obj.detach().cpu() if isinstance(obj, Tensor) else obj).tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 @dataclass
@@ -149,7 +134,7 @@ class Slice:
         if self.projection_error is not None:
             out["projection_error"] = self.projection_error
             out["projection_error_max"] = float(np.max(self.projection_error))
-        return _jsonable(out)
+        return jsonable(out)
 
     def field_attrs(self) -> dict[str, str]:
         """Attributes stored with the field: ``slice`` (JSON) and ``units_<dim>`` per axis."""
