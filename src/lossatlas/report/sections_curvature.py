@@ -163,12 +163,13 @@ def hessian_slices(view: RunView) -> Section | None:
     randoms = {n: ds for n, ds in found.items() if view.slice_info(n).get("kind") == "random"}
     html = ['<p class="intro">Slices through one model along its top (or bottom) Hessian '
             "eigenvectors, beside a slice along random filter-normalised directions (Li et "
-            "al.) of the same model. A Hessian direction sees the extreme curvature (its "
-            "eigenvalue), a random direction about the average: the same model looks "
-            "sharper along the former. Curvature at the centre: the second difference of "
-            "the stored grid along each axis (Hessian axes are unit vectors, so it "
-            "estimates the eigenvalue, in nats / parameter²; random axes are in multiples "
-            "of the normalised direction).</p>"]
+            "al.) of the same model. A Hessian direction is a unit vector of extreme "
+            "curvature: per unit of parameter distance no direction bends more (or, for "
+            "the bottom eigenvectors, less). A random direction has each filter's own norm, "
+            "so its curvature per squared axis unit mixes the average curvature with the "
+            "size of the weights. Curvature at the centre: the second difference of the "
+            "stored grid along each axis (on a Hessian axis it estimates the eigenvalue, in "
+            "nats / parameter²).</p>"]
     figs: dict[str, dict] = {}
     rows, summary = [], {}
     for k, (name, ds) in enumerate(hess.items()):

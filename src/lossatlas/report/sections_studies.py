@@ -276,7 +276,7 @@ def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, di
              ("standard error of α", fmt(law.get("exponent_se") if law else None, "", 3)),
              ("prefactor c (steps^(1−α))", fmt(law.get("prefactor") if law else None, "", 4)),
              ("R² (log-log)", fmt(law.get("r2") if law else None, "", 4)),
-             ("runs used / run", esc(f"{len(used)} / {len(runs)}"))]
+             ("runs used / all runs", esc(f"{len(used)} / {len(runs)}"))]
     html = ['<p class="intro">The commutator defect rises before grokking (the jump of '
             "validation accuracy); over several moduli p and weight decays the survey finds "
             "the lead time growing as a superlinear power of the onset step (α ≈ 1.1–1.2). "
