@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,9 +18,12 @@ VARIANTS = [
 
 def build_small_run(root: Path) -> Path:
     """3 variants x 3 checkpoints of a 16-unit MLP on 600 MNIST-1D samples; 1-D and 2-D
-    slices in ``root/slices``; an atlas (AE, resolution 16, budget 500) in ``root``."""
+    slices in ``root/slices``; an atlas (AE, resolution 16, budget 500) in ``root``; the
+    final models' barrier matrices before and after weight matching in
+    ``root/barriers.npz``."""
     from lossatlas.atlas import Atlas
     from lossatlas.atlas_plot import plot_atlas_persistence, plot_atlas_tree
+    from lossatlas.connectivity.population import population_barrier_matrices
     from lossatlas.data import create
     from lossatlas.evaluate import Evaluator
     from lossatlas.population import Population
@@ -52,6 +56,13 @@ def build_small_run(root: Path) -> Path:
         t = torch.linspace(0, 1, 7)[:, None]
         pts = (1 - t) * atlas.X[final[0]] + t * atlas.X[final[1]]
         atlas.overlay(pts, "interp_path", labels=[f"t={v:.2f}" for v in t[:, 0].tolist()])
+    # real barrier matrices of the final models, before and after weight matching onto the
+    # first (kept beside the run, not in it: `with_all_results` stores them as results)
+    names = [str(pop.labels[i]["variant"]) for i in final]
+    mats = population_barrier_matrices([pop.model(i) for i in final], names, xy, align=True,
+                                       steps=9, device="cpu")
+    np.savez(root / "barriers.npz", names=np.asarray(names), before=mats["before"].values,
+             after=mats["after"].values)
     return root
 
 
