@@ -779,8 +779,13 @@ class Atlas:
             })
         for name in clustering:  # no inverse: the variant separation only
             t0 = time.perf_counter()
-            rows.append({**clustering_row(name, C, variant, dim=dim, seed=self.seed),
-                         "true_loss": true.tolist(),
+            try:
+                row = clustering_row(name, C, variant, dim=dim, seed=self.seed)
+            except ValueError as err:  # e.g. dim >= the number of models
+                log.warning("reconstruction_table: %s skipped (%s)", name, err)
+                rows.append({"method": name, "skipped": str(err)})
+                continue
+            rows.append({**row, "true_loss": true.tolist(),
                          "seconds": round(time.perf_counter() - t0, 2)})
         atomic_write_json(self.path / "reconstruction.json", {"dim": dim, "rows": rows})
         return rows
