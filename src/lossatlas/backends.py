@@ -173,8 +173,9 @@ class Vmap(Backend):
 
     def why_not(self, ev: Evaluator) -> str | None:
         if ev.device.type == "cpu" and ev.bn == "recompute":
-            # measured (bench/bn_policy.py, 2 cores): one point at a time 1.04-1.2x
-            # faster than vmap's batched convolutions with batch statistics
+            # measured on 2 shared cores (bench/bn_policy_interleaved.py): one point at a
+            # time 0.87-1.2x vmap's speed (faster in 3 of 4 runs: CNN, ResNet-20/56),
+            # with one point's activations in memory instead of a chunk's
             return "on the CPU with bn='recompute' one point at a time is faster"
         return ev._vmap_why_not()
 
