@@ -41,9 +41,10 @@ def test_plan_logged_with_its_numbers_before_the_field(atlas, caplog):
     # the base grid, the models, the budget and the refinement, counted by hand
     assert f"base grid {res}x{res} = {res * res} points + {MODELS} model codes" in plan
     assert f"budget {budget}: at most {budget} points" in plan
-    # rounds of at most 4096 points, at least one per level (max_level 6) near the models
-    rounds = max(math.ceil((budget - first) / 4096), 6)
-    assert f"{first} first, then up to {budget - first} in about {rounds} refinement" in plan
+    # rounds of at most 4096 points: one spends the budget
+    rounds = math.ceil((budget - first) / 4096)
+    assert f"{first} first, then up to {budget - first} in refinement rounds of at most " \
+           f"4,096 ({rounds} or more to spend the budget" in plan
     assert field.n <= budget and field.rounds >= 1
     # the plan came before the estimate, which came from a measured chunk
     estimate = next(m for m in lines if m.startswith("atlas estimate:"))

@@ -114,7 +114,9 @@ def test_plan_counts_points_and_rounds_before_any_evaluation():
     plan = Refinement([-1, -1], [1, 1], resolution=8, tol=0.1, budget=300, extra_points=extra,
                       round_size=100, max_level=2).plan()
     assert (plan.base, plan.extra, plan.first, plan.max_points) == (64, 3, 67, 300)
-    assert plan.rounds == 3  # ceil(233 / 100) rounds of at most 100 (more than 2 levels)
+    assert plan.rounds == 3  # ceil(233 / 100) rounds of at most 100
+    assert "then up to 233 in refinement rounds of at most 100 (3 or more to spend" in \
+        plan.describe()
     assert "8x8 = 64 points + 3 model codes" in plan.describe()
     field = refine_field(narrow_wells, [-1, -1], [1, 1], resolution=8, tol=0.1, budget=300,
                          extra_points=extra, round_size=100, max_level=2)

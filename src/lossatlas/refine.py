@@ -107,9 +107,11 @@ class RefinePlan:
     budget : int       most samples in all
     max_points : int   most samples taken: the budget, or the first round alone when no
                        cell can be split (infinite ``tol`` or no room for a split)
-    rounds : int       refinement rounds expected: enough rounds of ``round_size`` to spend
-                       the budget, and at least ``max_level`` (each round goes one level
-                       deeper near the models); 0 when nothing is refined
+    rounds : int       fewest refinement rounds that can spend the budget (rounds of at
+                       most ``round_size`` samples); more when a round finds fewer cells
+                       to split (each goes one level deeper), fewer when the tolerance is
+                       met first: known only once values come in; 0 when nothing is
+                       refined
     tol : float        decades of log10 loss that make a cell split
     max_level : int    deepest split
     round_size : int   most samples per refinement round
@@ -138,8 +140,9 @@ class RefinePlan:
                 f"budget {self.budget:,}: at most {self.max_points:,} points")
         if self.max_points > self.first:
             text += (f", {self.first:,} first, then up to {self.max_points - self.first:,} in "
-                     f"about {self.rounds} refinement rounds (tolerance {self.tol:g} decades, "
-                     f"at most {self.max_level} levels)")
+                     f"refinement rounds of at most {self.round_size:,} ({self.rounds} or more "
+                     f"to spend the budget; tolerance {self.tol:g} decades, at most "
+                     f"{self.max_level} levels deeper)")
         else:
             text += ", no refinement"
         return text
@@ -236,7 +239,7 @@ class Refinement:
                    and first + self.per_split <= self.budget)
         most = self.budget if refines else first
         spare = most - first
-        rounds = max(-(-spare // self.round_size), self.max_level) if spare > 0 else 0
+        rounds = -(-spare // self.round_size) if spare > 0 else 0
         return RefinePlan(dim=self.d, resolution=self.resolution, base=self.n_base,
                           extra=first - self.n_base, budget=self.budget, max_points=most,
                           rounds=int(rounds), tol=float(self.tol), max_level=self.max_level,
