@@ -104,3 +104,9 @@ def test_atlas_in_d_dimensions_finds_one_basin_per_well(dim, resolution, budget,
     assert len(minima) == dim + 1
     assert torch.cdist(w, mu).min(1).values.max() < 3 * SIGMA
     assert np.all(field.values["loss"][minima] < 0.2)
+    # Table 1 in d dimensions: every embedding, with or without inverse, keeps each model's
+    # nearest neighbour in its own well; PCA decodes the models to their own loss
+    rows = {r["method"]: r for r in atlas.reconstruction_table(methods=("pca",), dim=dim)}
+    assert {m: rows[m]["nn_purity"] for m in ("pca", "mds", "isomap")} == {
+        "pca": 1.0, "mds": 1.0, "isomap": 1.0}
+    assert rows["mds"]["mse"] is None and rows["pca"]["median_rel_loss_error"] < 0.05
