@@ -211,3 +211,13 @@ def test_stored_text_is_escaped(run, tmp_path):
     page = write_report(dst).read_text()
     assert EVIL not in page
     assert esc(EVIL) in page
+
+
+def test_writers_refuse_results_of_another_kind(tmp_path):
+    from lossatlas.connectivity import write_layer_noise
+    from lossatlas.dynamics import write_lead_time_law
+
+    with pytest.raises(ValueError, match=r"write_layer_noise: .*'tolerance'"):
+        write_layer_noise(tmp_path, xr.Dataset({"loss": ("t", np.zeros(3))}))
+    with pytest.raises(ValueError, match=r"write_lead_time_law: run 0 has no \['lead_time'\]"):
+        write_lead_time_law(tmp_path, [{"p": 7, "onset_step": 10}])
