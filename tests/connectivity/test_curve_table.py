@@ -57,7 +57,7 @@ def test_reported_errors_equal_a_direct_computation(table, small, digits_xy):
     idx, names = final_models(small)
     X = small.as_points()
     ev = Evaluator(small.model(0), digits_xy)
-    for p in ds["pair"].values.tolist():
+    for j, p in enumerate(ds["pair"].values.tolist()):
         pts = table.points[p]
         # the curve's points lie between the two final models (t strictly inside)
         assert pts.shape == (5, small.dim)
@@ -78,11 +78,13 @@ def test_reported_errors_equal_a_direct_computation(table, small, digits_xy):
             assert float(ds["projected_mae"].sel(embedding=m, pair=p)) == pytest.approx(
                 float(np.median(np.abs(dec - true))), rel=1e-4, abs=1e-7)
             inc_atlas = table.included_atlases[m]
-            inc = ev.evaluate(inc_atlas.decode(inc_atlas.include_codes_[p]))["loss"]
+            # every pair's curve is fitted in under one name, pair by pair
+            z = inc_atlas.include_codes_["curves"][5 * j:5 * (j + 1)]
+            inc = ev.evaluate(inc_atlas.decode(z))["loss"]
             inc = inc.double().numpy()
             assert float(ds["included_mae"].sel(embedding=m, pair=p)) == pytest.approx(
                 float(np.median(np.abs(inc - true))), rel=1e-4, abs=1e-7)
-            raw = ev.evaluate(inc_atlas.decode(inc_atlas.include_codes_[p], corrected=False))
+            raw = ev.evaluate(inc_atlas.decode(z, corrected=False))
             raw = raw["loss"].double().numpy()
             assert float(ds["included_raw_mae"].sel(embedding=m, pair=p)) == pytest.approx(
                 float(np.median(np.abs(raw - true))), rel=1e-4, abs=1e-7)
@@ -153,6 +155,18 @@ def test_written_file_summary_and_report_section(table):
         codes = table.table[f"{key}_codes"].sel(embedding=m, pair="C-B").values
         np.testing.assert_allclose(drawn["curve C-B"]["x"], codes[:, 0])
         np.testing.assert_allclose(drawn["curve C-B"]["y"], codes[:, 1])
+
+
+def test_a_prebuilt_map_gives_the_same_errors(table, small, digits_xy, tmp_path):
+    """A map passed in (as the run's own AE atlas would be) is used as it is: the same
+    curves (same seed) projected onto the fixture's PCA map give the same errors, one
+    overlay per curve stored in that map's run."""
+    atlas = table.atlases["pca"]
+    again = curve_table(small, digits_xy, tmp_path, methods=("pca",), atlases={"pca": atlas},
+                        include=False, points=5, curve_steps=40, progress=False)
+    np.testing.assert_allclose(again.table["projected_mae"].sel(embedding="pca"),
+                               table.table["projected_mae"].sel(embedding="pca"), rtol=1e-5)
+    assert (atlas.path / "overlays" / "curve-C-A.json").is_file()
 
 
 def test_bad_inputs_are_named(small, digits_xy, tmp_path):

@@ -158,6 +158,26 @@ class CurveTable:
                 "skipped": dict(self.skipped), "seconds": self.table.attrs["seconds"]}
 
 
+def _per_pair(codes: list | None, loss: list[float], true: list[float], names: list[str],
+              T: int, loss_key: str, mae_key: str, codes_key: str | None = None,
+              range_key: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per pair (``T`` consecutive points each, in the order of ``names``): its slice of
+    ``loss`` (and ``codes``), the true loss, the range and the median absolute error."""
+    loss_a, true_a = np.asarray(loss, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    out = {}
+    for j, name in enumerate(names):
+        s = slice(j * T, (j + 1) * T)
+        f = loss_a[s][np.isfinite(loss_a[s])]
+        row = {"true_loss": true_a[s].tolist(), loss_key: loss_a[s].tolist(),
+               mae_key: float(np.median(np.abs(loss_a[s] - true_a[s])))}
+        if codes_key is not None:
+            row[codes_key] = np.asarray(codes)[s].tolist()
+        if range_key is not None:
+            row[range_key] = [float(f.min()), float(f.max())] if f.size else [np.nan] * 2
+        out[name] = row
+    return out
+
+
 def _uncorrected(atlas, name: str, true: list[float]) -> dict[str, Any]:
     """Loss (nats) at the included codes of ``name`` decoded without the residual
     correction (which pins only the models), and its median absolute error."""
@@ -285,6 +305,7 @@ def curve_table(
         line_barriers.append(res.line_barrier)
 
     P, T = len(pair_names), len(t)
+    all_pts = torch.cat([pts[p] for p in pair_names])  # [P * T, D], pair by pair
     fitted, included, skipped = {}, {}, {}
     results: dict[str, dict[str, dict]] = {}
     for method in tqdm(list(methods), desc="maps", unit="method", disable=not progress):
@@ -300,24 +321,34 @@ def curve_table(
                                                              **atlas_kwargs})
             if include:
                 included[method] = _fit_map(population, data, out_dir / f"{method}-included",
-                                            config, resolution, pts,
+                                            config, resolution, {"curves": all_pts},
                                             {"seed": seed, "device": device, **atlas_kwargs})
         except ImportError as err:  # an optional method's package is missing
             log.warning("curve_table: %s skipped (%s)", method, err)
             skipped[method] = f"{type(err).__name__}: {err}"
             fitted.pop(method, None)
             continue
-        results[method] = {}
-        for name in pair_names:
-            ov = fitted[method].overlay(pts[name], f"curve-{name}",
-                                        labels=[f"t={v:.3f}" for v in t.tolist()])
-            if method in included:
-                ov_inc = included[method].overlay(pts[name], name,
-                                                  labels=[f"t={v:.3f}" for v in t.tolist()])
-                ov.update({f"included_{k}": ov_inc[f"included_{k}"]
-                           for k in ("codes", "loss", "range", "median_abs_error")})
-                ov.update(_uncorrected(included[method], name, ov["true_loss"]))
-            results[method][name] = ov
+        labels = [f"{p} t={v:.3f}" for p in pair_names for v in t.tolist()]
+        if method in atlases:  # the run's own map: one overlay per curve, drawn there
+            results[method] = {p: fitted[method].overlay(
+                pts[p], f"curve-{p}", labels=[f"t={v:.3f}" for v in t.tolist()])
+                for p in pair_names}
+        else:  # one call per map (UMAP's transform has a large cost per call)
+            ov = fitted[method].overlay(all_pts, "curves", labels=labels)
+            results[method] = _per_pair(ov["codes"], ov["projected_loss"], ov["true_loss"],
+                                        pair_names, T, "projected_loss", "median_abs_error",
+                                        "codes", "projected_range")
+        if method in included:
+            ov_inc = included[method].overlay(all_pts, "curves", labels=labels)
+            inc = _per_pair(ov_inc["included_codes"], ov_inc["included_loss"],
+                            ov_inc["true_loss"], pair_names, T, "included_loss",
+                            "included_median_abs_error", "included_codes", "included_range")
+            raw = _uncorrected(included[method], "curves", ov_inc["true_loss"])
+            raw = _per_pair(None, raw["included_raw_loss"], ov_inc["true_loss"], pair_names,
+                            T, "included_raw_loss", "included_raw_median_abs_error")
+            for p in pair_names:
+                results[method][p].update(inc[p])
+                results[method][p].update(raw[p])
 
     kept = [m for m in methods if m in results]
     d = max([len(np.asarray(o["codes"])[0]) for m in kept for o in results[m].values()]
