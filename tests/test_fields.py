@@ -64,6 +64,8 @@ def test_changed_points_refuse_to_resume(tmp_path):
 SCRIPT = textwrap.dedent(
     f"""
     import sys, time
+    import torch
+    torch.set_num_threads(int(sys.argv[2]))  # the test's: the same sums, bit for bit
     sys.path.insert(0, {str(os.path.dirname(os.path.abspath(__file__)))!r})
     from test_fields import KILL_GRID, _setup
     from lossatlas import Run, compute_field
@@ -82,7 +84,8 @@ def test_killed_field_resumes_only_missing_chunks(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)])
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir),
+                             str(torch.get_num_threads())])
     progress = run_dir / "fields" / "plane.progress"
     deadline = time.time() + 120
     while time.time() < deadline:
