@@ -174,7 +174,7 @@ class Vmap(Backend):
     def why_not(self, ev: Evaluator) -> str | None:
         if ev.device.type == "cpu" and ev.bn == "recompute":
             # measured on 2 shared cores (bench/bn_policy_interleaved.py): one point at a
-            # time 0.87-1.2x vmap's speed (faster in 3 of 4 runs: CNN, ResNet-20/56),
+            # time 0.87-1.24x vmap's speed (faster in 5 of 6 runs: CNN, ResNet-20/56),
             # with one point's activations in memory instead of a chunk's
             return "on the CPU with bn='recompute' one point at a time is faster"
         return ev._vmap_why_not()
