@@ -102,6 +102,13 @@ def test_overlay_reports_the_loss_at_decoded_projected_points(two_runs, digits, 
     assert ov2["included_median_abs_error"] == pytest.approx(
         float(np.median(np.abs(inc - true))), rel=1e-4, abs=1e-7)
     assert ov2["included_median_abs_error"] <= ov["median_abs_error"]
+    # the models' residual correction is pinned to zero at the included points (their
+    # decoded points are the uncorrected map's), and the models stay exact
+    z_inc = atlas2.include_codes_["holdout"]
+    raw = atlas2.decode(z_inc, corrected=False)
+    torch.testing.assert_close(atlas2.decode(z_inc), raw, rtol=0, atol=1e-5 * raw.abs().max())
+    torch.testing.assert_close(atlas2.decode(atlas2.codes_), kept.as_points(), rtol=0,
+                               atol=1e-4 * kept.as_points().abs().max())
     # the basins count only the population's models
     assert sum(sum(v.values()) for v in atlas2.summary()["basins"]["variants_per_basin"]) \
         == len(kept)

@@ -346,6 +346,8 @@ class Atlas:
                   "seed": self.seed, "kwargs": kwargs,
                   "population": self._population_digest(),
                   "include": {k: _digest(v) for k, v in include.items()}}
+        if include and exact:  # the correction is pinned to zero at included points
+            config["correction"] = "zero at included points"
         meta_path = folder / "embedding.json"
         if not refit and meta_path.exists() and json.loads(meta_path.read_text()) == config:
             try:
@@ -396,7 +398,11 @@ class Atlas:
         self.correction_ = None
         if exact:
             residual = C.double() - self.inner_.decode(self.codes_).double()
-            self.correction_ = ResidualCorrection(self.codes_, residual)
+            # pinned to zero at included points: they are fitted by the map itself, and
+            # the models' residuals must not be carried onto them
+            self.correction_ = ResidualCorrection(
+                self.codes_, residual,
+                zero_at=torch.cat(list(self.include_codes_.values())) if include else None)
             state.update({f"cor.{k}": v.contiguous() for k, v in self.correction_.state().items()})
         folder.mkdir(parents=True, exist_ok=True)
         self.reduction_.save(folder / "reduction")

@@ -29,10 +29,14 @@ class ResidualCorrection:
     ridge : float
         Relative diagonal regulariser of the kernel system (keeps it well posed
         for codes that nearly coincide).
+    zero_at : Tensor[M, d], optional
+        Further latent points where the correction is pinned to zero (points fitted into
+        the map that are not models: the models' residuals must not be carried onto
+        them). The default ``length_scale`` is still measured on ``codes`` alone.
     """
 
     def __init__(self, codes: Tensor, residuals: Tensor, length_scale: float | None = None,
-                 ridge: float = 1e-8):
+                 ridge: float = 1e-8, zero_at: Tensor | None = None):
         codes = codes.double()
         if codes.shape[0] != residuals.shape[0]:
             raise ValueError(
@@ -45,6 +49,11 @@ class ResidualCorrection:
             length_scale = float(nn[torch.isfinite(nn)].median()) if len(codes) > 1 else 1.0
             length_scale = max(length_scale, 1e-6)
         self.length_scale = float(length_scale)
+        if zero_at is not None and len(zero_at):
+            residuals = torch.cat([residuals.double(),
+                                   residuals.new_zeros(len(zero_at), residuals.shape[1],
+                                                       dtype=torch.float64)])
+            codes = torch.cat([codes, zero_at.double()])
         self.codes = codes
         k = self._kernel(codes)
         k += ridge * torch.eye(len(codes), dtype=k.dtype)
