@@ -224,7 +224,8 @@ def atlas_saddles(
     t0 = time.perf_counter()
     tree, field = atlas.tree_, atlas.field_
     flat = np.asarray(tree.saddle_flat, dtype=np.int64)
-    z = np.asarray(field.coords, dtype=np.float64)[flat].reshape(len(flat), -1)
+    coords = np.asarray(field.coords, dtype=np.float64)  # [n, dim]
+    z = coords[flat].reshape(len(flat), coords.shape[1])  # also with no saddle
     pop = atlas.population
     ev = atlas.evaluator
     template = pop.model(0)
