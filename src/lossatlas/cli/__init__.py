@@ -14,6 +14,7 @@ builds :data:`app` from them. No library module imports the CLI.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -27,6 +28,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 surface_app = typer.Typer(no_args_is_help=True, help="1-D/2-D/3-D slices of the loss landscape.")
 app.add_typer(surface_app, name="surface")
 
+
+@app.callback()
+def _global_options(
+    no_progress: bool = typer.Option(
+        False, "--no-progress", help="No progress bars in any verb (the library's "
+        "LOSSATLAS_PROGRESS=0; bars are also off with --json)."),
+) -> None:
+    """Map the loss landscape of a population of PyTorch models."""
+    if no_progress:
+        os.environ["LOSSATLAS_PROGRESS"] = "0"  # read by the library's progress_bar too
+
+
 # the verbs, in the order `lossatlas --help` lists them
 app.command("list")(train.list_cmd)
 app.command()(train.train)
@@ -34,6 +47,7 @@ surface_app.command("interp")(surface.surface_interp)
 surface_app.command("random")(surface.surface_random)
 surface_app.command("plane")(surface.surface_plane)
 surface_app.command("pca")(surface.surface_pca)
+surface_app.command("hessian")(surface.surface_hessian)
 app.command()(atlas.atlas)
 app.command()(demo.demo)
 app.command()(report.report)

@@ -266,6 +266,14 @@ def _load_data(spec: str, args: list[str] | None, split: str, samples: int | Non
     return splits, (x, y)
 
 
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    """Comma-separated numbers of ``option`` (one line naming it otherwise)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
 def _eval_options(bn: str | None, output_key: str | None, loss: str | None) -> dict[str, Any]:
     """Evaluator keyword arguments from ``--bn``, ``--output-key`` and ``--loss``
     (validated here, so a typo is one line naming the option)."""
@@ -355,6 +363,23 @@ def _finish(summary: dict, as_json: bool, title: str, tables: list[Table] | None
     out.print(_table(title, flat))
     for t in tables or []:
         out.print(t)
+
+
+def _progress(as_json: bool) -> bool:
+    """Whether a verb shows progress bars: not with ``--json`` (stdout is for the
+    summary) nor under ``lossatlas --no-progress`` (``LOSSATLAS_PROGRESS=0``)."""
+    import os
+
+    return not as_json and os.environ.get("LOSSATLAS_PROGRESS", "").strip() != "0"
+
+
+def _record_stage(out_dir: Path, stage: str, seconds: float, **info: Any) -> None:
+    """Record ``stage`` and its wall time (seconds) in ``OUT/run.json`` (`Run.record_stage`,
+    as the atlas records its stages)."""
+    from ..store import Run
+
+    Run(out_dir).record_stage(stage, seconds, **info)
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

@@ -31,8 +31,10 @@ from ._common import (
     _handle,
     _load_data,
     _load_population,
+    _matrix_table,
     _model_factory,
     _number,
+    _progress,
     _setup_logging,
 )
 
@@ -65,6 +67,15 @@ def atlas(
         0.0, help="Fraction of the checkpoints left out of the map's fit; their projection "
         "error (loss at the decoded projected point vs true, nats) is reported.",
         callback=_number("nonnegative")),
+    check_saddles: bool = typer.Option(
+        False, "--check-saddles", help="After the topology: at each merge-tree saddle, "
+        "decoded, is there a negative full-space Hessian eigenvalue (a true saddle) or not "
+        "(an artefact of the map)? Writes RUN/fields/saddles.zarr."),
+    saddle_k: int = typer.Option(1, "--saddle-k", help="With --check-saddles: smallest "
+                                 "eigenvalues per saddle.", callback=_number(minimum=1)),
+    saddle_tol: float = typer.Option(0.05, "--saddle-tol", help="With --check-saddles: "
+                                     "eigenvalues below -tol x the largest magnitude count "
+                                     "as negative.", callback=_number("nonnegative")),
     out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory.",
                                  callback=_check_out),
     overwrite: bool = typer.Option(
@@ -102,11 +113,54 @@ def atlas(
         # the run holds the whole population's results (a later hessian/llc/connect of it
         # into the same --out is the same population)
         pop.__dict__["_lossatlas_fingerprint"] = whole
-    _, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
-                             device, precision, progress=not as_json, memory_budget=mem,
+    atlas_, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
+                             device, precision, progress=_progress(as_json), memory_budget=mem,
                              output=opts["output"], loss_fn=opts["loss_fn"], held_out=held_out,
                              overwrite=overwrite,
                              data=measured_on(splits, split, len(xy[1]), samples))
-    if summary is not None:  # rank 0 under torchrun
-        _finish(summary, as_json, "atlas")
+    if summary is None:  # not rank 0 under torchrun
+        return
+    tables = []
+    if check_saddles:
+        if not saddle_tol < 1:
+            raise UsageError(f"--saddle-tol must be in [0, 1), got {saddle_tol}")
+        from ..curvature import atlas_saddles
+
+        ds = atlas_saddles(atlas_, k=saddle_k, tol=saddle_tol, progress=_progress(as_json))
+        summary.update(saddles=int(ds.sizes["saddle"]), true_saddles=int(ds["is_saddle"].sum()),
+                       saddles_store=str(out_dir / "fields" / "saddles.zarr"))
+        if as_json:
+            summary["saddle_table"] = _saddle_rows(ds)
+        elif ds.sizes["saddle"]:
+            tables.append(_saddle_table(ds))
+    _finish(summary, as_json, "atlas", tables)
+
+
+_SADDLE_COLUMNS = ("map_log10_loss", "loss", "grad_norm", "min_eigenvalue", "max_eigenvalue",
+                   "negative_count", "is_saddle")
+
+
+def _saddle_rows(ds) -> list[dict]:
+    """One dict per merge-tree saddle of ``atlas_saddles``' dataset: basins joined, the
+    map's log10 loss, the full-space loss (nats), gradient norm, smallest and largest
+    eigenvalue (loss per squared parameter), negative count and verdict."""
+    rows = []
+    for i in range(int(ds.sizes["saddle"])):
+        row = {"basins": [int(b) for b in ds["basins"].values[i]]}
+        for c in _SADDLE_COLUMNS:
+            v = ds[c].values[i]
+            v = v[0] if c == "min_eigenvalue" else v
+            row[c] = bool(v) if c == "is_saddle" else (int(v) if c == "negative_count"
+                                                       else float(v))
+        rows.append(row)
+    return rows
+
+
+def _saddle_table(ds):
+    """`_saddle_rows` as a printable table (verdict: 1 a true saddle, 0 a map artefact)."""
+    rows = _saddle_rows(ds)
+    names = [f"{r['basins'][0]}-{r['basins'][1]}" for r in rows]
+    return _matrix_table("merge-tree saddles (basins joined), full-space Hessian", names,
+                         [[float(r[c]) for c in _SADDLE_COLUMNS] for r in rows],
+                         list(_SADDLE_COLUMNS))
 

@@ -26,6 +26,7 @@ from ._common import (
     _check_out,
     _eval_options,
     _finish,
+    _floats,
     _handle,
     _headline_finite,
     _load_data,
@@ -34,6 +35,7 @@ from ._common import (
     _matrix_table,
     _model_factory,
     _number,
+    _progress,
     _setup_logging,
 )
 
@@ -58,6 +60,15 @@ def connect(
                                    "writes the barrier matrix of its final models."),
     align_models: bool = typer.Option(False, "--align", help="Population mode: also the "
                                       "matrix after weight matching."),
+    layer_noise: bool = typer.Option(
+        False, "--layer-noise", help="Also per layer: the barrier with only that layer "
+        "interpolated, and each model's loss rise under filter-normalised noise in that "
+        "layer alone (writes RUN/fields/layer_noise.zarr)."),
+    noise_scales: str = typer.Option("0.05,0.1,0.2,0.5,1.0", "--noise-scales",
+                                     help="With --layer-noise: comma-separated noise scales "
+                                     "(relative to each filter's norm)."),
+    noise_draws: int = typer.Option(4, "--noise-draws", help="With --layer-noise: noise "
+                                    "draws per layer and scale.", callback=_number(minimum=1)),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
     test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
@@ -78,6 +89,11 @@ def connect(
 
     _setup_logging(verbose)
     _pair_paths(a, b, population)
+    if layer_noise and population is not None:
+        raise UsageError("--layer-noise compares two checkpoints A B; drop it with --population")
+    scales = _floats(noise_scales, "--noise-scales")
+    if any(not v > 0 for v in scales):
+        raise UsageError(f"--noise-scales must be numbers > 0, got {noise_scales!r}")
     t0 = time.perf_counter()
     _eval_options(bn, None, None)
     splits, xy = _load_data(data, data_arg, split, samples, test_data)
@@ -91,7 +107,7 @@ def connect(
         idx = pop.final_indices()
         names = [str(pop.labels[i].get("variant", i)) for i in idx]
         res = population_barriers([pop.model(i) for i in idx], names, xy, out_dir,
-                                  align_models, device, progress=not as_json, bn=bn)
+                                  align_models, device, progress=_progress(as_json), bn=bn)
         summary = {"models": len(idx), "bn": res["bn"],
                    "mean_barrier_before": float(np.mean(res["before"]))}
         if "after" in res:
@@ -123,10 +139,43 @@ def connect(
         from safetensors.torch import save_file
 
         save_file({"bends": res.bends.contiguous()}, str(out_dir / f"curve-{curve}.safetensors"))
+    tables = []
+    if layer_noise:
+        from ..connectivity import layerwise_profile, write_layer_noise
+
+        prof = layerwise_profile(ma, mb, xy, scales=scales, num_draws=noise_draws, bn=bn,
+                                 device=device)
+        summary["layer_noise_store"] = str(write_layer_noise(out_dir, prof))
+        tables.append(_layer_table(prof))
+        if as_json:
+            summary["layers"] = _layer_rows(prof)
     summary.update(figures=[str(f) for f in figs], seconds=round(time.perf_counter() - t0, 2))
     atomic_write_json(out_dir / "connect.json", summary)
+    run.record_stage("connect", summary["seconds"], curve=curve, layer_noise=layer_noise)
     _headline_finite(summary["line_barrier"], "connect: line_barrier", line["loss"].values)
-    _finish(summary, as_json, "connect")
+    _finish(summary, as_json, "connect", tables)
+
+
+def _layer_rows(prof) -> dict[str, dict[str, float]]:
+    """Per layer group of a `layerwise_profile`: its barriers (per anchor) and each model's
+    noise tolerance (loss units; the largest noise scale keeping the rise under the
+    threshold)."""
+    rows: dict[str, dict[str, float]] = {}
+    for g in prof["group"].values:
+        row = {f"barrier_{an}": float(prof["barrier"].sel(group=g, anchor=an))
+               for an in prof["barrier"]["anchor"].values}
+        row.update({f"tolerance_{mod}": float(prof["tolerance"].sel(group=g, model=mod))
+                    for mod in prof["model"].values})
+        rows[str(g)] = row
+    return rows
+
+
+def _layer_table(prof):
+    """`_layer_rows` as a printable table."""
+    rows = _layer_rows(prof)
+    cols = list(next(iter(rows.values()))) if rows else []
+    return _matrix_table("per layer: barrier (loss) and noise tolerance (scale)", list(rows),
+                         [[r[c] for c in cols] for r in rows.values()], cols)
 
 
 @_handle
@@ -139,6 +188,8 @@ def align(
     reg: float = typer.Option(0.01, help="With --method ot sinkhorn: entropic regularisation.",
                               callback=_number("positive")),
     rescale: bool = typer.Option(False, help="Also remove ReLU positive rescaling."),
+    signs: bool = typer.Option(False, "--signs", help="With --method weight: also flip the "
+                               "signs of odd-activation (tanh) units (signed permutations)."),
     repair: bool = typer.Option(False, help="Also the midpoint with REPAIRed (or reset) "
                                 "channel statistics (Jordan et al. 2022)."),
     points: int = typer.Option(25, "--points", "--steps", help="Points on the straight path "
@@ -167,11 +218,17 @@ def align(
     splits, xy = _load_data(data, data_arg, split, samples)
     factory, _ = _model_factory(model, model_arg, splits)
     ma, mb = _load_models([a, b], factory)
-    if method == "ot":
+    if signs and (method != "weight" or rescale):
+        raise UsageError("--signs works with --method weight and without --rescale")
+    if method == "ot" or signs:
         from ..connectivity import barrier
-        from ..symmetry import ot_align, parameter_distance
+        from ..symmetry import ot_align, parameter_distance, permutation_spec, weight_matching
 
-        aligned = ot_align(ma, mb, method=ot_solver, reg=reg)
+        if signs:
+            aligned = weight_matching(ma, mb, spec=permutation_spec(ma, data=xy),
+                                      device=device, signs=True)
+        else:
+            aligned = ot_align(ma, mb, method=ot_solver, reg=reg)
         table = None
         summary = {"loss_barrier_none": barrier(ma, mb, xy, steps=points, device=device),
                    "loss_barrier_aligned": barrier(ma, aligned, xy, steps=points,
@@ -200,7 +257,7 @@ def align(
         mids = [interpolate(ma, aligned, 0.5), repair_midpoint(ma, aligned, 0.5, xy)]
         plain, fixed = ev.evaluate_models(mids)["loss"].tolist()
         summary.update(midpoint_loss_aligned=plain, midpoint_loss_repaired=fixed)
-    summary.update(method=method, aligned_checkpoint=str(path),
+    summary.update(method=method + ("+signs" if signs else ""), aligned_checkpoint=str(path),
                    seconds=round(time.perf_counter() - t0, 2))
     atomic_write_json(out_dir / "align.json", summary)
     _finish(summary, as_json, "align")

@@ -17,6 +17,7 @@ from ._common import (
     _finish,
     _handle,
     _number,
+    _progress,
     _setup_logging,
     _table,
     err,
@@ -77,7 +78,7 @@ def demo(
     _setup_logging(verbose)
     summary = run_demo(out_dir, epochs=epochs, every=every, samples=samples,
                        resolution=resolution, budget=budget, device=device,
-                       progress=not as_json)
+                       progress=_progress(as_json))
     terrain = _terrain_of_final_models(out_dir / "terrain.json")
     if terrain is not None:
         err.print(terrain)

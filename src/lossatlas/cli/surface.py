@@ -36,10 +36,12 @@ from ._common import (
     _load_models,
     _model_factory,
     _number,
+    _progress,
     _setup_logging,
 )
 
-__all__ = ["surface_interp", "surface_pca", "surface_plane", "surface_random"]
+__all__ = ["surface_hessian", "surface_interp", "surface_pca", "surface_plane",
+           "surface_random"]
 
 
 def _surface_common(model, model_arg, data, data_arg, split, samples, device, precision,
@@ -126,7 +128,7 @@ def _write_slice(kind, sl, ev, out_dir: Path, name: str, overwrite: bool, as_jso
     if overwrite or not run.has_field(name):
         _check_grid_cost(sl, ev)
     ds, figs = write_slice(kind, sl, ev, out_dir, name, overwrite=overwrite,
-                           progress=not as_json)
+                           progress=_progress(as_json))
     if not distributed.is_main():
         return ds
     loss = ds["loss"].values
@@ -274,3 +276,40 @@ def surface_pca(
     _write_slice("pca", sl, make_ev(pop.model(len(pop) - 1), space=pop.space), out_dir,
                  name or "pca", overwrite, as_json, extra)
 
+
+
+@_handle
+def surface_hessian(
+    checkpoint: Path,
+    dim: int = typer.Option(2, help="1, 2 or 3 Hessian eigenvector directions."),
+    which: str = typer.Option("largest", help="largest (sharpest directions) | smallest "
+                              "(most negative curvature)."),
+    resolution: int = _RES,
+    span: float = typer.Option(1.0, help="Coordinates in [-span, span] (parameter distance).",
+                               callback=_number("positive")),
+    seed: int = typer.Option(0, help="Seed of Lanczos' start vector."),
+    model: str = _MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
+    data_arg: list[str] = _DATA_ARG, test_data: str = _TEST_DATA, split: str = _SPLIT,
+    samples: int = _SAMPLES, bn: str = _BN, device: str = _DEVICE,
+    precision: str = _PRECISION, out_dir: Path = _OUT, name: str = _NAME,
+    overwrite: bool = _OVERWRITE, as_json: bool = Json, verbose: bool = Verbose,
+):
+    """Slice around one checkpoint along its top (or bottom) Hessian eigenvectors; the
+    eigenvalues (loss per squared parameter) are printed with the slice."""
+    from ..surfaces import hessian_slice
+
+    _setup_logging(verbose)
+    if dim not in (1, 2, 3):
+        raise UsageError(f"--dim must be 1, 2 or 3, got {dim}")
+    if which not in ("largest", "smallest"):
+        raise UsageError(f"--which must be 'largest' or 'smallest', got {which!r}")
+    _, xy, factory, _, make_ev = _surface_common(model, model_arg, data, data_arg, split,
+                                                 samples, device, precision, test_data,
+                                                 _eval_options(bn, None, None))
+    (m,) = _load_models([checkpoint], factory)
+    ev = make_ev(m)
+    sl = hessian_slice(m, xy, ndim=dim, resolution=resolution, span=span, which=which,
+                       space=ev.space, bn=bn, device=device, seed=seed)
+    extra = {"which": which, "eigenvalues": list(sl.info["eigenvalues"])}
+    _write_slice("hessian", sl, ev, out_dir, name or f"hessian_{which}{dim}d", overwrite,
+                 as_json, extra)

@@ -33,6 +33,7 @@ from ._common import (
     _matrix_table,
     _model_factory,
     _number,
+    _record_stage,
     _setup_logging,
 )
 
@@ -60,7 +61,16 @@ def hessian(
                           "largest first; --top: the old name, deprecated).",
                             callback=_number(minimum=1)),
     trace: bool = typer.Option(False, "--trace", help="Also the trace (Hutch++)."),
-    density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ)."),
+    density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ) "
+                                 "and its negative-eigenvalue mass."),
+    bottom: int = typer.Option(None, "--bottom", help="Also the K smallest eigenvalues "
+                               "(Lanczos, smallest first; negative: descent directions).",
+                               callback=_number(minimum=1)),
+    saddle: bool = typer.Option(False, "--saddle-check", help="Verdict: is the checkpoint a "
+                                "saddle (a negative eigenvalue) or a minimum?"),
+    saddle_tol: float = typer.Option(0.05, "--saddle-tol", help="With --saddle-check: "
+                                     "eigenvalues below -tol x the largest magnitude count "
+                                     "as negative.", callback=_number("nonnegative")),
     population: str = typer.Option(None, help="Population mode: dir or train run."),
     model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
     trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
@@ -71,15 +81,27 @@ def hessian(
     overwrite: bool = _OVERWRITE_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
-    """Hessian spectrum of the mean loss: top eigenvalues, trace, density (eval mode)."""
+    """Hessian spectrum of the mean loss: top (and bottom) eigenvalues, trace, density,
+    saddle verdict (eval mode)."""
     from ..batchnorm import resolve_policy
-    from ..curvature import hessian_density, hessian_eigen, hessian_trace_estimate, plot_density
+    from ..curvature import (
+        hessian_density,
+        hessian_eigen,
+        hessian_trace_estimate,
+        plot_density,
+        saddle_check,
+    )
     from ..curvature.population import population_terrain
     from ..store import atomic_write_json
     from ..surfaces import save_figure
 
     _setup_logging(verbose)
     _single_or_population(checkpoint, population)
+    if population is not None and (bottom or density or saddle):
+        raise UsageError("--bottom, --density and --saddle-check measure one checkpoint; "
+                         "drop them with --population")
+    if not saddle_tol < 1:
+        raise UsageError(f"--saddle-tol must be in [0, 1), got {saddle_tol}")
     t0 = time.perf_counter()
     _eval_options(bn, None, None)
     splits, xy = _load_data(data, data_arg, split, samples, test_data)
@@ -92,6 +114,7 @@ def hessian(
                                    overwrite=overwrite)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
+        _record_stage(out_dir, "hessian", summary["seconds"], models=summary["models"])
         _finish(summary, as_json, "hessian (population)", [_terrain_table(table)])
         return
     (m,) = _load_models([checkpoint], factory)
@@ -101,15 +124,24 @@ def hessian(
     if trace:
         tr = hessian_trace_estimate(m, xy, device=device, bn=bn)
         summary.update(trace=float(tr.trace), trace_std=float(tr.std))
+    if bottom:
+        low = hessian_eigen(m, xy, k=bottom, device=device, bn=bn, which="smallest")
+        summary["smallest_eigenvalues"] = [float(v) for v in low.eigenvalues]
     if density:
         dens = hessian_density(m, xy, device=device, bn=bn)
+        summary["negative_mass"] = dens.negative_mass()  # fraction of the spectrum below 0
         fig = plot_density(dens)
         fig = getattr(fig, "figure", fig)
         summary["density_figure"] = str(save_figure(fig, out_dir / "density.png"))
+    if saddle:
+        sc = saddle_check(m, xy, k=bottom or 1, tol=saddle_tol, device=device, bn=bn)
+        summary.update({f"saddle_{k}": v for k, v in sc.as_dict().items()})
+        summary["saddle_verdict"] = "saddle" if sc.is_saddle else "minimum"
     summary["top_eigenvalue"] = summary["eigenvalues"][0]
     _headline_finite(summary["top_eigenvalue"], "hessian: the top eigenvalue")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out_dir / "hessian.json", summary)
+    _record_stage(out_dir, "hessian", summary["seconds"], k=k, bottom=bottom or 0)
     _finish(summary, as_json, "hessian")
 
 
@@ -161,6 +193,7 @@ def llc_cmd(
                                    overwrite=overwrite)
         summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
                    "seconds": round(time.perf_counter() - t0, 2)}
+        _record_stage(out_dir, "llc", summary["seconds"], models=summary["models"])
         _finish(summary, as_json, "llc (population)", [_terrain_table(table)])
         return
     (m,) = _load_models([checkpoint], factory)
@@ -178,5 +211,6 @@ def llc_cmd(
                "trace_figure": str(save_figure(fig, out_dir / "llc_trace.png")),
                "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(out_dir / "llc.json", summary)
+    _record_stage(out_dir, "llc", summary["seconds"], chains=chains, draws=draws)
     _headline_finite(summary["llc_mean"], "llc: llc_mean")
     _finish(summary, as_json, "llc")

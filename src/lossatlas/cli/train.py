@@ -19,6 +19,7 @@ from ._common import (
     _handle,
     _kv,
     _number,
+    _progress,
     _setup_logging,
     out,
 )
@@ -83,7 +84,7 @@ def train(
     pop = train_population(
         model, data, out_dir=out_dir, grid=grid or None, seeds=seed_list,
         checkpoint_every=every, epochs=epochs, model_kwargs=_kv(model_arg, "--model-arg"),
-        data_kwargs=_kv(data_arg, "--data-arg"), device=device, progress=not as_json,
+        data_kwargs=_kv(data_arg, "--data-arg"), device=device, progress=_progress(as_json),
     )
     metrics = read_metrics(out_dir)
     summary = {"run": str(out_dir), "checkpoints": len(pop), "variants": len(pop.variants),
