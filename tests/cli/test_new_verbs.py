@@ -108,9 +108,9 @@ def test_surface_hessian_is_the_library_slice(checkpoints, tmp_path):
 
     out = _json(runner.invoke(app, ["surface", "hessian", str(checkpoints[0]), *MODEL,
                                     "--dim", "1", "--which", "smallest", "--resolution", "5",
-                                    "--span", "0.5", "--samples", "200", "--out",
+                                    "--span", "0.5", "--samples", "50", "--out",
                                     str(tmp_path / "cli"), "--json"]))
-    m, xy = _loaded(checkpoints[0]), _xy(200)
+    m, xy = _loaded(checkpoints[0]), _xy(50)
     ev = Evaluator(m, xy, device="cpu")
     sl = hessian_slice(m, xy, ndim=1, resolution=5, span=0.5, which="smallest",
                        space=ev.space, device="cpu", seed=0)
@@ -262,3 +262,21 @@ def test_no_progress_turns_bars_off(monkeypatch, tmp_path):
     assert seen == [(True, None), (False, "0")]
     res = runner.invoke(app, ["study", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 1 and "grokking-law" in res.output
+
+
+@pytest.mark.parametrize("key", ["saddles", "hessian-slices", "layer-noise", "induction-heads",
+                                 "batch-size", "grokking-lead-time", "double-descent"])
+def test_report_hints_are_commands_the_cli_parses(key):
+    """The report's absent-section hints name these verbs with options they have."""
+    import shlex
+
+    from lossatlas.report.commands import fill_hint
+    from lossatlas.report.sections import SECTIONS
+
+    ctx = {"run": "r", "population": "p", "data": "--data blobs", "model": "--model mlp",
+           "a": "a.pt", "b": "b.pt"}
+    command = fill_hint(SECTIONS[key].hint, ctx).split(" (and ")[0]
+    argv = shlex.split(command)
+    assert argv[0] == "lossatlas" and "--out" in argv
+    res = runner.invoke(app, [*argv[1:], "--help"])  # parsing refuses an unknown option
+    assert res.exit_code == 0, (command, res.output)

@@ -32,8 +32,7 @@ __all__ = ["centre_curvature", "hessian_slices", "layer_noise", "saddles"]
 
 # ==================================================================== saddles
 @section("saddles", "Saddles",
-         hint="call lossatlas.curvature.atlas_saddles(atlas) on the Atlas of {run} (after "
-              "Atlas.topology(); writes {run}/fields/saddles.zarr)")
+         hint="lossatlas atlas --population {population} {data} --check-saddles --out {run}")
 def saddles(view: RunView) -> Section | None:
     """Per merge-tree saddle: the map's loss there, the full-space loss at the decoded
     point, the smallest and largest Hessian eigenvalues, and the verdict."""
@@ -149,9 +148,8 @@ def _slice_figure(ds: xr.Dataset, title: str, units: dict[str, str]) -> dict:
 
 
 @section("hessian-slices", "Hessian-direction slices",
-         hint="call lossatlas.pipeline.write_slice('hessian', lossatlas.surfaces.hessian_slice("
-              "model, data), evaluator, out_dir, 'hessian'), and 'random' with "
-              "lossatlas.surfaces.random_slice(model), with out_dir {run}")
+         hint="lossatlas surface hessian {a} {model} {data} --out {run} (and lossatlas "
+              "surface random {a} {model} {data} --out {run} beside it)")
 def hessian_slices(view: RunView) -> Section | None:
     """Each stored Hessian-direction slice beside the filter-normalised random slice of
     the same model (the random slice with the same loss at its centre), with the
@@ -223,9 +221,8 @@ def hessian_slices(view: RunView) -> Section | None:
 
 # ==================================================================== layer noise
 @section("layer-noise", "Layer noise tolerance",
-         hint="call lossatlas.connectivity.write_layer_noise(out_dir, "
-              "lossatlas.connectivity.layerwise_profile(model_a, model_b, data)) with "
-              "out_dir {run}")
+         hint="lossatlas connect {a} {b} {model} {data} --curve linear --layer-noise "
+              "--out {run}")
 def layer_noise(view: RunView) -> Section | None:
     """Per layer group: the loss rise under filter-normalised noise (per model) and the
     noise scale it tolerates, beside the layer-wise barriers when stored."""

@@ -158,7 +158,7 @@ def _induction(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dic
 
 
 @section("induction-heads", "Induction heads",
-         hint="call lossatlas.studies.run_induction_heads(out_dir) with out_dir {run}/induction")
+         hint="lossatlas study induction-heads --out {run}/induction")
 def induction_heads(view: RunView) -> Section | None:
     """Loss, induction score, LLC with its stage boundaries and the commutator defect
     along the training of the attention-only transformer (``induction.json``)."""
@@ -227,7 +227,7 @@ def _batch(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, d
 
 
 @section("batch-size", "Batch size vs flatness",
-         hint="call lossatlas.studies.run_batch_size(out_dir) with out_dir {run}/batch_size")
+         hint="lossatlas study batch-size --out {run}/batch_size")
 def batch_size(view: RunView) -> Section | None:
     """Top eigenvalue, ε-sharpness and generalisation gap across the batch-size sweep
     (``batch_size.json``)."""
@@ -311,7 +311,7 @@ def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, di
 
 
 @section("grokking-lead-time", "Grokking lead time",
-         hint="call lossatlas.dynamics.lead_time_sweep(out_dir) with out_dir {run}/lead_time")
+         hint="lossatlas study grokking-law --out {run}/lead_time")
 def lead_time(view: RunView) -> Section | None:
     """The fitted lead-time law with its interval, the runs, and the interventions'
     effect on onset when stored (``lead_time_law.json``, ``interventions.json``)."""
@@ -393,7 +393,7 @@ def _double(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, 
 
 
 @section("double-descent", "Double descent",
-         hint="lossatlas study double-descent --out {run}/double_descent")
+         hint="lossatlas study double-descent --surfaces --out {run}/double_descent")
 def double_descent(view: RunView) -> Section | None:
     """Error, sharpness and the filter-normalised surfaces across the width sweep
     (``double_descent.json`` and its stored surfaces)."""
