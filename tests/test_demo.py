@@ -9,7 +9,7 @@ from lossatlas.demo import DEMO_STEPS, DemoRun, run_demo
 
 def test_the_demo_steps_in_order():
     assert [name for name, _ in DEMO_STEPS] == ["train", "slices", "atlas", "connectivity",
-                                                "dynamics", "terrain", "bn_cnn"]
+                                                "table2", "dynamics", "terrain", "bn_cnn"]
 
 
 def test_run_demo_runs_its_steps_in_order_times_them_and_writes_the_report(tmp_path):

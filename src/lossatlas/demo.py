@@ -104,6 +104,23 @@ def _connectivity(run: DemoRun) -> None:
                                          heldout=(run.splits.x_test, run.splits.y_test)))
 
 
+def _table2(run: DemoRun) -> None:
+    """The seed's Table 2 (``OUT/table2.json``): trained Bezier curves from the last
+    variant's final model to every other variant's, projected onto the run's AE map and
+    onto kernel PCA and UMAP maps, and fitted into each map (``include=``); the median
+    absolute errors (nats) of the loss at the decoded points."""
+    from .connectivity.curve_table import curve_table, write_curve_table
+
+    table = curve_table(run.pop, run.xy, run.out_dir / "table2",
+                        methods=("ae", "kpca", "umap"), atlases={"ae": run.atlas},
+                        points=9, curve_steps=100, resolution=8, device=run.device,
+                        progress=run.progress)
+    write_curve_table(table, run.out_dir)
+    run.summary["table2_median_abs_error"] = {
+        m: {k: round(v, 4) for k, v in errs.items()}
+        for m, errs in table.median_errors().items()}
+
+
 def _dynamics(run: DemoRun) -> None:
     """Phase transitions along the variants' training (``OUT/train/dynamics.json``)."""
     from .dynamics import dynamics_report
@@ -135,7 +152,7 @@ def _bn_cnn(run: DemoRun) -> None:
 #: :class:`DemoRun`, timed as ``<name>_seconds``.
 DEMO_STEPS: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("train", _train), ("slices", _slices), ("atlas", _atlas),
-    ("connectivity", _connectivity), ("dynamics", _dynamics), ("terrain", _terrain),
+    ("connectivity", _connectivity), ("table2", _table2), ("dynamics", _dynamics), ("terrain", _terrain),
     ("bn_cnn", _bn_cnn),
 ]
 
