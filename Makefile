@@ -1,6 +1,8 @@
 # make demo : set up .venv (if missing) and run the demo (train, atlas, report) into runs/demo
 # make test : set up .venv (if missing) and run the whole test suite
 VENV ?= .venv
+# test workers: one per core (pytest-xdist; each file's tests stay on one worker)
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lossatlas-installed
 
@@ -17,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lossatlas demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,9 @@ from torch import nn
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist (``make test`` runs one worker per core) each worker takes one thread
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
 
 # small models run fastest (and predictably on a busy machine) on one thread
 ONE_THREAD_DIRS = {"connectivity", "symmetry"}
