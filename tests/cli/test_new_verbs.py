@@ -214,6 +214,8 @@ def test_atlas_check_saddles(checkpoints, tmp_path):
     (["grokking-law", "--moduli", "7,11", "--weight-decays", "0.5,2", "--steps", "9"],
      "lossatlas.dynamics.lead_time_sweep",
      {"moduli": (7, 11), "weight_decays": (0.5, 2.0), "steps": 9}),
+    (["rebasin", "--pairs", "3", "--seed", "2"], "lossatlas.symmetry.rebasin_study.run_rebasin",
+     {"pairs": 3, "seed": 2}),
 ])
 def test_study_verbs_call_the_library(monkeypatch, tmp_path, argv, target, expected):
     import importlib
@@ -265,7 +267,8 @@ def test_no_progress_turns_bars_off(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("key", ["saddles", "hessian-slices", "layer-noise", "induction-heads",
-                                 "batch-size", "grokking-lead-time", "double-descent"])
+                                 "batch-size", "grokking-lead-time", "double-descent",
+                                 "rebasin"])
 def test_report_hints_are_commands_the_cli_parses(key):
     """The report's absent-section hints name these verbs with options they have."""
     import shlex

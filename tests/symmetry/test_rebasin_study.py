@@ -101,6 +101,16 @@ def test_written_file_and_report_section(study):
     traces = {tr["name"]: tr for tr in sec.figures["fig-rebasin"]["data"]}
     np.testing.assert_allclose(traces["re-basined B"]["x"],
                                [p["rebased_code"][0] for p in study.pairs])
+    # a run holding the study one folder down (lossatlas study rebasin --out RUN/rebasin)
+    # shows the same section
+    import shutil
+
+    run = study.atlas.path.parent / "outer-run"
+    (run / "rebasin").mkdir(parents=True)
+    shutil.copy(path, run / "rebasin" / path.name)
+    shutil.copy(study.atlas.path / "run.json", run / "run.json")
+    outer = SECTIONS["rebasin"].build(RunView(run))
+    assert outer is not None and outer.summary == sec.summary
 
 
 def test_pairs_are_checked(pairs_pop):

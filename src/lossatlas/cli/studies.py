@@ -1,5 +1,5 @@
 """CLI verb of the survey's studies: ``lossatlas study eos|double-descent|induction-heads|
-batch-size|grokking-law``, each one library call writing a run directory."""
+batch-size|grokking-law|rebasin``, each one library call writing a run directory."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from ._common import (
 __all__ = ["STUDIES", "study"]
 
 #: The study names ``lossatlas study`` accepts.
-STUDIES = ("eos", "double-descent", "induction-heads", "batch-size", "grokking-law")
+STUDIES = ("eos", "double-descent", "induction-heads", "batch-size", "grokking-law",
+           "rebasin")
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -64,6 +65,8 @@ def study(
                                help="grokking-law: comma-separated moduli p."),
     weight_decays: str = typer.Option("0.5,1.0,2.0", "--weight-decays",
                                       help="grokking-law: comma-separated weight decays."),
+    pairs: int = typer.Option(16, "--pairs", help="rebasin: pairs of independently "
+                              "trained MLPs.", callback=_number(minimum=1)),
     steps: int = typer.Option(None, help="Training steps (default: the study's own).",
                               callback=_number(minimum=1)),
     label_noise: float = typer.Option(0.2, help="double-descent: fraction of flipped labels.",
@@ -73,7 +76,9 @@ def study(
 ):
     """Built-in studies of the survey: the edge of stability, double descent (optionally
     with surfaces), the induction-head stages of a transformer (LLC), batch size vs
-    flatness, and the grokking lead-time law over moduli and weight decays."""
+    flatness, the grokking lead-time law over moduli and weight decays, and the seed's
+    re-basin experiment (pairs of MLPs on one map: does a re-basined model land in its
+    partner's basin?)."""
     from .. import studies
 
     _setup_logging(verbose)
@@ -117,6 +122,10 @@ def study(
                                    for r in res["runs"]],
                                   ("p", "weight_decay", "onset_step", "defect_rise_step",
                                    "lead_time", "final_val_accuracy")))
+    elif name == "rebasin":
+        from ..symmetry.rebasin_study import run_rebasin
+
+        res = run_rebasin(out_dir, pairs=pairs, seed=seed, progress=_progress(as_json))
     else:
         raise UsageError(f"study: expected one of {', '.join(STUDIES)}, got {name!r}")
     summary = {k: v for k, v in res.items() if not isinstance(v, dict)

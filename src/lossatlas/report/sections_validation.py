@@ -27,9 +27,14 @@ __all__ = ["rebasin", "table2"]
 
 
 def _read(view: RunView, name: str) -> dict | None:
+    """``RUN/name`` or, failing that, the first ``RUN/*/name`` (a study run into a
+    sub-folder, e.g. ``lossatlas study rebasin --out RUN/rebasin``); None if neither."""
     p = view.path / name
     if not p.is_file():
-        return None
+        below = sorted(view.path.glob(f"*/{name}"))
+        if not below:
+            return None
+        p = below[0]
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError as err:
@@ -138,7 +143,7 @@ def table2(view: RunView) -> Section | None:
 
 
 @section("rebasin", "Re-basin on the map",
-         hint="run lossatlas.symmetry.rebasin_study.rebasin_study and write_rebasin_study")
+         hint="lossatlas study rebasin --pairs 16 --out {run}/rebasin")
 def rebasin(view: RunView) -> Section | None:
     """Re-basined models on a joint map: basin against the partner's (and the control's),
     permuted training trajectories with their projection error."""

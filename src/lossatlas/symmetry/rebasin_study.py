@@ -32,7 +32,8 @@ from ..store import atomic_write_json
 from .matching import weight_matching
 from .spec import permutation_spec, permute_model
 
-__all__ = ["RebasinStudy", "pair_runs", "rebasin_study", "train_pairs", "write_rebasin_study"]
+__all__ = ["RebasinStudy", "pair_runs", "rebasin_study", "run_rebasin", "train_pairs",
+           "write_rebasin_study"]
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +299,23 @@ def write_rebasin_study(study: RebasinStudy, run_dir: str | Path) -> Path:
     path = Path(run_dir) / STUDY_FILE
     atomic_write_json(path, out)
     return path
+
+
+def run_rebasin(out_dir: str | Path, pairs: int = 16, hidden: Sequence[int] = (32,),
+                epochs: int = 6, samples: int = 1000, include: bool = False, seed: int = 0,
+                device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The re-basin experiment as a study: ``2 * pairs`` MLPs trained on sklearn digits
+    (:func:`train_pairs` into ``OUT/train``), :func:`rebasin_study` on the loss of the
+    first ``samples`` training samples, written to ``OUT/rebasin.json``
+    (:func:`write_rebasin_study`). Returns :meth:`RebasinStudy.to_dict` (counts, errors
+    in nats) with ``run`` (the file written)."""
+    from ..data import create
+
+    pop = train_pairs(Path(out_dir) / "train", pairs=pairs, hidden=hidden, epochs=epochs,
+                      device=device, progress=progress)
+    splits = create("digits")
+    xy = (splits.x_train[:samples], splits.y_train[:samples])
+    study = rebasin_study(pop, xy, out_dir, include=include, seed=seed, device=device,
+                          progress=progress)
+    path = write_rebasin_study(study, out_dir)
+    return {**study.to_dict(), "run": str(path)}
