@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from atlas_large import matmul_rate  # noqa: E402
 from eval_throughput import device_name, max_rel, run_loss_landscapes, sync  # noqa: E402
 
 from lossatlas import Evaluator, ParamSpace  # noqa: E402
@@ -133,21 +134,6 @@ def forward_flops(size: str, tokens: int) -> float:
     head = 2 * d * c["vocab"] * tokens
     return float(linear + attention + head)
 
-
-def matmul_rate(device: torch.device) -> float:
-    """Dense GEMM FLOP/s: bf16 8192^3 on CUDA, fp32 1024^3 on the CPU."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps = 20
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return reps * 2 * n**3 / (time.perf_counter() - t0)
 
 
 def grid_points(origin: Tensor, dirs: Tensor, coords: np.ndarray, row: int) -> Tensor:
