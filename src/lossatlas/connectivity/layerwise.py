@@ -97,6 +97,20 @@ def _group_prefixes(model: nn.Module, groups, where: str) -> dict[str, list[str]
     return prefixes
 
 
+def _on_device(*tensors: Tensor):
+    """A function of a device returning ``tensors`` there, copied once per device (the
+    last one kept), so the point builders below move nothing per chunk."""
+    cache: dict[torch.device, tuple[Tensor, ...]] = {}
+
+    def get(dev: torch.device) -> tuple[Tensor, ...]:
+        if dev not in cache:
+            cache.clear()
+            cache[dev] = tuple(t.to(dev) for t in tensors)
+        return cache[dev]
+
+    return get
+
+
 def _group_masks(space, prefixes: Mapping[str, list[str]], where: str) -> Tensor:
     """Bool Tensor[G, D]: the entries of each group."""
     masks = []
@@ -153,14 +167,10 @@ def layerwise_barriers(
     mask = _group_masks(space, prefixes, "layerwise_barriers")  # [G, D]
     w_a = space.flatten(model_a, source="model_a")
     w_b = space.flatten(model_b, source="model_b")
-    cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+    on = _on_device(w_a, w_b, mask)
 
     def path_points(coords: Tensor) -> Tensor:  # [P, 3] (group, anchor, t) -> [P, D]
-        dev = coords.device
-        if dev not in cache:
-            cache.clear()
-            cache[dev] = (w_a.to(dev), w_b.to(dev), mask.to(dev))
-        a, b, m = cache[dev]
+        a, b, m = on(coords.device)
         g = coords[:, 0].round().long()
         anchor_b = coords[:, 1:2].round().to(a.dtype)  # 0 -> a, 1 -> b
         t = coords[:, 2:3].to(a.dtype)
@@ -286,14 +296,10 @@ def layer_noise_tolerance(
     dirs = torch.stack([random_direction(w, normalization, ignore, generator=gen, space=space)
                         for _ in range(int(num_draws))])  # [R, D]
     moved = (mask & (dirs != 0).any(0)[None]).any(1).numpy()  # [G]: noise reaches the group
-    cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+    on = _on_device(w, dirs, mask)
 
     def noisy_points(coords: Tensor) -> Tensor:  # [P, 3] (group, draw, scale) -> [P, D]
-        dev = coords.device
-        if dev not in cache:
-            cache.clear()
-            cache[dev] = (w.to(dev), dirs.to(dev), mask.to(dev))
-        base, d, m = cache[dev]
+        base, d, m = on(coords.device)
         g = coords[:, 0].round().long()
         r = coords[:, 1].round().long()
         s = coords[:, 2:3].to(base.dtype)
