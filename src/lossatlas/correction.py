@@ -32,7 +32,10 @@ class ResidualCorrection:
     zero_at : Tensor[M, d], optional
         Further latent points where the correction is pinned to zero (points fitted into
         the map that are not models: the models' residuals must not be carried onto
-        them). The default ``length_scale`` is still measured on ``codes`` alone.
+        them). The default ``length_scale`` is still measured on ``codes`` alone. A point
+        within a quarter of the length scale of a model's code is left out (it is, to the
+        map, that model: pinning it to zero there would ask two values of one place and
+        blow the interpolation up between them).
     """
 
     def __init__(self, codes: Tensor, residuals: Tensor, length_scale: float | None = None,
@@ -50,6 +53,9 @@ class ResidualCorrection:
             length_scale = max(length_scale, 1e-6)
         self.length_scale = float(length_scale)
         if zero_at is not None and len(zero_at):
+            zero_at = zero_at.double()
+            far = torch.cdist(zero_at, codes).min(1).values > 0.25 * self.length_scale
+            zero_at = zero_at[far]
             residuals = torch.cat([residuals.double(),
                                    residuals.new_zeros(len(zero_at), residuals.shape[1],
                                                        dtype=torch.float64)])
