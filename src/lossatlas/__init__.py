@@ -34,7 +34,7 @@ _EXPORTS = {
     "population_barriers": "connectivity.population",
     "population_terrain": "curvature.population",
     "build_atlas": "pipeline",
-    "compute_field": "fields", "log10_loss": "fields",
+    "compute_field": "fields", "log10_loss": "scale",
     "AffineSource": "points", "ExplicitSource": "points", "LatentSource": "points",
     "MappedSource": "points", "PointSource": "points", "grid_axes": "points",
     "Population": "population", "UntrustedRunError": "population",

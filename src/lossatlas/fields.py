@@ -20,6 +20,7 @@ from . import distributed
 from .evaluate import Evaluator
 from .fingerprint import evaluator_fingerprint
 from .points import MAX_GRID_POINTS, PointSource
+from .scale import log10_loss
 from .store import FieldWriter, Run
 
 __all__ = ["compute_field", "log10_loss"]
@@ -223,11 +224,3 @@ def _compute_in_memory(
     ds.attrs["source"] = json.dumps(source.describe())
     ds["loss"].attrs["units"] = "mean loss per sample (nats for cross-entropy)"
     return ds
-
-
-def log10_loss(ds: xr.Dataset, floor: float = 1e-12) -> xr.DataArray:
-    """``log10(max(loss, floor))`` of a field; NaN losses become +inf (diverged)."""
-    loss = ds["loss"].fillna(np.inf)
-    out = np.log10(np.maximum(loss, floor))
-    out.attrs["units"] = "log10 of mean loss"
-    return out

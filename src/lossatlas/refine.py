@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import Delaunay
 
+from .scale import log10_loss
+
 __all__ = ["RefinedField", "RefinePlan", "Refinement", "refine_field", "delaunay_edges"]
 
 log = logging.getLogger(__name__)
@@ -148,12 +150,6 @@ class RefinePlan:
         return text
 
 
-def _log10(loss: np.ndarray) -> np.ndarray:
-    loss = np.asarray(loss, dtype=np.float64)
-    out = np.log10(np.maximum(np.where(np.isnan(loss), np.inf, loss), 1e-12))
-    return out
-
-
 class Refinement:
     """Adaptive refinement as explicit state, asked for points and told their values.
 
@@ -259,7 +255,7 @@ class Refinement:
             self.values.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
         first = self.evaluated == 0
         self.evaluated = len(self.coords)
-        lv = _log10(np.concatenate(self.values[self.key]))
+        lv = log10_loss(np.concatenate(self.values[self.key]))
         if first:
             finite = np.isfinite(lv)
             self.floor = float(np.min(lv[finite])) if finite.any() else 0.0
@@ -285,7 +281,7 @@ class Refinement:
             raise RuntimeError("Refinement.result: points are still pending; tell() them first")
         pts = np.asarray(self.coords)
         vals = {k: np.concatenate(v) for k, v in self.values.items()}
-        vals["log10_loss"] = _log10(vals[self.key])
+        vals["log10_loss"] = log10_loss(vals[self.key])
         return RefinedField(
             coords=pts, values=vals, key="log10_loss", edges=delaunay_edges(pts),
             level=np.asarray(self.levels), rounds=self.rounds, extra_index=self.extra_index,
