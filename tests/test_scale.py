@@ -12,7 +12,7 @@ def test_one_rule_for_every_kind():
     want = np.array([1.0, math.log10(FLOOR), np.inf, np.inf, -3.0])
     np.testing.assert_array_equal(log10_loss(np.array(raw)), want)
     np.testing.assert_array_equal(log10_loss(raw), want)
-    np.testing.assert_array_equal(log10_loss(torch.tensor(raw)).numpy(), want)
+    np.testing.assert_array_equal(log10_loss(torch.tensor(raw, dtype=torch.float64)).numpy(), want)
     assert log10_loss(100.0) == 2.0 and log10_loss(float("nan")) == math.inf
     ds = xr.Dataset({"loss": (("a",), np.array(raw))}, coords={"a": np.arange(5)})
     da = log10_loss(ds)
