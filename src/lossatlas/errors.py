@@ -10,7 +10,7 @@ these as one line; anything else it treats as a bug and shows with its traceback
 
 from __future__ import annotations
 
-__all__ = ["InputTypeError", "LossatlasError", "SetupError"]
+__all__ = ["InputTypeError", "LossatlasError", "MissingKeyError", "NotComputedError", "SetupError"]
 
 
 class LossatlasError(Exception):
@@ -26,3 +26,16 @@ class InputTypeError(TypeError, LossatlasError):
 class SetupError(RuntimeError, LossatlasError):
     """The environment lossatlas runs in is set up wrong (e.g. the variables of a
     distributed launch); the message says how to set it up."""
+
+
+class MissingKeyError(KeyError, LossatlasError):
+    """A named tensor, variable, module or run the input lacks (a ``KeyError`` lossatlas
+    raises on purpose, naming the missing key and the ones there are)."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's repr of it
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class NotComputedError(RuntimeError, LossatlasError):
+    """A result was asked for before the step that computes it ran ("call X first");
+    the message names the step to run."""
