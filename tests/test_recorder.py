@@ -124,3 +124,21 @@ def test_metrics_at_checkpoints_and_names(tmp_path):
         bad.step(create("mlp", **KW), 0)
     with pytest.raises(ValueError, match="no checkpoint written"):
         Recorder(tmp_path, steps=[7]).population("mlp", KW)
+
+
+def test_labels_and_metrics_go_through_the_one_json_rule(tmp_path):
+    """Tensors, numpy values and paths are written as plain JSON, NaN/inf as null
+    (``store.jsonable``), in the sidecar and in the metrics lines alike."""
+    rec = Recorder(tmp_path, steps=[0], metadata={"where": tmp_path / "x", "seed": np.int64(4)})
+    model = create("mlp", **KW)
+    metrics = {"loss": torch.tensor(0.25), "nan": torch.tensor(float("nan")),
+               "inf": np.float32("inf"), "vec": torch.tensor([1.0, float("nan")]),
+               "arr": np.array([2, 3]), "acc": np.float64(0.5), "ok": np.bool_(True)}
+    rec.step(model, 0, metrics, labels={"lr": np.float32(0.125)})
+    side = json.loads((tmp_path / "checkpoints" / "step0000000.json").read_text())
+    assert side == {"where": str(tmp_path / "x"), "seed": 4, "step": 0, "lr": 0.125}
+    assert isinstance(side["seed"], int)
+    (row,) = rec.metrics()
+    assert row == {"step": 0, "lr": 0.125, "loss": 0.25, "nan": None, "inf": None,
+                   "vec": [1.0, None], "arr": [2, 3], "acc": 0.5, "ok": True}
+    assert "NaN" not in rec.metrics_path.read_text()

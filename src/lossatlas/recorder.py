@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from torch import Tensor, nn
+from torch import nn
 
 from .checkpoints import save_state_dict
-from .store import atomic_write_json, atomic_write_text
+from .store import atomic_write_json, atomic_write_text, jsonable
 
 if TYPE_CHECKING:
     from .population import Population
@@ -153,25 +152,6 @@ def select_steps(
     if not chosen:
         raise ValueError("select_steps: the list of steps is empty")
     return StepSchedule(int(s) for s in chosen)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu()
-        value = value.item() if value.numel() == 1 else value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    elif isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -317,7 +297,7 @@ class Recorder:
         """Write the checkpoint of ``step`` now (weights, then the labels sidecar)."""
         path = self.checkpoint_path(step, labels)
         save_state_dict(model.state_dict(), path)
-        atomic_write_json(path.with_suffix(".json"), _jsonable(self.labels_at(step, labels)))
+        atomic_write_json(path.with_suffix(".json"), self.labels_at(step, labels))
         if path not in self.paths:
             self.paths.append(path)
         log.debug("Recorder: saved %s", path)
@@ -327,7 +307,7 @@ class Recorder:
         self, step: int, metrics: Mapping[str, Any], labels: Mapping[str, Any] | None = None
     ) -> None:
         """Append one metrics line for ``step`` (flushed to disk)."""
-        row = _jsonable({"step": int(step), **(labels or {}), **metrics})
+        row = jsonable({"step": int(step), **(labels or {}), **metrics})
         if not self._metrics_started:
             self._metrics_started = True
             old = read_jsonl(self.metrics_path)
