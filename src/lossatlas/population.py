@@ -41,8 +41,9 @@ from .space import ParamSpace, batchnorm_stat_names
 from .vectors import VectorFile, VectorFileWriter
 
 __all__ = [
-    "Population", "TRAIN_MANIFEST", "UntrustedRunError", "check_run_factory", "is_train_run",
-    "load_population", "natural_key", "resolve_model_factory", "run_key",
+    "Population", "PopulationSourceError", "TRAIN_MANIFEST", "UntrustedRunError",
+    "check_run_factory", "is_train_run", "load_population", "natural_key",
+    "resolve_model_factory", "run_key", "source_kind",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,13 @@ def resolve_model_factory(
     return build, spec
 
 
-def _expand_one(item: str | os.PathLike) -> list[Path]:
+class PopulationSourceError(FileNotFoundError, LossatlasError):
+    """A path given as a population is none of what :meth:`Population.open` reads: no
+    train run, no folder holding checkpoints, no checkpoint file, no glob pattern
+    matching any (a ``FileNotFoundError``, as before; the message names the path)."""
+
+
+def _expand_one(item: str | os.PathLike, who: str) -> list[Path]:
     text = str(item)
     p = Path(text)
     if p.is_dir():
@@ -118,13 +125,12 @@ def _expand_one(item: str | os.PathLike) -> list[Path]:
         # starting with a dot (..__seed4.safetensors) is a checkpoint like the rest
         skipped = [f for f in found if f.name.startswith("._")]
         for f in skipped:
-            log.warning("Population.from_checkpoints: skipped %s (a macOS AppleDouble "
-                        "file, not a checkpoint)", f)
+            log.warning("%s: skipped %s (a macOS AppleDouble file, not a checkpoint)", who, f)
         found = [f for f in found if f not in skipped]
         if not found:
-            raise FileNotFoundError(
-                f"Population.from_checkpoints: directory {text} holds no checkpoints "
-                f"({', '.join(SUFFIXES)})"
+            raise PopulationSourceError(
+                f"{who}: directory {text} holds no checkpoints ({', '.join(SUFFIXES)}) and "
+                f"is not a train run (no {text}/checkpoints/ folder)"
             )
         return sorted(found, key=lambda f: natural_key(f.name))
     if glob.has_magic(text):
@@ -133,25 +139,27 @@ def _expand_one(item: str | os.PathLike) -> list[Path]:
             if Path(f).suffix in SUFFIXES and Path(f).is_file()
         ]
         if not found:
-            raise FileNotFoundError(
-                f"Population.from_checkpoints: pattern {text!r} matches no checkpoint "
-                f"files ({', '.join(SUFFIXES)})"
+            raise PopulationSourceError(
+                f"{who}: pattern {text!r} matches no checkpoint files ({', '.join(SUFFIXES)})"
             )
         return sorted(found, key=lambda f: natural_key(str(f)))
     if not p.is_file():
-        raise FileNotFoundError(f"Population.from_checkpoints: checkpoint {text} not found")
+        raise PopulationSourceError(
+            f"{who}: {text} not found (expected a train run, a folder of checkpoints, a "
+            "checkpoint file or a glob pattern)")
     return [p]
 
 
-def _expand(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def _expand(source: str | os.PathLike | Iterable[str | os.PathLike],
+            who: str = "Population.from_checkpoints") -> list[Path]:
     """Directory / glob (sorted naturally) / file / list of those (list order kept)."""
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not items:
-        raise ValueError("Population.from_checkpoints: the list of checkpoints is empty")
+        raise ValueError(f"{who}: the list of checkpoints is empty")
     out: list[Path] = []
     seen: set[Path] = set()
     for item in items:
-        for p in _expand_one(item):
+        for p in _expand_one(item, who):
             if p.resolve() not in seen:
                 seen.add(p.resolve())
                 out.append(p)
@@ -297,7 +305,8 @@ class Population:
         statistics: Mapping[str, Tensor] | None = None,
     ):
         if not isinstance(space, ParamSpace):
-            raise TypeError(f"Population: space must be a ParamSpace, got {type(space).__name__}")
+            raise InputTypeError(
+                f"Population: space must be a ParamSpace, got {type(space).__name__}")
         if (not isinstance(vectors, (Tensor, VectorFile)) or vectors.ndim != 2
                 or vectors.shape[1] != space.dim):
             shape = (tuple(vectors.shape) if isinstance(vectors, (Tensor, VectorFile))
@@ -544,6 +553,49 @@ class Population:
             str(ckpt_dir / "*.safetensors"), factory, factory_kwargs=factory_kwargs,
             bn=bn, nonfinite=nonfinite, out=out,
         )
+
+    @classmethod
+    def open(
+        cls,
+        source: str | os.PathLike | Iterable[str | os.PathLike],
+        factory: Factory | None = None,
+        factory_kwargs: Mapping[str, Any] | None = None,
+        *,
+        bn: Literal["own", "recompute"] | None = None,
+        nonfinite: Literal["raise", "skip"] = "raise",
+        out: str | os.PathLike | None = None,
+        trust_run: bool = False,
+    ) -> Population:
+        """The population at ``source``, whatever its form: the one loader behind every
+        ``--population`` of the CLI.
+
+        ``source`` is a train run (a :func:`~lossatlas.train.train_population` run
+        directory: read by :meth:`from_run`), or checkpoints (read by
+        :meth:`from_checkpoints`): a folder of them, a glob pattern (``**`` allowed),
+        one checkpoint file or a list of those; :func:`source_kind` tells which.
+
+        ``factory`` builds the architecture the checkpoints are matched against: required
+        for checkpoints; for a run it defaults to the one its ``train.json`` names, used
+        only if it is a registered name or ``trust_run`` (see :meth:`from_run`), and a
+        factory given here always wins. ``factory_kwargs``: its arguments (for the run's
+        own factory they update the run's ``model_kwargs``). ``bn``, ``nonfinite``,
+        ``out``: see :meth:`from_checkpoints`.
+
+        Raises :class:`PopulationSourceError` (a ``FileNotFoundError``) naming ``source``
+        when it is none of these, ``ValueError`` for checkpoints without a factory.
+        """
+        kind = source_kind(source, "Population.open")
+        if kind == "run":
+            return cls.from_run(source, factory, factory_kwargs, bn=bn, nonfinite=nonfinite,
+                                out=out, trust_run=trust_run)
+        if factory is None:
+            shown = source if isinstance(source, (str, os.PathLike)) else "this list"
+            raise ValueError(
+                f"Population.open: {shown} is not a training run (no checkpoints/ folder) but "
+                f"checkpoints ({kind}); give the model factory they are matched against"
+            )
+        return cls.from_checkpoints(source, factory, factory_kwargs, bn=bn,
+                                    nonfinite=nonfinite, out=out)
 
     # ---------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -823,6 +875,34 @@ def is_train_run(source: Any) -> bool:
     return (Path(source) / "checkpoints").is_dir()
 
 
+SourceKind = Literal["run", "folder", "glob", "file", "list"]
+
+
+def source_kind(source: Any, who: str = "source_kind") -> SourceKind:
+    """What ``source`` is as a population: ``"run"`` (a train run, see
+    :func:`is_train_run`), ``"folder"`` (a directory holding checkpoints), ``"glob"`` (a
+    pattern matching checkpoint files), ``"file"`` (one existing file) or ``"list"`` (a
+    list of those). The one place that decides it (:meth:`Population.open` reads by it).
+
+    Raises :class:`PopulationSourceError` naming ``source`` (and ``who``) when it is
+    none of these: missing, a folder without checkpoints, a pattern matching none, or an
+    empty list (``ValueError``).
+    """
+    if is_train_run(source):
+        return "run"
+    if not isinstance(source, (str, os.PathLike)):
+        if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
+            raise InputTypeError(
+                f"{who}: a population source is a path, a glob pattern or a list of paths, "
+                f"got {type(source).__name__}")
+        _expand(source, who)
+        return "list"
+    _expand_one(source, who)  # PopulationSourceError naming it when it is none
+    if Path(source).is_dir():
+        return "folder"
+    return "file" if Path(source).is_file() else "glob"
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
@@ -871,8 +951,8 @@ def load_population(
     nonfinite: Literal["raise", "skip"] = "raise",
     out: str | os.PathLike | None = None,
 ) -> Population:
-    """A population from a training run or from checkpoints: the loader behind every
-    ``--population`` of the CLI.
+    """A population from a training run or from checkpoints: :meth:`Population.open`
+    under the argument names ``model`` / ``model_kwargs`` (kept for compatibility).
 
     Parameters
     ----------
@@ -891,13 +971,5 @@ def load_population(
         Let the run's ``train.json`` name a factory to import and call.
     bn, nonfinite, out : see :meth:`Population.from_checkpoints`
     """
-    if is_train_run(source):
-        return Population.from_run(source, model, model_kwargs, bn=bn,
-                                   nonfinite=nonfinite, out=out, trust_run=trust_run)
-    if model is None:
-        raise ValueError(
-            f"load_population: {source} is not a training run (no checkpoints/ folder); "
-            "give the model factory the checkpoints are matched against"
-        )
-    return Population.from_checkpoints(source, model, model_kwargs, bn=bn,
-                                       nonfinite=nonfinite, out=out)
+    return Population.open(source, model, model_kwargs, bn=bn, nonfinite=nonfinite, out=out,
+                           trust_run=trust_run)
