@@ -311,11 +311,11 @@ def _load_population(source: str, model: str | None, kwargs: dict, trust_run: bo
     """``--population``: a train run (its own model unless --model names one; a factory its
     train.json names runs only if built in or with --trust-run), or checkpoints of --model
     (default mlp)."""
-    from ..population import is_train_run, load_population
+    from ..population import Population, is_train_run
 
     if model is None and not is_train_run(source):
         model = _DEFAULT_MODEL
-    return load_population(source, model, None if model is None else kwargs,
+    return Population.open(source, model, None if model is None else kwargs,
                            trust_run=trust_run, out=out, bn=bn)
 
 
