@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import Delaunay
 
+from .errors import MissingKeyError, NotComputedError
 from .scale import log10_loss
 
 __all__ = ["RefinedField", "RefinePlan", "Refinement", "refine_field", "delaunay_edges"]
@@ -250,7 +251,7 @@ class Refinement:
         """Record the values ``{name: Float[P]}`` of the :meth:`pending` points, score the
         cells they complete and take the next round's samples (or finish)."""
         if self.key not in values:
-            raise KeyError(f"refine_field: evaluate() did not return {self.key!r}")
+            raise MissingKeyError(f"refine_field: evaluate() did not return {self.key!r}")
         for k, v in values.items():
             self.values.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
         first = self.evaluated == 0
@@ -278,7 +279,7 @@ class Refinement:
     def result(self) -> RefinedField:
         """The samples, their values (``log10_loss`` added) and Delaunay adjacency."""
         if not self.done:
-            raise RuntimeError("Refinement.result: points are still pending; tell() them first")
+            raise NotComputedError("Refinement.result: points are still pending; tell() them first")
         pts = np.asarray(self.coords)
         vals = {k: np.concatenate(v) for k, v in self.values.items()}
         vals["log10_loss"] = log10_loss(vals[self.key])

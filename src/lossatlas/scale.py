@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import MissingKeyError
+
 __all__ = ["FLOOR", "drawable", "log10_loss"]
 
 #: losses below this are clipped before the logarithm (mean losses are >= 0)
@@ -34,7 +36,7 @@ def log10_loss(loss: Any, floor: float = FLOOR) -> Any:
     """
     if hasattr(loss, "data_vars"):  # xarray.Dataset
         if "loss" not in loss:
-            raise KeyError("log10_loss: the dataset has no 'loss' variable "
+            raise MissingKeyError("log10_loss: the dataset has no 'loss' variable "
                            f"(it has {sorted(loss.data_vars)})")
         loss = loss["loss"]
     if hasattr(loss, "dims") and hasattr(loss, "copy"):  # xarray.DataArray

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import InputTypeError, MissingKeyError
+
 __all__ = ["ParamSpace", "Segment", "batchnorm_modules", "batchnorm_stat_names"]
 
 
@@ -54,7 +56,7 @@ def _state_of(obj: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         return obj.state_dict(keep_vars=True)
     if isinstance(obj, Mapping):
         return obj
-    raise TypeError(
+    raise InputTypeError(
         f"ParamSpace: expected an nn.Module or a state dict, got {type(obj).__name__}"
     )
 
@@ -94,7 +96,7 @@ class ParamSpace:
 
     def __init__(self, model: nn.Module, buffers: bool = False, trainable_only: bool = False):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"ParamSpace: expected an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"ParamSpace: expected an nn.Module, got {type(model).__name__}")
         self.buffers = buffers
         self.trainable_only = trainable_only
         segments: list[Segment] = []
@@ -138,7 +140,7 @@ class ParamSpace:
         try:
             return self._by_name[name]
         except KeyError:
-            raise KeyError(f"ParamSpace: no tensor named {name!r}") from None
+            raise MissingKeyError(f"ParamSpace: no tensor named {name!r}") from None
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments)
@@ -180,7 +182,7 @@ class ParamSpace:
         parts = []
         for s in self.segments:
             if s.name not in state:
-                raise KeyError(
+                raise MissingKeyError(
                     f"ParamSpace.flatten: tensor {s.name!r} missing{where} "
                     f"(architecture mismatch?)"
                 )

@@ -270,7 +270,7 @@ class VectorFileWriter:
         self.shape = (int(shape[0]), int(shape[1]))
         self._np_dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
         if self._np_dtype not in _CODES:
-            raise TypeError(f"VectorFileWriter: dtype {dtype} not supported (float32/64/16)")
+            raise InputTypeError(f"VectorFileWriter: dtype {dtype} not supported (float32/64/16)")
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One partial file per target and rank, not a random name: a writer killed before

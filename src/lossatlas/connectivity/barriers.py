@@ -30,6 +30,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from ..batchnorm import resolve_policy
+from ..errors import InputTypeError
 from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import AffineSource, MappedSource
@@ -155,8 +156,8 @@ def _flat(evaluator: Evaluator, model: nn.Module | Tensor, which: str) -> Tensor
             )
         return model.detach().to(evaluator.space.dtype)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"barrier: {which} must be an nn.Module or a flat Tensor[D], got "
-                        f"{type(model).__name__}")
+        raise InputTypeError(f"barrier: {which} must be an nn.Module or a flat Tensor[D], got "
+                             f"{type(model).__name__}")
     return evaluator.space.flatten(model, source=which)
 
 
@@ -212,7 +213,9 @@ def barrier_curve(
         if data is None:
             raise ValueError("barrier_curve: give data (or an evaluator)")
         if not isinstance(model_a, nn.Module):
-            raise TypeError("barrier_curve: model_a must be an nn.Module when no evaluator is given")
+            raise InputTypeError(
+                "barrier_curve: model_a must be an nn.Module when no evaluator is given"
+            )
         evaluator = make_evaluator(model_a, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
     wa = _flat(evaluator, model_a, "model_a")
     wb = _flat(evaluator, model_b, "model_b")

@@ -30,6 +30,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..errors import InputTypeError
 from ..fields import compute_field
 from ..points import MappedSource
 from ..surfaces.directions import random_direction
@@ -282,7 +283,7 @@ def layer_noise_tolerance(
         raise ValueError(f"{where}: threshold must be a positive loss rise, got {threshold}")
     net = template if template is not None else model
     if not isinstance(net, nn.Module):
-        raise TypeError(f"{where}: a flat tensor model needs template= (the architecture)")
+        raise InputTypeError(f"{where}: a flat tensor model needs template= (the architecture)")
     prefixes = _group_prefixes(net, groups, where)
     evaluator = make_evaluator(net, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
     space = evaluator.space

@@ -11,6 +11,7 @@ from torch.func import grad_and_value, replace_all_batch_norm_modules_
 
 from ..batches import TensorData, as_tensor_data
 from ..batchnorm import resolve_policy
+from ..errors import InputTypeError
 from ..evaluate import _cross_entropy, batchable_layers, call_model, fixed_tensors, model_output
 from ..space import ParamSpace
 
@@ -80,7 +81,7 @@ class Objective:
         where: str = "curvature",
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
         self.where = where

@@ -27,6 +27,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..errors import NotComputedError
 from ..progress import progress_bar
 from ._objective import LossFn
 from .hvp import HVP
@@ -220,7 +221,7 @@ def atlas_saddles(
     _check_options("atlas_saddles", k, tol)
     for attr, stage in (("codes_", "embed()"), ("field_", "field()"), ("tree_", "topology()")):
         if not hasattr(atlas, attr):
-            raise RuntimeError(f"atlas_saddles: call Atlas.{stage} first")
+            raise NotComputedError(f"atlas_saddles: call Atlas.{stage} first")
     t0 = time.perf_counter()
     tree, field = atlas.tree_, atlas.field_
     flat = np.asarray(tree.saddle_flat, dtype=np.int64)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batches import as_tensor_data
+from ..errors import MissingKeyError
 
 __all__ = [
     "BranchResult",
@@ -126,7 +127,7 @@ def representations(
     unknown = [name for name in layers if name != OUTPUT and name not in modules]
     if unknown:
         names = [n for n in modules if n]
-        raise KeyError(
+        raise MissingKeyError(
             f"representations: no module named {unknown[0]!r}; modules are "
             f"{names[:10]}{'...' if len(names) > 10 else ''} (or 'output')"
         )

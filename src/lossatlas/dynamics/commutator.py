@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from ..batches import as_tensor_data
+from ..errors import MissingKeyError
 
 __all__ = [
     "commutator_defect",
@@ -127,7 +128,7 @@ def _prepare(
         names = {k for k, _ in model.named_parameters()}
         missing = names - set(params)
         if missing:
-            raise KeyError(
+            raise MissingKeyError(
                 f"commutator_defect: params lacks tensors {sorted(missing)[:4]} of the model"
             )
 
@@ -256,7 +257,7 @@ def defect_along(
     for i, state in enumerate(states):
         missing = [k for k in names if k not in state]
         if missing:
-            raise KeyError(f"defect_along: state {i} lacks tensors {missing[:4]}")
+            raise MissingKeyError(f"defect_along: state {i} lacks tensors {missing[:4]}")
         out[i] = commutator_defect(model, data, params={k: state[k].to(device) for k in names}, **kwargs)[
             "defect"
         ]

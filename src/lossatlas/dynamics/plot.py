@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MissingKeyError
 from ..plotting import pyplot, save_figure
 from .transitions import Transition
 
@@ -131,7 +132,7 @@ def plot_trajectory_transitions(
     trajectories = atlas.population.trajectories()
     unknown = [k for k in transitions_by_run if k not in trajectories]
     if unknown:
-        raise KeyError(
+        raise MissingKeyError(
             f"plot_trajectory_transitions: unknown run {unknown[0]!r}; runs are "
             f"{list(trajectories)[:8]}"
         )

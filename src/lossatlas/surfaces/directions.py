@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputTypeError
 from ..space import ParamSpace
 
 __all__ = [
@@ -66,8 +67,9 @@ def _space_for(obj, space: ParamSpace | None, where: str) -> ParamSpace:
         return space
     if isinstance(obj, nn.Module):
         return ParamSpace(obj)
-    raise TypeError(
-        f"{where}: a flat tensor was given without a ParamSpace; pass space=ParamSpace(model)"
+    given = "a state dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    raise InputTypeError(
+        f"{where}: {given} was given without a ParamSpace; pass space=ParamSpace(model)"
     )
 
 
@@ -89,10 +91,10 @@ def flat_params(
     if isinstance(obj, (nn.Module, Mapping)):
         if space is None:
             if not isinstance(obj, nn.Module):
-                raise TypeError(f"{where}: a state dict needs space=ParamSpace(model)")
+                raise InputTypeError(f"{where}: a state dict needs space=ParamSpace(model)")
             space = ParamSpace(obj)
         return space.flatten(obj)
-    raise TypeError(
+    raise InputTypeError(
         f"{where}: expected an nn.Module, a state dict or a Tensor[D], got {type(obj).__name__}"
     )
 
@@ -228,8 +230,8 @@ def hessian_directions(
     from ..curvature.spectrum import hessian_eigen
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"hessian_directions: model must be an nn.Module, got "
-                        f"{type(model).__name__}")
+        raise InputTypeError(f"hessian_directions: model must be an nn.Module, got "
+                             f"{type(model).__name__}")
     own = ParamSpace(model)
     remap = space is not None and space.names != own.names
     if remap:

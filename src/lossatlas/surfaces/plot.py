@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..errors import MissingKeyError
 from ..fields import log10_loss
 from ..plotting import save_figure  # the one figure saver, re-exported here
 from .slices import Slice
@@ -37,7 +38,7 @@ def _new_axes(ax: Axes | None, projection: str | None = None) -> tuple[Figure, A
 
 def _check_var(ds: xr.Dataset, var: str, where: str) -> None:
     if var not in ds.data_vars:
-        raise KeyError(f"{where}: the field has no variable {var!r}; it has {list(ds.data_vars)}")
+        raise MissingKeyError(f"{where}: the field has no variable {var!r}; it has {list(ds.data_vars)}")
 
 
 def _check_ndim(ds: xr.Dataset, var: str, ndim: int, where: str) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..errors import InputTypeError
 from ..evaluate import Evaluator
 from ..fields import compute_field
 from ..points import AffineSource, PointSource, grid_axes
@@ -258,7 +259,7 @@ def random_slice(
         raise ValueError(f"random_slice: ndim must be 1, 2 or 3, got {ndim}")
     space = _space_of(model, space)
     if space is None:
-        raise TypeError("random_slice: a flat tensor was given; pass space=ParamSpace(model)")
+        raise InputTypeError("random_slice: a flat tensor was given; pass space=ParamSpace(model)")
     gen = torch.Generator().manual_seed(int(seed))
     dirs = torch.stack([
         random_direction(model, normalization, ignore, generator=gen, space=space)
@@ -506,7 +507,7 @@ def slice_field(
     elif isinstance(source, PointSource):
         src = source
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"slice_field: expected a Slice or a PointSource, got {type(source).__name__}"
         )
     if isinstance(src, AffineSource) and src.origin.shape[0] != evaluator.space.dim:
