@@ -14,6 +14,8 @@ from lossatlas.population import Population
 from lossatlas.train import (
     default_demo_variants,
     expand_variants,
+    merge_manifest,
+    plan_runs,
     read_metrics,
     train_population,
 )
@@ -174,3 +176,51 @@ def test_variant_expansion_and_errors(tmp_path, blobs):
         _train(tmp_path / "bad", blobs, checkpoint_every=0)
     with pytest.raises(ValueError, match="no_such_mod_xyz:f"):
         train_population("no_such_mod_xyz:f", blobs, out_dir=tmp_path / "bad")
+
+
+def test_plan_lists_variants_then_seeds_with_their_checkpoints(tmp_path):
+    plan = plan_runs(VARIANTS, seeds=(3, 1), checkpoint_every=2)
+    assert [r.key for r in plan] == ["A_seed3", "A_seed1", "B_seed3", "B_seed1"]
+    assert plan[2].variant == expand_variants(VARIANTS)[1] and plan[2].epochs == 5
+    files = plan[0].checkpoint_files(tmp_path)
+    assert [f.name for f in files] == [f"A_seed3_epoch{e:03d}.safetensors" for e in (0, 2, 4, 5)]
+    assert all(f.parent == tmp_path / "checkpoints" for f in files)
+    assert not plan[0].finished(tmp_path)
+    default = plan_runs(epochs=3)  # the demo variants, seed 0, every epoch
+    assert [r.key for r in default] == [f"{v}_seed0" for v in "ABCDEFG"]
+    assert len(default[0].checkpoint_files(tmp_path)) == 4
+    with pytest.raises(ValueError, match="distinct"):
+        plan_runs(VARIANTS, seeds=(1, 1))
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        plan_runs(VARIANTS, checkpoint_every=1.5)
+
+
+def test_plan_knows_which_runs_are_finished(run):
+    out, _ = run
+    extra = [*VARIANTS, {"name": "C", "lr": 0.05, "epochs": 5}]
+    plan = plan_runs(extra, checkpoint_every=2)
+    assert [r.finished(out) for r in plan] == [True, True, False]
+    for r in plan[:2]:  # the files planned are the files written
+        assert all(f.is_file() for f in r.checkpoint_files(out))
+    assert sorted(f.name for r in plan[:2] for f in r.checkpoint_files(out)) == list(_files(out))
+    longer = plan_runs([{**VARIANTS[0], "epochs": 6}], checkpoint_every=2)
+    assert not longer[0].finished(out)  # its final checkpoint (epoch 6) is not there
+
+
+def test_merge_manifest_keeps_earlier_variants_seeds_and_timings(tmp_path):
+    old = {"model": "mlp", "model_kwargs": {"hidden": [16]}, "data": "blobs",
+           "data_kwargs": {}, "checkpoint_every": 1,
+           "variants": [{"name": "A", "lr": 1.0}, {"name": "Z", "lr": 0.5}],
+           "seeds": [0, 5], "timings": {"Z_seed0": 1.5}}
+    config = {"model": "mlp", "model_kwargs": {"hidden": (16,)}, "data": "blobs",
+              "data_kwargs": {}, "checkpoint_every": 2, "device": "cpu"}
+    plan = plan_runs(VARIANTS, seeds=(1, 0), checkpoint_every=2)
+    merged = merge_manifest(old, config, plan, tmp_path)
+    assert [v["name"] for v in merged["variants"]] == ["A", "Z", "B"]
+    assert merged["variants"][0] == expand_variants(VARIANTS)[0]  # this call's A
+    assert merged["seeds"] == [0, 1, 5] and merged["timings"] == {"Z_seed0": 1.5}
+    assert merged["checkpoint_every"] == 2 and merged["device"] == "cpu"
+    assert old["variants"][0] == {"name": "A", "lr": 1.0}  # not modified
+    assert merge_manifest({}, config, plan, tmp_path)["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match=f"{tmp_path}.*data='blobs'.*data='mnist1d'"):
+        merge_manifest(old, {**config, "data": "mnist1d"}, plan, tmp_path)

@@ -20,6 +20,7 @@ checkpoint exists is skipped; an unfinished one is trained again from the start.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -30,6 +31,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,14 +42,18 @@ from torch.nn import functional as F
 
 from .errors import InputTypeError
 from .population import TRAIN_MANIFEST, Population, resolve_model_factory
+from .progress import progress_bar
 from .recorder import Recorder, read_jsonl, select_steps
 from .store import atomic_write_json
 
 __all__ = [
     "HPARAM_DEFAULTS",
+    "PlannedRun",
     "default_demo_variants",
     "evaluate_split",
     "expand_variants",
+    "merge_manifest",
+    "plan_runs",
     "read_metrics",
     "train_population",
 ]
@@ -395,6 +401,69 @@ def read_metrics(out_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# ----------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (variant, seed) run of a :func:`train_population` call: ``variant`` is the
+    complete variant dict (``name`` + every hyper-parameter, see :func:`expand_variants`),
+    ``seed`` its seed, ``checkpoint_every`` the epochs between checkpoints."""
+
+    variant: Mapping[str, Any]
+    seed: int
+    checkpoint_every: int
+
+    @property
+    def name(self) -> str:
+        """The variant's name."""
+        return str(self.variant["name"])
+
+    @property
+    def key(self) -> str:
+        """``"{variant}_seed{seed}"``: the run's key in ``metrics.json`` and ``run.json``."""
+        return f"{self.name}_seed{self.seed}"
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the run trains for."""
+        return int(self.variant["epochs"])
+
+    def checkpoint_files(self, out_dir: str | os.PathLike) -> list[Path]:
+        """The per-epoch checkpoints the run writes into ``out_dir`` (epoch 0, every
+        ``checkpoint_every`` epochs, the final epoch), in order."""
+        stem = _stem(self.name, self.seed)
+        return [Path(out_dir) / "checkpoints" / f"{stem({'epoch': e})}.safetensors"
+                for e in _checkpoint_epochs(self.epochs, self.checkpoint_every)]
+
+    def finished(self, out_dir: str | os.PathLike) -> bool:
+        """Whether ``out_dir`` holds the run's final checkpoint with its labels sidecar
+        (a finished run, skipped when trained again)."""
+        final = self.checkpoint_files(out_dir)[-1]
+        return final.is_file() and final.with_suffix(".json").is_file()
+
+
+def plan_runs(
+    variants: Sequence[Mapping[str, Any]] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    seeds: Iterable[int] = (0,),
+    epochs: int | None = None,
+    checkpoint_every: int = 1,
+) -> list[PlannedRun]:
+    """The runs :func:`train_population` trains for these arguments, in its order
+    (variants as given, then seeds); validated (``ValueError`` naming the argument)."""
+    if int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
+        raise ValueError(
+            f"train_population: checkpoint_every must be an int >= 1 (epochs), "
+            f"got {checkpoint_every!r}"
+        )
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"train_population: seeds must be a non-empty list of distinct ints, got {seeds}"
+        )
+    return [PlannedRun(v, seed, int(checkpoint_every))
+            for v in expand_variants(variants, grid, epochs) for seed in seeds]
+
+
 def _same_config(old: Mapping[str, Any], new: Mapping[str, Any], out_dir: Path) -> None:
     for key in ("model", "model_kwargs", "data", "data_kwargs"):
         if key in old and json.loads(json.dumps(old[key], default=str)) != json.loads(
@@ -404,6 +473,43 @@ def _same_config(old: Mapping[str, Any], new: Mapping[str, Any], out_dir: Path) 
                 f"train_population: {out_dir} holds a run with {key}={old[key]!r}, this call "
                 f"has {key}={new[key]!r}; use another out_dir to keep populations apart"
             )
+
+
+def merge_manifest(old: Mapping[str, Any], config: Mapping[str, Any],
+                   plan: Sequence[PlannedRun], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``train.json`` of ``out_dir`` after this call: ``config`` (model, data and
+    their arguments, checkpoint_every, device) with the variants and seeds of ``old``
+    (the manifest already there, ``{}`` if none) and of ``plan`` (a variant of the same
+    name: this call's), and ``old``'s timings. A ``config`` whose model or data differ
+    from ``old``'s raises ``ValueError`` naming the key and ``out_dir``."""
+    _same_config(old, config, Path(out_dir))
+    variants = {v["name"]: v for v in old.get("variants", [])}
+    variants.update({r.name: dict(r.variant) for r in plan})
+    return {**config, "variants": list(variants.values()),
+            "seeds": sorted(set(old.get("seeds", [])) | {r.seed for r in plan}),
+            "timings": dict(old.get("timings", {}))}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, ``{}`` when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ----------------------------------------------------------------------------- run or skip
+def _skip(run: PlannedRun, out_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics record of a finished run (from ``metrics.json``, else its JSON-lines
+    file), after checking it was trained with the planned hyper-parameters."""
+    _check_resumed(run.checkpoint_files(out_dir)[-1], run.variant, out_dir)
+    if run.key not in metrics["runs"]:
+        metrics["runs"][run.key] = _metrics_from_jsonl(out_dir, run.variant, run.seed)
+    return metrics["runs"][run.key]
+
+
+def _show_epoch(bar: Any, key: str, row: dict[str, Any]) -> None:
+    """Advance the progress bar by a trained epoch and show the run's test accuracy."""
+    if row["epoch"] > 0:
+        bar.update(1)
+    bar.set_postfix(run=key, test_acc=f"{row['test_accuracy']:.3f}")
 
 
 def train_population(
@@ -456,22 +562,15 @@ def train_population(
     Population of every checkpoint of the requested runs, ordered by variant (as
     given), seed, epoch/step. Metrics: :func:`read_metrics` (``OUT/metrics.json``).
 
-    A run whose final checkpoint exists (with its labels sidecar) is skipped; its
-    hyper-parameters must equal the requested ones. Runs are not resumed mid-way.
+    The work is planned (:func:`plan_runs`), the run's ``train.json`` merged with the
+    one already in ``out_dir`` (:func:`merge_manifest`), then each planned run trained
+    or skipped: a run whose final checkpoint exists (with its labels sidecar,
+    :meth:`PlannedRun.finished`) is skipped; its hyper-parameters must equal the
+    requested ones. Runs are not resumed mid-way.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    if int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
-        raise ValueError(
-            f"train_population: checkpoint_every must be an int >= 1 (epochs), "
-            f"got {checkpoint_every!r}"
-        )
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(
-            f"train_population: seeds must be a non-empty list of distinct ints, got {seeds}"
-        )
-    runs = expand_variants(variants, grid, epochs)
+    plan = plan_runs(variants, grid, seeds, epochs, checkpoint_every)
     split, data_spec = _resolve_data(data, data_kwargs)
     kwargs = _infer_model_kwargs(model, split, model_kwargs)
     build, model_spec = resolve_model_factory(model, kwargs)
@@ -480,7 +579,7 @@ def train_population(
     )
 
     manifest_path = out_dir / TRAIN_MANIFEST
-    manifest = {
+    manifest = merge_manifest(_read_json(manifest_path), {
         "model": model_spec,
         "model_kwargs": kwargs,
         "data": data_spec,
@@ -489,74 +588,45 @@ def train_population(
         "data_source": split.describe() if hasattr(split, "describe") else None,
         "checkpoint_every": int(checkpoint_every),
         "device": str(dev),
-    }
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    _same_config(old, manifest, out_dir)
-    known = {v["name"]: v for v in old.get("variants", [])}
-    known.update({v["name"]: v for v in runs})
-    manifest["variants"] = list(known.values())
-    manifest["seeds"] = sorted(set(old.get("seeds", [])) | set(seeds))
-    manifest["timings"] = old.get("timings", {})
+    }, plan, out_dir)
     atomic_write_json(manifest_path, manifest)
 
     metrics_path = out_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = _read_json(metrics_path)
     metrics.setdefault("runs", {})
     split_dev = SimpleNamespace(
         **{a: getattr(split, a).to(dev) for a in ("x_train", "y_train", "x_test", "y_test")}
     )
 
-    from tqdm.auto import tqdm
-
-    total_epochs = sum(v["epochs"] for v in runs) * len(seeds)
-    bar = tqdm(total=total_epochs, disable=not progress, desc="train", unit="epoch")
+    bar = progress_bar(progress=progress, total=sum(r.epochs for r in plan), desc="train",
+                       unit="epoch")
     paths: list[Path] = []
     trained, skipped = [], []
     old_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        for v in runs:
-            for seed in seeds:
-                key = f"{v['name']}_seed{seed}"
-                stem = _stem(v["name"], seed)
-                ckpts = [
-                    out_dir / "checkpoints" / f"{stem({'epoch': e})}.safetensors"
-                    for e in _checkpoint_epochs(v["epochs"], checkpoint_every)
-                ]
-                final = ckpts[-1]
-                if final.is_file() and final.with_suffix(".json").is_file():
-                    _check_resumed(final, v, out_dir)
-                    if key not in metrics["runs"]:
-                        metrics["runs"][key] = _metrics_from_jsonl(out_dir, v, seed)
-                    record = metrics["runs"][key]
-                    names = record.get("checkpoints") or [
-                        str(p.relative_to(out_dir)) for p in ckpts
-                    ]
-                    paths.extend(out_dir / p for p in names)
-                    skipped.append(key)
-                    bar.update(v["epochs"])
-                    log.info("train_population: %s done already, skipped", key)
-                    continue
-
-                def on_epoch(row: dict[str, Any], _bar: Any = bar, _key: str = key) -> None:
-                    if row["epoch"] > 0:
-                        _bar.update(1)
-                    _bar.set_postfix(run=_key, test_acc=f"{row['test_accuracy']:.3f}")
-
-                record = _train_one(
-                    build, split_dev, v, seed, int(checkpoint_every), out_dir, dev, recorder,
-                    on_epoch,
-                )
-                metrics["runs"][key] = record
+        for run in plan:
+            if run.finished(out_dir):
+                record = _skip(run, out_dir, metrics)
+                skipped.append(run.key)
+                bar.update(run.epochs)
+                log.info("train_population: %s done already, skipped", run.key)
+            else:
+                record = _train_one(build, split_dev, run.variant, run.seed,
+                                    run.checkpoint_every, out_dir, dev, recorder,
+                                    functools.partial(_show_epoch, bar, run.key))
+                metrics["runs"][run.key] = record
                 atomic_write_json(metrics_path, metrics)
-                paths.extend(out_dir / p for p in record["checkpoints"])
-                trained.append(key)
+                trained.append(run.key)
                 last = record["epochs"][-1]
                 log.info(
                     "train_population: %s: %.2fs, test accuracy %.3f, test loss %.4f",
-                    key, record["seconds"], last["test_accuracy"], last["test_loss"],
+                    run.key, record["seconds"], last["test_accuracy"], last["test_loss"],
                 )
+            names = record.get("checkpoints") or [
+                str(p.relative_to(out_dir)) for p in run.checkpoint_files(out_dir)]
+            paths.extend(out_dir / p for p in names)
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
