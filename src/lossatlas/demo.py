@@ -52,7 +52,7 @@ def _train(run: DemoRun) -> None:
     """7 MLP variants (independent initialisations, as in the Globscope setup) on
     MNIST-1D into ``OUT/train``; the landscape's samples."""
     from .data import create as create_data
-    from .population import load_population
+    from .population import Population
     from .train import default_demo_variants, train_population
 
     run.splits = create_data("mnist1d")
@@ -61,7 +61,7 @@ def _train(run: DemoRun) -> None:
                      epochs=run.epochs, checkpoint_every=run.every,
                      model_kwargs={"hidden": (128, 128)}, device=run.device,
                      progress=run.progress)
-    run.pop = load_population(run.out_dir / "train")
+    run.pop = Population.open(run.out_dir / "train")
     run.xy = (run.splits.x_train[:run.samples], run.splits.y_train[:run.samples])
 
 
@@ -277,7 +277,7 @@ def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int 
     import numpy as np
 
     from .data import create as create_data
-    from .population import load_population
+    from .population import Population
     from .report import write_report
     from .train import train_population
 
@@ -285,7 +285,7 @@ def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int 
     train_population("cnn2d_bn", splits, out_dir=out_dir / "train", variants=DEMO_BN_VARIANTS,
                      epochs=epochs, checkpoint_every=max(1, epochs // 2), device=device,
                      progress=progress)
-    pop = load_population(out_dir / "train")
+    pop = Population.open(out_dir / "train")
     xy = (splits.x_train[:samples], splits.y_train[:samples])
     _, summary = build_atlas(pop, xy, out_dir, "ae", 2, resolution, budget, 0.1, "0.1",
                              device, "fp32", progress=progress,
