@@ -18,6 +18,7 @@ from .store import atomic_path
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["pyplot", "save_figure"]
@@ -35,12 +36,15 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150, *,
+def save_figure(fig: Figure | Axes, path: str | os.PathLike, dpi: int = 150, *,
                 bbox_inches: Literal["tight"] | None = None, close: bool = False) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix, PNG if none; parent folders
     made) through a temporary file, at ``dpi`` dots per inch, cropped to its content
     with ``bbox_inches="tight"``; ``close`` releases a pyplot figure afterwards.
-    Returns ``path``."""
+    Returns ``path``. ``fig`` may also be an Axes (as the ``plot_*`` functions return):
+    the figure holding it is written."""
+    while not hasattr(fig, "savefig") and getattr(fig, "figure", None) is not None:
+        fig = fig.figure  # Axes -> (sub)figure -> figure
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
     with atomic_path(path, suffix=f".tmp.{fmt}") as tmp:
