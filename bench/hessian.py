@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lossatlas.curvature import HVP, hutch_plusplus, lanczos
+from lossatlas.curvature.trace import eigen_and_trace
 
 try:
     from lossatlas.models import create as create_model
@@ -93,10 +94,13 @@ def _timed(device, fn, *args):
 
 
 def _ours(model, x, y, k, batch_size, tol, probes, device, probe_batch, graphs=None,
-          precision="fp32"):
+          precision="fp32", method="lanczos", chunk=None):
     # bn="own": the model's stored statistics, as the peers (eval mode) use them
     H = HVP(model, (x, y), batch_size=batch_size, device=device, bn="own", graphs=graphs,
-            precision=precision)
+            precision=precision, chunk_size=chunk)
+    if method == "krylov":  # one block Krylov space for both (batches of probes // 3)
+        eig, tr = eigen_and_trace(H, k, probes, tol=tol)
+        return eig.eigenvalues.double().cpu().numpy(), tr, eig.num_hvp, tr.num_hvp
     eig = lanczos(H, k, tol=tol)
     n_eig = H.num_hvp
     tr = hutch_plusplus(H, probes, probe_batch=probe_batch)
@@ -170,8 +174,13 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-4, help="our Lanczos residual tolerance")
     ap.add_argument("--probes", type=int, default=99, help="Hutch++ probes")
     ap.add_argument("--settings", default="",
-                    help="our settings to time, 'tol:probes:precision' separated by commas "
-                         "(e.g. 1e-4:99:fp32,1e-3:24:tf32); default: --tol, --probes, fp32")
+                    help="our settings to time, 'tol:probes:precision[:method]' separated by "
+                         "commas (e.g. 1e-4:99:fp32,1e-3:24:tf32:krylov; method 'lanczos' "
+                         "(default: Lanczos, then Hutch++) or 'krylov' (eigen_and_trace: one "
+                         "block Krylov space for both)); default: --tol, --probes, fp32")
+    ap.add_argument("--chunk", type=int, default=0,
+                    help="HVP vectors per vmap pass for the ResNet (memory; default 11 on "
+                         "CUDA, all on the CPU)")
     ap.add_argument("--probe-batch", type=int, default=0,
                     help="Hutch++ probes per operator call (default: all 33 at once for the "
                          "MLP on CUDA, 10 for the ResNet on CUDA, 3 on the CPU)")
@@ -194,11 +203,12 @@ def main() -> None:
         model, x, y = _problem(name, n, device)
         D = sum(p.numel() for p in model.parameters())
         common = (model, x, y, args.k, args.batch_size)
-        settings = [(float(t), int(p), prec) for t, p, prec in (
-            item.split(":") for item in args.settings.split(",") if item)] or [
-            (args.tol, args.probes, "fp32")]
+        settings = [(float(f[0]), int(f[1]), f[2], f[3] if len(f) > 3 else "lanczos")
+                    for f in (item.split(":") for item in args.settings.split(",") if item)] or [
+            (args.tol, args.probes, "fp32", "lanczos")]
         graphs = False if args.no_graphs else None
-        top = max(p for _, p, _ in settings)
+        top = max(s[1] for s in settings)
+        chunk = args.chunk or (11 if name != "mlp" and device.type == "cuda" else None)
 
         def probe_batch(probes: int, name: str = name) -> int:
             return args.probe_batch or (
@@ -206,12 +216,14 @@ def main() -> None:
 
         (ref, ref_tr, _, _), t_ref = _timed(
             device, _ours, *common, 1e-7, 3 * top, device, probe_batch(3 * top), graphs)
-        for tol, probes, prec in settings:
+        for tol, probes, prec, method in settings:
             (vals, tr, n_eig, n_tr), t_ours = _timed(
-                device, _ours, *common, tol, probes, device, probe_batch(probes), graphs, prec)
-            rows.append((name, D, n, f"ours {tol:g}/{probes}/{prec}", t_ours, _rel(vals, ref),
+                device, _ours, *common, tol, probes, device, probe_batch(probes), graphs, prec,
+                method, chunk)
+            label = f"ours {tol:g}/{probes}/{prec}" + ("/krylov" if method == "krylov" else "")
+            rows.append((name, D, n, label, t_ours, _rel(vals, ref),
                          tr.trace, tr.std, n_eig + n_tr))
-            if args.profile and (tol, probes, prec) == settings[0]:
+            if args.profile and (tol, probes, prec, method) == settings[0]:
                 _profile(*common, tol, probes, device, probe_batch(probes))
         torch.manual_seed(0)
         (pvals, ptr, pn, pstd), t_py = _timed(device, _pyhessian, model, x, y, args.k, device)

@@ -13,7 +13,8 @@ from torch import Tensor
 from ..progress import progress_bar
 from .hvp import LinearOperator
 
-__all__ = ["EigenResult", "lanczos", "lanczos_tridiagonal", "power_iteration"]
+__all__ = ["BlockKrylov", "EigenResult", "block_krylov", "block_lanczos", "lanczos",
+           "lanczos_tridiagonal", "power_iteration"]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,187 @@ def lanczos(
     if not bool(ok.all()):
         log.info("lanczos: %d of %d eigenpairs above tol after %d steps", int((~ok).sum()), k, J)
     return EigenResult(vals, vecs, res, ok, J, J)
+
+
+@dataclass
+class BlockKrylov:
+    """An orthonormal basis of a block Krylov space of a symmetric operator ``H``.
+
+    Attributes
+    ----------
+    Q : Tensor[J * b, n]
+        Orthonormal rows spanning ``S, H S, ..., H^(J-1) S`` (``b`` vectors a block).
+    HQ : Tensor[J * b, n]
+        ``H`` applied to each row of ``Q``.
+    T : Tensor[J * b, J * b] (float64, CPU)
+        ``Q H Q^T`` (symmetrised): its eigenvalues are the Ritz values.
+    num_hvp : int
+        Operator applications (``J * b``).
+    """
+
+    Q: Tensor
+    HQ: Tensor
+    T: Tensor
+    num_hvp: int
+
+
+def _ritz(basis: BlockKrylov, k: int, which: str) -> tuple[Tensor, Tensor, Tensor, float]:
+    """The ``k`` wanted Ritz values [k], their coordinates in ``basis.Q`` [J b, k] (both
+    float64, CPU), their exact residual norms ``|H u - theta u|`` [k] (CPU) and the
+    largest ``|theta|`` (the scale residuals are compared with)."""
+    theta, S = torch.linalg.eigh(basis.T)
+    order = torch.argsort(theta, descending=which == "largest")[:k]
+    vals, coords = theta[order], S[:, order]
+    C = coords.T.to(basis.Q.device, basis.Q.dtype)  # [k, J b]
+    res = (C @ basis.HQ - vals.to(C)[:, None] * (C @ basis.Q)).norm(dim=1)
+    return vals, coords, res.double().cpu(), float(theta.abs().max().clamp_min(1e-30))
+
+
+def _orthonormal_block(W: Tensor, Q: Tensor | None, gen: torch.Generator | None) -> Tensor:
+    """``W`` [b, n] made orthonormal and orthogonal to the rows of ``Q`` (classical
+    Gram-Schmidt twice, then QR); directions lost to rank deficiency (an invariant
+    subspace) are replaced by random ones orthogonal to both."""
+    scale = W.norm(dim=1).max().clamp_min(1e-30)
+    for _ in range(2):
+        if Q is not None and len(Q):
+            W = W - (W @ Q.T) @ Q
+    Qw, R = torch.linalg.qr(W.T)  # [n, b], [b, b]
+    tiny = R.diagonal().abs() <= 1e3 * torch.finfo(W.dtype).eps * scale
+    if not bool(tiny.any()):
+        return Qw.T.contiguous()
+    keep = Qw.T[~tiny]
+    against = keep if Q is None or not len(Q) else torch.cat([Q, keep])
+    fresh = torch.randn(int(tiny.sum()), W.shape[1], device=W.device, dtype=W.dtype,
+                        generator=gen)
+    for _ in range(2):
+        fresh = fresh - (fresh @ against.T) @ against
+    return torch.cat([keep, torch.linalg.qr(fresh.T)[0].T]).contiguous()
+
+
+def block_krylov(
+    op: LinearOperator,
+    V0: Tensor,
+    max_blocks: int,
+    *,
+    stop=None,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+    desc: str = "block lanczos",
+) -> BlockKrylov:
+    """A block Krylov basis of ``op`` from the start block ``V0`` [b, n]: one operator
+    call of ``b`` vectors a step (batched products), full reorthogonalisation.
+
+    ``stop(basis) -> bool`` is called after each block (after the first); ``True`` ends
+    the run. At most ``max_blocks`` blocks (and ``n`` basis vectors). Memory:
+    ``2 x J b x n`` (the basis and its products, kept for exact Ritz residuals).
+    """
+    b, n = V0.shape
+    max_blocks = max(1, int(max_blocks))
+    V = _orthonormal_block(V0[:n], None, generator)
+    Qs: list[Tensor] = []
+    HQs: list[Tensor] = []
+    T = torch.zeros(0, 0, dtype=torch.float64)
+    basis = BlockKrylov(V[:0], V[:0], T, 0)
+    bar = progress_bar(total=max_blocks, desc=desc, unit="block", progress=progress)
+    for j in range(max_blocks):
+        bar.update(1)
+        W = op(V).to(V.dtype)
+        Qs.append(V)
+        HQs.append(W)
+        Q, HQ = torch.cat(Qs), torch.cat(HQs)
+        # the new rows and columns of Q H Q^T, symmetrised (float64 on the CPU: tiny)
+        new = (Q @ W.T).double().cpu()  # [J b, b]
+        m, c = T.shape[0], W.shape[0]
+        T2 = torch.zeros(m + c, m + c, dtype=torch.float64)
+        T2[:m, :m] = T
+        T2[:, m:] = new
+        T2[m:, :] = new.T
+        T = (T2 + T2.T) / 2
+        basis = BlockKrylov(Q, HQ, T, Q.shape[0])
+        if j + 1 == max_blocks or Q.shape[0] >= n:
+            break
+        if stop is not None and stop(basis):
+            break
+        # the last block may be partial: the basis then spans the whole space
+        V = _orthonormal_block(W[: n - Q.shape[0]], Q, generator)
+    bar.close()
+    return basis
+
+
+def block_lanczos(
+    op: LinearOperator,
+    k: int = 5,
+    *,
+    block_size: int = 8,
+    max_hvp: int | None = None,
+    tol: float = 1e-6,
+    seed: int | None = 0,
+    progress: bool | None = None,
+    which: Literal["largest", "smallest"] = "largest",
+    min_blocks: int = 1,
+    start: Tensor | None = None,
+) -> tuple[EigenResult, BlockKrylov]:
+    """The ``k`` largest (or smallest) algebraic eigenpairs of ``op`` from a block
+    Krylov space (block Lanczos with full reorthogonalisation, Rayleigh-Ritz on the
+    whole basis): ``block_size`` vectors go through the operator in one call, so a step
+    costs little more than one product on a device that one vector does not fill.
+
+    Parameters
+    ----------
+    block_size : int
+        Vectors per step, ``b >= 1``.
+    max_hvp : int, optional
+        Most operator applications; default ``max(4 k, k + 40)`` rounded up to blocks.
+    tol : float
+        Stop when every wanted Ritz pair's residual ``|H u - theta u|`` (computed
+        exactly from the stored products) is below ``tol x max |theta|``.
+    min_blocks : int
+        Blocks computed at least (a caller that reuses the basis may want more).
+    start : Tensor[b, n], optional
+        The start block (default: Gaussian from ``seed``).
+
+    Returns
+    -------
+    (EigenResult, BlockKrylov): the eigenpairs (``num_iter`` = blocks, ``num_hvp`` =
+    products) and the basis with ``Q H Q^T`` for reuse (e.g. a trace estimate).
+    """
+    n = op.dim
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"block_lanczos: which must be 'largest' or 'smallest', got {which!r}")
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"block_lanczos: k must be between 1 and the operator size {n}, "
+                         f"got k={k}")
+    if int(block_size) < 1:
+        raise ValueError(f"block_lanczos: block_size must be >= 1, got {block_size}")
+    k, b = int(k), min(int(block_size), n)
+    budget = max(4 * k, k + 40) if max_hvp is None else int(max_hvp)
+    max_blocks = max(1, -(-budget // b))
+    gen = _generator(seed, op.device)
+    if start is None:
+        start = torch.randn(b, n, device=op.device, dtype=op.dtype, generator=gen)
+    elif start.shape != (b, n):
+        raise ValueError(f"block_lanczos: start must have shape [{b}, {n}], got "
+                         f"{tuple(start.shape)}")
+
+    def converged(basis: BlockKrylov) -> bool:
+        if basis.Q.shape[0] < k or basis.Q.shape[0] < min_blocks * b:
+            return False
+        _, _, res, scale = _ritz(basis, k, which)
+        return bool((res <= tol * scale).all())
+
+    basis = block_krylov(op, start.to(op.device, op.dtype), max_blocks, stop=converged,
+                         generator=gen, progress=progress)
+    kk = min(k, basis.Q.shape[0])
+    vals, coords, res, scale = _ritz(basis, kk, which)
+    ok = res <= tol * scale
+    if not bool(ok.all()):
+        log.info("block_lanczos: %d of %d eigenpairs above tol after %d products",
+                 int((~ok).sum()), kk, basis.num_hvp)
+    vecs = coords.T.to(basis.Q.device, basis.Q.dtype) @ basis.Q
+    J = -(-basis.Q.shape[0] // b)
+    result = EigenResult(vals.to(op.device, op.dtype), vecs, res.to(op.dtype), ok, J,
+                         basis.num_hvp)
+    return result, basis
 
 
 def power_iteration(

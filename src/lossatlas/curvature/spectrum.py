@@ -17,12 +17,13 @@ from ._objective import LossFn
 from .density import SpectralDensity, spectral_density
 from .hvp import HVP
 from .lanczos import EigenResult, lanczos, power_iteration
-from .trace import TraceEstimate, exact_trace, hutch_plusplus, hutchinson
+from .trace import TraceEstimate, eigen_and_trace, exact_trace, hutch_plusplus, hutchinson
 
 __all__ = [
     "group_spectra",
     "hessian_density",
     "hessian_eigen",
+    "hessian_eigen_trace",
     "hessian_eigenvalues",
     "hessian_trace",
     "hessian_trace_estimate",
@@ -99,6 +100,48 @@ def hessian_eigen(
     res.eigenvectors = H.embed(res.eigenvectors).cpu()
     res.residuals = res.residuals.cpu()
     return res
+
+
+def hessian_eigen_trace(
+    model: nn.Module,
+    data,
+    k: int = 5,
+    *,
+    num_probes: int = 99,
+    tol: float = 1e-6,
+    loss_fn: LossFn | None = None,
+    params: Tensor | None = None,
+    group: str | Sequence[str] | None = None,
+    train: bool = False,
+    bn: str | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    chunk_size: int | None = None,
+    precision: str = "fp32",
+    seed: int | None = 0,
+    progress: bool | None = None,
+    which: Literal["largest", "smallest"] = "largest",
+) -> tuple[EigenResult, TraceEstimate]:
+    """Top-``k`` (or bottom-``k``) Hessian eigenpairs and the trace together, from one
+    operator and one block Krylov space (:func:`~lossatlas.curvature.trace.eigen_and_trace`):
+    ``num_probes`` products in batches of ``num_probes // 3`` vectors (more blocks when
+    the eigenpairs need them for ``tol``), instead of :func:`hessian_eigen` (one vector
+    a step) and :func:`hessian_trace_estimate` (``num_probes`` more products).
+
+    Eigenvectors as Tensor[k, D] in the ``ParamSpace(model)`` layout, on the CPU.
+    ``chunk_size``: vectors per vmap pass inside a batch (memory); ``precision``: "fp32"
+    or "tf32" products (see :class:`HVP`). Memory: the basis and its products, ``2 x
+    (2 num_probes / 3) x D`` values.
+    """
+    H = HVP(model, data, loss_fn=loss_fn, params=params, group=group, train=train,
+            batch_size=batch_size, device=device, chunk_size=chunk_size, bn=bn,
+            precision=precision)
+    eig, tr = eigen_and_trace(H, k, num_probes, tol=tol, seed=seed, progress=progress,
+                              which=which)
+    eig.eigenvalues = eig.eigenvalues.cpu()
+    eig.eigenvectors = H.embed(eig.eigenvectors).cpu()
+    eig.residuals = eig.residuals.cpu()
+    return eig, tr
 
 
 def hessian_eigenvalues(model: nn.Module, data, k: int = 5, **kwargs) -> Tensor:

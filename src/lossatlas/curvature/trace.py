@@ -11,9 +11,9 @@ from torch import Tensor
 
 from ..progress import progress_bar
 from .hvp import LinearOperator
-from .lanczos import _generator
+from .lanczos import EigenResult, _generator, block_lanczos
 
-__all__ = ["TraceEstimate", "exact_trace", "hutch_plusplus", "hutchinson"]
+__all__ = ["TraceEstimate", "eigen_and_trace", "exact_trace", "hutch_plusplus", "hutchinson"]
 
 
 @dataclass
@@ -118,6 +118,59 @@ def hutch_plusplus(
         G = G - (G @ Q.T) @ Q
         samples = _quadratic_forms(op, G, probe_batch, bar)
     return _summary(samples, base, s + s + g, "hutch++")
+
+
+def eigen_and_trace(
+    op: LinearOperator,
+    k: int = 5,
+    num_probes: int = 99,
+    *,
+    tol: float = 1e-6,
+    max_hvp: int | None = None,
+    distribution: Literal["rademacher", "gaussian"] = "rademacher",
+    seed: int | None = 0,
+    progress: bool | None = None,
+    which: Literal["largest", "smallest"] = "largest",
+) -> tuple[EigenResult, TraceEstimate]:
+    """The top-``k`` eigenpairs and the trace from one block Krylov space (Krylov-aware
+    Hutch++; Chen & Hallman 2023): every product is in a batch of ``num_probes // 3``
+    vectors.
+
+    With ``m = num_probes`` products, as :func:`hutch_plusplus`: a block Krylov space
+    ``span(S, H S)`` of ``2 m/3`` vectors (two calls of ``b = m/3`` vectors) serves as
+    Hutch++'s sketch and as the Lanczos space of the eigenpairs; ``tr(Q^T H Q)`` comes
+    free from it (Hutch++ spends ``m/3`` products on it), and ``m - 2 b`` Hutchinson
+    probes of ``(I - Q Q^T) H (I - Q Q^T)`` estimate the rest. When the eigenpairs'
+    residuals are not below ``tol`` after two blocks, more blocks follow (up to
+    ``max_hvp`` products in all, default ``4 m``) and the larger space serves the trace
+    too. The estimate is unbiased (``Q`` does not depend on the probes).
+
+    Returns
+    -------
+    (EigenResult as :func:`~lossatlas.curvature.lanczos.lanczos`, TraceEstimate with
+    ``method="krylov-hutch++"``, ``num_hvp`` its probes' products only; the eigen
+    result's ``num_hvp`` counts the basis).
+    """
+    m = int(num_probes)
+    if m < 3:
+        raise ValueError(f"eigen_and_trace: num_probes must be >= 3, got {num_probes}")
+    b = max(m // 3, int(k))
+    g = max(m - 2 * (m // 3), 1)
+    budget = 4 * m if max_hvp is None else int(max_hvp)
+    eig, basis = block_lanczos(op, k, block_size=b, max_hvp=max(budget - g, 2 * b), tol=tol,
+                               seed=seed, progress=progress, which=which, min_blocks=2)
+    gen = _generator(None if seed is None else int(seed) + 1, op.device)
+    Q = basis.Q
+    G = _probes((g, op.dim), distribution, gen, op)
+    if Q.shape[0] >= op.dim:  # the space is everything: the trace is exact
+        return eig, TraceEstimate(float(basis.T.trace()), 0.0, 0, "krylov-hutch++",
+                                  torch.zeros(0, dtype=torch.float64))
+    for _ in range(2):
+        G = G - (G @ Q.T) @ Q
+    with progress_bar(total=g, desc="trace (Krylov Hutch++)", unit="hvp",
+                      progress=progress) as bar:
+        samples = _quadratic_forms(op, G, None, bar)
+    return eig, _summary(samples, float(basis.T.trace()), g, "krylov-hutch++")
 
 
 def exact_trace(
