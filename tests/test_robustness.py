@@ -492,17 +492,18 @@ def test_dot_named_checkpoint_is_kept_with_a_default_label(files, tmp_path, capl
     assert "no variant can be read" in caplog.text
 
 
-def test_big_grid_gets_an_estimate_or_is_refused(files, tmp_path, monkeypatch):
-    import lossatlas.cli.surface as cli  # where the grid-cost limits live
+def test_big_grid_gets_an_estimate_or_is_refused(files, tmp_path, monkeypatch, caplog):
+    import lossatlas.surfaces.runner as runner_mod  # where the grid-cost limits live
 
-    monkeypatch.setattr(cli, "WARN_GRID_POINTS", 10)
-    res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL, "--resolution",
-                              "4", "--out", str(tmp_path / "a"), "--json"])
+    monkeypatch.setattr(runner_mod, "WARN_GRID_POINTS", 10)
+    with caplog.at_level("WARNING", logger="lossatlas.surfaces.runner"):
+        res = runner.invoke(app, ["surface", "random", str(files["ok0"]), *MODEL,
+                                  "--resolution", "4", "--out", str(tmp_path / "a"), "--json"])
     assert res.exit_code == 0, res.output
-    assert "warning: a grid of 4 x 4 = 16 points: about" in res.output
-    monkeypatch.setattr(cli, "BYTES_PER_POINT", {2: 10**18})
+    assert "a grid of 4 x 4 = 16 points: about" in caplog.text
+    monkeypatch.setattr(runner_mod, "BYTES_PER_POINT", {2: 10**18})
     line = _refused(["surface", "random", str(files["ok0"]), *MODEL, "--resolution", "4"],
-                    tmp_path, "4 x 4 = 16 points", "of free memory", "lower --resolution")
+                    tmp_path, "4 x 4 = 16 points", "of free memory", "lower the resolution")
     assert not (tmp_path / "run" / "fields").exists() or not any(
         (tmp_path / "run" / "fields").iterdir()), line
 

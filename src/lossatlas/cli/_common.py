@@ -9,11 +9,14 @@ imports the CLI. Imports of torch and friends happen inside the functions, so th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +77,19 @@ def _report_error(e: BaseException, verbose: bool) -> None:
 
 
 def _handle(fn):
-    """Run a verb: the run directories it writes into stay locked until it ends; an error
-    about the input is one line on stderr, a bug its traceback (`_report_error`); either
-    way exit code 1. ``--verbose`` always shows the traceback."""
+    """Run a verb: its option groups (a parameter whose default is an `Options`) expanded
+    into their options and passed back as an `Inputs`; the run directories it writes
+    into locked until it ends; an error about the input one line on stderr, a bug its
+    traceback (`_report_error`); either way exit code 1. ``--verbose`` always shows the
+    traceback."""
+    signature, groups = _expand_groups(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from ..store import hold_locks, release_locks
 
+        for param, group in groups.items():
+            kwargs[param] = group.collect(kwargs)
         hold_locks()  # the run directories a command writes into stay locked until it ends
         try:
             return fn(*args, **kwargs)
@@ -93,6 +101,10 @@ def _handle(fn):
         finally:
             release_locks()  # the run directories this command wrote into
 
+    if groups:  # what typer reads: the groups' options in place of the group parameters
+        wrapper.__signature__ = signature
+        wrapper.__annotations__ = {p.name: p.annotation
+                                   for p in signature.parameters.values()}
     return wrapper
 
 
@@ -437,3 +449,168 @@ _PRECISION = typer.Option("fp32", help="fp32 | tf32 | bf16")
 _OVERWRITE_RUN = typer.Option(
     False, help="With --population: empty the run directory of earlier results and start "
     "afresh (needed when it holds another population's).")
+
+
+# ------------------------------------------------------------ option groups
+_SHARED: dict[str, tuple[str, Any, Any]] = {
+    # key: (parameter name, type, typer option); "run_model" is --model for a train run
+    "model": ("model", str, _MODEL),
+    "run_model": ("model", str, _RUN_MODEL),
+    "model_arg": ("model_arg", list[str], _MODEL_ARG),
+    "data": ("data", str, _DATA),
+    "trust_run": ("trust_run", bool, _TRUST_RUN),
+    "data_arg": ("data_arg", list[str], _DATA_ARG),
+    "test_data": ("test_data", str, _TEST_DATA),
+    "split": ("split", str, _SPLIT),
+    "samples": ("samples", int, _SAMPLES),
+    "bn": ("bn", str, _BN),
+    "output_key": ("output_key", str, _OUTPUT_KEY),
+    "loss": ("loss", str, _LOSS),
+    "device": ("device", str, _DEVICE),
+    "precision": ("precision", str, _PRECISION),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a verb's shared options say: the models (``--model``, ``--model-arg``,
+    ``--trust-run``), the data (``--data``, ``--data-arg``, ``--test-data``, ``--split``,
+    ``--samples``) and how the loss is evaluated (``--bn``, ``--output-key``, ``--loss``,
+    ``--device``, ``--precision``). An option the verb does not take keeps the default
+    here. `load` turns them into data, a model factory, populations and Evaluators."""
+
+    model: str | None = None
+    model_arg: list[str] | None = None
+    trust_run: bool = False
+    data: str = "mnist1d"
+    data_arg: list[str] | None = None
+    test_data: str | None = None
+    split: str = "train"
+    samples: int | None = None
+    bn: str | None = None
+    output_key: str | None = None
+    loss: str | None = None
+    device: str | None = None
+    precision: str = "fp32"
+
+    def evaluation(self) -> dict[str, Any]:
+        """The Evaluator's ``bn``, ``output`` and ``loss_fn`` (`_eval_options`: a bad
+        ``--bn`` / ``--loss`` is one line naming the option)."""
+        return _eval_options(self.bn, self.output_key, self.loss)
+
+    def load(self) -> Loaded:
+        """Check the evaluation options, load the data (`_load_data`) and build the model
+        factory (`_model_factory`, its sizes inferred from the data)."""
+        self.evaluation()
+        splits, xy = _load_data(self.data, self.data_arg, self.split, self.samples,
+                                self.test_data)
+        factory, kwargs = _model_factory(self.model, self.model_arg, splits)
+        return Loaded(self, splits, xy, factory, kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """The shared options loaded (`Inputs.load`): ``splits`` (`DatasetSplits`), ``xy`` the
+    ``(x, y)`` the loss is measured on, the model ``factory`` and its ``factory_kwargs``."""
+
+    inputs: Inputs
+    splits: Any
+    xy: tuple
+    factory: Callable[[], Any]
+    factory_kwargs: dict[str, Any]
+
+    def models(self, paths: list[Path]) -> list:
+        """One model of the factory per checkpoint path, its weights loaded."""
+        return _load_models(paths, self.factory)
+
+    def population(self, source: str, out: Path | None = None):
+        """The `Population` of ``--population SOURCE`` (`_load_population`; streamed into
+        ``out`` when given)."""
+        i = self.inputs
+        return _load_population(source, i.model, self.factory_kwargs, i.trust_run, out=out,
+                                bn=i.bn)
+
+    def evaluator(self, model, **kwargs: Any):
+        """An `Evaluator` of ``model`` on ``xy`` with the options' device, precision, BatchNorm
+        policy, output and loss (``kwargs``, e.g. ``space``, added)."""
+        from ..evaluate import Evaluator
+
+        i = self.inputs
+        return Evaluator(model, data=self.xy, device=i.device, precision=i.precision,
+                         **self.inputs.evaluation(), **kwargs)
+
+    def measured_on(self) -> dict[str, str]:
+        """What the loss is measured on (`pipeline.measured_on`), for a run's records."""
+        from ..pipeline import measured_on
+
+        return measured_on(self.splits, self.inputs.split, len(self.xy[1]),
+                           self.inputs.samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """A group of the shared options (keys of `_SHARED`) that a verb takes as ONE
+    parameter: ``inputs: Inputs = EVALUATION``. `_handle` puts the group's options in the
+    verb's signature at that place (``--help`` lists them there) and passes their values
+    as an `Inputs`; ``EVALUATION.without("loss")``, ``POPULATION.plus("precision")``
+    change a group for one verb."""
+
+    keys: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.keys if k not in _SHARED]
+        if unknown:
+            raise ValueError(f"Options: unknown shared options {unknown}; known: "
+                             f"{', '.join(_SHARED)}")
+
+    def without(self, *keys: str) -> Options:
+        return Options(tuple(k for k in self.keys if k not in keys))
+
+    def plus(self, *keys: str) -> Options:
+        return Options(self.keys + tuple(k for k in keys if k not in self.keys))
+
+    def parameters(self) -> list[inspect.Parameter]:
+        return [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                  default=option, annotation=kind)
+                for name, kind, option in (_SHARED[k] for k in self.keys)]
+
+    def collect(self, kwargs: dict[str, Any]) -> Inputs:
+        """Pop this group's option values out of a verb's ``kwargs`` into an `Inputs`."""
+        return Inputs(**{p.name: kwargs.pop(p.name) for p in self.parameters()})
+
+
+#: Checkpoints of ``--model`` (default mlp) evaluated on data: the surface verbs.
+EVALUATION = Options(("model", "model_arg", "data", "data_arg", "test_data", "split",
+                      "samples", "bn", "output_key", "loss", "device", "precision"))
+#: A population (a train run's own model unless --model) or checkpoints, measured on
+#: data: atlas, connect, hessian, llc.
+POPULATION = Options(("run_model", "model_arg", "data", "trust_run", "data_arg",
+                      "test_data", "split", "samples", "bn", "device"))
+
+
+def _expand_groups(fn) -> tuple[inspect.Signature, dict[str, Options]]:
+    """``fn``'s signature with each `Options` parameter replaced by the group's options,
+    and those parameters by name."""
+    signature = inspect.signature(fn, eval_str=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, Options] = {}
+    for p in signature.parameters.values():
+        if isinstance(p.default, Options):
+            groups[p.name] = p.default
+            params += p.default.parameters()
+        else:
+            params.append(p)
+    names = [p.name for p in params]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"{fn.__name__}: options {clash} are both the verb's own and in "
+                         "a shared group; drop them from one")
+    return signature.replace(parameters=params), groups
+
+
+def out_option(default: str, help: str = "Run directory.") -> Any:
+    """``--out``: the directory a verb writes (``out_dir``), ``default`` unless given."""
+    return typer.Option(Path(default), "--out", help=help, callback=_check_out)
+
+
+_POPULATION_MODE = typer.Option(None, "--population", help="Population mode: dir or train run.")
