@@ -3,7 +3,8 @@
 Labels are plain dicts; the ones lossatlas reads are ``variant``, ``seed``, ``epoch``
 and ``step`` (any others, e.g. hyper-parameters, are carried along)::
 
-    pop = Population.from_checkpoints("runs/demo/checkpoints", "mlp")
+    pop = Population.open("runs/demo/train")   # a train run, its own model
+    pop = Population.open("ckpts/*.pt", "mlp")  # checkpoints (folder, glob, file, list)
     pop.as_points()            # Tensor[N, D]
     pop.select(variant="A")    # a smaller Population
     pop.trajectories()         # {"A/seed0": [0, 1, 2, ...], ...} ordered by epoch/step
