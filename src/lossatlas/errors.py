@@ -10,7 +10,8 @@ these as one line; anything else it treats as a bug and shows with its traceback
 
 from __future__ import annotations
 
-__all__ = ["InputTypeError", "LossatlasError", "MissingKeyError", "NotComputedError", "SetupError"]
+__all__ = ["InputTypeError", "LossatlasError", "MissingKeyError", "NotComputedError", "ReportError",
+           "SetupError"]
 
 
 class LossatlasError(Exception):
@@ -39,3 +40,8 @@ class MissingKeyError(KeyError, LossatlasError):
 class NotComputedError(RuntimeError, LossatlasError):
     """A result was asked for before the step that computes it ran ("call X first");
     the message names the step to run."""
+
+
+class ReportError(RuntimeError, LossatlasError):
+    """A report section could not be built from what the run directory stores (a result
+    file that is unreadable or malformed); the message names the section and the run."""
