@@ -12,10 +12,13 @@ from torch import nn
 
 from lossatlas.symmetry import (
     activation_matching,
+    align,
     apply_permutation,
     check_spec,
     match_signed_weights,
     match_weights,
+    ot_align,
+    ot_plans,
     permutation_spec,
     permute_model,
     random_permutation,
@@ -130,10 +133,11 @@ def test_which_activations_give_sign_symmetry(act, odd):
     assert (diff < 1e-6) is odd
 
 
-def test_norm_layers_max_pooling_and_offsets_break_the_sign_symmetry():
+def test_norm_layers_without_affine_max_pooling_and_offsets_break_the_sign_symmetry():
     x = torch.randn(4, 6)
-    ln = nn.Sequential(nn.Linear(6, 10), nn.LayerNorm(10), nn.Tanh(), nn.Linear(10, 3))
-    assert permutation_spec(ln, x).odd == set()
+    for norm in (nn.LayerNorm(10, elementwise_affine=False), nn.BatchNorm1d(10, affine=False)):
+        model = nn.Sequential(nn.Linear(6, 10), norm, nn.Tanh(), nn.Linear(10, 3))
+        assert permutation_spec(model, x).odd == set()
     img = torch.randn(4, 1, 8, 8)
     maxpool = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
                             nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
@@ -162,3 +166,129 @@ def test_signs_are_checked_by_name():
     spec = permutation_spec(tanh, torch.randn(2, 8))
     with pytest.raises(ValueError, match=r"Tensor\[32\] of \+-1"):
         apply_permutation(spec, tanh.state_dict(), {}, {"0": torch.full((32,), 0.5)})
+
+
+# ------------------------------------------------------- sign flips through norm layers
+def _normed_tanh_mlp(norm: str) -> nn.Module:
+    """Linear -> norm -> tanh -> Linear -> ReLU -> norm -> tanh -> Linear, trained-looking
+    (random affine parameters and running statistics)."""
+    make = (lambda n: nn.BatchNorm1d(n)) if norm == "batch" else (lambda n: nn.LayerNorm(n))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), make(32), nn.Tanh(), nn.Linear(32, 24), nn.ReLU(),
+                          make(24), nn.Tanh(), nn.Linear(24, 4))
+    x = torch.randn(128, 8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # gamma of either sign, beta far from 0
+        model.train()(x)
+    return model.eval()
+
+
+def _max_gap(a: nn.Module, b: nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def test_flipping_gamma_and_beta_not_the_producer_is_the_symmetry_of_a_layer_norm():
+    """By hand, no spec: with a LayerNorm between Linear and tanh, negating one unit's
+    norm weight and bias and its outgoing column keeps the function; negating its
+    producer row and bias instead (and the outgoing column) does not (the norm's
+    statistics change, and beta is not odd)."""
+    model = _normed_tanh_mlp("layer")
+    x = torch.randn(64, 8)
+    after, before = copy.deepcopy(model), copy.deepcopy(model)
+    sign = torch.ones(32)
+    sign[[3, 17]] = -1.0
+    with torch.no_grad():
+        for m, first in ((after, 1), (before, 0)):
+            m[first].weight.mul_(sign if first else sign[:, None])
+            m[first].bias.mul_(sign)
+            m[3].weight.mul_(sign[None])
+        ref = model(x)
+        assert float((after(x) - ref).abs().max()) < 1e-5
+        assert float((before(x) - ref).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_signed_permuted_copy_through_norm_layers_aligns_back_exactly(norm):
+    model = _normed_tanh_mlp(norm)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 8, generator=g)
+    spec = permutation_spec(model, x[:2])
+    assert spec.odd == {"0", "3"} and spec.sign_from == {"0": "1", "3": "5"}
+    signed = {(ax.name, ax.axis) for ax in spec.signed_axes("0")}
+    assert signed == {("1.weight", 0), ("1.bias", 0), ("3.weight", 1)}  # not 0.* nor stats
+    perms, signs = random_permutation(spec, g), random_signs(spec, g)
+    copy_b = permute_model(model, spec, perms, signs)
+    assert _max_gap(copy_b, model) > 0.1
+    with torch.no_grad():
+        assert float((copy_b(x) - model(x)).abs().max()) < 1e-5
+        if norm == "batch":  # batch statistics: the flip is exact in train mode too
+            diff = copy_b.train()(x) - model.train()(x)
+            model.eval(), copy_b.eval()
+            assert float(diff.abs().max()) < 1e-5
+    for how in ("weight", "activation"):
+        _, aligned = align(model, copy_b, how, (x, torch.zeros(256, dtype=torch.long)),
+                           spec=spec, signs=True)
+        assert _max_gap(aligned, model) < 1e-6, how
+        with torch.no_grad():
+            assert float((aligned(x) - model(x)).abs().max()) < 1e-5
+    _, unsigned = align(model, copy_b, "weight", spec=spec)
+    assert _max_gap(unsigned, model) > 0.1
+
+
+def test_which_norm_placements_keep_the_sign_symmetry():
+    x = torch.randn(4, 6)
+
+    def odd(*layers: nn.Module) -> set[str]:
+        return permutation_spec(nn.Sequential(nn.Linear(6, 10), *layers, nn.Linear(10, 3)),
+                                x).odd
+
+    assert odd(nn.ReLU(), nn.BatchNorm1d(10), nn.Tanh()) == {"0"}  # anything before the norm
+    assert odd(nn.BatchNorm1d(10)) == {"0"}  # nothing after it: gamma and beta flip y
+    assert odd(nn.LayerNorm(10), nn.ReLU()) == set()  # not odd after the norm
+    assert odd(nn.LayerNorm(10), nn.Tanh(), nn.LayerNorm(10)) == set()  # two norms
+
+    class Skip(nn.Module):  # a path around the norm: the flip of gamma does not reach it
+        def __init__(self):
+            super().__init__()
+            self.a, self.n, self.b = nn.Linear(6, 10), nn.LayerNorm(10), nn.Linear(10, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.tanh(self.n(h)) + torch.tanh(h))
+
+    spec = permutation_spec(Skip(), x)
+    assert "a" in spec.groups and spec.odd == set()
+    for model in (nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.BatchNorm1d(10), nn.Tanh(),
+                                nn.Linear(10, 3)), Skip()):
+        model.eval()
+        assert check_spec(model, permutation_spec(model, x), x)
+
+
+# ----------------------------------------------------------------- signs in OT matching
+def test_ot_with_signs_recovers_a_flipped_copy_exactly():
+    torch.manual_seed(0)
+    model = _tanh_mlp().eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 8, generator=g)
+    spec = permutation_spec(model, x[:2])
+    copy_b = permute_model(model, spec, random_permutation(spec, g), random_signs(spec, g))
+    aligned, plans = ot_align(model, copy_b, signs=True, return_plans=True)
+    assert _max_gap(aligned, model) == 0.0  # gathers and exact sign flips
+    with torch.no_grad():
+        assert float((aligned(x) - model(x)).abs().max()) < 1e-5
+    for plan in plans:
+        assert bool((plan < 0).any())  # flipped pairs carry a negative sign
+        torch.testing.assert_close(plan.abs().sum(0), torch.full((plan.shape[1],),
+                                   1 / plan.shape[0], dtype=torch.float64))
+    assert _max_gap(ot_align(model, copy_b), model) > 0.1  # unsigned OT cannot undo flips
+    # a soft plan with signs stays close to the flipped copy's function
+    soft = ot_align(model, copy_b, method="sinkhorn", reg=0.002, signs=True)
+    with torch.no_grad():
+        assert float((soft(x) - model(x)).abs().max()) < 0.05
+    # ReLU layers have no sign symmetry: signs=True changes nothing
+    relu = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    relu_b = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    for p, q in zip(ot_plans(relu, relu_b, signs=True), ot_plans(relu, relu_b), strict=True):
+        assert torch.equal(p, q)

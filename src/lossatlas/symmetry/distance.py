@@ -46,11 +46,13 @@ def align(
     rescale: bool = False,
     spec: PermutationSpec | None = None,
     example_input: Tensor | None = None,
+    signs: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
     """``(model_a', model_b')`` with the symmetries removed: both in the
     ReLU-rescaling canonical form when ``rescale``, and ``model_b'`` permuted onto
-    ``model_a'`` by weight or activation matching. Both compute their original
-    functions.
+    ``model_a'`` by weight or activation matching (with ``signs``, signed
+    permutations: the units of the ``spec.odd`` groups may also be sign-flipped).
+    Both compute their original functions.
 
     ``spec`` defaults to ``model_a``'s permutation spec traced on
     ``example_input``, else on the first samples of ``data``, else on an input
@@ -69,11 +71,11 @@ def align(
         model_a = rescale_canonical(model_a, spec)
         model_b = rescale_canonical(model_b, spec)
     if method == "weight":
-        aligned = weight_matching(model_a, model_b, spec)
+        aligned = weight_matching(model_a, model_b, spec, signs=signs)
     else:
         if data is None:
             raise ValueError("align: method='activation' needs data")
-        aligned = activation_matching(model_a, model_b, data, spec)
+        aligned = activation_matching(model_a, model_b, data, spec, signs=signs)
     return model_a, aligned  # type: ignore[return-value]
 
 
@@ -91,11 +93,12 @@ def compare_alignment(
     device: str | torch.device | None = None,
     example_input: Tensor | None = None,
     spec: PermutationSpec | None = None,
+    signs: bool = False,
 ) -> xr.Dataset:
     """Distances (and barriers on ``data``) before and after alignment, side by side.
 
-    The alignment is :func:`align` (``spec``, ``example_input`` and ``data`` as
-    there: the spec is traced on ``example_input``, else on ``data``'s first
+    The alignment is :func:`align` (``spec``, ``example_input``, ``data`` and
+    ``signs`` as there: the spec is traced on ``example_input``, else on ``data``'s first
     samples, else on an inferred input).
 
     Returns
@@ -105,7 +108,7 @@ def compare_alignment(
     ``loss_barrier`` (nats) and ``error_barrier`` (fraction); ``attrs``:
     ``method``, ``rescale``, ``definition``, ``bn``.
     """
-    a2, b2 = align(model_a, model_b, method, data, rescale, spec, example_input)
+    a2, b2 = align(model_a, model_b, method, data, rescale, spec, example_input, signs)
     rows = {"none": (model_a, model_b), "aligned": (a2, b2)}
     values: dict[str, list[float]] = {}
     for ma, mb in rows.values():
@@ -119,5 +122,6 @@ def compare_alignment(
         {k: ("alignment", np.asarray(v)) for k, v in values.items()},
         coords={"alignment": list(rows)},
     )
-    out.attrs.update(method=method, rescale=int(rescale), definition=definition, bn=bn)
+    out.attrs.update(method=method, rescale=int(rescale), definition=definition, bn=bn,
+                     signs=int(signs))
     return out

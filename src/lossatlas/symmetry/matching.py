@@ -145,12 +145,15 @@ def _coordinate_descent(
     perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
     odd = set(spec.odd) if signed else set()
     signs = {g: torch.ones(spec.sizes[g]) for g in spec.groups if g in odd}
+    signed = {(g, ax.name, ax.axis) for g in odd for ax in spec.signed_axes(g)}
     axes_of = spec.axes_of()
     groups = list(spec.groups)
 
-    def cost_of(g: str, usable: set[str] | None = None) -> np.ndarray:
+    def cost_of(g: str, usable: set[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities ``[n, n]`` of group ``g``'s units over the tensors its sign flip
+        leaves alone and over those it flips (zero for a group without signs)."""
         n = spec.sizes[g]
-        cost = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        cost = torch.zeros(2, n, n, dtype=torch.float64, device=dev)
         for ax in spec.groups[g]:
             others = [(g2, ax2) for g2, ax2 in axes_of[ax.name] if (g2, ax2.axis) != (g, ax.axis)]
             if usable is not None and any(g2 not in usable for g2, _ in others):
@@ -158,18 +161,23 @@ def _coordinate_descent(
             wb = b[ax.name]
             for g2, ax2 in others:
                 wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block)
-                if g2 in signs:
+                if (g2, ax2.name, ax2.axis) in signed:
                     wb = scale_axis(wb, ax2.axis, signs[g2], ax2.block)
-            cost += (_units_matrix(a[ax.name], ax.axis, n)
-                     @ _units_matrix(wb, ax.axis, n).T).double()
-        return cost.cpu().numpy()
+            cost[int((g, ax.name, ax.axis) in signed)] += (
+                _units_matrix(a[ax.name], ax.axis, n) @ _units_matrix(wb, ax.axis, n).T
+            ).double()
+        c = cost.cpu().numpy()
+        return c[0], c[1]
 
-    def assign(g: str, c: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """Best assignment of group ``g`` for similarities ``c`` (on |c| for an odd
-        group, whose signs follow the picked entries): columns, signs, objective."""
-        gain = np.abs(c) if g in odd else c
+    def assign(g: str, c: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Best assignment of group ``g`` for similarities ``c = (fixed, flipped)``: the
+        gain is ``fixed + |flipped|`` for an odd group, whose signs are those of the
+        picked ``flipped`` entries: columns, signs, objective."""
+        fixed, flipped = c
+        gain = fixed + np.abs(flipped) if g in odd else fixed + flipped
         rows, cols = linear_sum_assignment(gain, maximize=True)
-        flips = np.where(c[rows, cols] < 0, -1.0, 1.0) if g in odd else None
+        flips = np.where(flipped[rows, cols] < 0, -1.0, 1.0) if g in odd else None
         return cols, flips, float(gain[rows, cols].sum())
 
     def take(g: str, cols: np.ndarray, flips: np.ndarray | None) -> None:
@@ -186,7 +194,7 @@ def _coordinate_descent(
             done: set[str] = set()
             for g in groups:  # spec order follows the graph
                 c = cost_of(g, usable=done | {g})
-                if np.any(c):
+                if np.any(c[0]) or np.any(c[1]):
                     take(g, *assign(g, c)[:2])
                 done.add(g)
     else:
@@ -199,10 +207,9 @@ def _coordinate_descent(
             g = groups[k]
             n = spec.sizes[g]
             c = cost_of(g)
-            current = c[np.arange(n), perms[g].numpy()]
-            if g in signs:
-                current = current * signs[g].numpy()
-            old = float(current.sum())
+            idx = (np.arange(n), perms[g].numpy())
+            current = c[1][idx] * signs[g].numpy() if g in signs else c[1][idx]
+            old = float((c[0][idx] + current).sum())
             cols, flips, new = assign(g, c)
             if new > old + 1e-12 * max(1.0, abs(old)):
                 take(g, cols, flips)

@@ -34,6 +34,15 @@ onto A 64-64-64-10: exact plans give train error 1.1 % but loss 0.94 (the
 projection does not preserve B's function: most predictions survive, their
 confidence does not); Sinkhorn reg 0.01 gives 2.0 % and 1.17.
 
+With ``signs=True`` the hidden layers followed by an odd activation (tanh-like,
+:mod:`~lossatlas.symmetry.spec`) have the sign-flip symmetry as well: B's neuron
+``j`` may stand for A's ``i`` with either sign, so the ground cost is
+``min(|W_B_hat[j] - W_A[i]|^2, |W_B_hat[j] + W_A[i]|^2)`` and the pair's sign
+``S[j, i]`` is the minimiser's. The plan then moves signed mass: the barycentric
+projection and the carry to the next layer use ``T_l * S_l`` in place of ``T_l``
+(for equal widths and the exact solver: B's units permuted and sign-flipped, B's
+function).
+
 Only plain chains of ``nn.Linear`` layers with element-wise activations in
 between are supported (:class:`lossatlas.models.MLP`, or an ``nn.Sequential`` of
 Linear / activation / Flatten / Dropout modules).
@@ -48,6 +57,9 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..errors import InputTypeError
+from .spec import _is_odd
 
 __all__ = ["ot_align", "ot_plans"]
 
@@ -64,7 +76,8 @@ _ELEMENTWISE = (
 def _linear_chain(model: nn.Module, which: str) -> list[tuple[str, nn.Linear]]:
     """The Linear layers of a plain MLP in forward order, as ``(name, module)``."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"ot_align: {which} must be an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(
+            f"ot_align: {which} must be an nn.Module, got {type(model).__name__}")
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.ModuleList) and all(isinstance(m, nn.Linear) for m in layers):
         others = [n for n, m in model.named_children() if n not in ("layers", "act")]
@@ -80,7 +93,7 @@ def _linear_chain(model: nn.Module, which: str) -> list[tuple[str, nn.Linear]]:
                 bad.append(f"{name} ({type(m).__name__})")
         if not bad and chain:
             return chain
-    raise TypeError(
+    raise InputTypeError(
         f"ot_align: {which} ({type(model).__name__}) is not a plain chain of nn.Linear layers "
         "with element-wise activations (lossatlas MLP or an nn.Sequential of Linear / "
         "activation modules); use symmetry.weight_matching for other architectures"
@@ -93,6 +106,24 @@ def _nonlinear_parts(model: nn.Module) -> list[str]:
         return [type(m).__name__ for m in model.children() if not isinstance(m, nn.Linear)]
     act = getattr(model, "act", None)
     return [type(act).__name__] if act is not None else []
+
+
+def _odd_after(model: nn.Module, num_hidden: int) -> list[bool]:
+    """Whether the modules between each hidden Linear of a checked chain and the next
+    are all odd (tanh-like: the layer's units have the sign-flip symmetry)."""
+    if isinstance(model, nn.Sequential):
+        odd: list[bool] = []
+        seen_linear, current = False, True
+        for m in model.children():
+            if isinstance(m, nn.Linear):
+                if seen_linear:
+                    odd.append(current)
+                seen_linear, current = True, True
+            else:
+                current = current and (_is_odd(m) or isinstance(m, nn.Flatten))
+        return odd
+    act = getattr(model, "act", None)
+    return [act is None or _is_odd(act)] * num_hidden
 
 
 def _check_pair(
@@ -174,6 +205,7 @@ def ot_plans(
     method: Method = "exact",
     reg: float = 0.01,
     num_iter: int = 10000,
+    signs: bool = False,
 ) -> list[Tensor]:
     """Layer-wise transport plans from ``model_b``'s hidden neurons to ``model_a``'s.
 
@@ -190,19 +222,31 @@ def ot_plans(
         Small values (< 0.005) approach the exact plan but may underflow.
     num_iter : int
         Sinkhorn iterations at most.
+    signs : bool
+        Also match the sign flips of the layers followed by an odd (tanh-like)
+        activation (see the module docstring).
 
     Returns
     -------
     list of Tensor[n_B_l, n_A_l] (float64), one per hidden layer, each with row
-    sums ``1 / n_B_l`` and column sums ``1 / n_A_l``.
+    sums ``1 / n_B_l`` and column sums ``1 / n_A_l`` of its absolute values; with
+    ``signs`` the entries of a layer with the sign symmetry carry the pair's sign
+    (negative: B's neuron enters flipped).
     """
+    return [torch.as_tensor(p) for p in _solve(model_a, model_b, method, reg, num_iter,
+                                               signs)[0]]
+
+
+def _solve(model_a: nn.Module, model_b: nn.Module, method: str, reg: float, num_iter: int,
+           signs: bool) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray | None]]]:
+    """Check the options and the pair; :func:`_transport`'s plans and aligned layers."""
     if method not in ("exact", "sinkhorn"):
         raise ValueError(f"ot_align: method must be 'exact' or 'sinkhorn', got {method!r}")
     if method == "sinkhorn" and not float(reg) > 0:
         raise ValueError(f"ot_align: reg must be > 0 for method='sinkhorn', got {reg}")
     ca, cb = _check_pair(model_a, model_b)
-    plans, _ = _transport(ca, cb, method, float(reg), int(num_iter))
-    return [torch.as_tensor(p) for p in plans]
+    odd = _odd_after(model_a, len(ca) - 1) if signs else [False] * (len(ca) - 1)
+    return _transport(ca, cb, method, float(reg), int(num_iter), odd)
 
 
 def _transport(
@@ -211,17 +255,22 @@ def _transport(
     method: str,
     reg: float,
     num_iter: int,
+    odd: list[bool],
 ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray | None]]]:
-    """Plans per hidden layer and B's aligned ``(weight, bias)`` per layer (float64)."""
+    """Plans per hidden layer (signed, ``T * S``, where ``odd``) and B's aligned
+    ``(weight, bias)`` per layer (float64)."""
     plans: list[np.ndarray] = []
     aligned: list[tuple[np.ndarray, np.ndarray | None]] = []
-    carry: np.ndarray | None = None  # [k_B, k_A] = T_{l-1} * n_A_{l-1}
+    carry: np.ndarray | None = None  # [k_B, k_A] = T_{l-1} * S_{l-1} * n_A_{l-1}
     perm_prev: np.ndarray | None = None
+    sign_prev: np.ndarray | None = None
     for depth, ((_, la), (_, lb)) in enumerate(zip(ca, cb, strict=True)):
         wb = lb.weight.detach().double().cpu().numpy()
         bb = None if lb.bias is None else lb.bias.detach().double().cpu().numpy()
         if perm_prev is not None:
             wb_hat = wb[:, perm_prev]  # exact gather: no rounding
+            if sign_prev is not None:
+                wb_hat = wb_hat * sign_prev[None]  # exact: multiplies by +-1
         elif carry is not None:
             wb_hat = wb @ carry
         else:
@@ -231,20 +280,26 @@ def _transport(
             break
         rows_b = wb_hat if bb is None else np.concatenate([wb_hat, bb[:, None]], axis=1)
         rows_a = _rows(la)
-        cost = (
-            (rows_b**2).sum(1)[:, None] + (rows_a**2).sum(1)[None] - 2.0 * rows_b @ rows_a.T
-        ).clip(min=0.0)
+        norms = (rows_b**2).sum(1)[:, None] + (rows_a**2).sum(1)[None]
+        cross = rows_b @ rows_a.T
+        sign = np.where(cross < 0, -1.0, 1.0) if odd[depth] else None  # |b + a| < |b - a|
+        cost = (norms - 2.0 * (np.abs(cross) if odd[depth] else cross)).clip(min=0.0)
         plan = _plan(cost, method, reg, num_iter)
-        plans.append(plan)
+        signed = plan if sign is None else plan * sign
+        plans.append(signed)
         na = plan.shape[1]
         perm = _as_permutation(plan) if method == "exact" else None
         if perm is not None:
-            aligned.append((wb_hat[perm], None if bb is None else bb[perm]))
-            perm_prev, carry = perm, None
+            flip = None if sign is None else sign[perm, np.arange(na)]
+            w, b = wb_hat[perm], None if bb is None else bb[perm]
+            if flip is not None:
+                w, b = w * flip[:, None], None if b is None else b * flip
+            aligned.append((w, b))
+            perm_prev, sign_prev, carry = perm, flip, None
         else:
-            proj = (plan * na).T  # [n_A, n_B]: barycentric weights of B's neurons
+            proj = (signed * na).T  # [n_A, n_B]: barycentric weights of B's neurons
             aligned.append((proj @ wb_hat, None if bb is None else proj @ bb))
-            perm_prev, carry = None, plan * na
+            perm_prev, sign_prev, carry = None, None, signed * na
     return plans, aligned
 
 
@@ -255,6 +310,7 @@ def ot_align(
     reg: float = 0.01,
     num_iter: int = 10000,
     return_plans: bool = False,
+    signs: bool = False,
 ) -> nn.Module | tuple[nn.Module, list[Tensor]]:
     """``model_b`` transported onto ``model_a``'s neuron order and widths.
 
@@ -262,17 +318,17 @@ def ot_align(
     ----------
     model_a, model_b : plain MLPs (see the module docstring) with the same depth,
         input and output widths; hidden widths may differ.
-    method, reg, num_iter : see :func:`ot_plans`.
+    method, reg, num_iter, signs : see :func:`ot_plans`.
     return_plans : bool
-        Also return the plans (list of Tensor[n_B_l, n_A_l]).
+        Also return the plans (list of Tensor[n_B_l, n_A_l]; signed with ``signs``).
 
     Returns
     -------
     nn.Module
         A copy of ``model_a``'s architecture (A's widths) holding B's weights
         transported by barycentric projection. For equal widths with the exact
-        solver this is ``model_b`` with its hidden units permuted (the same
-        function, tensors copied exactly); otherwise a soft average of B's
+        solver this is ``model_b`` with its hidden units permuted (and, with
+        ``signs``, sign-flipped: the same function, tensors copied exactly); otherwise a soft average of B's
         neurons (a different function, close to B's when the plans are nearly
         one-to-one). The inputs are never changed.
 
@@ -281,12 +337,7 @@ def ot_align(
     >>> aligned = ot_align(a, b, method="sinkhorn", reg=0.01)
     >>> barrier(a, aligned, data)  # usually lower than barrier(a, b, data)
     """
-    if method not in ("exact", "sinkhorn"):
-        raise ValueError(f"ot_align: method must be 'exact' or 'sinkhorn', got {method!r}")
-    if method == "sinkhorn" and not float(reg) > 0:
-        raise ValueError(f"ot_align: reg must be > 0 for method='sinkhorn', got {reg}")
-    ca, cb = _check_pair(model_a, model_b)
-    plans, aligned = _transport(ca, cb, method, float(reg), int(num_iter))
+    plans, aligned = _solve(model_a, model_b, method, reg, num_iter, signs)
     out = copy.deepcopy(model_a)
     out_chain = _linear_chain(out, "model_a")
     with torch.no_grad():

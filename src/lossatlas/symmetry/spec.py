@@ -29,6 +29,20 @@ graph:
   outgoing weights leaves the function unchanged (``spec.odd``). A permutation
   together with signs is a signed permutation (``apply_permutation(...,
   signs=)``).
+- Sign flips through a norm layer. A BatchNorm or LayerNorm is not odd
+  (``gamma * n + beta`` with ``beta != 0``), so flipping a unit's producer is
+  not a symmetry by itself; but flipping the norm's ``gamma_i`` and ``beta_i``
+  negates its output ``y_i = gamma_i n_i + beta_i`` exactly, whatever came
+  before (BatchNorm in train or eval mode: ``n_i`` is untouched; LayerNorm: the
+  statistics over the units are untouched, whereas flipping one unit before a
+  LayerNorm changes them). So a group whose every path from its producer
+  passes through one norm layer with an affine weight, and only through odd
+  operations after it, has the sign-flip symmetry acting on the norm's weight
+  and bias and the readers' input axes (``spec.sign_from``,
+  :meth:`PermutationSpec.signed_axes`); the producer and the running
+  statistics keep their signs. (For a BatchNorm, flipping the producer, the
+  running mean and ``gamma_i`` leaves ``y_i`` unchanged: the norm-scale
+  symmetry below with a scale of -1, which needs no odd activation.)
 - A Linear/Conv whose output goes straight into a BatchNorm (and nowhere else)
   is invariant to a positive scale of each output unit, one into a LayerNorm to
   a positive scale of the whole layer (up to the norm's ``eps``): recorded in
@@ -136,10 +150,15 @@ class PermutationSpec:
         its consumers (ReLU-like, no normalisation, not tied): the ReLU rescaling
         symmetry acts on them.
     odd : set of group names
-        Groups whose units pass only through odd operations (tanh-like, no
-        normalisation) to their consumers: the sign-flip symmetry acts on them.
+        Groups whose units pass only through odd operations (tanh-like) to their
+        consumers, or only through odd operations after one BatchNorm / LayerNorm
+        with an affine weight that every path passes through: the sign-flip
+        symmetry acts on them (on the axes :meth:`signed_axes` lists).
     norm_scales : list of NormScale
         Layers made scale-invariant by a BatchNorm / LayerNorm right after them.
+    sign_from : dict group name -> norm module name
+        Odd groups whose sign flip starts after a norm layer: it multiplies the
+        norm's weight and bias and the readers' input axes, not the producer.
     fixed : dict producer module -> reason
         Groups left unpermuted and why (the model output, an unsupported op).
     graph : torch.fx.Graph
@@ -155,6 +174,7 @@ class PermutationSpec:
     graph: fx.Graph | None = None
     odd: set[str] = field(default_factory=set)
     norm_scales: list[NormScale] = field(default_factory=list)
+    sign_from: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -162,6 +182,15 @@ class PermutationSpec:
     def __repr__(self) -> str:
         body = ", ".join(f"{g}: {self.sizes[g]}" for g in self.groups)
         return f"PermutationSpec({len(self)} groups: {body}; fixed: {list(self.fixed)})"
+
+    def signed_axes(self, group: str) -> list[Axis]:
+        """The axes a sign flip of ``group``'s units multiplies by -1: all of them, or, for
+        a group in ``sign_from``, its norm layer's weight and bias and the readers' inputs."""
+        norm = self.sign_from.get(group)
+        if norm is None:
+            return list(self.groups[group])
+        return [ax for ax in self.groups[group]
+                if ax.role == "out" or ax.name in (f"{norm}.weight", f"{norm}.bias")]
 
     def axes_of(self) -> dict[str, list[tuple[str, Axis]]]:
         """Tensor name -> the ``(group, Axis)`` pairs acting on it."""
@@ -268,6 +297,9 @@ class _Builder:
         self.consumers: list[tuple[int, str, int, int]] = []
         self.nonhom: set[int] = set()
         self.nonodd: set[int] = set()
+        self.nonodd_at: list[tuple[int, int]] = []  # (group, node position) of non-odd ops
+        self.sign_norms: list[tuple[int, str, int]] = []  # (group, norm module, position)
+        self.pos = 0
         self.norm_scales: list[NormScale] = []
         self.tied: set[int] = set()
         self.reasons: dict[int, str] = {}
@@ -344,8 +376,42 @@ class _Builder:
 
     # ------------------------------------------------------------------ rules
     def run(self) -> None:
-        for node in self.gm.graph.nodes:
+        for pos, node in enumerate(self.gm.graph.nodes):
+            self.pos = pos
             self.state[node] = self.visit(node)
+
+    def not_odd(self, g: int) -> None:
+        """Group ``g`` passes through an operation that is not odd (at the current node)."""
+        self.nonodd.add(g)
+        self.nonodd_at.append((g, self.pos))
+
+    def sole_path_from(self, x: Any, g: int) -> bool:
+        """Whether ``x`` is reached from group ``g``'s producer (its only user) through
+        element-wise operations that each have one user: then every path of the group's
+        units from its producer passes through the node that reads ``x``."""
+        while isinstance(x, fx.Node) and len(x.users) == 1:
+            if x.op == "call_module":
+                mod = self.modules[str(x.target)]
+                if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+                    return str(x.target) == self.creator[g]
+                if not isinstance(mod, _ELEMENTWISE_MODULES):
+                    return False
+            elif not (x.op in ("call_function", "call_method")
+                      and _name_of(x.target) in _ELEMENTWISE_NAMES
+                      and len(self.tensor_inputs(x)) == 1):
+                return False
+            x = x.args[0] if x.args else None
+        return False
+
+    def note_sign_norm(self, x: Any, s: _P, target: str, mod: nn.Module) -> None:
+        """A norm layer on group ``s``: the sign flip can start after it when the norm has
+        an affine weight and every path of the group passes through it (its weight and
+        bias absorb the flip; see the module docstring); otherwise it is not odd."""
+        if getattr(mod, "weight", None) is not None and self.sole_path_from(x, s.g):
+            self.nonodd.add(s.g)  # not odd before the norm; the flip starts after it
+            self.sign_norms.append((s.g, target, self.pos))
+        else:
+            self.not_odd(s.g)
 
     def visit(self, node: fx.Node) -> _P | None:
         if node.op in ("placeholder", "get_attr"):
@@ -378,7 +444,7 @@ class _Builder:
             if s is not None and name not in _HOMOGENEOUS_NAMES:
                 self.nonhom.add(s.g)
             if s is not None and name not in _ODD_NAMES:
-                self.nonodd.add(s.g)
+                self.not_odd(s.g)
             return s
         if name in _POOL_NAMES:
             return self.visit_pool(node, s, name)
@@ -430,7 +496,7 @@ class _Builder:
                     self.add(s.g, f"{target}.weight", 0, 1, "norm")
                     self.add(s.g, f"{target}.bias", 0, 1, "norm")
                     self.nonhom.add(s.g)
-                    self.nonodd.add(s.g)
+                    self.not_odd(s.g)
                     return s
                 self.fix(s, f"grouped convolution {target} (groups={mod.groups})")
                 return None
@@ -454,7 +520,7 @@ class _Builder:
             for p in ("weight", "bias", "running_mean", "running_var"):
                 self.add(s.g, f"{target}.{p}", 0, 1, "norm")
             self.nonhom.add(s.g)
-            self.nonodd.add(s.g)
+            self.note_sign_norm(x, s, target, mod)
             self.note_norm_scale(x, target, "unit")
             return s
         if isinstance(mod, nn.LayerNorm):
@@ -466,8 +532,10 @@ class _Builder:
             if s.axis >= first:
                 for p in ("weight", "bias"):
                     self.add(s.g, f"{target}.{p}", s.axis - first, s.block, "norm")
+                self.note_sign_norm(x, s, target, mod)
+            else:  # the group's rows are normalised with an unflipped bias
+                self.not_odd(s.g)
             self.nonhom.add(s.g)
-            self.nonodd.add(s.g)
             return s
         if isinstance(mod, _ELEMENTWISE_MODULES) or (
             isinstance(mod, nn.PReLU) and mod.num_parameters == 1
@@ -475,7 +543,7 @@ class _Builder:
             if s is not None and not isinstance(mod, _HOMOGENEOUS_MODULES):
                 self.nonhom.add(s.g)
             if s is not None and not _is_odd(mod):
-                self.nonodd.add(s.g)
+                self.not_odd(s.g)
             return s
         if isinstance(mod, _POOL_MODULES):
             return self.visit_pool(node, s, type(mod).__name__)
@@ -512,7 +580,7 @@ class _Builder:
             self.fix(s, f"pooling {name} (node {node.name}) over the permuted axis")
             return None
         if "max" in name.lower():  # max(-x) = -min(x)
-            self.nonodd.add(s.g)
+            self.not_odd(s.g)
         return s
 
     def visit_reduce(self, node: fx.Node, s: _P | None) -> _P | None:
@@ -531,7 +599,7 @@ class _Builder:
         if s.axis in dims:
             return None  # reducing over the permuted axis: invariant
         if _name_of(node.target) in ("amax", "amin"):
-            self.nonodd.add(s.g)
+            self.not_odd(s.g)
         axis = s.axis if keep else s.axis - sum(d < s.axis for d in dims)
         return _P(s.g, axis, s.block)
 
@@ -638,7 +706,7 @@ class _Builder:
             g = self.union(pa.g, pb.g)
             if op != "add" and op != "sub":
                 self.nonhom.add(g)
-                self.nonodd.add(g)  # a product of two flipped units is even
+                self.not_odd(g)  # a product of two flipped units is even
             return _P(g, pa.axis, pa.block)
         p, other = (pa, b) if pa is not None else (pb, a)
         if p is None:
@@ -653,7 +721,7 @@ class _Builder:
         if not (op in ("mul", "div") and isinstance(other, (int, float)) and other > 0):
             self.nonhom.add(p.g)
         if op not in ("mul", "div"):  # -x + c != -(x + c)
-            self.nonodd.add(p.g)
+            self.not_odd(p.g)
         return p
 
     def visit_cat(self, node: fx.Node) -> _P | None:
@@ -706,10 +774,21 @@ class _Builder:
         rescalable = {name for r, name in roots.items() if r not in bad}
         not_odd = {self.find(g) for g in self.nonodd}
         odd = {name for r, name in roots.items() if r not in not_odd}
+        tied = {self.find(g) for g in self.tied}
+        sign_from: dict[str, str] = {}
+        for r, name in roots.items():
+            norms = [(t, pos) for g, t, pos in self.sign_norms if self.find(g) == r]
+            if len(norms) != 1 or r in tied:
+                continue
+            target, at = norms[0]
+            if not any(self.find(g) == r and pos > at for g, pos in self.nonodd_at):
+                odd.add(name)
+                sign_from[name] = target
         fixed = {self.creator[g]: self.reasons.get(g, "tied to a fixed group")
                  for g in range(1, len(self.parent)) if self.find(g) == self.FIXED}
         return PermutationSpec(groups, sizes, producers, consumers, rescalable, fixed,
-                               self.gm.graph, odd=odd, norm_scales=list(self.norm_scales))
+                               self.gm.graph, odd=odd, norm_scales=list(self.norm_scales),
+                               sign_from=sign_from)
 
 
 def permutation_spec(
@@ -844,7 +923,7 @@ def apply_permutation(
         for ax in axes:
             out[ax.name] = permute_axis(out[ax.name], ax.axis, p, ax.block)
     for g, sg in signs.items():
-        for ax in spec.groups[g]:
+        for ax in spec.signed_axes(g):
             out[ax.name] = scale_axis(out[ax.name], ax.axis, sg, ax.block)
     return out
 
