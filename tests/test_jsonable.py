@@ -38,3 +38,24 @@ def test_files_and_report_data_hold_no_nan(tmp_path):
     assert _strict((tmp_path / "a.json").read_text()) == {"loss": [0.5, None, None],
                                                           "x": None, "m": None}
     assert _strict(script_json(data)) == {"loss": [0.5, None, None], "x": None, "m": None}
+
+
+def test_jsonable_writes_dataclass_results_as_their_dicts():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Plain:
+        x: float
+        t: torch.Tensor
+
+    @dataclasses.dataclass
+    class Own:
+        a: int
+
+        def to_dict(self):
+            return {"a": self.a, "twice": 2 * self.a}
+
+    assert jsonable(Plain(float("nan"), torch.tensor([1.0, float("inf")]))) == {
+        "x": None, "t": [1.0, None]}
+    assert jsonable({"r": [Own(3)]}) == {"r": [{"a": 3, "twice": 6}]}
+    assert jsonable(Plain) is Plain  # a class is not a result

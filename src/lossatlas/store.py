@@ -14,6 +14,7 @@ run loses at most the chunks in flight and a re-run computes only those.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -183,7 +184,8 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 def jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON values, recursively: NaN/inf as None, tensors and numpy
     arrays as (nested) lists, numpy scalars as Python numbers, paths as strings,
-    mappings as dicts with string keys, tuples as lists; anything else as it is.
+    mappings as dicts with string keys, tuples as lists, dataclass results as the dict
+    of their ``to_dict()`` (else of their fields); anything else as it is.
     lossatlas's one JSON cleaner."""
     if isinstance(obj, float):
         return float(obj) if math.isfinite(obj) else None
@@ -191,6 +193,11 @@ def jsonable(obj: Any) -> Any:
         return obj
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        to_dict = getattr(obj, "to_dict", None)
+        if callable(to_dict):
+            return jsonable(to_dict())
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     if isinstance(obj, Path):

@@ -56,13 +56,13 @@ def test_regular_model_gives_half_the_dimension():
     # L(w) - L(w*) = |w - w*|^2 / 2: the localised tempered posterior gives exactly
     # E[nbeta (L - L*)] = d/2 * nbeta / (nbeta + gamma)
     expected = d / 2 * 100 / 101
-    assert out["loss_trace"].shape == (8, 600)
-    assert out["llc_per_chain"].shape == (8,)
-    spread = out["llc_std"] / math.sqrt(8)
-    assert abs(out["llc_mean"] - expected) < max(4 * spread, 0.1 * expected)
-    assert abs(out["llc_mean"] - d / 2) < 0.2 * d / 2
-    assert not out["diverged"] and not out["negative"] and out["mode"] == "eval"
-    assert out["init_loss"] == pytest.approx(0.5, rel=1e-9)
+    assert out.loss_trace.shape == (8, 600)
+    assert out.llc_per_chain.shape == (8,)
+    spread = out.llc_std / math.sqrt(8)
+    assert abs(out.llc_mean - expected) < max(4 * spread, 0.1 * expected)
+    assert abs(out.llc_mean - d / 2) < 0.2 * d / 2
+    assert not out.diverged and not out.negative and out.mode == "eval"
+    assert out.init_loss == pytest.approx(0.5, rel=1e-9)
 
 
 def test_singular_model_gives_its_learning_coefficient():
@@ -88,9 +88,9 @@ def test_singular_model_gives_its_learning_coefficient():
     logp = -nbeta * a**4 / 2 - gamma * a**2 / 2
     p = np.exp(logp - logp.max())
     target = float((nbeta * a**4 / 2 * p).sum() / p.sum())
-    spread = out["llc_std"] / math.sqrt(8)
-    assert abs(out["llc_mean"] - target) < max(4 * spread, 0.1 * target)
-    assert abs(out["llc_mean"] - 0.25) < 0.2 * 0.25  # the learning coefficient 1/4
+    spread = out.llc_std / math.sqrt(8)
+    assert abs(out.llc_mean - target) < max(4 * spread, 0.1 * target)
+    assert abs(out.llc_mean - 0.25) < 0.2 * 0.25  # the learning coefficient 1/4
 
 
 def test_default_nbeta_and_diagnostics(caplog):
@@ -98,8 +98,8 @@ def test_default_nbeta_and_diagnostics(caplog):
     model, x, y = _regular_problem(2, 200)
     with caplog.at_level(logging.WARNING, logger="lossatlas.curvature.llc"):
         out = llc(model, (x, y), loss_fn=_half_mse, epsilon=1.0, num_draws=30, num_chains=2)
-    assert out["diverged"] and bool(out["diverged_chains"].all())
-    assert out["nbeta"] == pytest.approx(default_nbeta(32))
+    assert out.diverged and bool(out.diverged_chains.all())
+    assert out.nbeta == pytest.approx(default_nbeta(32))
     assert any("diverged" in r.message for r in caplog.records)
     with pytest.raises(ValueError, match="batch_size must be between 1 and the 200 samples"):
         llc(model, (x, y), loss_fn=_half_mse, batch_size=500)
@@ -115,7 +115,7 @@ def test_default_nbeta_and_diagnostics(caplog):
         num_draws=100,
         num_chains=2,
     )
-    assert out["negative"] and out["warnings"]
+    assert out.negative and out.warnings
 
 
 def test_agrees_with_devinterp():
@@ -140,7 +140,7 @@ def test_agrees_with_devinterp():
                 lr=sgld["epsilon"], nbeta=sgld["nbeta"], localization=sgld["gamma"]
             ),
             num_chains=sgld["num_chains"],
-            init_loss=ours["init_loss"],
+            init_loss=ours.init_loss,
             seed=0,
             verbose=False,
             **hp,
@@ -148,12 +148,47 @@ def test_agrees_with_devinterp():
     assert devinterp is not None
     t_mean, t_std = theirs["llc/mean"], theirs["llc/std"]
     print(
-        f"lossatlas {ours['llc_mean']:.3f} +- {ours['llc_std']:.3f}, devinterp {t_mean:.3f} +- {t_std:.3f}"
+        f"lossatlas {ours.llc_mean:.3f} +- {ours.llc_std:.3f}, devinterp {t_mean:.3f} +- {t_std:.3f}"
     )
-    spread = math.sqrt((ours["llc_std"] ** 2 + t_std**2) / sgld["num_chains"])
-    assert abs(ours["llc_mean"] - t_mean) < max(4 * spread, 0.05 * t_mean)
+    spread = math.sqrt((ours.llc_std ** 2 + t_std**2) / sgld["num_chains"])
+    assert abs(ours.llc_mean - t_mean) < max(4 * spread, 0.05 * t_mean)
     np.testing.assert_allclose(
-        ours["loss_trace"].mean(0)[-100:].mean(),
+        ours.loss_trace.mean(0)[-100:].mean(),
         theirs["loss/trace"].mean(0)[-100:].mean(),
         rtol=0.02,
     )
+
+
+def test_result_is_a_dataclass_with_deprecated_dict_access(tmp_path):
+    """llc returns an LLCResult; the dict it used to return is still readable (with a
+    DeprecationWarning), and JSON writers serialise it like that dict."""
+    import dataclasses
+    import json
+
+    from lossatlas.curvature import LLCResult
+    from lossatlas.store import atomic_write_json
+
+    model, x, y = _regular_problem(2, 64)
+    out = llc(model, (x, y), loss_fn=_half_mse, num_draws=3, num_chains=2, batch_size=16)
+    assert isinstance(out, LLCResult) and dataclasses.is_dataclass(out)
+    assert out.llc_mean == pytest.approx(float(out.llc_per_chain.mean()))
+    assert out.loss_trace.shape == (2, 3) and out.num_samples == 64
+    with pytest.warns(DeprecationWarning, match=r"result\.llc_std"):
+        assert out["llc_std"] == out.llc_std
+    with pytest.warns(DeprecationWarning):
+        assert "llc_mean" in out and "nope" not in out
+    with pytest.warns(DeprecationWarning):
+        assert out.get("warnings", None) == out.warnings and out.get("nope", 1) == 1
+    with pytest.warns(DeprecationWarning):
+        assert list(out.keys()) == [f.name for f in dataclasses.fields(LLCResult)]
+    with pytest.warns(DeprecationWarning), pytest.raises(KeyError, match="no field 'nope'"):
+        out["nope"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # attribute access and to_dict never warn
+        d = out.to_dict()
+        assert d["llc_mean"] == out.llc_mean and d["loss_trace"] is out.loss_trace
+        atomic_write_json(tmp_path / "llc.json", out)
+    written = json.loads((tmp_path / "llc.json").read_text())
+    assert written["llc_mean"] == pytest.approx(out.llc_mean)
+    assert written["loss_trace"] == out.loss_trace.tolist()
+    assert written["diverged_chains"] == [False, False] and written["mode"] == "eval"

@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_data, tiny_mlp
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from lossatlas.curvature import (
     hessian_density,
@@ -10,6 +13,7 @@ from lossatlas.curvature import (
     plot_llc_trace,
     terrain,
 )
+from lossatlas.plotting import save_figure
 from lossatlas.space import ParamSpace
 
 
@@ -51,10 +55,20 @@ def test_plots_write_pngs(tmp_path):
     model = tiny_mlp()
     x, y = tiny_data()
     res = llc(model, (x, y), num_chains=3, num_draws=20, batch_size=16, epsilon=1e-4)
-    fig = plot_llc_trace(res, tmp_path / "trace.png")
-    assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG" and fig.axes
-    plot_density(hessian_density(model, (x, y), num_iter=20, num_runs=2), tmp_path / "d.png")
-    assert (tmp_path / "d.png").stat().st_size > 1000
+    ax = plot_llc_trace(res)
+    assert isinstance(ax, Axes) and len(ax.lines) == 3 + 2  # chains, mean, L(w*)
+    assert np.allclose(ax.lines[0].get_ydata(), res.loss_trace[0].numpy())
+    save_figure(ax, tmp_path / "trace.png")
+    assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG"
+    density = hessian_density(model, (x, y), num_iter=20, num_runs=2)
+    own = Figure().add_subplot()
+    assert plot_density(density, ax=own) is own and own.get_yscale() == "log"
+    # deprecated: saving by path (second positional argument or path=) still works
+    with pytest.warns(DeprecationWarning, match="path= is deprecated"):
+        plot_llc_trace(res, tmp_path / "old.png")
+    with pytest.warns(DeprecationWarning, match="path= is deprecated"):
+        plot_density(density, path=tmp_path / "d.png")
+    assert (tmp_path / "old.png").exists() and (tmp_path / "d.png").stat().st_size > 1000
 
 
 def test_terrain_of_batchnorm_models_uses_each_models_statistics():

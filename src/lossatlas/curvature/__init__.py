@@ -11,7 +11,7 @@ Eigenvalues are in units of loss per squared parameter.
 from .density import SpectralDensity, slq, spectral_density
 from .hvp import HVP, LinearOperator, MatrixOperator
 from .lanczos import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
-from .llc import SGLDState, default_nbeta, llc, sgld_init, sgld_step
+from .llc import LLCResult, SGLDState, default_nbeta, llc, sgld_init, sgld_step
 from .plot import plot_density, plot_llc_trace
 from .saddles import SaddleCheck, atlas_saddles, saddle_check
 from .sharpness import max_loss_increase, sharpness
@@ -30,6 +30,7 @@ from .trace import TraceEstimate, exact_trace, hutch_plusplus, hutchinson
 __all__ = [
     "EigenResult",
     "HVP",
+    "LLCResult",
     "LinearOperator",
     "MatrixOperator",
     "SGLDState",

@@ -5,19 +5,64 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
+from .._compat import DeprecatedDictAccess
 from ..progress import progress_bar
 from ._objective import LossFn, Objective
 from .lanczos import _generator
 
-__all__ = ["SGLDState", "default_nbeta", "llc", "sgld_init", "sgld_step"]
+__all__ = ["LLCResult", "SGLDState", "default_nbeta", "llc", "sgld_init", "sgld_step"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LLCResult(DeprecatedDictAccess):
+    """The local learning coefficient estimate of :func:`llc` and how it was sampled.
+
+    Dict-style access (``result["llc_mean"]``, ``in``, ``.get``, ``keys()``; what
+    ``llc`` returned before) still works with a ``DeprecationWarning``;
+    :meth:`to_dict` gives that dict.
+    """
+
+    llc_mean: float
+    """Mean estimate over chains (dimensionless: the learning coefficient)."""
+    llc_std: float
+    """Standard deviation across chains (unbiased; 0 for one chain)."""
+    llc_per_chain: Tensor
+    """``Tensor[C]``: each chain's estimate ``nbeta * (mean draw loss - init_loss)``."""
+    loss_trace: Tensor
+    """``Tensor[C, num_draws]`` (float64): batch loss at each draw, in the loss's units."""
+    init_loss: float
+    """``L(w*)``, the loss at the centre."""
+    nbeta: float
+    epsilon: float
+    gamma: float
+    num_chains: int
+    num_draws: int
+    num_burnin_steps: int
+    num_steps_bw_draws: int
+    batch_size: int
+    num_samples: int
+    """``n``, the samples of ``data``."""
+    mode: str
+    """``"eval"`` or ``"train"`` (the model's mode while sampling)."""
+    group: list[str] | None
+    """The sampled tensors' name prefixes (``None``: all)."""
+    diverged: bool
+    """Some chain diverged (non-finite or blowing-up loss trace)."""
+    diverged_chains: Tensor
+    """``Tensor[C]`` (bool): which chains diverged."""
+    negative: bool
+    """Some chain's estimate is below 0."""
+    warnings: list[str] = field(default_factory=list)
+    """What went wrong, in words (also logged)."""
 
 
 def default_nbeta(batch_size: int) -> float:
@@ -108,7 +153,7 @@ def llc(
     device: str | torch.device | None = None,
     seed: int | None = 0,
     progress: bool | None = None,
-) -> dict[str, Any]:
+) -> LLCResult:
     """Estimate the local learning coefficient at ``w*`` with SGLD (Lau et al. 2023).
 
     All chains run together (``vmap`` of ``functional_call`` over the stacked chain
@@ -160,11 +205,12 @@ def llc(
 
     Returns
     -------
-    dict with ``llc_mean``, ``llc_std`` (across chains, unbiased), ``llc_per_chain``
-    Tensor[C], ``loss_trace`` Tensor[C, num_draws], ``init_loss``, the
-    hyper-parameters, ``mode``, ``diverged`` (bool) and ``diverged_chains``
-    Tensor[C] (non-finite or blowing-up loss traces), ``negative`` (an estimate < 0),
-    and ``warnings`` (list of str; also logged).
+    :class:`LLCResult`: ``llc_mean``, ``llc_std`` (across chains, unbiased),
+    ``llc_per_chain`` Tensor[C], ``loss_trace`` Tensor[C, num_draws], ``init_loss``, the
+    hyper-parameters, ``mode``, ``diverged`` (bool) and ``diverged_chains`` Tensor[C]
+    (non-finite or blowing-up loss traces), ``negative`` (an estimate < 0) and
+    ``warnings`` (list of str; also logged). (Before, a dict with these keys; dict-style
+    access still works, deprecated.)
     """
     obj = Objective(
         model,
@@ -235,25 +281,25 @@ def llc(
         )
     for w in warnings:
         log.warning(w)
-    return {
-        "llc_mean": float(per_chain.mean()),
-        "llc_std": float(per_chain.std()) if C > 1 else 0.0,
-        "llc_per_chain": per_chain,
-        "loss_trace": trace,
-        "init_loss": L0,
-        "nbeta": nbeta,
-        "epsilon": float(epsilon),
-        "gamma": float(gamma),
-        "num_chains": C,
-        "num_draws": int(num_draws),
-        "num_burnin_steps": int(num_burnin_steps),
-        "num_steps_bw_draws": int(num_steps_bw_draws),
-        "batch_size": m,
-        "num_samples": n,
-        "mode": obj.mode,
-        "group": obj.group,
-        "diverged": bool(diverged_chains.any()),
-        "diverged_chains": diverged_chains,
-        "negative": negative,
-        "warnings": warnings,
-    }
+    return LLCResult(
+        llc_mean=float(per_chain.mean()),
+        llc_std=float(per_chain.std()) if C > 1 else 0.0,
+        llc_per_chain=per_chain,
+        loss_trace=trace,
+        init_loss=L0,
+        nbeta=nbeta,
+        epsilon=float(epsilon),
+        gamma=float(gamma),
+        num_chains=C,
+        num_draws=int(num_draws),
+        num_burnin_steps=int(num_burnin_steps),
+        num_steps_bw_draws=int(num_steps_bw_draws),
+        batch_size=m,
+        num_samples=n,
+        mode=obj.mode,
+        group=obj.group,
+        diverged=bool(diverged_chains.any()),
+        diverged_chains=diverged_chains,
+        negative=negative,
+        warnings=warnings,
+    )

@@ -1,53 +1,66 @@
-"""Figures of curvature results (matplotlib, object API: nothing is shown)."""
+"""Figures of curvature results (matplotlib, object API: nothing is shown or saved).
+
+Each ``plot_*(result, ax=None)`` draws on ``ax`` (a new figure when None) and returns
+the Axes; write it with :func:`lossatlas.plotting.save_figure`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..plotting import save_figure
+from .._compat import legacy_plot_path, save_legacy_plot
 from .density import SpectralDensity
+from .llc import LLCResult
 
 __all__ = ["plot_density", "plot_llc_trace"]
 
 
-def _save(fig: Figure, path: str | Path | None) -> None:
-    if path is not None:
-        save_figure(fig, path, dpi=120)
+def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    return ax if ax is not None else Figure(figsize=figsize, layout="constrained").add_subplot()
 
 
-def plot_llc_trace(result: dict[str, Any], path: str | Path | None = None) -> Figure:
+def plot_llc_trace(result: LLCResult | Mapping[str, Any], ax: Axes | None = None, *,
+                   path: str | os.PathLike | None = None) -> Axes:
     """Loss traces of the SGLD chains of :func:`llc` (one line per chain, the mean
-    dashed, ``L(w*)`` dotted); written as PNG to ``path`` when given."""
-    trace = np.asarray(result["loss_trace"], dtype=float)
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
+    dashed, ``L(w*)`` dotted; y in the loss's units). ``result``: the
+    :class:`LLCResult` (or the dict ``llc`` used to return). ``path`` is deprecated
+    (save the returned Axes with ``save_figure``)."""
+    ax, path = legacy_plot_path("plot_llc_trace", ax, path)
+    r = result.to_dict() if isinstance(result, LLCResult) else result
+    trace = np.asarray(r["loss_trace"], dtype=float)
+    ax = _new_axes(ax, (7, 4))
     draws = np.arange(trace.shape[1])
     for i, row in enumerate(trace):
         ax.plot(draws, row, lw=0.8, alpha=0.7, label=f"chain {i}")
     ax.plot(draws, trace.mean(0), "k--", lw=1.5, label="mean")
-    ax.axhline(result["init_loss"], color="grey", ls=":", label="L(w*)")
+    ax.axhline(r["init_loss"], color="grey", ls=":", label="L(w*)")
     ax.set_xlabel("draw")
     ax.set_ylabel("batch loss")
-    flag = "  [diverged]" if result.get("diverged") else ""
-    ax.set_title(f"LLC = {result['llc_mean']:.3g} ± {result['llc_std']:.2g}{flag}")
+    flag = "  [diverged]" if r.get("diverged") else ""
+    ax.set_title(f"LLC = {r['llc_mean']:.3g} ± {r['llc_std']:.2g}{flag}")
     if trace.shape[0] <= 10:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-    _save(fig, path)
-    return fig
+    save_legacy_plot("plot_llc_trace", ax, path, dpi=120)
+    return ax
 
 
-def plot_density(density: SpectralDensity, path: str | Path | None = None) -> Figure:
-    """The Hessian eigenvalue density on a log scale (as Ghorbani et al. 2019)."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
+def plot_density(density: SpectralDensity, ax: Axes | None = None, *,
+                 path: str | os.PathLike | None = None) -> Axes:
+    """The Hessian eigenvalue density on a log scale (as Ghorbani et al. 2019); x in
+    loss per squared parameter. ``path`` is deprecated (save the returned Axes with
+    ``save_figure``)."""
+    ax, path = legacy_plot_path("plot_density", ax, path)
+    ax = _new_axes(ax, (6, 4))
     d = density.density.numpy()
     ax.semilogy(density.grid.numpy(), np.maximum(d, 1e-12))
     ax.set_xlabel("eigenvalue (loss / parameter²)")
     ax.set_ylabel("density")
     ax.set_ylim(max(1e-8, d.max() * 1e-10), d.max() * 2)
-    _save(fig, path)
-    return fig
+    save_legacy_plot("plot_density", ax, path, dpi=120)
+    return ax

@@ -111,8 +111,8 @@ def terrain(
         if "llc" in measures:
             res = _llc(templates[i], data, params=p, seed=seed, progress=False,
                        **common_llc(common), **(llc_kwargs or {}))
-            out["llc_mean"][i], out["llc_std"][i] = res["llc_mean"], res["llc_std"]
-            out["llc_diverged"][i] = float(res["diverged"])
+            out["llc_mean"][i], out["llc_std"][i] = res.llc_mean, res.llc_std
+            out["llc_diverged"][i] = float(res.diverged)
         log.info("terrain: model %d of %d done", i + 1, P)
     if "sharpness" in measures:
         # all points at once on one template; one at a time on their own templates
