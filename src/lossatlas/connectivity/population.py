@@ -27,6 +27,7 @@ __all__ = ["plot_barriers", "population_barrier_matrices", "population_barriers"
 def population_barrier_matrices(
     models: Sequence[nn.Module], names: Sequence[str], data, align: bool = False,
     device=None, steps: int = 25, bn: Literal["own", "recompute"] | None = None,
+    loss_fn=None,
 ) -> dict[str, xr.DataArray]:
     """Loss-barrier matrices (Entezari definition, nats) of ``models`` on ``data``.
 
@@ -34,19 +35,19 @@ def population_barrier_matrices(
     the matrix once every model is permuted onto ``models[0]`` by weight matching (the
     permutation spec traced once, on the data's first samples). ``steps`` points on each
     straight path; ``bn`` the BatchNorm policy (default: statistics recomputed at every
-    point).
+    point); ``loss_fn`` as in :func:`barrier_matrix` (default cross-entropy).
     """
     from ..symmetry import permutation_spec, weight_matching
     from .barriers import barrier_matrix
 
     mats = {"before": barrier_matrix(models, data, steps=steps, names=names, device=device,
-                                     bn=bn)}
+                                     bn=bn, loss_fn=loss_fn)}
     if align:
         ref = models[0]
         spec = permutation_spec(ref, data=data)
         aligned = [ref] + [weight_matching(ref, m, spec) for m in models[1:]]
         mats["after"] = barrier_matrix(aligned, data, steps=steps, names=names,
-                                       device=device, bn=bn)
+                                       device=device, bn=bn, loss_fn=loss_fn)
     return mats
 
 
