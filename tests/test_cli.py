@@ -168,7 +168,7 @@ def test_hessian_and_llc(checkpoints, tmp_path):
     splits = create_data("blobs", num_features=40, num_classes=10)
     ref = llc(m, (splits.x_train[:200], splits.y_train[:200]), num_chains=2, num_draws=20,
               epsilon=1e-3, gamma=100.0, batch_size=32, device="cpu")
-    assert out["llc_mean"] == pytest.approx(float(ref["llc_mean"]), rel=1e-4, abs=1e-6)
+    assert out["llc_mean"] == pytest.approx(float(ref.llc_mean), rel=1e-4, abs=1e-6)
     assert out["parameters"] == 826 and out["regular_model_llc (d/2)"] == 413
     res = runner.invoke(app, ["hessian", *MODEL, "--out", str(tmp_path)])
     _error(res, "checkpoint")

@@ -1,4 +1,6 @@
-"""CLI verbs of terrain: ``lossatlas hessian`` and ``lossatlas llc`` (one model or a population)."""
+"""CLI verbs of terrain: ``lossatlas hessian`` and ``lossatlas llc`` (one model,
+:mod:`lossatlas.curvature.reports`, or a population,
+:func:`lossatlas.curvature.population.population_terrain`)."""
 
 from __future__ import annotations
 
@@ -8,33 +10,22 @@ from pathlib import Path
 import typer
 
 from ._common import (
-    _BN,
-    _DATA,
-    _DATA_ARG,
-    _DEVICE,
-    _MODEL_ARG,
     _OVERWRITE_RUN,
-    _RUN_MODEL,
-    _SAMPLES,
-    _SPLIT,
-    _TEST_DATA,
-    _TRUST_RUN,
+    _POPULATION_MODE,
+    POPULATION,
+    Inputs,
     Json,
+    Loaded,
     UsageError,
     Verbose,
-    _check_out,
-    _eval_options,
     _finish,
     _handle,
     _headline_finite,
-    _load_data,
-    _load_models,
-    _load_population,
     _matrix_table,
-    _model_factory,
     _number,
     _record_stage,
     _setup_logging,
+    out_option,
 )
 
 __all__ = ["hessian", "llc_cmd"]
@@ -54,6 +45,23 @@ def _terrain_table(table: dict):
                          rows, cols)
 
 
+def _population_terrain(verb: str, loaded: Loaded, population: str, out_dir: Path,
+                        overwrite: bool, as_json: bool, **measure) -> None:
+    """Population mode of ``hessian`` / ``llc``: `population_terrain` into ``OUT``, its
+    per-model table printed."""
+    from ..curvature.population import population_terrain
+
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    i = loaded.inputs
+    table = population_terrain(loaded.population(population), loaded.xy, out_dir,
+                               device=i.device, bn=i.bn, overwrite=overwrite, **measure)
+    summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    _record_stage(out_dir, verb, summary["seconds"], models=summary["models"])
+    _finish(summary, as_json, f"{verb} (population)", [_terrain_table(table)])
+
+
 @_handle
 def hessian(
     checkpoint: Path = typer.Argument(None, help="A checkpoint (or use --population)."),
@@ -71,29 +79,13 @@ def hessian(
     saddle_tol: float = typer.Option(0.05, "--saddle-tol", help="With --saddle-check: "
                                      "eigenvalues below -tol x the largest magnitude count "
                                      "as negative.", callback=_number("nonnegative")),
-    population: str = typer.Option(None, help="Population mode: dir or train run."),
-    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
-    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
-    bn: str = _BN, device: str = _DEVICE,
-    out_dir: Path = typer.Option(Path("runs/hessian"), "--out", help="Run directory.",
-                                 callback=_check_out),
-    overwrite: bool = _OVERWRITE_RUN,
+    population: str = _POPULATION_MODE, inputs: Inputs = POPULATION,
+    out_dir: Path = out_option("runs/hessian"), overwrite: bool = _OVERWRITE_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Hessian spectrum of the mean loss: top (and bottom) eigenvalues, trace, density,
     saddle verdict (eval mode)."""
-    from ..batchnorm import resolve_policy
-    from ..curvature import (
-        hessian_density,
-        hessian_eigen,
-        hessian_trace_estimate,
-        plot_density,
-        saddle_check,
-    )
-    from ..curvature.population import population_terrain
-    from ..store import atomic_write_json
-    from ..surfaces import save_figure
+    from ..curvature.reports import hessian_report
 
     _setup_logging(verbose)
     _single_or_population(checkpoint, population)
@@ -102,46 +94,16 @@ def hessian(
                          "drop them with --population")
     if not saddle_tol < 1:
         raise UsageError(f"--saddle-tol must be in [0, 1), got {saddle_tol}")
-    t0 = time.perf_counter()
-    _eval_options(bn, None, None)
-    splits, xy = _load_data(data, data_arg, split, samples, test_data)
-    factory, kwargs = _model_factory(model, model_arg, splits)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = inputs.load()
     if population is not None:
-        measures = ["eigenvalues"] + (["trace"] if trace else [])
-        table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
-                                   out_dir, measures, k=k, device=device, bn=bn,
-                                   overwrite=overwrite)
-        summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
-                   "seconds": round(time.perf_counter() - t0, 2)}
-        _record_stage(out_dir, "hessian", summary["seconds"], models=summary["models"])
-        _finish(summary, as_json, "hessian (population)", [_terrain_table(table)])
+        _population_terrain("hessian", loaded, population, out_dir, overwrite, as_json,
+                            measures=["eigenvalues"] + (["trace"] if trace else []), k=k)
         return
-    (m,) = _load_models([checkpoint], factory)
-    eig = hessian_eigen(m, xy, k=k, device=device, bn=bn)
-    summary: dict = {"eigenvalues": [float(v) for v in eig.eigenvalues],
-                     "bn": resolve_policy(m, bn, "hessian")}
-    if trace:
-        tr = hessian_trace_estimate(m, xy, device=device, bn=bn)
-        summary.update(trace=float(tr.trace), trace_std=float(tr.std))
-    if bottom:
-        low = hessian_eigen(m, xy, k=bottom, device=device, bn=bn, which="smallest")
-        summary["smallest_eigenvalues"] = [float(v) for v in low.eigenvalues]
-    if density:
-        dens = hessian_density(m, xy, device=device, bn=bn)
-        summary["negative_mass"] = dens.negative_mass()  # fraction of the spectrum below 0
-        fig = plot_density(dens)
-        fig = getattr(fig, "figure", fig)
-        summary["density_figure"] = str(save_figure(fig, out_dir / "density.png"))
-    if saddle:
-        sc = saddle_check(m, xy, k=bottom or 1, tol=saddle_tol, device=device, bn=bn)
-        summary.update({f"saddle_{k}": v for k, v in sc.as_dict().items()})
-        summary["saddle_verdict"] = "saddle" if sc.is_saddle else "minimum"
-    summary["top_eigenvalue"] = summary["eigenvalues"][0]
+    (m,) = loaded.models([checkpoint])
+    summary = hessian_report(m, loaded.xy, out_dir, k=k, trace=trace, bottom=bottom,
+                             density=density, saddle=saddle, saddle_tol=saddle_tol,
+                             device=inputs.device, bn=inputs.bn)
     _headline_finite(summary["top_eigenvalue"], "hessian: the top eigenvalue")
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(out_dir / "hessian.json", summary)
-    _record_stage(out_dir, "hessian", summary["seconds"], k=k, bottom=bottom or 0)
     _finish(summary, as_json, "hessian")
 
 
@@ -162,55 +124,23 @@ def llc_cmd(
                                 callback=_number("nonnegative")),
     batch_size: int = typer.Option(32, help="SGLD mini-batch size.",
                                    callback=_number(minimum=1)),
-    population: str = typer.Option(None, help="Population mode: dir or train run."),
-    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
-    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
-    bn: str = _BN, device: str = _DEVICE,
-    out_dir: Path = typer.Option(Path("runs/llc"), "--out", help="Run directory.",
-                                 callback=_check_out),
-    overwrite: bool = _OVERWRITE_RUN,
+    population: str = _POPULATION_MODE, inputs: Inputs = POPULATION,
+    out_dir: Path = out_option("runs/llc"), overwrite: bool = _OVERWRITE_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Local learning coefficient by SGLD with localisation (chains, diagnostics, trace plot)."""
-    from ..curvature import llc, plot_llc_trace
-    from ..curvature.population import population_terrain
-    from ..store import atomic_write_json
-    from ..surfaces import save_figure
+    from ..curvature.reports import llc_report
 
     _setup_logging(verbose)
     _single_or_population(checkpoint, population)
-    t0 = time.perf_counter()
-    _eval_options(bn, None, None)
-    splits, xy = _load_data(data, data_arg, split, samples, test_data)
-    factory, kwargs = _model_factory(model, model_arg, splits)
+    loaded = inputs.load()
     sgld = {"num_chains": chains, "num_draws": draws, "num_burnin_steps": burnin,
             "epsilon": epsilon, "nbeta": nbeta, "gamma": gamma, "batch_size": batch_size}
-    out_dir.mkdir(parents=True, exist_ok=True)
     if population is not None:
-        table = population_terrain(_load_population(population, model, kwargs, trust_run), xy,
-                                   out_dir, ["llc"], llc_kwargs=sgld, device=device, bn=bn,
-                                   overwrite=overwrite)
-        summary = {"models": len(table["models"]), "store": str(out_dir / "terrain.json"),
-                   "seconds": round(time.perf_counter() - t0, 2)}
-        _record_stage(out_dir, "llc", summary["seconds"], models=summary["models"])
-        _finish(summary, as_json, "llc (population)", [_terrain_table(table)])
+        _population_terrain("llc", loaded, population, out_dir, overwrite, as_json,
+                            measures=["llc"], llc_kwargs=sgld)
         return
-    (m,) = _load_models([checkpoint], factory)
-    res = llc(m, xy, device=device, bn=bn, **sgld)
-    fig = plot_llc_trace(res)
-    fig = getattr(fig, "figure", fig)
-    d = sum(p.numel() for p in m.parameters())
-    summary = {"llc_mean": float(res["llc_mean"]), "llc_std": float(res["llc_std"]),
-               # what a reader needs to place the value: a regular model of d
-               # parameters has LLC d/2; smaller means a degenerate (flatter) minimum
-               "parameters": d, "regular_model_llc (d/2)": d / 2,
-               "nbeta": float(res["nbeta"]), "samples": len(xy[1]), "batch_size": batch_size,
-               "chains": chains, "draws": draws, "burnin": burnin,
-               "warnings": res.get("warnings", []),
-               "trace_figure": str(save_figure(fig, out_dir / "llc_trace.png")),
-               "seconds": round(time.perf_counter() - t0, 2)}
-    atomic_write_json(out_dir / "llc.json", summary)
-    _record_stage(out_dir, "llc", summary["seconds"], chains=chains, draws=draws)
+    (m,) = loaded.models([checkpoint])
+    summary = llc_report(m, loaded.xy, out_dir, device=inputs.device, bn=inputs.bn, **sgld)
     _headline_finite(summary["llc_mean"], "llc: llc_mean")
     _finish(summary, as_json, "llc")
