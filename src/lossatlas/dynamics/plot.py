@@ -1,6 +1,8 @@
 """Figures of training dynamics: metrics with transitions marked, trajectories on the atlas.
 
-matplotlib only, never ``plt.show``; ``path=`` saves a PNG atomically.
+matplotlib only, never ``plt.show``; each ``plot_*`` draws on ``ax`` (a new figure when
+None) and returns the Axes; :func:`save_png` (or :func:`lossatlas.plotting.save_figure`)
+writes it. ``path=`` (saving from the plot function) is deprecated.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._compat import save_legacy_plot
 from ..errors import MissingKeyError
 from ..plotting import pyplot, save_figure
 from .transitions import Transition
@@ -19,10 +22,13 @@ from .transitions import Transition
 __all__ = ["plot_trajectory_transitions", "plot_transitions", "save_png"]
 
 
+_PNG = {"dpi": 120, "bbox_inches": "tight", "close": True}
+
+
 def save_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG atomically (120 dpi, cropped to its content) and close it
-    (:func:`lossatlas.plotting.save_figure` with these settings)."""
-    return save_figure(fig, path, dpi=120, bbox_inches="tight", close=True)
+    """Save ``fig`` (a Figure or an Axes) as PNG atomically (120 dpi, cropped to its
+    content) and close it (:func:`lossatlas.plotting.save_figure` with these settings)."""
+    return save_figure(fig, path, **_PNG)
 
 
 def _as_list(transitions: Any, name: str) -> list[Transition]:
@@ -53,7 +59,7 @@ def plot_transitions(
         drawn as markers at ``step`` on the curve of their metric
     ax : matplotlib Axes, optional (a new figure otherwise)
     onset : grokking onset step, drawn as a dashed vertical line
-    path : save a PNG there (atomically)
+    path : deprecated: save a PNG there (use :func:`save_png` on the returned Axes)
     log_x : logarithmic step axis
 
     Returns
@@ -94,8 +100,7 @@ def plot_transitions(
     h1, l1 = ax.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
     ax.set_title("metrics along training (triangles: detected transitions)")
-    if path is not None:
-        save_png(ax.figure, path)
+    save_legacy_plot("plot_transitions", ax, path, **_PNG)
     return ax
 
 
@@ -155,6 +160,5 @@ def plot_trajectory_transitions(
     ax.set_ylabel("z2")
     ax.set_title("trajectories with transitions (stars)")
     ax.legend(fontsize=8, loc="best")
-    if path is not None:
-        save_png(ax.figure, path)
+    save_legacy_plot("plot_trajectory_transitions", ax, path, **_PNG)
     return ax

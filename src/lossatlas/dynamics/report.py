@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..store import atomic_write_json
-from .transitions import Transition, detect_all, grokking_onset, lead_time
+from ..store import atomic_write_json, jsonable
+from .transitions import detect_all, grokking_onset, lead_time
 
 __all__ = ["branches_report", "dynamics_report"]
 
@@ -72,18 +72,6 @@ def _pick(metrics: Mapping[str, np.ndarray], *names: str) -> np.ndarray | None:
         if n in metrics:
             return metrics[n]
     return None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Transition):
-        return obj.to_dict()
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 def _load_population_and_data(run_dir: Path, data: Any,
@@ -167,7 +155,7 @@ def dynamics_report(
     """
     from .branches import linear_cka, representations
     from .commutator import defect_along
-    from .plot import plot_transitions
+    from .plot import plot_transitions, save_png
     from .stages import llc_stages
 
     run_dir = Path(run_dir)
@@ -197,8 +185,9 @@ def dynamics_report(
                 "train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss",
                 "test_loss", "weight_norm")} or metrics
             path = run_dir / f"dynamics_{key.replace('/', '_')}.png"
-            plot_transitions(steps, shown, entry["transitions"],
-                             onset=None if onset is None else onset["onset_step"], path=path)
+            save_png(plot_transitions(steps, shown, entry["transitions"],
+                                      onset=None if onset is None else onset["onset_step"]),
+                     path)
             figs.append(str(path))
         idx = trajectories.get(key)
         if idx is None and len(trajectories) == 1:
@@ -247,13 +236,13 @@ def dynamics_report(
                     min_size=2)
                 if figures:
                     path = run_dir / f"checkpoints_{key.replace('/', '_')}.png"
-                    plot_transitions(ck_steps, ck_series, entry["checkpoint_transitions"],
-                                     onset=None if onset is None else onset["onset_step"],
-                                     path=path)
+                    save_png(plot_transitions(
+                        ck_steps, ck_series, entry["checkpoint_transitions"],
+                        onset=None if onset is None else onset["onset_step"]), path)
                     figs.append(str(path))
         entry["figures"] = figs
         report["runs"][key] = entry
-    report = _jsonable(report)
+    report = jsonable(report)  # the returned dict is the JSON written
     atomic_write_json(run_dir / "dynamics.json", report)
     return report
 
@@ -334,7 +323,7 @@ def branches_report(
     out = {"models": population.labels, **res.to_dict()}
     if bm is not None:
         out["barrier_matrix"] = np.asarray(getattr(bm, "values", bm), dtype=float).tolist()
-    out = _jsonable(out)
+    out = jsonable(out)  # the returned dict is the JSON written
     target = Path(out_dir) if out_dir is not None else where
     if target is not None:
         atomic_write_json(target / "branches.json", out)
