@@ -45,3 +45,9 @@ class NotComputedError(RuntimeError, LossatlasError):
 class ReportError(RuntimeError, LossatlasError):
     """A report section could not be built from what the run directory stores (a result
     file that is unreadable or malformed); the message names the section and the run."""
+
+
+class UnsupportedModelError(RuntimeError, LossatlasError):
+    """A model lossatlas cannot analyse as asked (torch.fx cannot trace it, two of its
+    layers would have to share a permutation of different sizes); the message names the
+    model and what to do instead."""
