@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..errors import InputTypeError
 from ..progress import progress_bar
 from ..store import Run, atomic_write_json
 from .grokking import run_grokking
@@ -250,7 +251,7 @@ def lead_time_sweep(
     """
     for name in ("defect", "out_dir", "p", "weight_decay", "seed"):
         if name in grokking_kwargs:
-            raise TypeError(f"lead_time_sweep: {name!r} is set by the sweep, not a keyword")
+            raise InputTypeError(f"lead_time_sweep: {name!r} is set by the sweep, not a keyword")
     grid = list(itertools.product([int(p) for p in moduli], [float(w) for w in weight_decays],
                                   [int(s) for s in seeds]))
     if not grid:
@@ -372,7 +373,7 @@ def grokking_interventions(
             f"grokking_interventions: weight_decay_factor must be > 0, got {weight_decay_factor}")
     for name in ("out_dir", "freeze_embedding"):
         if name in grokking_kwargs:
-            raise TypeError(f"grokking_interventions: {name!r} is set by the study")
+            raise InputTypeError(f"grokking_interventions: {name!r} is set by the study")
     out = Path(out_dir)
     plan = {"baseline": {"weight_decay": float(weight_decay)},
             "stronger_weight_decay": {"weight_decay": float(weight_decay) * weight_decay_factor}}

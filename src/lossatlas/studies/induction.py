@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import InputTypeError
 from ..models.transformer import Attention
 from ..progress import progress_bar
 from ..recorder import Recorder
@@ -369,7 +370,7 @@ def run_induction_heads(
                          f"got {config!r}")
     unknown = set(overrides) - set(INDUCTION_CONFIGS[config])
     if unknown:
-        raise TypeError(f"run_induction_heads: unknown options {sorted(unknown)}; the preset "
+        raise InputTypeError(f"run_induction_heads: unknown options {sorted(unknown)}; the preset "
                         f"keys are {sorted(INDUCTION_CONFIGS[config])}")
     cfg = {**INDUCTION_CONFIGS[config], **overrides}
     steps = int(cfg["steps"])

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..batches import TensorData, as_tensor_data
+from ..errors import InputTypeError
 
 __all__ = ["infer_example_input", "resolve_example_input"]
 
@@ -137,7 +138,7 @@ def infer_example_input(
     ``example_input=`` or ``data=``.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{where}: expected an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"{where}: expected an nn.Module, got {type(model).__name__}")
     n = int(batch_size)
     if n < 1:
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")

@@ -14,6 +14,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..errors import UnsupportedModelError
+
 __all__ = ["trace"]
 
 _MISSING = object()
@@ -150,7 +152,7 @@ def trace(model: nn.Module, example_input: Tensor | tuple) -> fx.GraphModule:
     try:
         graph = tracer.trace(model, concrete_args=concrete_args or None)
     except Exception as err:  # noqa: BLE001 - re-raised with the model named
-        raise RuntimeError(
+        raise UnsupportedModelError(
             f"trace: torch.fx could not trace {type(model).__name__}: {err}"
         ) from err
     finally:

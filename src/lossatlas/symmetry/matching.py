@@ -27,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ..batches import as_tensor_data
+from ..errors import InputTypeError
 from ._inputs import resolve_example_input
 from .spec import (
     PermutationSpec,
@@ -55,7 +56,7 @@ def _units_matrix(t: Tensor, axis: int, n: int) -> Tensor:
 def _check_models(fn: str, model_a: nn.Module, model_b: nn.Module) -> None:
     for which, m in (("model_a", model_a), ("model_b", model_b)):
         if not isinstance(m, nn.Module):
-            raise TypeError(f"{fn}: {which} must be an nn.Module, got {type(m).__name__}")
+            raise InputTypeError(f"{fn}: {which} must be an nn.Module, got {type(m).__name__}")
     ka, kb = set(model_a.state_dict()), set(model_b.state_dict())
     if ka != kb:
         diff = sorted(ka ^ kb)[:4]

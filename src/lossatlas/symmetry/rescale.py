@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import MissingKeyError
 from ._inputs import resolve_example_input
 from .spec import NormScale, PermutationSpec, permutation_spec, scale_axis
 
@@ -52,7 +53,7 @@ def apply_rescaling(
     out = dict(state)
     for g, c in scales.items():
         if g not in spec.rescalable:
-            raise KeyError(
+            raise MissingKeyError(
                 f"apply_rescaling: group {g!r} is not rescalable (rescalable: "
                 f"{sorted(spec.rescalable)[:6]})"
             )
@@ -83,7 +84,7 @@ def apply_norm_scaling(
     out = dict(state)
     for name, c in scales.items():
         if name not in by_producer:
-            raise KeyError(
+            raise MissingKeyError(
                 f"apply_norm_scaling: {name!r} does not feed a norm layer alone (scalable "
                 f"layers: {sorted(by_producer)[:6]})"
             )

@@ -70,6 +70,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..errors import InputTypeError, MissingKeyError, UnsupportedModelError
 from ._inputs import resolve_example_input
 from ._trace import trace
 
@@ -206,7 +207,7 @@ class PermutationSpec:
             n = self.sizes[g]
             for ax in axes:
                 if ax.name not in state:
-                    raise KeyError(
+                    raise MissingKeyError(
                         f"PermutationSpec: group {g!r} permutes {ax.name!r}, which is missing "
                         f"from the {where}"
                     )
@@ -318,7 +319,7 @@ class _Builder:
         if ra == rb:
             return ra
         if self.size[ra] and self.size[rb] and self.size[ra] != self.size[rb]:
-            raise RuntimeError(
+            raise UnsupportedModelError(
                 f"permutation_spec: cannot tie groups of {self.creator[ra]} ({self.size[ra]} "
                 f"units) and {self.creator[rb]} ({self.size[rb]} units): sizes differ"
             )
@@ -819,7 +820,7 @@ def permutation_spec(
     PermutationSpec
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"permutation_spec: expected an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"permutation_spec: expected an nn.Module, got {type(model).__name__}")
     example_input = resolve_example_input(model, example_input, data, where="permutation_spec")
     gm = trace(model, example_input)
     builder = _Builder(gm, strict)
@@ -875,7 +876,7 @@ def _check_signs(spec: PermutationSpec, signs: Mapping[str, Tensor], where: str
     out = {}
     for g, sg in signs.items():
         if g not in spec.odd:
-            raise KeyError(
+            raise MissingKeyError(
                 f"{where}: group {g!r} has no sign-flip symmetry (its units pass through a "
                 f"non-odd operation, e.g. ReLU or a norm layer); odd groups: "
                 f"{sorted(spec.odd)[:6]}"
@@ -906,7 +907,7 @@ def apply_permutation(
     signs = _check_signs(spec, signs or {}, "apply_permutation")
     unknown = set(perms) - set(spec.groups)
     if unknown:
-        raise KeyError(
+        raise MissingKeyError(
             f"apply_permutation: no group named {sorted(unknown)[:3]}; groups are "
             f"{list(spec.groups)[:6]}"
         )
