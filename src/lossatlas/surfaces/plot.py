@@ -1,8 +1,9 @@
 """Figures of slice fields: curves, filled contours, 3-D surfaces, PCA trajectories.
 
-All functions build ``matplotlib.figure.Figure`` objects directly (no pyplot, no
-global backend change, never ``show``), so they work headless; they return the
-figure, and :func:`save_figure` writes it atomically. Colour maps are
+Every ``plot_*(ds, ..., ax=None)`` draws on ``ax`` or on a new
+``matplotlib.figure.Figure`` built directly (no pyplot, no global backend change, never
+``show``, never saving), so they work headless; they return the Axes, and
+:func:`save_figure` writes it (``save_figure(plot_contour(ds), "slice.png")``). Colour maps are
 perceptually uniform (viridis by default), readable in grey scale. Loss colour
 scales are log10 by default (losses span decades).
 """
@@ -19,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import MissingKeyError
-from ..fields import log10_loss
 from ..plotting import save_figure  # the one figure saver, re-exported here
+from ..scale import log10_loss
 from .slices import Slice
 
 __all__ = ["plot_contour", "plot_curve", "plot_surface", "plot_trajectory", "save_figure"]
@@ -109,7 +110,7 @@ def plot_curve(
     ax: Axes | None = None,
     log: bool = False,
     points=None,
-) -> Figure:
+) -> Axes:
     """A 1-D field as a curve: x = the field's dim (with units), y = ``var``.
 
     ``log`` uses a logarithmic y axis. ``points``: x positions to mark with
@@ -118,7 +119,7 @@ def plot_curve(
     """
     _check_var(ds, var, "plot_curve")
     (dim,) = _check_ndim(ds, var, 1, "plot_curve")
-    fig, ax = _new_axes(ax)
+    _, ax = _new_axes(ax)
     da = ds[var]
     x = ds[dim].values
     ax.plot(x, da.values, "-", color="C0", marker="." if len(x) <= 60 else None, label=var)
@@ -138,7 +139,7 @@ def plot_curve(
     ax.set_xlabel(_axis_label(ds, dim))
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    return fig
+    return ax
 
 
 def plot_contour(
@@ -149,7 +150,7 @@ def plot_contour(
     points=None,
     levels: int = 30,
     cmap: str = "viridis",
-) -> Figure:
+) -> Axes:
     """Filled contours of a 2-D field with a labelled colour bar.
 
     x = the field's first dim, y = the second. The loss is shown as log10 by
@@ -183,7 +184,7 @@ def plot_contour(
     ax.set_xlabel(_axis_label(ds, dx))
     ax.set_ylabel(_axis_label(ds, dy))
     ax.set_aspect("auto")
-    return fig
+    return ax
 
 
 def plot_surface(
@@ -191,11 +192,16 @@ def plot_surface(
     var: str = "loss",
     log: bool = True,
     cmap: str = "viridis",
-) -> Figure:
-    """A 2-D field as a 3-D surface (z = log10 loss by default), with a colour bar."""
+    ax: Axes | None = None,
+) -> Axes:
+    """A 2-D field as a 3-D surface (z = log10 loss by default), with a colour bar;
+    ``ax`` must be a 3-D Axes (``projection="3d"``) when given."""
     _check_var(ds, var, "plot_surface")
     dx, dy = _check_ndim(ds, var, 2, "plot_surface")
-    fig, ax = _new_axes(None, projection="3d")
+    if ax is not None and getattr(ax, "name", "") != "3d":
+        raise ValueError("plot_surface: ax must be a 3-D Axes (add_subplot(projection='3d')), "
+                         f"got a {getattr(ax, 'name', type(ax).__name__)!r} Axes")
+    fig, ax = _new_axes(ax, projection="3d")
     da, label = _values(ds, var, log)
     z = da.transpose(dy, dx).values.astype(float)
     z = np.where(np.isfinite(z), z, np.nan)
@@ -209,7 +215,7 @@ def plot_surface(
     ax.set_xlabel(_axis_label(ds, dx))
     ax.set_ylabel(_axis_label(ds, dy))
     ax.set_zlabel(label)
-    return fig
+    return ax
 
 
 def plot_trajectory(
@@ -218,7 +224,7 @@ def plot_trajectory(
     var: str = "loss",
     log: bool = True,
     ax: Axes | None = None,
-) -> Figure:
+) -> Axes:
     """Contours of a PCA-plane field with the projected checkpoints as a connected line.
 
     ``pca_slice`` is the :class:`Slice` from :func:`~lossatlas.surfaces.pca_plane`
@@ -232,8 +238,7 @@ def plot_trajectory(
             "plot_trajectory: no projected trajectory; pass the Slice returned by pca_plane()"
         )
     traj = np.asarray(info["trajectory"], dtype=float)
-    fig = plot_contour(ds, var, log, ax=ax, points={})
-    ax = fig.axes[0] if ax is None else ax
+    ax = plot_contour(ds, var, log, ax=ax, points={})
     err = np.asarray(info.get("projection_error") or [np.nan], dtype=float)
     overall = info.get("info", {}).get("projection_error_total")
     total = f", overall {overall:.1%}" if overall is not None else ""
@@ -252,6 +257,6 @@ def plot_trajectory(
             f"PCA plane: explained variance {ev[0]:.1%} + {ev[1]:.1%} = {sum(ev[:2]):.1%}",
             fontsize=10,
         )
-    return fig
+    return ax
 
 
