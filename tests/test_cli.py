@@ -249,7 +249,7 @@ def test_atlas_with_a_memory_budget_streams_the_population(checkpoints, tmp_path
     run = tmp_path / "budget"
     lean = _json(runner.invoke(app, [*common, "--memory-budget", "64kB", "--out", str(run)]))
     stream = run / "population.safetensors"
-    assert stream.exists() and (run / "embedding" / "reduction.components.safetensors").exists()
+    assert stream.exists() and (run / "embedding" / "map.components.safetensors").exists()
     for key in ("samples", "basins", "basins_with_models"):
         assert lean[key] == plain[key]
     assert lean["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-9)
