@@ -175,6 +175,18 @@ def test_connect_layer_noise_is_the_library_profile(checkpoints, tmp_path):
         tol = float(ref["tolerance"].sel(group=g, model="b"))
         assert row["tolerance_b"] == pytest.approx(tol, rel=1e-4, abs=1e-6, nan_ok=True)
     assert _stages(tmp_path)["connect"]["layer_noise"] is True
+    # connect.json holds the rows too; without --json they are a printed table
+    written = json.loads((tmp_path / "connect.json").read_text())["layers"]
+    assert written.keys() == out["layers"].keys()
+    assert [r["barrier_a"] for r in written.values()] == [r["barrier_a"]
+                                                         for r in out["layers"].values()]
+    res = runner.invoke(app, ["connect", str(checkpoints[0]), str(checkpoints[1]), *MODEL,
+                              "--curve", "linear", "--points", "5", "--samples", "200",
+                              "--layer-noise", "--noise-scales", "0.1,1.0", "--noise-draws",
+                              "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "per layer: barrier (loss) and noise tolerance" in res.output
+    assert "tolerance_b" in res.output
     res = runner.invoke(app, ["connect", str(checkpoints[0]), str(checkpoints[1]), *MODEL,
                               "--layer-noise", "--noise-scales", "0.1,x", "--out",
                               str(tmp_path)])
