@@ -77,6 +77,40 @@ def test_recompute_equals_train_mode_over_all_samples(factory, backend, batch_si
                               rtol=1e-3)
 
 
+@pytest.mark.parametrize("factory", [bn_cnn, Residual])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_recompute_in_the_evaluation_pass_equals_the_sequential_backend(factory, channels_last):
+    models = [trained(factory, s) for s in range(3)]
+    ev = Evaluator(models[0], (X, Y), backend="fast-bnrecompute", channels_last=channels_last)
+    assert ev.backend == "fast-bnrecompute" and ev.batch_size == len(X)
+    assert ev.recompute_in_pass
+    pts = torch.stack([ev.space.flatten(m) for m in models])
+    got = ev.evaluate(pts)
+    seq = Evaluator(models[0], (X, Y), backend="sequential").evaluate(pts)
+    torch.testing.assert_close(got["loss"], seq["loss"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got["accuracy"], seq["accuracy"])
+    want = torch.tensor([train_mode_loss(m) for m in models])
+    torch.testing.assert_close(got["loss"], want, rtol=1e-5, atol=1e-6)
+    # a batch split later (out of memory, use_sizes): statistics from the generic pass
+    ev.use_sizes(2, 32)
+    assert not ev.recompute_in_pass
+    torch.testing.assert_close(ev.evaluate(pts)["loss"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_recompute_fast_path_is_chosen_only_where_it_applies():
+    model = trained(Residual, 0)
+    # the CPU keeps the sequential backend under "auto" (its results stay as they were)
+    assert Evaluator(model, (X, Y)).backend == "sequential"
+    with pytest.raises(ValueError, match="batch_size=30 < 90"):
+        Evaluator(model, (X, Y), backend="fast-bnrecompute", batch_size=30)
+    with pytest.raises(ValueError, match="bn_data is given"):
+        Evaluator(model, (X, Y), backend="fast-bnrecompute", bn_data=(X[:10], Y[:10]))
+    with pytest.raises(ValueError, match="bn='own'"):
+        Evaluator(model, (X, Y), backend="fast-bnrecompute", bn="own")
+    with pytest.raises(ValueError, match="registered backend"):
+        Evaluator(model, (X, Y), backend="no-such-backend")
+
+
 def test_recompute_with_a_dataloader_of_small_batches():
     model = trained(bn_cnn, 1)
     loader = DataLoader(TensorDataset(X, Y), batch_size=8)

@@ -11,6 +11,8 @@ subclass with a unique ``name``, registered in ``BACKENDS`` at its place in the 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -38,7 +40,8 @@ class Backend:
         A specialised path (``backend="fast"`` chooses among these only).
     family : str
         How the Evaluator sizes its chunks and batches for it: ``"mlp"``, ``"bnfold"``,
-        ``"loop"`` (one point at a time over large batches) or ``"generic"``.
+        ``"bnrecompute"`` (one point at a time over all samples), ``"loop"`` (one point at
+        a time over large batches) or ``"generic"``.
     """
 
     name: ClassVar[str] = ""
@@ -134,17 +137,60 @@ class FoldedBN(Backend):
         return why
 
     def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
-        old = torch.backends.cudnn.benchmark
-        # Fixed shapes over many points: let cuDNN time its algorithms once, unless
-        # deterministic results were asked for (the timing picks per process).
-        deterministic = (torch.backends.cudnn.deterministic
-                         or torch.are_deterministic_algorithms_enabled())
-        torch.backends.cudnn.benchmark = (ev.device.type == "cuda" and not deterministic) or old
-        try:
-            with torch.no_grad():
-                return ev._accumulate(lambda x: ev._point_outputs_folded(chunk, x), len(chunk))
-        finally:
-            torch.backends.cudnn.benchmark = old
+        with _autotune(ev), torch.no_grad():
+            return ev._accumulate(lambda x: ev._point_outputs_folded(chunk, x), len(chunk))
+
+
+@contextlib.contextmanager
+def _autotune(ev: Evaluator) -> Iterator[None]:
+    """cuDNN times its algorithms once for the fixed shapes of many points (CUDA), unless
+    deterministic results were asked for (the timing picks per process)."""
+    old = torch.backends.cudnn.benchmark
+    deterministic = (torch.backends.cudnn.deterministic
+                     or torch.are_deterministic_algorithms_enabled())
+    torch.backends.cudnn.benchmark = (ev.device.type == "cuda" and not deterministic) or old
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+class RecomputeBN(Backend):
+    """``bn="recompute"`` with all samples in one batch, on CUDA: one point after another
+    over all samples, channels-last, each BatchNorm layer normalising with the statistics
+    of the whole batch in the evaluation pass itself (no separate statistics pass);
+    ``compile=True`` adds ``torch.compile`` of the per-point forward. When the batch is
+    later split (out of memory, ``use_sizes``), the chunk goes the generic way."""
+
+    name, fast, family = "fast-bnrecompute", True, "bnrecompute"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        if ev.bn != "recompute":
+            return f"bn={ev.bn!r} (this path recomputes BatchNorm statistics)"
+        if ev.device.type != "cuda" and ev._backend_request != self.name:
+            # on the CPU "auto" keeps the sequential backend (bench/bn_policy*.py); this
+            # path runs there only when asked for by name
+            return "not on CUDA"
+        if ev.bn_data is not None:
+            return "bn_data is given (the statistics come from other samples)"
+        if not isinstance(ev.data.x, Tensor):
+            return "the inputs are not one tensor"
+        asked = ev._asked_batch_size
+        if asked is not None and asked < ev.num_samples:
+            return f"batch_size={asked} < {ev.num_samples} samples (statistics need them all)"
+        from .evaluate import RECOMPUTE_ONE_BATCH
+
+        need = ev._live_bytes() * ev.num_samples
+        if need > max(ev.memory_budget, RECOMPUTE_ONE_BATCH):
+            return (f"all {ev.num_samples} samples in one batch need ~{need >> 20} MiB of "
+                    "activations, above the memory budget")
+        return None
+
+    def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
+        if not ev.recompute_in_pass:
+            return ev._evaluate_generic(chunk)
+        with _autotune(ev), torch.no_grad():
+            return ev._accumulate(lambda x: ev._point_outputs_recompute(chunk, x), len(chunk))
 
 
 class Compiled(Backend):
@@ -195,8 +241,8 @@ class Sequential(Vmap):
 
 
 #: Every backend, in the order ``backend="auto"`` tries them.
-BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FoldedBN(), Compiled(), Vmap(),
-                                 Sequential())
+BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FoldedBN(), RecomputeBN(), Compiled(),
+                                 Vmap(), Sequential())
 
 
 def backend_names() -> list[str]:

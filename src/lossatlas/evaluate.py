@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from . import batchnorm as bnp
-from .backends import BACKENDS, Backend, get_backend
+from .backends import BACKENDS, Backend, backend_names, get_backend
 from .batches import as_tensor_data, num_samples, to_device
 from .kernels.bnfold import FoldPlan
 from .kernels.mlp import MLPPlan, mlp_logits
@@ -27,7 +27,8 @@ __all__ = ["Evaluator", "accuracy", "precision_context"]
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "tf32", "bf16"]
-BackendName = Literal["auto", "fast", "vmap", "sequential"]
+BackendName = Literal["auto", "fast", "vmap", "sequential", "fast-mlp-fused", "fast-mlp",
+                      "fast-bnfold", "fast-bnrecompute", "compiled"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -217,8 +218,13 @@ class Evaluator:
         per-point forward and loss through ``torch.compile``, one point after another:
         large models such as transformers), ``"vmap"`` (``functional_call``
         vectorised over points) and ``"sequential"`` (one point after another; used
-        when vmap fails on the model). "fast" takes the first fast path and raises
-        when none applies; "vmap" and "sequential" are used as asked. The choice is
+        when vmap fails on the model). Under ``bn="recompute"`` on CUDA with all
+        samples in one batch, ``"fast-bnrecompute"`` comes before ``"vmap"``: one point
+        after another, channels-last, train-mode BatchNorm over all samples in the
+        evaluation pass itself (cuDNN autotuning; ``torch.compile`` with
+        ``compile=True``). "fast" takes the first fast path and raises
+        when none applies; "vmap" and "sequential" are used as asked, and so is any
+        other registered backend's name (an error when it does not apply). The choice is
         made once, logged (with why the faster ones did not apply), and is
         ``self.backend``, shown in ``repr``.
     space : ParamSpace, optional
@@ -285,10 +291,10 @@ class Evaluator:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Evaluator: model must be an nn.Module, got {type(model).__name__}")
-        if backend not in ("auto", "fast", "vmap", "sequential"):
+        if backend not in ("auto", "fast", *backend_names()):
             raise ValueError(
-                "Evaluator: backend must be 'auto', 'fast', 'vmap' or 'sequential', "
-                f"got {backend!r}"
+                "Evaluator: backend must be 'auto', 'fast' or a registered backend "
+                f"({', '.join(backend_names())}), got {backend!r}"
             )
         if precision not in ("fp32", "tf32", "bf16"):
             raise ValueError(
@@ -309,9 +315,8 @@ class Evaluator:
                     f"Evaluator: bn='own' needs each point's BatchNorm statistics, but the "
                     f"space does not lay out {missing[:4]}{'...' if len(missing) > 4 else ''}; "
                     "use ParamSpace(model, buffers=True) or bn='recompute'")
-        if self.bn == "recompute" and backend == "fast":
-            raise ValueError("Evaluator: bn='recompute' has no fast path; use backend='auto', "
-                             "'vmap' or 'sequential'")
+        self._asked_batch_size = batch_size
+        self._backend_request = backend
         self.metrics = {"accuracy": accuracy, **(metrics or {})}
         self.output = output
         self.compile = bool(compile)
@@ -436,6 +441,14 @@ class Evaluator:
             chosen = get_backend(backend)
             log.info("Evaluator: backend %r (asked for)", chosen.name)
             return chosen
+        if backend not in ("auto", "fast"):  # a specialised backend by name
+            chosen = get_backend(backend)
+            why = chosen.why_not(self)
+            if why is not None:
+                raise ValueError(f"Evaluator: backend={backend!r} does not apply to "
+                                 f"{type(self.model).__name__}: {why}; use backend='auto'")
+            log.info("Evaluator: backend %r (asked for)", chosen.name)
+            return chosen
         reasons = []
         for candidate in BACKENDS:
             if backend == "fast" and not candidate.fast:
@@ -449,6 +462,7 @@ class Evaluator:
         raise ValueError(
             "Evaluator: backend='fast' but no fast path applies to "
             f"{type(self.model).__name__} ({'; '.join(reasons)}); use backend='auto'"
+            + (", 'vmap' or 'sequential'" if self.bn == "recompute" else "")
         )
 
     def use_sizes(self, chunk_size: int, batch_size: int) -> None:
@@ -531,6 +545,9 @@ class Evaluator:
             # All samples at once where 16 points fit: the first layer's GEMM is widest then.
             fit = self.memory_budget // (16 * self._mlp_bytes())
             return int(max(1, min(self.num_samples, fit)))
+        if family == "bnrecompute":
+            # train-mode BatchNorm over all samples in the one forward pass of a point
+            return self.num_samples
         if family == "bnfold":
             # One point at a time over a large batch: ~4 live activations of the largest size.
             fit = self.memory_budget // (4 * 4 * self._act_max)
@@ -559,7 +576,7 @@ class Evaluator:
         family = self._backend.family
         if family == "mlp":
             per_point = self._mlp_bytes() * self.batch_size + weights
-        elif family in ("bnfold", "loop"):
+        elif family in ("bnfold", "bnrecompute", "loop"):
             # Folded weights of every point of the chunk; activations of one point at a time.
             per_point = weights
             cap = 64 if self.device.type == "cuda" else 16
@@ -714,6 +731,24 @@ class Evaluator:
                 return self._folded_forward({**p, **fixed}, x)
 
             return vmap(one, in_dims=(0,), randomness="different")(batched)
+        return self._point_loop(self._folded_forward, batched, fixed, x)
+
+    def _recompute_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """One point's outputs on all samples ``x``: every BatchNorm layer (its running
+        statistics stripped) normalises with the statistics of this whole batch."""
+        return model_output(call_model(self.model, params, x), self.output)
+
+    def _point_outputs_recompute(self, chunk: Tensor, x: Tensor) -> Tensor:
+        """Outputs ``[P, n, ...]`` under "recompute" with all ``n`` samples in ``x``: the
+        statistics come from the same pass (no separate statistics pass)."""
+        return self._point_loop(self._recompute_forward, self._point_params(chunk),
+                                self._fixed, x)
+
+    def _point_loop(self, forward: Callable, batched: dict[str, Tensor],
+                    fixed: dict[str, Tensor], x: Tensor) -> Tensor:
+        """``forward({**fixed, **point}, x)`` for one point after another (``batched``:
+        ``{name: Tensor[P, ...]}``), stacked ``[P, n, ...]``: channels-last 4-D inputs and
+        weights where asked, through ``torch.compile`` with ``compile=True``."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
             cl = {k for k, v in {**batched, **fixed}.items() if v.dim() - (k in batched) == 4}
@@ -722,11 +757,11 @@ class Evaluator:
         else:
             cl = set()
         if self.compile and self._compiled is None:
-            self._compiled = self._compile_fn(self._folded_forward, None)
-        fn = self._compiled if self.compile else self._folded_forward
+            self._compiled = self._compile_fn(forward, None)
+        fn = self._compiled if self.compile else forward
         assert fn is not None
         outs = []
-        for i in range(len(chunk)):
+        for i in range(next(iter(batched.values())).shape[0]):
             own = {k: v[i].contiguous(memory_format=torch.channels_last) if k in cl else v[i]
                    for k, v in batched.items()}
             outs.append(fn({**fixed, **own}, x))
@@ -829,12 +864,20 @@ class Evaluator:
     def _evaluate_generic(self, chunk: Tensor) -> dict[str, Tensor]:
         """The vmap and sequential backends (``functional_call`` per point)."""
         params = self._point_params(chunk)
-        if self.bn == "recompute" and (self.bn_data is not None
-                                       or self.batch_size < self.num_samples):
+        if self.recompute_in_pass:
+            # all samples in one batch: each BatchNorm layer normalises with the statistics
+            # of the whole data under the point's weights, in the evaluation pass
+            pass
+        elif self.bn == "recompute":
             params = {**params, **self._statistics(params)}
-        # with all samples in one batch, each BatchNorm layer normalises with the
-        # statistics of the whole data under the point's weights: "recompute" in one pass
         return self._accumulate(lambda x: self._point_outputs(params, x), len(chunk))
+
+    @property
+    def recompute_in_pass(self) -> bool:
+        """True under "recompute" when the statistics come from the evaluation pass itself:
+        all samples in one batch and no separate ``bn_data``."""
+        return (self.bn == "recompute" and self.bn_data is None
+                and self.batch_size >= self.num_samples)
 
     def _evaluate_chunk(self, chunk: Tensor) -> dict[str, Tensor]:
         return self._backend.run(self, chunk)
