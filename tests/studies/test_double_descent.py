@@ -196,3 +196,21 @@ def test_surface_flatness_on_a_known_grid():
     assert out["surface_flat_fraction"] == 0.5  # the diverged point is not flat
     with pytest.raises(ValueError, match="NaN or infinite"):
         surface_flatness(np.full(3, np.nan), 0.0)
+
+
+def test_plot_double_descent_draws_only(tmp_path):
+    """The figure is returned, not written; path= still writes it (deprecated)."""
+    from lossatlas.studies import plot_double_descent
+
+    rows = [{"width": w, "seed": s, "test_error": e, "train_error": 0.5 / w,
+             "lambda_max": float(w), "trace": 10.0 * w}
+            for w, e in ((2, 0.3), (8, 0.5), (32, 0.2)) for s in (0, 1)]
+    summary = {"models": rows, "interpolation_threshold": 8,
+               "config": {"label_noise": 0.2, "num_train": 100}}
+    fig = plot_double_descent(summary)
+    assert not list(tmp_path.iterdir())
+    err_ax = fig.axes[0]
+    assert list(err_ax.lines[0].get_ydata()) == [0.3, 0.5, 0.2]  # test error by width
+    with pytest.warns(DeprecationWarning, match="plot_double_descent: path= is deprecated"):
+        plot_double_descent(summary, tmp_path / "dd.png")
+    assert (tmp_path / "dd.png").read_bytes()[:4] == b"\x89PNG"

@@ -62,6 +62,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from .._compat import save_legacy_plot
 from ..curvature import hessian_eigen, hessian_trace_estimate
 from ..population import Population
 from ..progress import progress_bar
@@ -182,7 +183,8 @@ def _train_full_batch(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: fl
 
 def plot_double_descent(summary: dict[str, Any], path: str | Path | None = None) -> Figure:
     """Train/test error (left axis) and ``lambda_max`` / trace (right panel) vs width,
-    means over seeds, the interpolation threshold dashed; PNG to ``path`` if given."""
+    means over seeds, the interpolation threshold dashed. Returns the two-panel Figure
+    (write it with :func:`lossatlas.plotting.save_figure`); ``path`` is deprecated."""
     rows = summary["models"]
     widths = sorted({r["width"] for r in rows})
 
@@ -215,8 +217,7 @@ def plot_double_descent(summary: dict[str, Any], path: str | Path | None = None)
     h1, l1 = ax2.get_legend_handles_labels()
     h2, l2 = ax3.get_legend_handles_labels()
     ax2.legend(h1 + h2, l1 + l2, fontsize="small")
-    if path is not None:
-        save_figure(fig, path, dpi=120)
+    save_legacy_plot("plot_double_descent", fig, path, dpi=120)
     return fig
 
 
@@ -452,7 +453,7 @@ def run_double_descent(
         summary["paths"]["surfaces"] = str(out / "double_descent_surfaces.png")
         save_figure(plot_double_descent_surfaces(summary, fields),
                     out / "double_descent_surfaces.png", dpi=110)
-    plot_double_descent(summary, out / "double_descent.png")
+    save_figure(plot_double_descent(summary), out / "double_descent.png", dpi=120)
     atomic_write_json(out / "double_descent.json", summary)
     run.update("summary", "double_descent.json")
     return summary
