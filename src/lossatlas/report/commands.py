@@ -18,15 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .html import esc
 from .rundir import RunView
 
-__all__ = ["OUT_SENTENCE", "absent_panel", "fill_hint", "run_context"]
-
-OUT_SENTENCE = ("Other commands appear in this report only when they write into the "
-                "atlas's run directory: give them <code>--out {run}</code> (the "
-                "<code>--out</code> of <code>lossatlas atlas</code>), then run "
-                "<code>lossatlas report {run}</code> again.")
+__all__ = ["absent_panel", "fill_hint", "run_context"]
 
 _PLACEHOLDER = re.compile(r"\{(run|population|data|dataset|model|train|a|b)\}")
 
@@ -124,21 +118,15 @@ def fill_hint(hint: str, context: dict[str, str]) -> str:
 
 
 def absent_panel(absent: Sequence[Any], view: RunView) -> str:
-    """The "Absent sections" panel (HTML): one row per absent section with the command
-    that fills it, and the sentence about writing into the atlas's ``--out``; ``""``
-    when nothing is absent. ``absent``: :class:`~lossatlas.report.sections.SectionSpec`."""
+    """The "Absent sections" panel (HTML, ``templates/absent.html.j2``): one row per
+    absent section with the command that fills it, and the sentence about writing into
+    the atlas's ``--out``; ``""`` when nothing is absent. ``absent``:
+    :class:`~lossatlas.report.sections.SectionSpec`."""
     if not absent:
         return ""
+    from .render import render
+
     ctx = run_context(view)
-    rows = []
-    for spec in absent:
-        cmd = fill_hint(spec.hint, ctx) if spec.hint else ""
-        cell = f"<code>{esc(cmd)}</code>" if cmd else "(no command: built from stored results)"
-        rows.append(f'<tr data-section="{esc(spec.key)}"><td>{esc(spec.title)}</td>'
-                    f"<td>{cell}</td></tr>")
-    return ('<section id="absent" class="absent"><h2>Absent sections</h2>'
-            "<p>This run holds no data for these sections. Each command writes what its "
-            "section needs into this run directory. "
-            + OUT_SENTENCE.format(run=esc(ctx["run"])) + "</p>"
-            '<table class="absent-table"><tr><th>section</th><th>command that fills it</th>'
-            "</tr>" + "".join(rows) + "</table></section>")
+    rows = [{"key": spec.key, "title": spec.title,
+             "command": fill_hint(spec.hint, ctx) if spec.hint else ""} for spec in absent]
+    return render("absent.html.j2", rows=rows, run=ctx["run"])

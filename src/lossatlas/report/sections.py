@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from lossatlas.scale import drawable, log10_loss
+
 from . import figures as F
-from .html import esc, fmt, img, table
+from .html import Code, Png, Table, esc, fmt, number
 from .rundir import RunView
 
 __all__ = ["Section", "SectionSpec", "SECTIONS", "section", "build_sections"]
@@ -43,14 +45,26 @@ __all__ = ["Section", "SectionSpec", "SECTIONS", "section", "build_sections"]
 class Section:
     """What one builder returns.
 
-    html : body of the section (escaped); plot placeholders are ``<div id=FIG_ID>``
+    html : body of the section; plot placeholders are ``<div id=FIG_ID>``. Rendered from
+        ``template`` and ``data`` when a template is given (the way every built-in
+        section is written); a hand-written ``html`` must escape run text itself.
     figures : {FIG_ID: plotly figure dict}; ids must be unique in the page
     summary : JSON-able facts for ``summary.json``
+    template : a template under ``report/templates/`` (Jinja2, autoescape on)
+    data : the values the section shows: the template's context
     """
 
-    html: str
+    html: str = ""
     figures: dict[str, dict] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.template is not None:
+            from .render import render
+
+            self.html = render(self.template, **self.data)
 
 
 @dataclass(frozen=True)
@@ -84,8 +98,12 @@ def build_sections(view: RunView, progress: bool | None = False,
     """Every registered section built on ``view`` (None for the absent ones); a bar over
     the sections when ``progress`` (``None``: auto, see :mod:`lossatlas.progress`).
 
-    A builder that fails raises a ``RuntimeError`` naming the section and the run.
+    A builder that fails on what the run stores (a :class:`~lossatlas.errors.LossatlasError`,
+    ``ValueError`` or ``OSError``) raises :class:`~lossatlas.errors.ReportError` naming the
+    section and the run; any other exception is a bug in the builder and propagates
+    with a note naming the section.
     """
+    from lossatlas.errors import LossatlasError, ReportError
     from lossatlas.progress import progress_bar
 
     out = []
@@ -93,11 +111,14 @@ def build_sections(view: RunView, progress: bool | None = False,
                              progress=progress):
         try:
             out.append((spec, spec.build(view)))
-        except Exception as err:
-            raise RuntimeError(
+        except (LossatlasError, ValueError, OSError) as err:
+            raise ReportError(
                 f"report: section {spec.title!r} failed on run {view.path}: "
                 f"{type(err).__name__}: {err}"
             ) from err
+        except Exception as err:
+            err.add_note(f"report: while building section {spec.title!r} on run {view.path}")
+            raise
     return out
 
 
@@ -105,16 +126,11 @@ def plot_div(fig_id: str, tall: bool = False) -> str:
     return f'<div class="plot{" tall" if tall else ""}" id="{esc(fig_id)}"></div>'
 
 
-def _kv(items: dict[str, str]) -> str:
-    """A definition list; values must already be HTML (escaped)."""
-    return '<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>"
-                                      for k, v in items.items()) + "</dl>"
-
-
 def _seconds(s: Any) -> str:
+    """A duration as text: seconds below two minutes, else minutes."""
     if not isinstance(s, (int, float)):
         return "n/a"
-    return fmt(float(s), "s", 3) if s < 120 else fmt(float(s) / 60, "min", 3)
+    return number(float(s), "s", 3) if s < 120 else number(float(s) / 60, "min", 3)
 
 
 def _variant(lab: dict[str, Any]) -> str:
@@ -182,14 +198,6 @@ def _run_policy(view: RunView) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _policy_line(bn: Any, bn_text: Any = None, of: str = "") -> str:
-    """``<p>`` stating a policy (escaped), or ``""`` when none is stored."""
-    text = _policy_text(bn, bn_text)
-    if text is None:
-        return ""
-    return f'<p class="note policy"><b>BatchNorm policy{esc(of)}:</b> {esc(text)}</p>'
-
-
 def _training_data(described: dict[str, str], manifest: dict[str, Any]) -> str:
     """The training data in words: the atlas summary's description, else the train
     manifest's ``data_source`` (recorded also for data given as an object), else its
@@ -213,70 +221,70 @@ def overview(view: RunView) -> Section | None:
     described = view.atlas_summary.get("data")
     described = {str(k): str(v) for k, v in described.items()} if isinstance(
         described, dict) else {}
-    info: dict[str, str] = {"run directory": esc(view.path.name)}
+    info: dict[str, Any] = {"run directory": view.path.name}
     if meta.get("created"):
-        info["created"] = esc(meta["created"])
+        info["created"] = str(meta["created"])
     n = view.num_models
     if n is not None:
         variants = sorted({_variant(lab) for lab in labels})
-        info["population"] = fmt(n, "models") + (
-            f" in {len(variants)} variant(s): " + esc(", ".join(variants)) if labels else "")
-        info["labels from"] = esc(view.labels_and_source[1])
+        info["population"] = number(n, "models") + (
+            f" in {len(variants)} variant(s): " + ", ".join(variants) if labels else "")
+        info["labels from"] = str(view.labels_and_source[1])
     if manifest:
         model = manifest.get("model")
         kw = manifest.get("model_kwargs") or {}
-        info["model"] = esc(f"{model} {json.dumps(kw, sort_keys=True)}" if kw else model)
-        info["training data"] = esc(_training_data(described, manifest))
+        info["model"] = str(f"{model} {json.dumps(kw, sort_keys=True)}" if kw else model)
+        info["training data"] = str(_training_data(described, manifest))
         for key in ("test data", "loss measured on"):
             if described.get(key):
-                info[key] = esc(described[key])
-        info["checkpoints"] = esc(f"every {manifest.get('checkpoint_every', '?')} epoch(s), "
-                                  f"device {manifest.get('device', '?')}")
+                info[key] = described[key]
+        info["checkpoints"] = (f"every {manifest.get('checkpoint_every', '?')} epoch(s), "
+                               f"device {manifest.get('device', '?')}")
     for key in ("training data", "test data", "loss measured on"):
         if described.get(key) and key not in info:
-            info[key] = esc(described[key])
+            info[key] = described[key]
     loss = view.population.get("loss") or view.atlas_summary.get("loss")
     if isinstance(loss, str):
-        info["loss function"] = esc(_LOSS_TEXT.get(loss, loss))
+        info["loss function"] = _LOSS_TEXT.get(loss, loss)
     bn, bn_text = _run_policy(view)
     if bn_text is not None:
-        info["BatchNorm policy"] = esc(bn_text)
+        info["BatchNorm policy"] = bn_text
     config = meta.get("config") or {}
     if config:
-        info["configuration"] = f"<code>{esc(json.dumps(config, sort_keys=True))}</code>"
+        info["configuration"] = Code(json.dumps(config, sort_keys=True))
     emb = view.embedding or meta.get("embedding")
     if emb:
-        info["embedding"] = esc(
+        info["embedding"] = (
             f"{emb.get('method')} to {emb.get('dim')}-D latent, exact residual correction "
             f"{'on' if emb.get('exact') else 'off'}, seed {emb.get('seed')}")
     if view.atlas is not None:
         a = view.atlas.attrs
-        info["field"] = (fmt(int(view.atlas.sizes["sample"]), "samples")
-                         + esc(f", base grid {a.get('resolution', '?')} per axis, "
-                               f"{a.get('rounds', '?')} refinement round(s)"))
+        info["field"] = (number(int(view.atlas.sizes["sample"]), "samples")
+                         + f", base grid {a.get('resolution', '?')} per axis, "
+                           f"{a.get('rounds', '?')} refinement round(s)")
     if view.sub_runs:
-        info["sub-runs"] = ", ".join(
-            f"<code>{esc(n)}/</code> (own report: <code>{esc(n)}/report.html</code>)"
-            for n in view.sub_runs)
-    parts = ["<p class=\"intro\">What was run, on which models and data, and how long each "
-             "stage took. Times come from the stages recorded in <code>run.json</code>.</p>",
-             _kv(info)]
+        info["sub-runs"] = [part for k, name in enumerate(view.sub_runs)
+                            for part in ([", "] if k else []) + [
+                                Code(f"{name}/"), " (own report: ", Code(f"{name}/report.html"),
+                                ")"]]
+    tables = []
     variants_table = manifest.get("variants") or []
     if variants_table:
         keys = sorted({k for v in variants_table for k in v if k != "name"})
-        rows = [[v.get("name", "?"), *[v.get(k, "") for k in keys]] for v in variants_table]
-        parts.append(table(["variant", *keys], rows, caption="Variants (hyper-parameters)"))
+        rows = [[str(v.get("name", "?")), *[str(v.get(k, "")) for k in keys]]
+                for v in variants_table]
+        tables.append(Table(["variant", *keys], rows, "Variants (hyper-parameters)"))
     stages = _collapse_rounds(view.stages)
     if stages:
-        rows = [[s["where"], s["stage"], _seconds(s["seconds"]),
-                 esc(", ".join(f"{k}={json.dumps(v)}" for k, v in s["info"].items()
-                               if not isinstance(v, (list, dict)))) or ""]
+        rows = [[str(s["where"]), str(s["stage"]), _seconds(s["seconds"]),
+                 ", ".join(f"{k}={json.dumps(v)}" for k, v in s["info"].items()
+                           if not isinstance(v, (list, dict)))]
                 for s in stages]
-        parts.append(table(["folder", "stage", "time", "details"], rows, raw=True,
-                           caption="Time per stage"))
+        tables.append(Table(["folder", "stage", "time", "details"], rows, "Time per stage"))
     if view.versions:
-        parts.append(table(["package", "version"], sorted(view.versions.items()),
-                           caption="Versions"))
+        tables.append(Table(["package", "version"],
+                            [[str(k), str(v)] for k, v in sorted(view.versions.items())],
+                            "Versions"))
     total = sum(s["seconds"] for s in stages if isinstance(s["seconds"], (int, float)))
     summary = {"models": n, "variants": sorted({_variant(lab) for lab in labels}),
                "stages": {f"{s['where']}/{s['stage']}".removeprefix("./"): s["seconds"]
@@ -284,7 +292,8 @@ def overview(view: RunView) -> Section | None:
                "total_stage_seconds": round(total, 3), "versions": view.versions,
                "bn": bn, "bn_text": bn_text, "loss": loss if isinstance(loss, str) else None,
                "data": described, "sub_runs": view.sub_runs}
-    return Section("".join(parts), {}, summary)
+    return Section(template="sections/overview.html.j2", summary=summary,
+                   data={"info": info, "tables": tables})
 
 
 # ======================================================================= basins
@@ -366,15 +375,6 @@ def _tree(view: RunView):
     return tree, pairs
 
 
-_BASINS_INTRO = (
-    '<p class="intro">The population\'s loss landscape on its latent map: colour is '
-    "log10 of the loss decoded at each point (the field is refined near the models, "
-    "so contours between samples are interpolated). Basins are leaves of the merge "
-    "tree; their boundaries are drawn in black. Hover a model for its label, loss and "
-    "basin; click a leaf of the merge tree to highlight its models on the map. Basin "
-    "labels that find no free room beside their minimum are listed in the legend.</p>")
-
-
 def _minima(tree, coords: np.ndarray, logl: np.ndarray) -> list[dict[str, Any]]:
     """Each basin's minimum on the map: {"x", "y", "label", "text" (hover HTML)}."""
     return [{"x": float(coords[flat, 0]), "y": float(coords[flat, 1]), "label": f"basin {b}",
@@ -402,7 +402,7 @@ def _map_figures(view: RunView, coords: np.ndarray, logl: np.ndarray,
                                    title=f"Latent landscape: {len(codes)} models, "
                                          f"{len(logl)} samples")
     pts = [{"name": g["name"], "x": g["x"], "y": g["y"], "text": g["text"],
-            "z": np.log10(np.maximum(models["loss"][g["index"]], 1e-12))} for g in groups]
+            "z": drawable(log10_loss(models["loss"][g["index"]]))} for g in groups]
     return {"fig-landscape": landscape, "fig-surface": F.surface_figure(grid, pts)}
 
 
@@ -424,7 +424,7 @@ def _tree_figure(tree, topo: dict | None, models: dict[str, Any] | None) -> dict
     return F.merge_tree_figure(tree.parent, tree.node_values, k, leaf_text, per_leaf)
 
 
-def _basin_table(topo: dict, tree) -> str:
+def _basin_table(topo: dict, tree) -> Table:
     """The table of ``topology.json``'s basins with their depth (persistence)."""
     rows = []
     for b in topo.get("basins") or []:
@@ -432,14 +432,14 @@ def _basin_table(topo: dict, tree) -> str:
         if tree is not None and int(b.get("basin", -1)) < tree.n_leaves:
             pers = float(tree.persistence[int(b["basin"])])
         variants = ", ".join(f"{v}: {c}" for v, c in (b.get("variants") or {}).items())
-        rows.append([fmt(b.get("basin")), fmt(b.get("min_loss"), "nats"),
-                     fmt(pers, "decades", 3), fmt(len(b.get("models") or []), "models"),
-                     esc(variants)])
-    return table(["basin", "minimum loss", "depth (persistence)", "models",
-                  "variants (models)"], rows, raw=True,
+        rows.append([number(b.get("basin")), number(b.get("min_loss"), "nats"),
+                     number(pers, "decades", 3), number(len(b.get("models") or []), "models"),
+                     variants])
+    return Table(["basin", "minimum loss", "depth (persistence)", "models",
+                  "variants (models)"], rows,
                  caption=f"{topo.get('num_basins')} basin(s) for {topo.get('num_variants')} "
                          f"variant(s); persistence threshold "
-                         f"{fmt(topo.get('threshold'), 'decades', 3)}")
+                         f"{number(topo.get('threshold'), 'decades', 3)}")
 
 
 def _basin_summary(topo: dict) -> dict[str, Any]:
@@ -450,15 +450,15 @@ def _basin_summary(topo: dict) -> dict[str, Any]:
                        for b in topo.get("basins") or []]}
 
 
-def _static_pngs(view: RunView) -> list[str]:
-    """The atlas's PNG figures, folded (``<details>``)."""
+def _static_pngs(view: RunView) -> list[Png]:
+    """The atlas's PNG figures (shown folded)."""
     out = []
     for png, alt in (("landscape.png", "Landscape (static figure)"),
                      ("merge_tree.png", "Merge tree (static figure)"),
                      ("persistence.png", "Persistence diagram (static figure)")):
         p = view.png(png)
         if p is not None:
-            out.append(f"<details><summary>{esc(alt)}</summary>{img(p, alt)}</details>")
+            out.append(Png.of(p, alt))
     return out
 
 
@@ -486,30 +486,25 @@ def basins(view: RunView) -> Section | None:
     models, topo = _model_table(view), view.topology
     tree, pairs = _tree(view) if "edges" in ds else (None, np.zeros((0, 2)))
     figs: dict[str, dict] = {}
-    html = [_BASINS_INTRO]
     notes = _tree_notes(tree, topo)
     if len(dims) == 2:
         figs.update(_map_figures(view, coords, logl, models, tree))
-        html += [plot_div("fig-landscape", tall=True), '<p id="basin-selection" class="note"></p>']
     else:
         notes.insert(0, f"The map is {len(dims)}-D: the contour and surface views need 2-D.")
     if tree is not None:
         figs["fig-merge-tree"] = _tree_figure(tree, topo, models)
     if len(pairs):
         figs["fig-persistence"] = F.persistence_figure(pairs, (topo or {}).get("threshold"))
-    row = [plot_div(f) for f in ("fig-merge-tree", "fig-persistence") if f in figs]
-    if row:
-        html.append('<div class="grid2">' + "".join(row) + "</div>")
-    if "fig-surface" in figs:
-        html.append("<h3>3-D view</h3>" + plot_div("fig-surface", tall=True))
     summary: dict[str, Any] = {"samples": int(len(logl)), "latent_dim": len(dims),
                                "persistence_pairs": int(len(pairs))}
     if topo is not None:
-        html.append(_basin_table(topo, tree))
         summary.update(_basin_summary(topo))
-    html += _static_pngs(view)
-    html += [f'<p class="note">{esc(n)}</p>' for n in notes]
-    return Section("".join(html), figs, summary)
+    data = {"landscape": "fig-landscape" in figs,
+            "row": [f for f in ("fig-merge-tree", "fig-persistence") if f in figs],
+            "basin_table": _basin_table(topo, tree) if topo is not None else None,
+            "pngs": _static_pngs(view), "notes": notes}
+    return Section(template="sections/basins.html.j2", data=data, figures=figs,
+                   summary=summary)
 
 
 # ================================================================ connectivity
@@ -523,21 +518,20 @@ def _matrix(ds) -> tuple[np.ndarray, list[str], list[str], str, str] | None:
     return None
 
 
-def _barrier_pairs(mats: dict) -> str:
+def _barrier_pairs(mats: dict) -> dict[str, Any] | None:
     """One row per pair of models, one column per square barrier matrix (before / after
-    alignment side by side, nats); ``""`` unless the matrices share their models."""
+    alignment side by side, nats), as the template's ``pairs`` ({open, count, table});
+    None unless the matrices share their models."""
     found = {name: m for name, ds in mats.items() if (m := _matrix(ds)) is not None
              and m[0].shape[0] == m[0].shape[1] and m[1] == m[2]}
     if not found or len({tuple(m[1]) for m in found.values()}) != 1:
-        return ""
+        return None
     names = next(iter(found.values()))[1]
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-    rows = [[esc(f"{names[i]} – {names[j]}"), *[fmt(float(m[0][i, j])) for m in found.values()]]
+    rows = [[f"{names[i]} – {names[j]}", *[number(float(m[0][i, j])) for m in found.values()]]
             for i, j in pairs]
     header = ["pair", *[f"{n.replace('_', ' ')} ({m[4] or 'loss'})" for n, m in found.items()]]
-    return (f"<details{' open' if len(pairs) <= 28 else ''}><summary>"
-            f"{esc(f'Barrier per pair ({len(pairs)} pairs)')}</summary>"
-            + table(header, rows, raw=True) + "</details>")
+    return {"open": len(pairs) <= 28, "count": len(pairs), "table": Table(header, rows)}
 
 
 def _lines_of(name: str, ds, dash: str) -> list[dict[str, Any]]:
@@ -591,17 +585,13 @@ def connectivity(view: RunView) -> Section | None:
     if not (mats or curves or layers or straight or view.curves_table):
         return None
     figs: dict[str, dict] = {}
-    html = ['<p class="intro">Loss barriers between models: the highest loss along the path '
-            "between two models above the straight interpolation of their losses. Low "
-            "barriers mean connected (one basin); high barriers mean isolated. After "
-            "alignment (permutation symmetry removed) barriers drop where models are the "
-            "same solution up to symmetry.</p>"]
     conn = view.connectivity_table
     bn = conn.get("bn") or next((ds.attrs.get("bn") for ds in (*mats.values(),
                                                                 *curves.values())
                                  if isinstance(ds.attrs.get("bn"), str)), None)
-    html.append(_policy_line(bn, None, " of the barriers"))
-    row, summary = [], {"barrier_matrices": {}, "curves": {}, "bn": bn}
+    data: dict[str, Any] = {"policy": _policy_text(bn), "matrices": [],
+                            "pairs": _barrier_pairs(mats), "curves": False, "layers": []}
+    summary: dict[str, Any] = {"barrier_matrices": {}, "curves": {}, "bn": bn}
     for name, ds in mats.items():
         m = _matrix(ds)
         if m is None:
@@ -611,20 +601,17 @@ def connectivity(view: RunView) -> Section | None:
         title = name.replace("_", " ")
         figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl],
                                      esc(title), esc(f"{var} ({units})" if units else var))
-        row.append(plot_div(fid))
+        data["matrices"].append(fid)
         off = z[~np.eye(*z.shape, dtype=bool)] if z.shape[0] == z.shape[1] else z.ravel()
         off = off[np.isfinite(off)]
         summary["barrier_matrices"][name] = {
             "shape": list(z.shape), "median": float(np.median(off)) if len(off) else None,
             "max": float(off.max()) if len(off) else None, "units": units}
-    if row:
-        html.append('<div class="grid2">' + "".join(row) + "</div>")
-    html.append(_barrier_pairs(mats))
     lines = _path_lines(curves, straight, view.curves_table, summary["curves"])
     if lines:
         figs["fig-conn-curves"] = F.curve_figure(lines, "t (position along the path)",
                                                  "Loss along paths and curves")
-        html.append(plot_div("fig-conn-curves"))
+        data["curves"] = True
     for name, ds in layers.items():
         m = _matrix(ds)
         if m is None:
@@ -634,10 +621,11 @@ def connectivity(view: RunView) -> Section | None:
         figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl],
                                      esc(f"Layer-wise barriers: {name}"),
                                      esc(f"{var} ({units})" if units else var))
-        html.append(plot_div(fid))
+        data["layers"].append(fid)
     if not figs:
         return None
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/connectivity.html.j2", data=data, figures=figs,
+                   summary=summary)
 
 
 # =================================================================== symmetry
@@ -651,9 +639,6 @@ def symmetry(view: RunView) -> Section | None:
     if not groups and not sym:
         return None
     figs: dict[str, dict] = {}
-    html = ['<p class="intro">Models that are the same solution up to a permutation of hidden '
-            "units (and ReLU rescaling) form one symmetry orbit. Re-basined models are "
-            "permuted onto a reference; on the map they should land near it.</p>"]
     ds = view.atlas
     models = _model_table(view)
     if groups and ds is not None and models is not None and len(view.latent_dims) == 2:
@@ -669,20 +654,20 @@ def symmetry(view: RunView) -> Section | None:
             if (tr.get("meta") or {}).get("role") == "models":
                 tr["meta"] = {"role": "models-symmetry"}
         figs["fig-symmetry-map"] = fig
-        html.append(plot_div("fig-symmetry-map", tall=True))
     summary: dict[str, Any] = {"overlays": [g["name"] for g in groups]}
+    data: dict[str, Any] = {"map": "fig-symmetry-map" in figs, "pairs": None, "scalars": {}}
     if isinstance(sym, dict):
         pairs = sym.get("pairs") or []
         if pairs:
             keys = sorted({k for p in pairs for k in p})
-            html.append(table(keys, [[fmt(p.get(k)) if isinstance(p.get(k), (int, float))
-                                      else esc(p.get(k, "")) for k in keys] for p in pairs],
-                              raw=True, caption="Alignment per pair"))
+            data["pairs"] = Table(keys, [[number(p.get(k)) if isinstance(p.get(k), (int, float))
+                                          else str(p.get(k, "")) for k in keys] for p in pairs],
+                                  caption="Alignment per pair")
         scalars = {k: v for k, v in sym.items() if isinstance(v, (int, float, str))}
-        if scalars:
-            html.append(_kv({k: fmt(v) for k, v in scalars.items()}))
+        data["scalars"] = {k: number(v) for k, v in scalars.items()}
         summary.update(scalars)
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/symmetry.html.j2", data=data, figures=figs,
+                   summary=summary)
 
 
 # ==================================================================== terrain
@@ -691,21 +676,21 @@ _TERRAIN_UNITS = {"top_eigenvalue": "loss / param²", "trace": "loss / param²",
                   "llc_mean": "", "loss": "nats"}
 
 
-def _terrain_numbers(labels: list[str], ds, measures: dict[str, np.ndarray]) -> str:
+def _terrain_numbers(labels: list[str], ds, measures: dict[str, np.ndarray]) -> Table:
     """The per-model table of every measure, with its spread where stored (``trace_std``:
-    standard error of the estimate; ``llc_std``: across chains). Labels escaped."""
+    standard error of the estimate; ``llc_std``: across chains)."""
     names = list(measures)
     spread = {n: ds[f"{n.removesuffix('_mean')}_std"].values.astype(float) for n in names
               if f"{n.removesuffix('_mean')}_std" in ds}
 
     def cell(n: str, i: int) -> str:
-        v = fmt(float(measures[n][i]))
-        return f"{v} ± {fmt(float(spread[n][i]), '', 2)}" if n in spread else v
+        v = number(float(measures[n][i]))
+        return f"{v} ± {number(float(spread[n][i]), '', 2)}" if n in spread else v
 
     header = ["model", *[f"{n} ({_TERRAIN_UNITS[n]})" if _TERRAIN_UNITS.get(n) else n
                          for n in names]]
     rows = [[lab, *[cell(n, i) for n in names]] for i, lab in enumerate(labels)]
-    return table(header, rows, raw=True,
+    return Table(header, rows,
                  caption="Measures per model (± standard error of the trace estimate; ± "
                          "standard deviation of the LLC across chains)")
 
@@ -718,37 +703,38 @@ def terrain(view: RunView) -> Section | None:
     ds = view.field("terrain")
     if ds is None or "model" not in ds.dims:
         return None
-    labels = [esc(v) for v in (ds["model"].values if "model" in ds.coords
+    labels = [str(v) for v in (ds["model"].values if "model" in ds.coords
                                else range(ds.sizes["model"]))]
-    measures = {str(k): ds[k].values.astype(float) for k, da in ds.data_vars.items()
-                if da.dims == ("model",) and not str(k).endswith(("_std", "_diverged"))}
+    # a fixed column order (the store lists variables in no fixed order): known measures
+    # as in _TERRAIN_UNITS, then the others by name
+    known = list(_TERRAIN_UNITS)
+    names = sorted((str(k) for k, da in ds.data_vars.items()
+                    if da.dims == ("model",) and not str(k).endswith(("_std", "_diverged"))),
+                   key=lambda k: (known.index(k) if k in known else len(known), k))
+    measures = {k: ds[k].values.astype(float) for k in names}
     if not measures:
         return None
-    figs = {"fig-terrain": F.per_model_figure(labels, measures, _TERRAIN_UNITS,
-                                              "Local qualifiers per model")}
-    html = ['<p class="intro">Terrain at each model: sharpness (top Hessian eigenvalue, '
-            "trace, epsilon / adaptive sharpness) and the local learning coefficient "
-            "(flatter minima have a smaller one).</p>"]
+    figs = {"fig-terrain": F.per_model_figure([esc(v) for v in labels], measures,
+                                              _TERRAIN_UNITS, "Local qualifiers per model")}
     bn = view.terrain_table.get("bn") or ds.attrs.get("bn")
-    html += [_policy_line(bn, None, " at each model"), plot_div("fig-terrain", tall=True),
-             _terrain_numbers(labels, ds, measures)]
+    eigenvalues = None
     if "eigenvalues" in ds and ds["eigenvalues"].ndim == 2:
         ev = ds["eigenvalues"].values.astype(float)
-        html.append(table(["model", *[f"λ{r + 1}" for r in range(ev.shape[1])]],
-                          [[lab, *[fmt(v) for v in row]] for lab, row in zip(labels, ev,
-                                                                             strict=True)],
-                          raw=True, caption="Top Hessian eigenvalues (loss per squared "
-                                            "parameter)"))
-    p = view.png("landscape_terrain.png")
-    if p is not None:  # terrain on the map: rings sized by the top eigenvalue
-        html.append("<p>Terrain on the map: each ring's area grows with the model's top "
-                    "Hessian eigenvalue (sharper minima, larger rings).</p>"
-                    + img(p, "Latent landscape with rings sized by the top Hessian eigenvalue"))
+        eigenvalues = Table(["model", *[f"λ{r + 1}" for r in range(ev.shape[1])]],
+                            [[lab, *[number(v) for v in row]]
+                             for lab, row in zip(labels, ev, strict=True)],
+                            caption="Top Hessian eigenvalues (loss per squared parameter)")
+    p = view.png("landscape_terrain.png")  # terrain on the map: rings sized by the top eigenvalue
+    rings = (Png.of(p, "Latent landscape with rings sized by the top Hessian eigenvalue")
+             if p is not None else None)
     summary: dict[str, Any] = {
         k: {"median": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
         for k, v in measures.items()}
     summary["bn"] = bn if isinstance(bn, str) else None
-    return Section("".join(html), figs, summary)
+    data = {"policy": _policy_text(bn), "numbers": _terrain_numbers(labels, ds, measures),
+            "eigenvalues": eigenvalues, "rings": rings}
+    return Section(template="sections/terrain.html.j2", data=data, figures=figs,
+                   summary=summary)
 
 
 # ========================================================= phase transitions
@@ -801,14 +787,9 @@ def phase_transitions(view: RunView) -> Section | None:
             if isinstance(x, (int, float)):
                 marks.append({"x": x, "text": esc(f"{key}: {text}"), "group": group})
     figs = {}
-    html = ['<p class="intro">Behavioural metrics along each training run: loss (top, log '
-            "scale) and accuracy (bottom); solid lines are the training split, dashed the test "
-            "split. Change points found by <code>lossatlas dynamics</code> are dotted vertical "
-            "lines with a diamond between the panels (one row per variant): hover a diamond "
-            "for the run, the metric and the epoch.</p>"]
+    plots = []
     if runs:
         figs["fig-training"] = F.training_figure(runs, marks)
-        html.append(plot_div("fig-training", tall=True))
     if dyn:
         for name in ("defect", "stages"):
             val = dyn.get(name)
@@ -820,15 +801,14 @@ def phase_transitions(view: RunView) -> Section | None:
                     fid = f"fig-dynamics-{name}"
                     figs[fid] = F.curve_figure(lines, "epoch", f"{name.capitalize()} along "
                                                "training", ylabel=name, log=False)
-                    html.append(plot_div(fid))
+                    plots.append(fid)
         summary["transitions"] = {k: len(v) for k, v in transitions.items()
                                   if isinstance(v, list)}
-    else:
-        html.append('<p class="note">No change-point analysis stored (run '
-                    "<code>lossatlas dynamics</code>): only the metrics are shown.</p>")
     if not figs:
         return None
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/phase_transitions.html.j2", figures=figs,
+                   summary=summary, data={"training": "fig-training" in figs,
+                                          "dynamics": bool(dyn), "plots": plots})
 
 
 # ======================================================= algorithmic branches
@@ -846,44 +826,42 @@ def branches(view: RunView) -> Section | None:
         if isinstance(lab, dict):
             parts = [str(lab.get("variant", i))] + [f"{k} {lab[k]}" for k in ("seed", "epoch")
                                                      if k in lab]
-            names.append(esc(" / ".join(parts)))
+            names.append(" / ".join(parts))
         else:
-            names.append(esc(str(lab)))
+            names.append(str(lab))
     metric = str(br.get("metric", "disagreement"))
     figs: dict[str, dict] = {}
-    html = ['<p class="intro">Models in one basin (low barrier between them) can still '
-            "compute different functions. The functional distance between models "
-            f"({esc(metric)}: prediction disagreement on held-out data, or 1 - CKA of "
-            "representations) splits each basin into branches; a basin with several "
-            "branches holds distinct algorithms.</p>"]
     dist = br.get("distances")
     if dist:
-        figs["fig-branches"] = F.heatmap_figure(np.asarray(dist, float), names, names,
+        shown = [esc(n) for n in names]  # plotly draws the labels as HTML
+        figs["fig-branches"] = F.heatmap_figure(np.asarray(dist, float), shown, shown,
                                                 esc(f"functional distance ({metric})"),
                                                 esc(metric), colorscale="Cividis")
-        html.append(plot_div("fig-branches"))
     sep = br.get("separation") or {}
     rows = []
     for b, n in sorted((br.get("num_branches") or {}).items(), key=lambda kv: str(kv[0])):
         members = [names[i] for i, bb in enumerate(br["basin"]) if str(bb) == str(b)
                    and i < len(names)]
         ratio = (sep.get(str(b)) or {}).get("ratio")
-        rows.append([esc(b), ", ".join(members), fmt(n),
-                     fmt(ratio) if isinstance(ratio, float) and np.isfinite(ratio) else "n/a"])
-    html.append(table(["basin", "models", "branches", "separation (between / within)"], rows,
-                      raw=True))
-    return Section("".join(html), figs,
-                   {"basins": len(br.get("num_branches") or {}),
-                    "branches": int(sum((br.get("num_branches") or {}).values()))})
+        rows.append([str(b), ", ".join(members), number(n),
+                     number(ratio) if isinstance(ratio, float) and np.isfinite(ratio)
+                     else "n/a"])
+    data = {"metric": metric, "heatmap": "fig-branches" in figs,
+            "table": Table(["basin", "models", "branches", "separation (between / within)"],
+                           rows)}
+    return Section(template="sections/branches.html.j2", data=data, figures=figs,
+                   summary={"basins": len(br.get("num_branches") or {}),
+                            "branches": int(sum((br.get("num_branches") or {}).values()))})
 
 
 # =============================================================== faithfulness
 def _loss_per_model(texts: list[str], true: np.ndarray, eval_mode: Any, bn: Any,
-                    bn_text: Any) -> tuple[str, float | None]:
+                    bn_text: Any) -> tuple[dict[str, Any] | None, float | None]:
     """The table of each model's loss under the BatchNorm policy beside its eval-mode loss
-    (when stored) and the largest gap between them in decades. ``texts`` are escaped."""
+    (when stored), as the template's ``per_model`` ({open, count, policy, line, table}),
+    and the largest gap between them in decades; ``(None, None)`` without models."""
     if not len(true):
-        return "", None
+        return None, None
     own = None
     if isinstance(eval_mode, list) and len(eval_mode) == len(true):
         own = np.asarray([np.nan if v is None else v for v in eval_mode], float)
@@ -894,7 +872,7 @@ def _loss_per_model(texts: list[str], true: np.ndarray, eval_mode: Any, bn: Any,
                 + ("" if bn in (None, "none") else
                    " No eval-mode loss is stored: the population kept no BatchNorm "
                    "statistics of its own."))
-        rows = [[texts[i], fmt(true[i], "nats")] for i in range(len(true))]
+        rows = [[texts[i], number(true[i], "nats")] for i in range(len(true))]
         gap = None
     else:
         line = ("Under the BatchNorm policy every model is evaluated as the map evaluates "
@@ -903,17 +881,14 @@ def _loss_per_model(texts: list[str], true: np.ndarray, eval_mode: Any, bn: Any,
                 "the stored statistics do not match the data (they are two different "
                 "functions of the same weights).")
         header += ["eval-mode loss (own statistics)", "eval-mode vs policy"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dec = np.log10(own / true)
-        rows = [[texts[i], fmt(true[i], "nats"), fmt(own[i], "nats"),
-                 fmt(float(dec[i]), "decades", 3)] for i in range(len(true))]
+        with np.errstate(invalid="ignore"):
+            dec = log10_loss(own) - log10_loss(true)
+        rows = [[texts[i], number(true[i], "nats"), number(own[i], "nats"),
+                 number(float(dec[i]), "decades", 3)] for i in range(len(true))]
         fin = np.abs(dec[np.isfinite(dec)])
         gap = float(fin.max()) if len(fin) else None
-    parts = [_policy_line(bn, bn_text), f'<p class="note">{esc(line)}</p>',
-             table(header, rows, raw=True)]
-    return (f"<details{' open' if own is not None else ''}><summary>"
-            f"{esc(f'Loss per model ({len(true)} models)')}</summary>{''.join(parts)}"
-            "</details>"), gap
+    return ({"open": own is not None, "count": len(true), "policy": _policy_text(bn, bn_text),
+             "line": line, "table": Table(header, rows)}, gap)
 
 
 @section("faithfulness", "Faithfulness",
@@ -926,33 +901,29 @@ def faithfulness(view: RunView) -> Section | None:
             and not (view.path / "reconstruction.json").is_file()):
         return None
     figs: dict[str, dict] = {}
-    html = ['<p class="intro">How far to trust the map, in decades of loss (|log10 ratio|; '
-            "0.01 decades is 2.3 %). <i>decoded raw</i>: the embedding's decoder alone at "
-            "each model's code; <i>field at model</i>: the field sample at the code (exact by "
-            "construction with the residual correction); <i>field left-one-out</i>: the field "
-            "interpolated at the code from the other samples — what the map shows between "
-            "samples.</p>"]
+    data: dict[str, Any] = {"reconstruction": None, "scatter": False, "per_model": None,
+                            "embeddings": None, "overlays": None}
     summary: dict[str, Any] = {}
     if isinstance(faith, dict):
         med = faith.get("median_decades") or {}
         names = {"decoded_raw": "decoded raw", "field_at_model": "field at model",
                  "field_loo": "field left-one-out",
                  "max_step_near_models": "largest step across an edge at a model"}
-        rows = [[esc(names.get(k, k.replace("_", " "))), fmt(v, "decades", 3)]
+        rows = [[names.get(k, k.replace("_", " ")), number(v, "decades", 3)]
                 for k, v in med.items()]
-        rows.append([esc("reconstruction MSE (raw decoder)"),
-                     fmt(faith.get("reconstruction_mse_raw"), "per parameter²", 3)])
-        rows.append([esc("decoded loss relative error (median)"),
-                     fmt(100 * faith["decoded_loss_relative_error_median"], "%", 3)
-                     if isinstance(faith.get("decoded_loss_relative_error_median"), float)
-                     else "n/a"])
-        html.append(table(["measure (median over models)", "value"], rows, raw=True,
-                          caption="Reconstruction"))
+        rows.append(["reconstruction MSE (raw decoder)",
+                     number(faith.get("reconstruction_mse_raw"), "per parameter²", 3)])
+        rel = faith.get("decoded_loss_relative_error_median")
+        rows.append(["decoded loss relative error (median)",
+                     number(100 * rel, "%", 3) if isinstance(rel, float) else "n/a"])
+        data["reconstruction"] = Table(["measure (median over models)", "value"], rows,
+                                       "Reconstruction")
         per = faith.get("per_model") or {}
         true = np.asarray([np.nan if v is None else v for v in per.get("true_loss", [])], float)
-        texts = [esc(t) for t in view.label_texts]
-        if len(texts) != len(true):
-            texts = [esc(f"model {i}") for i in range(len(true))]
+        labels = list(view.label_texts)
+        if len(labels) != len(true):
+            labels = [f"model {i}" for i in range(len(true))]
+        texts = [esc(t) for t in labels]  # plotly draws the hover text as HTML
         series = []
         if len(true):
             if per.get("decoded_raw_loss"):
@@ -968,11 +939,10 @@ def faithfulness(view: RunView) -> Section | None:
             figs["fig-faith"] = F.scatter_compare_figure(series, "true loss (nats)",
                                                          "loss on the map (nats)",
                                                          "Decoded vs true loss per model")
-            html.append(plot_div("fig-faith"))
+            data["scatter"] = True
         bn = faith.get("bn") if isinstance(faith.get("bn"), str) else _run_policy(view)[0]
-        per_model, gap = _loss_per_model(texts, true, per.get("eval_mode_loss"), bn,
-                                         faith.get("bn_text"))
-        html.append(per_model)
+        data["per_model"], gap = _loss_per_model(labels, true, per.get("eval_mode_loss"), bn,
+                                                 faith.get("bn_text"))
         summary = {"median_decades": med,
                    "reconstruction_mse_raw": faith.get("reconstruction_mse_raw"),
                    "decoded_loss_relative_error_median":
@@ -981,51 +951,55 @@ def faithfulness(view: RunView) -> Section | None:
                    "eval_mode_gap_decades_max": gap}
     recon = view.path / "reconstruction.json"
     if recon.is_file():
-        import json
-
-        data = json.loads(recon.read_text())
-        rows = []
-        for r in data.get("rows", []):
-            if "skipped" in r:
-                rows.append([esc(r["method"]), "skipped", esc(r["skipped"]), "", ""])
-                continue
-            rel = r.get("median_rel_loss_error")
-            sep = (f"{fmt(r.get('silhouette'), '', 2)} / {fmt(r.get('nn_purity'), '', 2)} "
-                   f"(chance {fmt(r.get('nn_purity_chance'), '', 2)})")
-            if r.get("not_computable"):
-                rows.append([esc(r["method"]), "not computable",
-                             esc(r["not_computable"]), sep, fmt(r.get("seconds"), "s")])
-                continue
-            rows.append([esc(r["method"]), fmt(r.get("mse"), "per parameter²", 3),
-                         fmt(100 * rel, "%", 3) if isinstance(rel, float) else "n/a", sep,
-                         fmt(r.get("seconds"), "s")])
-        html.append(table(["method (on span coordinates)", "reconstruction MSE",
-                           "decoded-model loss error (median)",
-                           "variant separation: silhouette / nearest-neighbour purity",
-                           "fit time"], rows, raw=True,
-                          caption=f"Embeddings side by side ({data.get('dim', 2)} latent "
-                                  "dimensions, no residual correction; MDS and Isomap have "
-                                  "no inverse, so only their separation of the variants)"))
+        recon_rows = json.loads(recon.read_text())
+        data["embeddings"] = _embedding_table(recon_rows)
         summary["reconstruction_table"] = [
             {k: r.get(k) for k in ("method", "mse", "median_rel_loss_error", "skipped",
                                    "not_computable", "silhouette", "nn_purity",
                                    "nn_purity_chance")}
-            for r in data.get("rows", [])]
+            for r in recon_rows.get("rows", [])]
     if view.overlays:
         rows = []
         for name, o in view.overlays.items():
             tr, pr = o.get("true_range") or [None, None], o.get("projected_range") or [None,
                                                                                       None]
-            rows.append([esc(name), fmt(len(o.get("codes") or []), "points"),
-                         fmt(o.get("mae"), "nats"),
-                         f"{fmt(tr[0])} – {fmt(tr[1], 'nats')}",
-                         f"{fmt(pr[0])} – {fmt(pr[1], 'nats')}"])
-        html.append(table(["overlay", "points", "mean abs. error", "true loss range",
-                           "loss range on the map"], rows, raw=True,
-                          caption="Projection error of curves, trajectories and re-basined "
-                                  "models"))
+            rows.append([name, number(len(o.get("codes") or []), "points"),
+                         number(o.get("mae"), "nats"),
+                         f"{number(tr[0])} – {number(tr[1], 'nats')}",
+                         f"{number(pr[0])} – {number(pr[1], 'nats')}"])
+        data["overlays"] = Table(["overlay", "points", "mean abs. error", "true loss range",
+                                  "loss range on the map"], rows,
+                                 "Projection error of curves, trajectories and re-basined "
+                                 "models")
         summary["overlays_mae"] = {n: o.get("mae") for n, o in view.overlays.items()}
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/faithfulness.html.j2", data=data, figures=figs,
+                   summary=summary)
+
+
+def _embedding_table(data: dict[str, Any]) -> Table:
+    """The embeddings side by side (``reconstruction.json``): reconstruction, decoded-model
+    loss error, separation of the variants, fit time per method."""
+    rows = []
+    for r in data.get("rows", []):
+        if "skipped" in r:
+            rows.append([str(r["method"]), "skipped", str(r["skipped"]), "", ""])
+            continue
+        rel = r.get("median_rel_loss_error")
+        sep = (f"{number(r.get('silhouette'), '', 2)} / {number(r.get('nn_purity'), '', 2)} "
+               f"(chance {number(r.get('nn_purity_chance'), '', 2)})")
+        if r.get("not_computable"):
+            rows.append([str(r["method"]), "not computable", str(r["not_computable"]), sep,
+                         number(r.get("seconds"), "s")])
+            continue
+        rows.append([str(r["method"]), number(r.get("mse"), "per parameter²", 3),
+                     number(100 * rel, "%", 3) if isinstance(rel, float) else "n/a", sep,
+                     number(r.get("seconds"), "s")])
+    return Table(["method (on span coordinates)", "reconstruction MSE",
+                  "decoded-model loss error (median)",
+                  "variant separation: silhouette / nearest-neighbour purity", "fit time"], rows,
+                 caption=f"Embeddings side by side ({data.get('dim', 2)} latent dimensions, "
+                         "no residual correction; MDS and Isomap have no inverse, so only "
+                         "their separation of the variants)")
 
 
 # ===================================================================== slices
@@ -1037,11 +1011,9 @@ def slices(view: RunView) -> Section | None:
     if not found:
         return None
     figs: dict[str, dict] = {}
-    html = ['<p class="intro">Classic local views on the same footing: the loss along a line '
-            "between two models, and on planes (random filter-normalised directions, or the "
-            "PCA plane of a training trajectory).</p>"]
     summary: dict[str, Any] = {}
-    row = []
+    plots: list[str] = []
+    pngs: list[Png] = []
     for k, (name, ds) in enumerate(found.items()):
         info = view.slice_info(name)
         da = ds["loss"]
@@ -1069,22 +1041,17 @@ def slices(view: RunView) -> Section | None:
                 esc(f"{d} ({units.get(d)})" if units.get(d) else d), esc(title))
         elif len(dims) == 2:
             d0, d1 = dims
-            with np.errstate(divide="ignore", invalid="ignore"):
-                z = np.log10(np.where(vals > 0, vals, np.nan)).T  # [d1, d0]
+            z = drawable(log10_loss(vals)).T  # [d1, d0]
             pts = [{"x": p[0], "y": p[1], "text": esc(a)} for a, p in anchors.items()
                    if len(p) >= 2]
             figs[fid] = F.contour_figure(ds[d0].values, ds[d1].values, z, esc(d0), esc(d1),
                                          esc(title), pts)
         else:
             continue
-        row.append(plot_div(fid))
+        plots.append(fid)
         for p in view.slice_pngs(name):
-            row.append("")
-            html_png = f"<details><summary>{esc(p.name)}</summary>{img(p, p.name)}</details>"
+            pngs.append(Png.of(p, p.name))
             summary[name].setdefault("figures", []).append(str(p.relative_to(view.path)))
-            row[-1] = html_png
-    html.append('<div class="grid2">' + "".join(r for r in row if r.startswith("<div"))
-                + "</div>")
-    html.extend(r for r in row if r.startswith("<details"))
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/slices.html.j2", data={"plots": plots, "pngs": pngs},
+                   figures=figs, summary=summary)
 
