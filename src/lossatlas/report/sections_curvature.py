@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from lossatlas.scale import drawable, log10_loss
+
 from . import figures as F
-from .html import esc, fmt, table
+from .html import Table, esc, number
 from .rundir import RunView
-from .sections import Section, plot_div, section
+from .sections import Section, section
 
 __all__ = ["centre_curvature", "hessian_slices", "layer_noise", "saddles"]
 
@@ -54,27 +56,17 @@ def saddles(view: RunView) -> Section | None:
         text = "true saddle" if verdict[i] else "map artefact"
         if conv is not None and not conv[i]:
             text += " (Lanczos not converged)"
-        rows.append([esc(i), esc(joins), fmt(map_loss[i], "", 4), fmt(loss[i], "", 4),
-                     fmt(mins[i, 0], "", 4), fmt(lmax[i], "", 4),
-                     esc(int(ds["negative_count"].values[i]) if "negative_count" in ds
-                         else "n/a"), esc(text)])
+        rows.append([str(i), joins, number(map_loss[i], "", 4), number(loss[i], "", 4),
+                     number(mins[i, 0], "", 4), number(lmax[i], "", 4),
+                     str(int(ds["negative_count"].values[i]) if "negative_count" in ds
+                         else "n/a"), text])
     true_n = int(verdict.sum())
-    html = [
-        '<p class="intro">The merge tree finds its saddles on the map: the lowest pass '
-        "between two basins within the map. Each is decoded into parameter space and the "
-        "full-space Hessian measured there (Lanczos at both ends of the spectrum). A "
-        "negative eigenvalue (below −tol × the largest eigenvalue magnitude, tol "
-        f"{esc(fmt(tol))}) makes it a <b>true saddle</b>: the loss falls to second order "
-        "along that direction. Without one the pass is a <b>map artefact</b>: the map "
-        "crosses a ridge that the full space goes around.</p>",
-        f"<p><b>{true_n} of {n}</b> saddles are true saddles of the full space.</p>",
-        table(["saddle", "basins joined", "map loss (nats)", "full-space loss (nats)",
-               "smallest eigenvalue", "largest eigenvalue", "negative eigenvalues found",
-               "verdict"], rows, raw=True,
-              caption="Eigenvalues in loss per squared parameter (nats / parameter²); "
-                      "the map loss is the field's value at the saddle, the full-space "
-                      "loss the loss at the decoded point"),
-    ]
+    table = Table(["saddle", "basins joined", "map loss (nats)", "full-space loss (nats)",
+                   "smallest eigenvalue", "largest eigenvalue", "negative eigenvalues found",
+                   "verdict"], rows,
+                  caption="Eigenvalues in loss per squared parameter (nats / parameter²); "
+                          "the map loss is the field's value at the saddle, the full-space "
+                          "loss the loss at the decoded point")
     idx = list(range(n))
     texts = [esc(f"saddle {i}: {'true saddle' if verdict[i] else 'map artefact'}")
              for i in idx]
@@ -84,12 +76,13 @@ def saddles(view: RunView) -> Section | None:
         "saddle (index)", "Hessian eigenvalue (nats / parameter²)",
         "Curvature at the merge-tree saddles", log=False)
     fig["data"] = fig["data"][1:]  # no y = x line: the x axis is an index
-    html.append(plot_div("fig-saddles"))
     summary = {"saddles": n, "true_saddles": true_n, "tol": tol,
                "min_eigenvalue": mins[:, 0].tolist(), "max_eigenvalue": lmax.tolist(),
                "loss": loss.tolist(), "map_loss": map_loss.tolist(),
                "is_saddle": verdict.tolist(), "units": ds.attrs.get("units")}
-    return Section("".join(html), {"fig-saddles": fig}, summary)
+    return Section(template="sections/saddles.html.j2", figures={"fig-saddles": fig},
+                   summary=summary, data={"tol": tol, "true_count": true_n, "count": n,
+                                          "table": table})
 
 
 # ====================================================== Hessian-direction slices
@@ -141,8 +134,7 @@ def _slice_figure(ds: xr.Dataset, title: str, units: dict[str, str]) -> dict:
     if len(dims) == 1:
         return F.curve_figure([{"name": "loss", "x": ds[dims[0]].values, "y": vals}],
                               label(dims[0]), esc(title), ylabel="loss (nats)", log=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.log10(np.where(vals > 0, vals, np.nan)).T
+    z = drawable(log10_loss(vals)).T
     return F.contour_figure(ds[dims[0]].values, ds[dims[1]].values, z, label(dims[0]),
                             label(dims[1]), esc(title), ztitle="log10 loss (nats)")
 
@@ -159,17 +151,8 @@ def hessian_slices(view: RunView) -> Section | None:
     if not hess:
         return None
     randoms = {n: ds for n, ds in found.items() if view.slice_info(n).get("kind") == "random"}
-    html = ['<p class="intro">Slices through one model along its top (or bottom) Hessian '
-            "eigenvectors, beside a slice along random filter-normalised directions (Li et "
-            "al.) of the same model. A Hessian direction is a unit vector of extreme "
-            "curvature: per unit of parameter distance no direction bends more (or, for "
-            "the bottom eigenvectors, less). A random direction has each filter's own norm, "
-            "so its curvature per squared axis unit mixes the average curvature with the "
-            "size of the weights. Curvature at the centre: the second difference of the "
-            "stored grid along each axis (on a Hessian axis it estimates the eigenvalue, in "
-            "nats / parameter²).</p>"]
     figs: dict[str, dict] = {}
-    rows, summary = [], {}
+    rows, summary, grid = [], {}, []
     for k, (name, ds) in enumerate(hess.items()):
         info = view.slice_info(name)
         units = info.get("units") or {}
@@ -186,13 +169,13 @@ def hessian_slices(view: RunView) -> Section | None:
         fid = f"fig-hslice-{k}"
         figs[fid] = _slice_figure(ds, f"{name.split('/')[-1]}: Hessian directions ({which})",
                                   units)
-        row = [plot_div(fid)]
+        row = [fid]
         entry: dict[str, Any] = {"which": which, "eigenvalues": eig, "centre_loss": c0,
                                  "curvature": curv, "random": partner}
         for j, d in enumerate(ds["loss"].dims):
-            rows.append([esc(name), esc("Hessian"), esc(d),
-                         fmt(eig[j] if j < len(eig) else None, "", 4),
-                         fmt(curv[d], "", 4), esc(units.get(d, ""))])
+            rows.append([name, "Hessian", str(d),
+                         number(eig[j] if j < len(eig) else None, "", 4),
+                         number(curv[d], "", 4), str(units.get(d, ""))])
         if partner is not None:
             rds = randoms[partner]
             rinfo = view.slice_info(partner)
@@ -201,22 +184,20 @@ def hessian_slices(view: RunView) -> Section | None:
             rfid = f"fig-hslice-{k}-random"
             figs[rfid] = _slice_figure(rds, f"{partner.split('/')[-1]}: random directions",
                                        runits)
-            row.append(plot_div(rfid))
+            row.append(rfid)
             for d in rds["loss"].dims:
-                rows.append([esc(partner), esc("random"), esc(d), fmt(None),
-                             fmt(rcurv[d], "", 4), esc(runits.get(d, ""))])
+                rows.append([partner, "random", str(d), number(None),
+                             number(rcurv[d], "", 4), str(runits.get(d, ""))])
             entry["random_curvature"] = rcurv
-        html.append('<div class="grid2">' + "".join(row) + "</div>")
+        grid.append(row)
         summary[name] = entry
-    html.append(table(["slice", "directions", "axis", "Hessian eigenvalue (nats / "
-                       "parameter²)", "curvature at the centre (nats / unit²)", "axis unit"],
-                      rows, raw=True, caption="Eigenvalues stored with the slice; "
-                      "curvature by finite differences on the stored grid"))
+    table = Table(["slice", "directions", "axis", "Hessian eigenvalue (nats / parameter²)",
+                   "curvature at the centre (nats / unit²)", "axis unit"], rows,
+                  caption="Eigenvalues stored with the slice; curvature by finite "
+                          "differences on the stored grid")
     unpaired = [n for n, e in summary.items() if e["random"] is None]
-    if unpaired:
-        html.append('<p class="note">No random slice of the same model (same loss at the '
-                    "centre) is stored for: " + esc(", ".join(unpaired)) + ".</p>")
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/hessian_slices.html.j2", figures=figs, summary=summary,
+                   data={"rows": grid, "table": table, "unpaired": unpaired})
 
 
 # ==================================================================== layer noise
@@ -244,31 +225,22 @@ def layer_noise(view: RunView) -> Section | None:
     anchors = ([str(a) for a in ds["anchor"].values] if barrier is not None
                and "anchor" in ds.coords else [])
     threshold = ds.attrs.get("threshold")
-    html = ['<p class="intro">Noise of relative size <i>s</i> (a filter-normalised random '
-            "direction, 1 = each filter's own norm) added to one layer group at a time: the "
-            "mean loss rise over the draws, and the tolerance, the scale at which the rise "
-            f"reaches {esc(fmt(threshold, 'nats'))} (∞: never within the scales measured). "
-            "Beside it the layer-wise barrier of interpolating that group alone between "
-            "the two models, the rest held at either one. Layers that tolerate much noise "
-            "are the ones a barrier rarely comes from.</p>"]
     header = ["layer group"] + [f"tolerance, model {m}" for m in models]
     header += [f"barrier, rest at {a} (nats)" for a in anchors]
     rows = []
     for g, name in enumerate(groups):
-        cells = [esc(name)] + [("∞" if np.isposinf(t) else fmt(t, "", 4)) for t in tol[:, g]]
+        cells = [name] + [number(t, "", 4) for t in tol[:, g]]
         if barrier is not None:
-            cells += [fmt(b, "", 4) for b in barrier[g]]
+            cells += [number(b, "", 4) for b in barrier[g]]
         rows.append(cells)
-    html.append(table(header, rows, raw=True,
-                      caption="Tolerance in multiples of the normalised direction; loss in "
-                              "nats (the loss' units)"))
+    table = Table(header, rows, caption="Tolerance in multiples of the normalised direction; "
+                                        "loss in nats (the loss' units)")
     lines = [{"name": esc(f"{name}, model {m}"), "x": scales, "y": rise[i, g],
               "dash": "solid" if i == 0 else "dash"}
              for i, m in enumerate(models) for g, name in enumerate(groups)]
     figs = {"fig-layer-noise": F.curve_figure(
         lines, "noise scale s (multiples of the filter-normalised direction)",
         "Loss rise under noise in one layer group", ylabel="loss rise (nats)", log=False)}
-    html.append(plot_div("fig-layer-noise"))
     if barrier is not None:
         figs["fig-layer-noise-tb"] = F.scatter_compare_figure(
             [{"name": esc(f"model {m}"), "x": tol[i], "y": barrier.max(1),
@@ -277,10 +249,11 @@ def layer_noise(view: RunView) -> Section | None:
             "layer-wise barrier, max over anchors (nats)",
             "Tolerance against barrier per layer group", log=False)
         figs["fig-layer-noise-tb"]["data"] = figs["fig-layer-noise-tb"]["data"][1:]
-        html.append(plot_div("fig-layer-noise-tb"))
     summary = {"groups": groups, "models": models, "scales": scales.tolist(),
                "threshold": threshold,
                "tolerance": {m: [float(t) if np.isfinite(t) else "inf" if t > 0 else None
                                  for t in tol[i]] for i, m in enumerate(models)},
                "barrier": None if barrier is None else barrier.tolist()}
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/layer_noise.html.j2", figures=figs, summary=summary,
+                   data={"threshold": threshold, "table": table,
+                         "tb": "fig-layer-noise-tb" in figs})
