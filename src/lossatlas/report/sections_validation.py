@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from . import figures as F
-from .html import esc, fmt, table
+from .html import Table, esc, fmt, number
 from .rundir import RunView
-from .sections import Section, plot_div, section
+from .sections import Section, section
 
 __all__ = ["rebasin", "table2"]
 
@@ -42,9 +42,10 @@ def _read(view: RunView, name: str) -> dict | None:
 
 
 def _range(r: Any) -> str:
+    """A stored ``[low, high]`` as text; ``n/a`` when incomplete."""
     if not isinstance(r, list) or len(r) != 2 or None in r:
         return "n/a"
-    return f"{fmt(r[0])} – {fmt(r[1])}"
+    return f"{number(r[0])} – {number(r[1])}"
 
 
 def _map_figure(m: dict, overlays: list[dict], title: str, basins: list | None = None) -> dict:
@@ -86,37 +87,25 @@ def table2(view: RunView) -> Section | None:
     data = _read(view, "table2.json")
     if not data or not data.get("rows"):
         return None
-    html = [
-        '<p class="intro">A trained Bezier curve joins the reference model '
-        f"({esc(data.get('reference'))}) to each other variant's final model. Its points "
-        "are projected onto each map, decoded back to weights and evaluated: the error "
-        "is the median over the curve of |loss at the decoded point − true loss| (nats), "
-        "as the seed's Table 2. <i>Projected</i>: the map fitted on the models only; "
-        "<i>span floor</i>: the loss error of the curve projected onto the models' span, "
-        "which no map fitted on the models alone can beat; <i>included</i>: a map fitted "
-        "on the models and the curves (the curves take no part in basins); its residual "
-        "correction pins only the models, so the last column decodes the included codes "
-        "without it.</p>"]
     rows = []
     for r in data["rows"]:
-        rows.append([esc(r["method"]), esc(r["pair"]), _range(r.get("true_range")),
-                     _range(r.get("projected_range")), fmt(r.get("projected_mae"), "", 3),
-                     fmt(r.get("span_mae"), "", 3), _range(r.get("included_range")),
-                     fmt(r.get("included_mae"), "", 3), fmt(r.get("included_raw_mae"), "", 3)])
-    html.append(table(["map", "pair", "curve loss range", "projected loss range",
-                       "projected MAE", "span floor MAE", "included loss range",
-                       "included MAE", "included MAE, no correction"], rows, raw=True,
-                      caption=f"{len(data.get('pairs') or [])} pairs, "
-                              f"{data.get('points_per_curve')} points per curve, "
-                              "loss in nats"))
+        rows.append([str(r["method"]), str(r["pair"]), _range(r.get("true_range")),
+                     _range(r.get("projected_range")), number(r.get("projected_mae"), "", 3),
+                     number(r.get("span_mae"), "", 3), _range(r.get("included_range")),
+                     number(r.get("included_mae"), "", 3),
+                     number(r.get("included_raw_mae"), "", 3)])
+    table = Table(["map", "pair", "curve loss range", "projected loss range", "projected MAE",
+                   "span floor MAE", "included loss range", "included MAE",
+                   "included MAE, no correction"], rows,
+                  caption=f"{len(data.get('pairs') or [])} pairs, "
+                          f"{data.get('points_per_curve')} points per curve, loss in nats")
     med = data.get("median_abs_error") or {}
-    if med:
-        html.append(table(["map", "median projected MAE", "median included MAE"],
-                          [[esc(m), fmt(e.get("projected"), "nats", 3),
-                            fmt(e.get("included"), "nats", 3)] for m, e in med.items()],
-                          raw=True, caption="Median over pairs"))
+    medians = (Table(["map", "median projected MAE", "median included MAE"],
+                     [[str(m), number(e.get("projected"), "nats", 3),
+                       number(e.get("included"), "nats", 3)] for m, e in med.items()],
+                     caption="Median over pairs") if med else None)
     figs: dict[str, dict] = {}
-    row = []
+    maps = []
     for method, entry in (data.get("curves") or {}).items():
         for key, map_key, what in (("projected", "map", "projected"),
                                    ("included", "included_map", "included")):
@@ -126,12 +115,9 @@ def table2(view: RunView) -> Section | None:
                 continue
             fid = f"fig-table2-{len(figs)}"
             figs[fid] = _map_figure(m, overlays, esc(f"{method} map: curves {what}"))
-            row.append(plot_div(fid))
-    if row:
-        html.append('<div class="grid2">' + "".join(row) + "</div>")
-    if data.get("skipped"):
-        html.append('<p class="note">Skipped: ' + esc(", ".join(
-            f"{k} ({v})" for k, v in data["skipped"].items())) + "</p>")
+            maps.append(fid)
+    skipped = (", ".join(f"{k} ({v})" for k, v in data["skipped"].items())
+               if data.get("skipped") else None)
     summary = {k: data.get(k) for k in ("reference", "pairs", "methods", "units",
                                         "median_abs_error", "skipped")}
     summary["rows"] = [{k: r.get(k) for k in ("method", "pair", "true_range",
@@ -139,7 +125,9 @@ def table2(view: RunView) -> Section | None:
                                               "span_mae", "included_range", "included_mae",
                                               "included_raw_mae")}
                        for r in data["rows"]]
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/table2.html.j2", figures=figs, summary=summary,
+                   data={"reference": data.get("reference"), "table": table,
+                         "medians": medians, "maps": maps, "skipped": skipped})
 
 
 @section("rebasin", "Re-basin on the map",
@@ -151,30 +139,18 @@ def rebasin(view: RunView) -> Section | None:
     if not data or not data.get("pairs"):
         return None
     n = len(data["pairs"])
-    html = [
-        '<p class="intro">Pairs of independently trained models on one map. Model B of '
-        "each pair is permuted onto model A (weight matching) and projected: the seed "
-        "expects it to land in A's basin. The control projects B unpermuted. B's whole "
-        "training trajectory, permuted the same way, is projected too; its error is the "
-        "median |loss at the decoded projected point − true loss| (nats).</p>",
-        f"<p><b>{fmt(data.get('in_partner_basin'))} of {n}</b> re-basined models land in "
-        f"their partner's basin (control, unpermuted: "
-        f"{fmt(data.get('control_in_partner_basin'))} of {n}); "
-        f"{fmt(data.get('nearest_is_partner'))} of {n} land nearer their partner than any "
-        f"other model; the map has {fmt(data.get('num_basins'))} basin(s).</p>"]
     rows = []
     for p in data["pairs"]:
         tr = p.get("trajectory") or {}
-        rows.append([esc(p["a"]), esc(p["b"]), fmt(p.get("partner_basin")),
-                     fmt(p.get("rebased_basin")), esc("yes" if p.get("same_basin") else "no"),
-                     fmt(p.get("control_basin")), fmt(p.get("distance_before"), "", 3),
-                     fmt(p.get("distance_after"), "", 3),
-                     fmt(p.get("rebased_abs_error"), "nats", 3),
-                     fmt(tr.get("median_abs_error"), "nats", 3)])
-    html.append(table(["A", "B", "A's basin", "re-basined B's basin", "same", "B's basin "
-                       "(control)", "|B − A|", "|P·B − A|", "re-basined error",
-                       "trajectory MAE"], rows, raw=True,
-                      caption="Per pair (distances in parameter units)"))
+        rows.append([str(p["a"]), str(p["b"]), number(p.get("partner_basin")),
+                     number(p.get("rebased_basin")), "yes" if p.get("same_basin") else "no",
+                     number(p.get("control_basin")), number(p.get("distance_before"), "", 3),
+                     number(p.get("distance_after"), "", 3),
+                     number(p.get("rebased_abs_error"), "nats", 3),
+                     number(tr.get("median_abs_error"), "nats", 3)])
+    table = Table(["A", "B", "A's basin", "re-basined B's basin", "same",
+                   "B's basin (control)", "|B − A|", "|P·B − A|", "re-basined error",
+                   "trajectory MAE"], rows, caption="Per pair (distances in parameter units)")
     figs: dict[str, dict] = {}
     m = data.get("map")
     if m:
@@ -195,10 +171,13 @@ def rebasin(view: RunView) -> Section | None:
                                           p["trajectory"].get("epochs", [])]})
         figs["fig-rebasin"] = _map_figure(m, overlays, "Re-basined models on the joint map",
                                           m.get("model_basin"))
-        html.append(plot_div("fig-rebasin", tall=True))
     summary = {k: data.get(k) for k in ("in_partner_basin", "control_in_partner_basin",
                                         "nearest_is_partner",
                                         "num_basins", "trajectory_median_abs_error",
                                         "rebased_median_abs_error")}
     summary["pairs"] = n
-    return Section("".join(html), figs, summary)
+    shown = {k: data.get(k) for k in ("in_partner_basin", "control_in_partner_basin",
+                                      "nearest_is_partner", "num_basins")}
+    shown.update(pairs=n, table=table, map="fig-rebasin" in figs)
+    return Section(template="sections/rebasin.html.j2", figures=figs, summary=summary,
+                   data=shown)
