@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["pyplot", "save_figure"]
+__all__ = ["new_axes", "pyplot", "save_figure"]
 
 
 def pyplot() -> ModuleType:
@@ -34,6 +34,19 @@ def pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def new_axes(ax: Axes | None = None, figsize: tuple[float, float] = (6.4, 4.8), *,
+             projection: str | None = None,
+             layout: Literal["constrained", "tight"] | None = None) -> Axes:
+    """``ax``, or the Axes of a new ``matplotlib.figure.Figure`` of ``figsize`` inches
+    (built directly: no pyplot, no backend chosen, nothing global to close): where every
+    ``plot_*(..., ax=None)`` draws."""
+    if ax is not None:
+        return ax
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout=layout).add_subplot(projection=projection)
 
 
 def save_figure(fig: Figure | Axes, path: str | os.PathLike, dpi: int = 150, *,

@@ -12,17 +12,13 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from .._compat import legacy_plot_path, save_legacy_plot
+from ..plotting import new_axes
 from .density import SpectralDensity
 from .llc import LLCResult
 
 __all__ = ["plot_density", "plot_llc_trace"]
-
-
-def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    return ax if ax is not None else Figure(figsize=figsize, layout="constrained").add_subplot()
 
 
 def plot_llc_trace(result: LLCResult | Mapping[str, Any], ax: Axes | None = None, *,
@@ -34,7 +30,7 @@ def plot_llc_trace(result: LLCResult | Mapping[str, Any], ax: Axes | None = None
     ax, path = legacy_plot_path("plot_llc_trace", ax, path)
     r = result.to_dict() if isinstance(result, LLCResult) else result
     trace = np.asarray(r["loss_trace"], dtype=float)
-    ax = _new_axes(ax, (7, 4))
+    ax = new_axes(ax, (7, 4), layout="constrained")
     draws = np.arange(trace.shape[1])
     for i, row in enumerate(trace):
         ax.plot(draws, row, lw=0.8, alpha=0.7, label=f"chain {i}")
@@ -56,7 +52,7 @@ def plot_density(density: SpectralDensity, ax: Axes | None = None, *,
     loss per squared parameter. ``path`` is deprecated (save the returned Axes with
     ``save_figure``)."""
     ax, path = legacy_plot_path("plot_density", ax, path)
-    ax = _new_axes(ax, (6, 4))
+    ax = new_axes(ax, (6, 4), layout="constrained")
     d = density.density.numpy()
     ax.semilogy(density.grid.numpy(), np.maximum(d, 1e-12))
     ax.set_xlabel("eigenvalue (loss / parameter²)")

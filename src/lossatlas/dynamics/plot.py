@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
 from .._compat import save_legacy_plot
 from ..errors import MissingKeyError
-from ..plotting import pyplot, save_figure
+from ..plotting import new_axes, save_figure
 from .transitions import Transition
 
 __all__ = ["plot_trajectory_transitions", "plot_transitions", "save_png"]
@@ -67,13 +68,11 @@ def plot_transitions(
     The Axes.
     """
     st = np.asarray(steps, dtype=float)
-    own = ax is None
-    if own:
-        fig, ax = pyplot().subplots(figsize=(8, 4.2))
+    ax = new_axes(ax, (8, 4.2))
     acc = {k: v for k, v in metrics.items() if "acc" in k}
     other = {k: v for k, v in metrics.items() if "acc" not in k}
     ax2 = ax.twinx() if other else None
-    colors = pyplot().get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     for i, (name, values) in enumerate([*acc.items(), *other.items()]):
         target = ax if name in acc else ax2
         v = np.asarray(values, dtype=float)
@@ -141,12 +140,10 @@ def plot_trajectory_transitions(
             f"plot_trajectory_transitions: unknown run {unknown[0]!r}; runs are "
             f"{list(trajectories)[:8]}"
         )
-    own = ax is None
-    if own:
-        fig, ax = pyplot().subplots(figsize=(7.5, 6.2))
+    ax = new_axes(ax, (7.5, 6.2))
     if landscape and hasattr(atlas, "field_"):
         atlas.plot_landscape(ax=ax, trajectories=False)
-    colors = pyplot().get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     for i, (key, idx) in enumerate(trajectories.items()):
         z = codes[idx]
         c = colors(i % 10)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import MissingKeyError
-from ..plotting import save_figure  # the one figure saver, re-exported here
+from ..plotting import new_axes, save_figure  # the one figure saver, re-exported here
 from ..scale import log10_loss
 from .slices import Slice
 
@@ -31,10 +31,8 @@ _MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 
 # ------------------------------------------------------------------ helpers
 def _new_axes(ax: Axes | None, projection: str | None = None) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=(6.0, 4.8), layout="constrained")
-    return fig, fig.add_subplot(projection=projection)
+    ax = new_axes(ax, (6.0, 4.8), projection=projection, layout="constrained")
+    return ax.figure, ax
 
 
 def _check_var(ds: xr.Dataset, var: str, where: str) -> None:

@@ -16,11 +16,9 @@ __all__ = ["plot_merge_tree", "plot_persistence_diagram"]
 
 
 def _axes(ax: Axes | None) -> Axes:
-    if ax is not None:
-        return ax
-    from ..plotting import pyplot
+    from ..plotting import new_axes  # matplotlib only when drawing
 
-    return pyplot().figure(figsize=(7, 4.5)).add_subplot()
+    return new_axes(ax, (7, 4.5))
 
 
 def _finite_top(y: np.ndarray) -> tuple[float, float, float]:
