@@ -1,5 +1,6 @@
 """Every plot_* function of the figure modules draws on ``ax`` (or a new Figure built
-directly) and returns the Axes: no pyplot, no backend chosen, nothing written."""
+directly) and returns the Axes (a list for the multi-panel plot_barriers): no pyplot, no
+backend chosen, nothing written."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ SCRIPT = textwrap.dedent("""
             plot_transitions(np.arange(5.0), {"acc": np.linspace(0, 1, 5)}),
             plot_merge_tree(tree), plot_persistence_diagram(np.array([[0.0, 1.0]]))]
     assert all(isinstance(a, Axes) and type(a.figure) is Figure for a in axes), axes
+    from lossatlas.connectivity.population import plot_barriers
+    mats = {k: xr.DataArray(np.array([[0.0, v], [v, 0.0]]), dims=("model_a", "model_b"))
+            for k, v in (("before", 2.0), ("after", 0.5))}
+    pair = plot_barriers(mats, ["a", "b"])
+    assert len(pair) == 2 and pair[0].figure is pair[1].figure
+    assert np.array_equal(pair[1].images[0].get_array(), mats["after"].values)
     own = new_axes()
     assert plot_curve(curve, ax=own) is own and plot_density(dens, ax=own) is own
     assert "matplotlib.pyplot" not in sys.modules, "a plot function imported pyplot"

@@ -80,10 +80,10 @@ def plot_barriers(mats: dict[str, xr.DataArray], names: Sequence[str],
                   axes: Sequence[Axes] | None = None) -> list[Axes]:
     """The barrier matrices side by side (one heat map each, a shared colour scale from 0
     in nats); on ``axes`` (one per matrix) or a new figure. Returns the axes."""
-    from ..plotting import pyplot
-
     if axes is None:
-        fig, grid = pyplot().subplots(1, len(mats), figsize=(5.2 * len(mats), 4.4), squeeze=False)
+        from matplotlib.figure import Figure
+
+        grid = Figure(figsize=(5.2 * len(mats), 4.4)).subplots(1, len(mats), squeeze=False)
         axes = list(grid[0])
     fig = axes[0].figure
     vmax = max(float(np.nanmax(np.asarray(v.values))) for v in mats.values())
