@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from lossatlas.scale import drawable, log10_loss
+
 from . import figures as F
-from .html import esc, fmt, table
+from .html import Table, esc, number
 from .rundir import RunView, _natural_key
-from .sections import Section, plot_div, section
+from .sections import Section, section
 
 __all__ = ["batch_size", "double_descent", "induction_heads", "lead_time", "study_summaries"]
 
@@ -63,36 +65,39 @@ def _log_x(fig: dict) -> dict:
     return fig
 
 
-def _studies(view: RunView, filename: str, build) -> Section | None:
-    """One sub-section per stored summary (a heading naming its folder when several)."""
+def _studies(view: RunView, filename: str, build, body: str) -> Section | None:
+    """One part per stored summary (under a heading naming its folder when several),
+    each shown by the template ``sections/BODY.html.j2``; ``build(view, folder, summary,
+    tag)`` returns the part's values ({facts, plots, tables, stacked}), its figures and
+    its facts for ``summary.json``."""
     found = study_summaries(view, filename)
     if not found:
         return None
-    html, figs, summary = [], {}, {}
+    parts, figs, summary = [], {}, {}
     for k, (folder, data) in enumerate(found):
         where = _where(view, folder)
-        if len(found) > 1:
-            html.append(f"<h3>{esc(where)}</h3>")
-        body, f, s = build(view, folder, data, f"{k}")
-        html.append(body)
+        part, f, s = build(view, folder, data, f"{k}")
+        parts.append({"where": where, "stacked": False, **part})
         figs.update(f)
         summary[where] = s
-    return Section("".join(html), figs, summary)
+    return Section(template="sections/study.html.j2", figures=figs, summary=summary,
+                   data={"body": f"sections/{body}.html.j2", "parts": parts})
 
 
-def _kv_table(items: Sequence[tuple[str, str]], caption: str) -> str:
-    return table(["quantity", "value"], [[esc(k), v] for k, v in items], raw=True,
-                 caption=caption)
+def _facts(items: Sequence[tuple[str, str]], caption: str) -> Table:
+    """A study's facts: a two-column table of quantities and their values (text)."""
+    return Table(["quantity", "value"], [[k, v] for k, v in items], caption=caption)
 
 
 def _steps(values: Any) -> str:
+    """Step numbers as text (``none`` when there are none)."""
     if not isinstance(values, list) or not values:
         return "none"
-    return ", ".join(fmt(v) for v in values)
+    return ", ".join(number(v) for v in values)
 
 
 # ============================================================== induction heads
-def _induction(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, dict]:
+def _induction(view: RunView, folder: Path, s: dict, tag: str) -> tuple[dict, dict, dict]:
     m = s.get("metrics") or {}
     steps = np.asarray(m.get("step") or [], dtype=float)
     ck = np.asarray(s.get("checkpoint_steps") or [], dtype=float)
@@ -113,7 +118,7 @@ def _induction(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dic
     if drop is not None and len(steps):
         j = int(np.argmin(np.abs(steps - float(drop))))
         score["marks"] = [{"x": float(drop), "y": float(score["y"][j]),
-                           "text": esc(f"drop at step {fmt(drop)}")}]
+                           "text": esc(f"drop at step {number(drop)}")}]
     figs[f"fig-induction-{tag}-score"] = F.curve_figure(
         [score], "training step", "Induction score along training",
         ylabel="induction score (attention probability)", log=False)
@@ -131,30 +136,25 @@ def _induction(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dic
         ylabel="LLC (dimensionless) · defect (relative)", log=False)
     boundary_steps = [b.get("step") for b in stages]
     cfg = s.get("config") or {}
-    items = [("bigram loss (plateau level)", fmt(bigram, "nats")),
-             ("lowest loss before the drop", fmt(s.get("plateau_loss"), "nats")),
-             ("final loss", fmt(s.get("final_loss"), "nats")),
-             ("final induction score", fmt(s.get("final_induction_score"))),
+    items = [("bigram loss (plateau level)", number(bigram, "nats")),
+             ("lowest loss before the drop", number(s.get("plateau_loss"), "nats")),
+             ("final loss", number(s.get("final_loss"), "nats")),
+             ("final induction score", number(s.get("final_induction_score"))),
              ("induction drop (score half-way up)",
-              "none within the run" if drop is None else f"step {fmt(drop)}"),
-             ("LLC stage boundaries (steps)", esc(_steps(boundary_steps))),
-             ("boundary nearest the drop", fmt(s.get("nearest_boundary_step"))),
-             ("its offset from the drop (checkpoints)", fmt(s.get("boundary_offset_checkpoints"),
-                                                            "", 3)),
-             ("training", esc(f"{cfg.get('steps', 'n/a')} steps, preset "
-                              f"{cfg.get('preset', 'n/a')}, seed {cfg.get('seed', 'n/a')}"))]
-    html = ['<p class="intro">A two-layer attention-only transformer learns next-token '
-            "prediction on Markov sequences with a repeated segment: the loss first settles "
-            "at the bigram solution, then drops as induction heads form (the induction "
-            "score rises). The local learning coefficient (LLC) along the checkpoints marks "
-            "developmental stages; the survey expects a stage boundary at the drop.</p>",
-            _kv_table(items, "Induction heads, summary"),
-            '<div class="grid2">' + "".join(plot_div(f) for f in figs) + "</div>"]
+              "none within the run" if drop is None else f"step {number(drop)}"),
+             ("LLC stage boundaries (steps)", _steps(boundary_steps)),
+             ("boundary nearest the drop", number(s.get("nearest_boundary_step"))),
+             ("its offset from the drop (checkpoints)",
+              number(s.get("boundary_offset_checkpoints"), "", 3)),
+             ("training", f"{cfg.get('steps', 'n/a')} steps, preset "
+                          f"{cfg.get('preset', 'n/a')}, seed {cfg.get('seed', 'n/a')}")]
+    part = {"facts": _facts(items, "Induction heads, summary"), "plots": list(figs),
+            "tables": []}
     summary = {k: s.get(k) for k in ("bigram_loss", "plateau_loss", "final_loss",
                                      "final_induction_score", "drop_step",
                                      "nearest_boundary_step", "boundary_offset_checkpoints")}
     summary["stage_boundary_steps"] = boundary_steps
-    return "".join(html), figs, summary
+    return part, figs, summary
 
 
 @section("induction-heads", "Induction heads",
@@ -162,7 +162,7 @@ def _induction(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dic
 def induction_heads(view: RunView) -> Section | None:
     """Loss, induction score, LLC with its stage boundaries and the commutator defect
     along the training of the attention-only transformer (``induction.json``)."""
-    return _studies(view, "induction.json", _induction)
+    return _studies(view, "induction.json", _induction, "induction")
 
 
 # ======================================================= batch size vs flatness
@@ -176,7 +176,7 @@ def _means(rows: list[dict], x: str, keys: Sequence[str]) -> tuple[list, dict[st
     return xs, out
 
 
-def _batch(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, dict]:
+def _batch(view: RunView, folder: Path, s: dict, tag: str) -> tuple[dict, dict, dict]:
     rows = [r for r in s.get("models") or [] if isinstance(r, dict)]
     xs, mean = _means(rows, "batch_size", ("lambda_max", "sharpness", "loss_gap", "error_gap"))
     figs = {
@@ -193,37 +193,37 @@ def _batch(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, d
             "mini-batch size (samples, log scale)", "Generalisation gap vs batch size",
             ylabel="gap", log=False)),
     }
-    table_rows = [[fmt(r.get("batch_size")), fmt(r.get("seed")), fmt(r.get("epochs")),
-                   esc("yes" if r.get("reached_target") else "no"),
-                   fmt(r.get("train_loss"), "", 4), fmt(r.get("test_loss"), "", 4),
-                   fmt(r.get("loss_gap"), "", 4), fmt(r.get("lambda_max"), "", 4),
-                   fmt(r.get("trace"), "", 4), fmt(r.get("sharpness"), "", 4)] for r in rows]
+    table_rows = [[number(r.get("batch_size")), number(r.get("seed")), number(r.get("epochs")),
+                   "yes" if r.get("reached_target") else "no",
+                   number(r.get("train_loss"), "", 4), number(r.get("test_loss"), "", 4),
+                   number(r.get("loss_gap"), "", 4), number(r.get("lambda_max"), "", 4),
+                   number(r.get("trace"), "", 4), number(r.get("sharpness"), "", 4)]
+                  for r in rows]
     sp = s.get("spearman") or {}
     cfg = s.get("config") or {}
-    items = [("top eigenvalue, largest / smallest batch", fmt(s.get("lambda_max_ratio"), "", 3)),
-             ("Spearman: batch size ~ top eigenvalue", fmt(sp.get("batch_size_lambda_max"), "", 3)),
-             ("Spearman: batch size ~ ε-sharpness", fmt(sp.get("batch_size_sharpness"), "", 3)),
-             ("Spearman: batch size ~ loss gap", fmt(sp.get("batch_size_loss_gap"), "", 3)),
-             ("Spearman: top eigenvalue ~ loss gap", fmt(sp.get("lambda_max_loss_gap"), "", 3)),
-             ("training", esc(f"SGD lr {cfg.get('lr', 'n/a')} to training loss "
-                              f"{cfg.get('target_loss', 'n/a')} nats (at most "
-                              f"{cfg.get('max_epochs', 'n/a')} epochs), "
-                              f"{cfg.get('dataset', 'n/a')}, {cfg.get('num_train', 'n/a')} "
-                              "training samples"))]
-    html = ['<p class="intro">The same network from the same initialisation trained with '
-            "plain SGD to the same training loss, only the mini-batch size differs (Keskar "
-            "et al.). The survey expects large batches to end in sharper minima (larger top "
-            "Hessian eigenvalue and ε-sharpness) that generalise worse.</p>",
-            _kv_table(items, "Batch size vs flatness, summary"),
-            '<div class="grid2">' + "".join(plot_div(f) for f in figs) + "</div>",
-            table(["batch size", "seed", "epochs", "reached target", "train loss",
-                   "test loss", "loss gap", "top eigenvalue", "trace", "ε-sharpness"],
-                  table_rows, raw=True, caption="Per model (losses in nats, eigenvalue and "
-                  "trace in nats / parameter², ε-sharpness in nats)")]
+    items = [("top eigenvalue, largest / smallest batch",
+              number(s.get("lambda_max_ratio"), "", 3)),
+             ("Spearman: batch size ~ top eigenvalue",
+              number(sp.get("batch_size_lambda_max"), "", 3)),
+             ("Spearman: batch size ~ ε-sharpness", number(sp.get("batch_size_sharpness"), "", 3)),
+             ("Spearman: batch size ~ loss gap", number(sp.get("batch_size_loss_gap"), "", 3)),
+             ("Spearman: top eigenvalue ~ loss gap",
+              number(sp.get("lambda_max_loss_gap"), "", 3)),
+             ("training", f"SGD lr {cfg.get('lr', 'n/a')} to training loss "
+                          f"{cfg.get('target_loss', 'n/a')} nats (at most "
+                          f"{cfg.get('max_epochs', 'n/a')} epochs), "
+                          f"{cfg.get('dataset', 'n/a')}, {cfg.get('num_train', 'n/a')} "
+                          "training samples")]
+    part = {"facts": _facts(items, "Batch size vs flatness, summary"), "plots": list(figs),
+            "tables": [Table(["batch size", "seed", "epochs", "reached target", "train loss",
+                              "test loss", "loss gap", "top eigenvalue", "trace",
+                              "ε-sharpness"], table_rows,
+                             caption="Per model (losses in nats, eigenvalue and trace in "
+                                     "nats / parameter², ε-sharpness in nats)")]}
     summary = {"batch_sizes": xs, "lambda_max": mean["lambda_max"],
                "sharpness": mean["sharpness"], "loss_gap": mean["loss_gap"],
                "lambda_max_ratio": s.get("lambda_max_ratio"), "spearman": sp}
-    return "".join(html), figs, summary
+    return part, figs, summary
 
 
 @section("batch-size", "Batch size vs flatness",
@@ -231,18 +231,19 @@ def _batch(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, d
 def batch_size(view: RunView) -> Section | None:
     """Top eigenvalue, ε-sharpness and generalisation gap across the batch-size sweep
     (``batch_size.json``)."""
-    return _studies(view, "batch_size.json", _batch)
+    return _studies(view, "batch_size.json", _batch, "batch_size")
 
 
 # ============================================================ grokking lead time
 def _interval(ci: Any) -> str:
+    """A stored ``[low, high]`` interval as text; ``n/a`` when incomplete or not finite."""
     if not isinstance(ci, list) or len(ci) != 2 or not all(
             isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
         return "n/a"
-    return f"[{fmt(ci[0], '', 3)}, {fmt(ci[1], '', 3)}]"
+    return f"[{number(ci[0], '', 3)}, {number(ci[1], '', 3)}]"
 
 
-def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, dict]:
+def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[dict, dict, dict]:
     runs = [r for r in s.get("runs") or [] if isinstance(r, dict)]
     used = [r for r in runs if r.get("onset_step") and isinstance(r.get("lead_time"), (int, float))
             and r["lead_time"] > 0]
@@ -255,8 +256,8 @@ def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, di
                       "y": [b for _, b in pts]})
     if law is not None and law.get("onsets"):
         xs = np.geomspace(min(law["onsets"]), max(law["onsets"]), 30)
-        lines.append({"name": esc(f"fit: lead = {fmt(law['prefactor'], '', 3)} · "
-                                  f"onset^{fmt(law['exponent'], '', 3)}"),
+        lines.append({"name": esc(f"fit: lead = {number(law['prefactor'], '', 3)} · "
+                                  f"onset^{number(law['exponent'], '', 3)}"),
                       "x": xs, "y": law["prefactor"] * xs ** law["exponent"], "dash": "dash"})
     figs = {}
     if lines:
@@ -268,29 +269,22 @@ def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, di
         figs[f"fig-lead-{tag}"] = fig
     level = law.get("level") if law else None
     pct = f"{100 * level:.0f}%" if isinstance(level, (int, float)) else "n/a"
-    items = [("exponent α (lead ∝ onset^α)", fmt(law.get("exponent") if law else None, "", 4)),
-             (f"{pct} interval of α (OLS, t)", esc(_interval(law.get("exponent_ci"))
-                                                     if law else "n/a")),
-             (f"{pct} interval of α (bootstrap)", esc(_interval(law.get("exponent_ci_bootstrap"))
-                                                       if law else "n/a")),
-             ("standard error of α", fmt(law.get("exponent_se") if law else None, "", 3)),
-             ("prefactor c (steps^(1−α))", fmt(law.get("prefactor") if law else None, "", 4)),
-             ("R² (log-log)", fmt(law.get("r2") if law else None, "", 4)),
-             ("runs used / all runs", esc(f"{len(used)} / {len(runs)}"))]
-    html = ['<p class="intro">The commutator defect rises before grokking (the jump of '
-            "validation accuracy); over several moduli p and weight decays the survey finds "
-            "the lead time growing as a superlinear power of the onset step (α ≈ 1.1–1.2). "
-            "Runs without an onset or without a defect rise before it cannot enter the "
-            "log-log fit.</p>",
-            _kv_table(items, "Lead-time law" + ("" if law else ": no law fitted (fewer than "
-                                                "two distinct onsets)"))]
-    html += [plot_div(f) for f in figs]
-    html.append(table(["p", "weight decay", "seed", "onset (step)", "defect rise (step)",
-                       "lead (steps)", "final validation accuracy"],
-                      [[esc(r.get("p")), fmt(r.get("weight_decay")), fmt(r.get("seed")),
-                        fmt(r.get("onset_step")), fmt(r.get("defect_rise_step")),
-                        fmt(r.get("lead_time")), fmt(r.get("final_val_accuracy"), "", 3)]
-                       for r in runs], raw=True, caption="Grokking runs"))
+    items = [("exponent α (lead ∝ onset^α)",
+              number(law.get("exponent") if law else None, "", 4)),
+             (f"{pct} interval of α (OLS, t)",
+              _interval(law.get("exponent_ci")) if law else "n/a"),
+             (f"{pct} interval of α (bootstrap)",
+              _interval(law.get("exponent_ci_bootstrap")) if law else "n/a"),
+             ("standard error of α", number(law.get("exponent_se") if law else None, "", 3)),
+             ("prefactor c (steps^(1−α))", number(law.get("prefactor") if law else None, "", 4)),
+             ("R² (log-log)", number(law.get("r2") if law else None, "", 4)),
+             ("runs used / all runs", f"{len(used)} / {len(runs)}")]
+    tables = [Table(["p", "weight decay", "seed", "onset (step)", "defect rise (step)",
+                     "lead (steps)", "final validation accuracy"],
+                    [[str(r.get("p")), number(r.get("weight_decay")), number(r.get("seed")),
+                      number(r.get("onset_step")), number(r.get("defect_rise_step")),
+                      number(r.get("lead_time")), number(r.get("final_val_accuracy"), "", 3)]
+                     for r in runs], caption="Grokking runs")]
     inter = folder / "interventions.json"
     effects = None
     if inter.is_file():
@@ -298,16 +292,20 @@ def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, di
             effects = json.loads(inter.read_text()).get("effects") or {}
         except (json.JSONDecodeError, AttributeError) as err:
             raise ValueError(f"report: {inter} is not a JSON object ({err})") from err
-        html.append(table(["intervention", "onset change (steps)", "onset ratio", "direction"],
-                          [[esc(n.replace("_", " ")), fmt(e.get("onset_change")),
-                            fmt(e.get("onset_ratio"), "", 3), esc(e.get("direction"))]
-                           for n, e in effects.items()], raw=True,
-                          caption="Interventions against the baseline run"))
+        tables.append(Table(["intervention", "onset change (steps)", "onset ratio",
+                             "direction"],
+                            [[n.replace("_", " "), number(e.get("onset_change")),
+                              number(e.get("onset_ratio"), "", 3), str(e.get("direction"))]
+                             for n, e in effects.items()],
+                            caption="Interventions against the baseline run"))
+    part = {"facts": _facts(items, "Lead-time law" + ("" if law else ": no law fitted (fewer "
+                                                      "than two distinct onsets)")),
+            "plots": list(figs), "tables": tables, "stacked": True}
     summary = {"law": {k: law.get(k) for k in ("exponent", "exponent_ci",
                                                 "exponent_ci_bootstrap", "exponent_se",
                                                 "prefactor", "r2", "level")} if law else None,
                "runs": len(runs), "used": len(used), "interventions": effects}
-    return "".join(html), figs, summary
+    return part, figs, summary
 
 
 @section("grokking-lead-time", "Grokking lead time",
@@ -315,7 +313,7 @@ def _lead(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, di
 def lead_time(view: RunView) -> Section | None:
     """The fitted lead-time law with its interval, the runs, and the interventions'
     effect on onset when stored (``lead_time_law.json``, ``interventions.json``)."""
-    return _studies(view, "lead_time_law.json", _lead)
+    return _studies(view, "lead_time_law.json", _lead, "lead_time")
 
 
 # ================================================================ double descent
@@ -329,7 +327,7 @@ def _surface_field(folder: Path, name: str):
         return ds.load()
 
 
-def _double(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, dict]:
+def _double(view: RunView, folder: Path, s: dict, tag: str) -> tuple[dict, dict, dict]:
     rows = [r for r in s.get("models") or [] if isinstance(r, dict)]
     xs, mean = _means(rows, "width", ("train_error", "test_error", "lambda_max",
                                       "surface_mean_rise"))
@@ -353,43 +351,40 @@ def _double(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, 
                 surfaces.append((r, ds))
     for k, (r, ds) in enumerate(surfaces):
         d0, d1 = ds["loss"].dims
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.log10(np.where(ds["loss"].values > 0, ds["loss"].values, np.nan)).T
+        z = drawable(log10_loss(ds["loss"].values)).T
         figs[f"fig-dd-{tag}-surf{k}"] = F.contour_figure(
             ds[d0].values, ds[d1].values, z, esc(f"{d0} (filter-normalised direction)"),
             esc(f"{d1} (filter-normalised direction)"),
             esc(f"width {r.get('width')}: training loss"), ztitle="log10 loss (nats)")
-    items = [("interpolation threshold (width)", fmt(s.get("interpolation_threshold"))),
-             ("classical best width (test error)", esc(f"{fmt(s.get('classical_best_width'))}"
-                                                       f" ({fmt(s.get('classical_best_test_error'), '', 3)})")),
-             ("test-error peak width", esc(f"{fmt(s.get('peak_test_error_width'))} "
-                                           f"({fmt(s.get('peak_test_error'), '', 3)})")),
-             ("final test error", fmt(s.get("final_test_error"), "", 3)),
-             ("sharpest width (top eigenvalue)", fmt(s.get("sharpest_width"))),
-             ("flattest / sharpest surface width", esc(
-                 f"{fmt(s.get('flattest_surface_width'))} / "
-                 f"{fmt(s.get('sharpest_surface_width'))}"))]
-    html = ['<p class="intro">Test error against model width with noisy labels: it falls, '
-            "peaks where the models first fit the training set (the interpolation "
-            "threshold), then falls again. Beside it the sharpness of each minimum and, "
-            "when stored, its filter-normalised random surface and how flat it is.</p>",
-            _kv_table(items, "Double descent, summary"),
-            '<div class="grid2">' + "".join(plot_div(f) for f in figs) + "</div>"]
+    items = [("interpolation threshold (width)", number(s.get("interpolation_threshold"))),
+             ("classical best width (test error)",
+              f"{number(s.get('classical_best_width'))} "
+              f"({number(s.get('classical_best_test_error'), '', 3)})"),
+             ("test-error peak width", f"{number(s.get('peak_test_error_width'))} "
+                                       f"({number(s.get('peak_test_error'), '', 3)})"),
+             ("final test error", number(s.get("final_test_error"), "", 3)),
+             ("sharpest width (top eigenvalue)", number(s.get("sharpest_width"))),
+             ("flattest / sharpest surface width",
+              f"{number(s.get('flattest_surface_width'))} / "
+              f"{number(s.get('sharpest_surface_width'))}")]
+    tables = []
     if any(r.get("surface") for r in rows):
-        html.append(table(["width", "seed", "mean loss rise (nats)", "max loss rise (nats)",
-                           "flat fraction"],
-                          [[fmt(r.get("width")), fmt(r.get("seed")),
-                            fmt(r.get("surface_mean_rise"), "", 4),
-                            fmt(r.get("surface_max_rise"), "", 4),
-                            fmt(r.get("surface_flat_fraction"), "", 3)]
-                           for r in rows if r.get("surface")], raw=True,
-                          caption="Filter-normalised surfaces: rise of the training loss "
-                                  "over the plane above its centre"))
+        tables.append(Table(["width", "seed", "mean loss rise (nats)", "max loss rise (nats)",
+                             "flat fraction"],
+                            [[number(r.get("width")), number(r.get("seed")),
+                              number(r.get("surface_mean_rise"), "", 4),
+                              number(r.get("surface_max_rise"), "", 4),
+                              number(r.get("surface_flat_fraction"), "", 3)]
+                             for r in rows if r.get("surface")],
+                            caption="Filter-normalised surfaces: rise of the training loss "
+                                    "over the plane above its centre"))
+    part = {"facts": _facts(items, "Double descent, summary"), "plots": list(figs),
+            "tables": tables}
     summary = {k: s.get(k) for k in ("interpolation_threshold", "peak_test_error_width",
                                      "peak_test_error", "sharpest_width",
                                      "flattest_surface_width", "sharpest_surface_width")}
     summary.update(widths=xs, test_error=mean["test_error"])
-    return "".join(html), figs, summary
+    return part, figs, summary
 
 
 @section("double-descent", "Double descent",
@@ -397,4 +392,4 @@ def _double(view: RunView, folder: Path, s: dict, tag: str) -> tuple[str, dict, 
 def double_descent(view: RunView) -> Section | None:
     """Error, sharpness and the filter-normalised surfaces across the width sweep
     (``double_descent.json`` and its stored surfaces)."""
-    return _studies(view, "double_descent.json", _double)
+    return _studies(view, "double_descent.json", _double, "double_descent")
