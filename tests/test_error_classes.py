@@ -149,3 +149,12 @@ def test_refine_scale_vectors_errors(tmp_path):
     with pytest.raises(TypeError) as info:
         VectorFileWriter(tmp_path / "v.bin", (2, 3), dtype=torch.int32)
     _check(info, TypeError, InputTypeError, "VectorFileWriter: dtype")
+
+
+def test_plot_file_given_twice():
+    from lossatlas.curvature.plot import plot_llc_trace
+
+    llc = {"loss_trace": torch.ones(2, 3), "init_loss": 1.0, "llc_mean": 0.0, "llc_std": 0.0}
+    with pytest.raises(TypeError) as info:
+        plot_llc_trace(llc, "a.png", path="b.png")
+    _check(info, TypeError, InputTypeError, "plot_llc_trace: ax='a.png' is a file name")
