@@ -92,7 +92,8 @@ def test_sweep_fits_the_law_of_its_runs(tmp_path, monkeypatch):
         return SimpleNamespace(
             onset={"onset_step": onset, "train_fit_step": 100.0, "grokked": onset is not None},
             defect_rise=None if lead is None else {"step": onset - lead},
-            lead_time=lead, final_val_accuracy=0.99, seconds=1.0, out_dir=Path(out_dir))
+            lead_time=lead, final_val_accuracy=0.99, seconds=1.0, out_dir=Path(out_dir),
+            steps=np.array([0.0, 10.0, 20.0]), metrics={"weight_norm": np.array([1.0, 3.0, 2.0])})
 
     monkeypatch.setattr(lead_law_module, "run_grokking", fake_run)
     summary = lead_time_sweep(tmp_path, moduli=(47, 59, 71), weight_decays=(1.0, 2.0),
@@ -101,6 +102,9 @@ def test_sweep_fits_the_law_of_its_runs(tmp_path, monkeypatch):
     used = [v for v in truth.values() if v[0] is not None and v[1] > 0]
     direct = fit_lead_time_law([u[0] for u in used], [u[1] for u in used], num_bootstrap=200)
     assert summary["num_used"] == 4
+    assert (summary["num_runs"], summary["num_grokked"], summary["num_rise"]) == (6, 5, 5)
+    assert summary["num_rise_after_onset"] == 1  # (71, 2.0): the defect rose after the onset
+    assert all(r["weight_norm_peak_step"] == 10.0 for r in summary["runs"])
     assert summary["law"]["exponent"] == pytest.approx(direct.exponent, abs=1e-12)
     assert summary["law"]["exponent_ci"] == pytest.approx(list(direct.exponent_ci))
     assert json.loads((tmp_path / "lead_time_law.json").read_text())["num_used"] == 4

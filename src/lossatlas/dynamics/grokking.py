@@ -42,7 +42,7 @@ from ..recorder import Recorder
 from ..store import atomic_write_json
 from .transitions import Transition, detect_all, grokking_onset, lead_time
 
-__all__ = ["GrokkingResult", "ModularMLP", "modular_mlp", "run_grokking"]
+__all__ = ["GrokkingResult", "ModularMLP", "defect_lead", "modular_mlp", "run_grokking"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,42 @@ class GrokkingResult:
         }
 
 
+def defect_lead(
+    checkpoint_steps: np.ndarray,
+    defect: np.ndarray,
+    onset: dict[str, Any],
+    rise_kwargs: dict[str, Any] | None = None,
+    median: int = 3,
+) -> dict[str, Any]:
+    """The commutator defect's rise and its lead over the grokking onset.
+
+    Parameters
+    ----------
+    checkpoint_steps : array (c,) of steps
+    defect : array (c,) of the defect at those steps
+    onset : :func:`~lossatlas.dynamics.grokking_onset` of the run (``onset_step``,
+        ``train_fit_step``)
+    rise_kwargs : passed to :func:`~lossatlas.dynamics.lead_time` (the rise detector)
+    median : width (checkpoints, odd) of a running median taken of the defect before
+        its rise is searched; 1 takes the defect as it is. A single checkpoint whose
+        pair of batches happened to give a large defect is then not a rise.
+
+    Returns
+    -------
+    :func:`~lossatlas.dynamics.lead_time`'s dict (``rise``, ``lead_time`` in steps).
+    """
+    from scipy.ndimage import median_filter
+
+    median = int(median)
+    if median < 1 or median % 2 == 0:
+        raise ValueError(f"defect_lead: median must be an odd width >= 1, got {median}")
+    v = np.asarray(defect, dtype=float)
+    if median > 1:
+        v = median_filter(v, size=median, mode="nearest")
+    return lead_time(checkpoint_steps, v, onset["onset_step"], onset["train_fit_step"],
+                     **(rise_kwargs or {}))
+
+
 def _build(model: str, p: int, model_kwargs: dict[str, Any]) -> tuple[nn.Module, str, dict]:
     if model == "mlp":
         kw = {"p": p, "d_embed": 64, "hidden": 256, **model_kwargs}
@@ -181,6 +217,7 @@ def run_grokking(
     defect: bool = True,
     defect_kwargs: dict[str, Any] | None = None,
     rise_kwargs: dict[str, Any] | None = None,
+    defect_median: int = 3,
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
     freeze_embedding: bool = False,
@@ -209,6 +246,9 @@ def run_grokking(
     rise_kwargs : passed to :func:`~lossatlas.dynamics.lead_time` (how the defect's rise
         is found), e.g. ``{"method": "threshold", "factor": 2.0}``; default its
         change-point method
+    defect_median : the rise is searched in a running median of the defect over this
+        many checkpoints (:func:`defect_lead`; 1: none); ``result.defect`` is the raw
+        defect
     num_threads : torch intra-op threads during the run (restored afterwards)
     device : where to train (default CPU, where runs are bit-reproducible)
     freeze_embedding : an intervention: the token embeddings (every ``nn.Embedding``)
@@ -299,12 +339,12 @@ def run_grokking(
             dk = {"eta": lr, "num_pairs": 8, "batch_size": 64, **(defect_kwargs or {})}
             states = [load_state_dict(pth) for pth in rec.paths]
             result.defect = defect_along(net, states, (data.x_train, data.y_train), **dk)
-            lt = lead_time(ck_steps, result.defect, onset["onset_step"], onset["train_fit_step"],
-                           **(rise_kwargs or {}))
+            lt = defect_lead(ck_steps, result.defect, onset, rise_kwargs, defect_median)
             result.defect_rise = lt["rise"]
             result.lead_time = lt["lead_time"]
             config["defect_kwargs"] = dk
             config["rise_kwargs"] = dict(rise_kwargs or {})
+            config["defect_median"] = int(defect_median)
     finally:
         torch.set_num_threads(old_threads)
     result.seconds = time.perf_counter() - t0

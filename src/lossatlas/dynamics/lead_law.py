@@ -53,6 +53,7 @@ __all__ = [
     "lead_time_sweep",
     "onset_effect",
     "plot_lead_time_law",
+    "redetect_leads",
     "write_lead_time_law",
 ]
 
@@ -204,18 +205,86 @@ def plot_lead_time_law(summary: dict[str, Any]) -> Figure:
     return fig
 
 
-def _run_row(result, **labels: Any) -> dict[str, Any]:
+def _norm_peak(steps: np.ndarray, weight_norm: np.ndarray) -> float | None:
+    """The step of the largest parameter norm of a run (None without metrics)."""
+    if len(steps) == 0:
+        return None
+    return float(np.asarray(steps)[int(np.argmax(weight_norm))])
+
+
+def _row(onset: dict[str, Any], rise: dict[str, Any] | None, lead: float | None,
+         final_val_accuracy: float, seconds: float, out_dir: str | Path,
+         norm_peak: float | None = None, **labels: Any) -> dict[str, Any]:
+    """One run's row of a sweep summary (steps; accuracy as a fraction; seconds)."""
     return {
         **labels,
-        "onset_step": result.onset["onset_step"],
-        "train_fit_step": result.onset["train_fit_step"],
-        "grokked": bool(result.onset["grokked"]),
-        "defect_rise_step": None if result.defect_rise is None else result.defect_rise["step"],
-        "lead_time": result.lead_time,
-        "final_val_accuracy": result.final_val_accuracy,
-        "seconds": round(result.seconds, 3),
-        "out_dir": str(result.out_dir),
+        "onset_step": onset["onset_step"],
+        "train_fit_step": onset["train_fit_step"],
+        "grokked": bool(onset["grokked"]),
+        "defect_rise_step": None if rise is None else rise["step"],
+        "lead_time": lead,
+        "weight_norm_peak_step": norm_peak,
+        "final_val_accuracy": float(final_val_accuracy),
+        "seconds": round(float(seconds), 3),
+        "out_dir": str(out_dir),
     }
+
+
+def _run_row(result, **labels: Any) -> dict[str, Any]:
+    return _row(result.onset, result.defect_rise, result.lead_time, result.final_val_accuracy,
+                result.seconds, result.out_dir,
+                _norm_peak(result.steps, result.metrics["weight_norm"]), **labels)
+
+
+def redetect_leads(
+    run_dirs: Sequence[str | Path],
+    *,
+    rise_kwargs: dict[str, Any] | None = None,
+    defect_median: int = 3,
+) -> list[dict[str, Any]]:
+    """The lead times of finished grokking runs found again with another rise detector,
+    from the defect each run stored (no training, no defect evaluation).
+
+    Parameters
+    ----------
+    run_dirs : run directories of :func:`~lossatlas.dynamics.run_grokking` (each with a
+        ``grokking.json`` holding ``checkpoint_steps``, ``defect`` and ``onset``)
+    rise_kwargs, defect_median : the detector, as in
+        :func:`~lossatlas.dynamics.grokking.defect_lead`
+
+    Returns
+    -------
+    One row per run as :func:`lead_time_sweep` records them (``p``, ``weight_decay``,
+    ``seed`` from the run's config; ``weight_norm_peak_step`` from its
+    ``metrics.jsonl`` when there is one), ready for :func:`write_lead_time_law`.
+    """
+    import json
+
+    from .grokking import defect_lead
+
+    rows = []
+    for d in run_dirs:
+        path = Path(d) / "grokking.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"redetect_leads: {path} not found (not a run_grokking "
+                                    f"directory)")
+        g = json.loads(path.read_text())
+        if g.get("defect") is None:
+            raise ValueError(f"redetect_leads: {path} has no defect (the run had "
+                             f"defect=False); rerun it with the defect")
+        cfg = g["config"]
+        lt = defect_lead(np.asarray(g["checkpoint_steps"], float), np.asarray(g["defect"], float),
+                         g["onset"], rise_kwargs, defect_median)
+        metrics = Path(d) / "metrics.jsonl"
+        peak = None
+        if metrics.is_file():
+            m = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            peak = _norm_peak(np.array([r["step"] for r in m if "weight_norm" in r]),
+                              np.array([r["weight_norm"] for r in m if "weight_norm" in r]))
+        rows.append(_row(g["onset"], lt["rise"], lt["lead_time"], g["final_val_accuracy"],
+                         g["seconds"], Path(d), peak, p=int(cfg["p"]),
+                         weight_decay=float(cfg["weight_decay"]), seed=int(cfg["seed"])))
+    return rows
 
 
 def lead_time_sweep(
@@ -243,8 +312,8 @@ def lead_time_sweep(
     Returns
     -------
     JSON-able dict: ``config``, ``runs`` (p, weight_decay, seed, onset_step,
-    train_fit_step, grokked, defect_rise_step, lead_time, final_val_accuracy, seconds,
-    out_dir), ``law`` (:meth:`LeadTimeLaw.to_dict`, or None with fewer than 2 usable
+    train_fit_step, grokked, defect_rise_step, lead_time, weight_norm_peak_step (the
+    step of the largest parameter norm), final_val_accuracy, seconds, out_dir), ``law`` (:meth:`LeadTimeLaw.to_dict`, or None with fewer than 2 usable
     runs or a single onset), ``num_used`` (runs with an onset and a positive lead),
     ``paths``. Written to ``OUT/lead_time_law.json`` and ``OUT/lead_time_law.png``
     (:func:`write_lead_time_law`).
@@ -296,7 +365,10 @@ def write_lead_time_law(
     -------
     The summary written: ``config``, ``runs``, ``law`` (:meth:`LeadTimeLaw.to_dict`, or
     None with fewer than 2 distinct onsets among the usable runs), ``num_used`` (runs
-    with an onset and a positive lead), ``paths``.
+    with an onset and a positive lead), ``num_runs``, ``num_grokked`` (runs with an
+    onset), ``num_rise`` (of those, runs whose defect rise was found after the
+    memorisation spike), ``num_rise_after_onset`` (of those, the rise at or after the
+    onset: lead <= 0), ``paths``.
     """
     from ..surfaces.plot import save_figure
 
@@ -319,7 +391,11 @@ def write_lead_time_law(
     else:
         log.warning("lead_time_sweep: %d runs with an onset and a positive lead; no law fitted",
                     len(used))
+    grokked = [r for r in rows if r["onset_step"]]
+    rose = [r for r in grokked if r["lead_time"] is not None]
     summary = {"config": config, "runs": rows, "law": law, "num_used": len(used),
+               "num_runs": len(rows), "num_grokked": len(grokked), "num_rise": len(rose),
+               "num_rise_after_onset": sum(r["lead_time"] <= 0 for r in rose),
                "paths": {"summary": str(out / "lead_time_law.json"),
                          "figure": str(out / "lead_time_law.png")}}
     save_figure(plot_lead_time_law(summary), out / "lead_time_law.png", dpi=120)
