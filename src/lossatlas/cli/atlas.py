@@ -8,34 +8,19 @@ from pathlib import Path
 import typer
 
 from ._common import (
-    _BN,
-    _DATA,
-    _DATA_ARG,
-    _DEVICE,
-    _LOSS,
-    _MODEL_ARG,
-    _OUTPUT_KEY,
-    _PRECISION,
-    _RUN_MODEL,
-    _SAMPLES,
-    _SPLIT,
-    _TEST_DATA,
-    _TRUST_RUN,
+    POPULATION,
+    Inputs,
     Json,
     UsageError,
     Verbose,
-    _check_out,
     _check_threshold,
-    _eval_options,
     _finish,
     _handle,
-    _load_data,
-    _load_population,
     _matrix_table,
-    _model_factory,
     _number,
     _progress,
     _setup_logging,
+    out_option,
 )
 
 __all__ = ["atlas"]
@@ -44,10 +29,7 @@ __all__ = ["atlas"]
 @_handle
 def atlas(
     population: str = typer.Option(..., help="Checkpoint directory, glob, or a train run."),
-    model: str = _RUN_MODEL, model_arg: list[str] = _MODEL_ARG, data: str = _DATA,
-    trust_run: bool = _TRUST_RUN, data_arg: list[str] = _DATA_ARG,
-    test_data: str = _TEST_DATA, split: str = _SPLIT, samples: int = _SAMPLES,
-    bn: str = _BN, output_key: str = _OUTPUT_KEY, loss: str = _LOSS,
+    inputs: Inputs = POPULATION.plus("output_key", "loss", "precision"),
     method: str = typer.Option("ae", help="ae | pca | kpca | umap"),
     dim: int = typer.Option(2, help="Latent dimension (2 to 4)."),
     resolution: int = typer.Option(48, help="Base grid points per latent axis.",
@@ -59,7 +41,6 @@ def atlas(
     threshold: str = typer.Option("0.1", help="Persistence threshold: decades, 'auto' or "
                                   "'N%' of the population's log-loss range.",
                                   callback=_check_threshold),
-    device: str = _DEVICE, precision: str = _PRECISION,
     memory_budget: str = typer.Option(
         None, help="Host memory the stages may use, e.g. 4GB: the checkpoints are streamed "
         "into RUN/population.safetensors and read by blocks (populations larger than memory)."),
@@ -76,15 +57,14 @@ def atlas(
     saddle_tol: float = typer.Option(0.05, "--saddle-tol", help="With --check-saddles: "
                                      "eigenvalues below -tol x the largest magnitude count "
                                      "as negative.", callback=_number("nonnegative")),
-    out_dir: Path = typer.Option(Path("runs/atlas"), "--out", help="Run directory.",
-                                 callback=_check_out),
+    out_dir: Path = out_option("runs/atlas"),
     overwrite: bool = typer.Option(
         False, help="Empty the run directory of earlier results and start afresh (needed "
         "when it holds another population's, or fields computed on other data)."),
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """The global atlas: embedding, refined loss field, merge tree and basins."""
-    from ..pipeline import build_atlas, measured_on
+    from ..pipeline import build_atlas
     from ..points import MAX_GRID_POINTS
     from ..vectors import parse_bytes
 
@@ -94,12 +74,10 @@ def atlas(
     if resolution < 2 or resolution**dim > MAX_GRID_POINTS:
         raise UsageError(f"--resolution {resolution} with --dim {dim}: the base grid must have "
                          f"2 to {MAX_GRID_POINTS} points per side^dim")
-    opts = _eval_options(bn, output_key, loss)
-    splits, xy = _load_data(data, data_arg, split, samples, test_data)
-    factory, kwargs = _model_factory(model, model_arg, splits)
+    loaded = inputs.load()
     mem = None if memory_budget is None else parse_bytes(memory_budget, "--memory-budget")
-    stream = None if mem is None else out_dir / "population.safetensors"
-    pop = _load_population(population, model, kwargs, trust_run, out=stream, bn=bn)
+    pop = loaded.population(population,
+                            out=None if mem is None else out_dir / "population.safetensors")
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     held_out = None
@@ -113,11 +91,13 @@ def atlas(
         # the run holds the whole population's results (a later hessian/llc/connect of it
         # into the same --out is the same population)
         pop.__dict__["_lossatlas_fingerprint"] = whole
-    atlas_, summary = build_atlas(pop, xy, out_dir, method, dim, resolution, budget, tol, threshold,
-                             device, precision, progress=_progress(as_json), memory_budget=mem,
-                             output=opts["output"], loss_fn=opts["loss_fn"], held_out=held_out,
-                             overwrite=overwrite,
-                             data=measured_on(splits, split, len(xy[1]), samples))
+    evaluation = inputs.evaluation()
+    atlas_, summary = build_atlas(pop, loaded.xy, out_dir, method, dim, resolution, budget,
+                                  tol, threshold, inputs.device, inputs.precision,
+                                  progress=_progress(as_json), memory_budget=mem,
+                                  output=evaluation["output"],
+                                  loss_fn=evaluation["loss_fn"], held_out=held_out,
+                                  overwrite=overwrite, data=loaded.measured_on())
     if summary is None:  # not rank 0 under torchrun
         return
     tables = []
@@ -125,42 +105,17 @@ def atlas(
         if not saddle_tol < 1:
             raise UsageError(f"--saddle-tol must be in [0, 1), got {saddle_tol}")
         from ..curvature import atlas_saddles
+        from ..curvature.reports import SADDLE_COLUMNS, saddle_rows
 
         ds = atlas_saddles(atlas_, k=saddle_k, tol=saddle_tol, progress=_progress(as_json))
-        summary.update(saddles=int(ds.sizes["saddle"]), true_saddles=int(ds["is_saddle"].sum()),
+        rows = saddle_rows(ds)
+        summary.update(saddles=len(rows), true_saddles=sum(r["is_saddle"] for r in rows),
                        saddles_store=str(out_dir / "fields" / "saddles.zarr"))
         if as_json:
-            summary["saddle_table"] = _saddle_rows(ds)
-        elif ds.sizes["saddle"]:
-            tables.append(_saddle_table(ds))
+            summary["saddle_table"] = rows
+        elif rows:
+            tables.append(_matrix_table(
+                "merge-tree saddles (basins joined), full-space Hessian",
+                [f"{r['basins'][0]}-{r['basins'][1]}" for r in rows],
+                [[float(r[c]) for c in SADDLE_COLUMNS] for r in rows], list(SADDLE_COLUMNS)))
     _finish(summary, as_json, "atlas", tables)
-
-
-_SADDLE_COLUMNS = ("map_log10_loss", "loss", "grad_norm", "min_eigenvalue", "max_eigenvalue",
-                   "negative_count", "is_saddle")
-
-
-def _saddle_rows(ds) -> list[dict]:
-    """One dict per merge-tree saddle of ``atlas_saddles``' dataset: basins joined, the
-    map's log10 loss, the full-space loss (nats), gradient norm, smallest and largest
-    eigenvalue (loss per squared parameter), negative count and verdict."""
-    rows = []
-    for i in range(int(ds.sizes["saddle"])):
-        row = {"basins": [int(b) for b in ds["basins"].values[i]]}
-        for c in _SADDLE_COLUMNS:
-            v = ds[c].values[i]
-            v = v[0] if c == "min_eigenvalue" else v
-            row[c] = bool(v) if c == "is_saddle" else (int(v) if c == "negative_count"
-                                                       else float(v))
-        rows.append(row)
-    return rows
-
-
-def _saddle_table(ds):
-    """`_saddle_rows` as a printable table (verdict: 1 a true saddle, 0 a map artefact)."""
-    rows = _saddle_rows(ds)
-    names = [f"{r['basins'][0]}-{r['basins'][1]}" for r in rows]
-    return _matrix_table("merge-tree saddles (basins joined), full-space Hessian", names,
-                         [[float(r[c]) for c in _SADDLE_COLUMNS] for r in rows],
-                         list(_SADDLE_COLUMNS))
-

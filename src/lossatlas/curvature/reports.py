@@ -1,7 +1,8 @@
-"""One model's curvature measured and written into a run directory, as ``lossatlas
-hessian CHECKPOINT`` and ``lossatlas llc CHECKPOINT`` do: :func:`hessian_report` (top
-and bottom eigenvalues, trace, spectral density, saddle verdict) and :func:`llc_report`
-(the local learning coefficient by SGLD). A whole population's terrain:
+"""Curvature as the command line reports it. One model's, measured and written into a
+run directory as ``lossatlas hessian CHECKPOINT`` and ``lossatlas llc CHECKPOINT`` do:
+:func:`hessian_report` (top and bottom eigenvalues, trace, spectral density, saddle
+verdict) and :func:`llc_report` (the local learning coefficient by SGLD); the atlas's
+merge-tree saddles as rows: :func:`saddle_rows`. A whole population's terrain:
 :mod:`lossatlas.curvature.population`.
 
 >>> rep = hessian_report(model, (x, y), "runs/hessian", k=3, trace=True)  # doctest: +SKIP
@@ -16,7 +17,11 @@ from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["hessian_report", "llc_report"]
+__all__ = ["SADDLE_COLUMNS", "hessian_report", "llc_report", "saddle_rows"]
+
+#: The measures of `saddle_rows`, in order.
+SADDLE_COLUMNS = ("map_log10_loss", "loss", "grad_norm", "min_eigenvalue", "max_eigenvalue",
+                  "negative_count", "is_saddle")
 
 
 def hessian_report(model: nn.Module, data, out_dir: str | Path, k: int = 5, *,
@@ -108,3 +113,21 @@ def llc_report(model: nn.Module, data, out_dir: str | Path, *, num_chains: int =
     atomic_write_json(out_dir / "llc.json", summary)
     Run(out_dir).record_stage("llc", summary["seconds"], chains=num_chains, draws=num_draws)
     return summary
+
+
+def saddle_rows(ds) -> list[dict[str, Any]]:
+    """One dict per merge-tree saddle of :func:`~lossatlas.curvature.atlas_saddles`'
+    dataset: ``basins`` joined, the map's log10 loss, the full-space ``loss`` (nats),
+    ``grad_norm``, the smallest and largest eigenvalue (loss per squared parameter),
+    ``negative_count`` and ``is_saddle`` (the verdict: True a true saddle, False an
+    artefact of the map)."""
+    rows = []
+    for i in range(int(ds.sizes["saddle"])):
+        row: dict[str, Any] = {"basins": [int(b) for b in ds["basins"].values[i]]}
+        for c in SADDLE_COLUMNS:
+            v = ds[c].values[i]
+            v = v[0] if c == "min_eigenvalue" else v
+            row[c] = bool(v) if c == "is_saddle" else (int(v) if c == "negative_count"
+                                                       else float(v))
+        rows.append(row)
+    return rows
