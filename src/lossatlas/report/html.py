@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,6 @@ __all__ = [
     "number",
     "script_json",
     "data_uri",
-    "img",
-    "table",
 ]
 
 
@@ -107,20 +105,3 @@ class Png:
 def data_uri(path: str | Path, mime: str = "image/png") -> str:
     """The file as a ``data:`` URI (base64)."""
     return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def img(path: str | Path, alt: str) -> str:
-    """An ``<img>`` with the PNG inlined and ``alt`` text escaped."""
-    return (f'<figure class="png"><img src="{data_uri(path)}" alt="{esc(alt)}">'
-            f"<figcaption>{esc(alt)}</figcaption></figure>")
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]], raw: bool = False,
-          caption: str | None = None) -> str:
-    """An HTML table. Cells are escaped unless ``raw`` (then they must be HTML already,
-    e.g. from :func:`fmt`)."""
-    cell = (lambda c: str(c)) if raw else esc
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f'<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

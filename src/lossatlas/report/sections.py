@@ -6,7 +6,8 @@ when the run lacks its inputs; the page then lists it under "Absent sections"
 with the command that produces it: ``hint`` is that command, with placeholders
 (``{run}``, ``{population}``, ``{data}``, ``{dataset}``, ``{model}``, ``{train}``,
 ``{a}``, ``{b}``) filled from the run by :func:`lossatlas.report.commands.fill_hint`.
-Adding a section is one function::
+Adding a section is one function and one template (``report/templates/``, Jinja2 with
+autoescape on, so the values may hold any text from the run)::
 
     @section("terrain", "Terrain",
              hint="lossatlas hessian --population {population} {data} --out {run}")
@@ -14,7 +15,14 @@ Adding a section is one function::
         ds = view.field("terrain")
         if ds is None:
             return None
-        return Section(html="...", figures={...}, summary={...})
+        return Section(template="sections/terrain.html.j2", data={...},
+                       figures={...}, summary={...})
+
+The builder gathers the values the section shows (``data``: texts, numbers,
+:class:`~lossatlas.report.html.Table` s, figure ids); the template lays them out with
+the macros of ``_macros.html.j2`` (tables, definition lists, plot placeholders, inlined
+PNGs). Text that plotly draws (hover text, trace names) is HTML to plotly and goes
+through :func:`~lossatlas.report.html.esc`.
 
 Builders never evaluate a loss: they read stored values. The merge tree and the
 persistence pairs are recomputed from the stored field values and edges (cheap,
@@ -120,10 +128,6 @@ def build_sections(view: RunView, progress: bool | None = False,
             err.add_note(f"report: while building section {spec.title!r} on run {view.path}")
             raise
     return out
-
-
-def plot_div(fig_id: str, tall: bool = False) -> str:
-    return f'<div class="plot{" tall" if tall else ""}" id="{esc(fig_id)}"></div>'
 
 
 def _seconds(s: Any) -> str:
