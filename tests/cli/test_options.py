@@ -2,7 +2,9 @@
 ``terrain.py``, ``dynamics.py`` and ``report.py``: names (with their deprecated aliases)
 and defaults, written down from ``--help`` before the shared options moved into
 ``cli/_common.py``'s groups, so that the refactoring can be seen to change none of them.
-A verb that gains or renames an option updates its row here on purpose."""
+A verb that gains or renames an option updates its row here on purpose. (Arguments are
+keyed by their Python name: ``report`` and ``dynamics`` call theirs ``run_dir``, shown
+as ``RUN``.)"""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ EXPECTED: dict[str, dict] = {
               "--device": None, "--precision": "fp32", "--memory-budget": None,
               "--holdout": 0.0, "--check-saddles": False, "--saddle-k": 1,
               "--saddle-tol": 0.05, "--out": PosixPath("runs/atlas"), **_TAIL},
-    "report": {"<run>": None, "--json": False},
+    "report": {"<run_dir>": None, "--json": False},
     "connect": {"<a>": None, "<b>": None, "--curve": "bezier", "--train-steps": 1000,
                 "--points": 61, "--align": False, "--layer-noise": False,
                 "--noise-scales": "0.05,0.1,0.2,0.5,1.0", "--noise-draws": 4, **_POP,
@@ -43,7 +45,7 @@ EXPECTED: dict[str, dict] = {
               "--model-arg": None, "--data": "mnist1d", "--data-arg": None,
               "--split": "train", "--samples": None, "--device": None,
               "--out": PosixPath("runs/align"), "--json": False, "--verbose -v": False},
-    "dynamics": {"<run>": None, "--defect --no-defect": True,
+    "dynamics": {"<run_dir>": None, "--defect --no-defect": True,
                  "--stages --no-stages": False, "--max-checkpoints": 100,
                  "--trust-run": False, "--json": False, "--verbose -v": False},
     "branches": {"<population>": None, "--metric": "disagreement",
@@ -72,8 +74,8 @@ EXPECTED: dict[str, dict] = {
 }
 
 #: Options a verb must be given (the rest have the defaults above).
-REQUIRED = {"atlas": {"--population"}, "align": {"<a>", "<b>"}, "report": {"<run>"},
-            "dynamics": {"<run>"}, "branches": {"<population>"},
+REQUIRED = {"atlas": {"--population"}, "align": {"<a>", "<b>"}, "report": {"<run_dir>"},
+            "dynamics": {"<run_dir>"}, "branches": {"<population>"},
             "surface interp": {"<a>", "<b>"}, "surface random": {"<checkpoint>"},
             "surface plane": {"<a>", "<b>", "<c>"}, "surface pca": {"<trajectory>"},
             "surface hessian": {"<checkpoint>"}}

@@ -319,16 +319,16 @@ def _model_factory(spec: str | None, args: list[str] | None, splits=None):
 
 
 def _load_population(source: str, model: str | None, kwargs: dict, trust_run: bool,
-                     out: Path | None = None, bn: str | None = None):
+                     stream_to: Path | None = None, bn: str | None = None):
     """``--population``: a train run (its own model unless --model names one; a factory its
     train.json names runs only if built in or with --trust-run), or checkpoints of --model
-    (default mlp)."""
+    (default mlp); streamed into the vector file ``stream_to`` when given."""
     from ..population import Population, is_train_run
 
     if model is None and not is_train_run(source):
         model = _DEFAULT_MODEL
     return Population.open(source, model, None if model is None else kwargs,
-                           trust_run=trust_run, out=out, bn=bn)
+                           trust_run=trust_run, out=stream_to, bn=bn)
 
 
 def _cell(v: Any) -> str:
@@ -523,12 +523,12 @@ class Loaded:
         """One model of the factory per checkpoint path, its weights loaded."""
         return _load_models(paths, self.factory)
 
-    def population(self, source: str, out: Path | None = None):
+    def population(self, source: str, stream_to: Path | None = None):
         """The `Population` of ``--population SOURCE`` (`_load_population`; streamed into
-        ``out`` when given)."""
+        the vector file ``stream_to`` when given)."""
         i = self.inputs
-        return _load_population(source, i.model, self.factory_kwargs, i.trust_run, out=out,
-                                bn=i.bn)
+        return _load_population(source, i.model, self.factory_kwargs, i.trust_run,
+                                stream_to=stream_to, bn=i.bn)
 
     def evaluator(self, model, **kwargs: Any):
         """An `Evaluator` of ``model`` on ``xy`` with the options' device, precision, BatchNorm

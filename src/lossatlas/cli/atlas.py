@@ -76,8 +76,8 @@ def atlas(
                          f"2 to {MAX_GRID_POINTS} points per side^dim")
     loaded = inputs.load()
     mem = None if memory_budget is None else parse_bytes(memory_budget, "--memory-budget")
-    pop = loaded.population(population,
-                            out=None if mem is None else out_dir / "population.safetensors")
+    pop = loaded.population(population, stream_to=None if mem is None
+                            else out_dir / "population.safetensors")
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
     held_out = None

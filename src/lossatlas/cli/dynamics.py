@@ -25,7 +25,8 @@ __all__ = ["dynamics", "branches"]
 
 @_handle
 def dynamics(
-    run: Path = typer.Argument(..., help="A train run or a Recorder run directory."),
+    run_dir: Path = typer.Argument(..., metavar="RUN",
+                                   help="A train run or a Recorder run directory."),
     defect: bool = typer.Option(True, help="Commutator defect at every checkpoint."),
     stages: bool = typer.Option(False, help="LLC at every checkpoint and its stages (slow)."),
     max_checkpoints: int = typer.Option(100, help="Checkpoints per run used at most.",
@@ -41,10 +42,10 @@ def dynamics(
     if max_checkpoints < 2:
         raise UsageError(f"--max-checkpoints must be >= 2, got {max_checkpoints}")
     t0 = time.perf_counter()
-    rep = dynamics_report(run, defect=defect, stages=stages, max_checkpoints=max_checkpoints,
+    rep = dynamics_report(run_dir, defect=defect, stages=stages, max_checkpoints=max_checkpoints,
                           trust_run=trust_run)
-    summary = {"run": str(run), "runs": len(rep.get("runs", {})),
-               "store": str(Path(run) / "dynamics.json")}
+    summary = {"run": str(run_dir), "runs": len(rep.get("runs", {})),
+               "store": str(Path(run_dir) / "dynamics.json")}
     for key, entry in rep.get("runs", {}).items():
         n = sum(len(v) for v in (entry.get("transitions") or {}).values())
         summary[f"{key}: transitions"] = n

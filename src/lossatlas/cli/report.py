@@ -12,11 +12,12 @@ __all__ = ["report"]
 
 
 @_handle
-def report(run: Path = typer.Argument(..., help="Run directory."), as_json: bool = Json):
+def report(run_dir: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+           as_json: bool = Json):
     """Write RUN/report.html (one self-contained page, opens offline) and RUN/summary.json,
     from what the run directory holds (nothing is recomputed)."""
     from ..report import write_report
 
-    path = write_report(run)
-    _finish({"report": str(path), "summary": str(Path(run) / "summary.json")}, as_json,
+    path = write_report(run_dir)
+    _finish({"report": str(path), "summary": str(Path(run_dir) / "summary.json")}, as_json,
             "report")
