@@ -128,3 +128,89 @@ def test_every_verb_of_these_modules_is_snapshotted():
     commands = _commands()
     covered = {commands[v].callback.__name__ for v in EXPECTED}
     assert owned <= covered, owned - covered
+
+
+# ------------------------------------------------------------ option groups
+def _group_app(group):
+    """An app of one verb taking ``group`` as ``inputs``, returning what it got."""
+    from lossatlas.cli._common import Inputs, _handle
+
+    got = {}
+    app_ = typer.Typer()
+
+    @app_.command()
+    @_handle
+    def verb(first: int = typer.Option(1), inputs: Inputs = group,
+             last: str = typer.Option("z")):
+        got.update(first=first, inputs=inputs, last=last)
+
+    @app_.command()
+    def other():
+        """A second command, so that typer keeps the command names."""
+
+    return app_, got, verb
+
+
+def test_a_group_becomes_its_options_in_place_and_arrives_as_inputs():
+    from typer.testing import CliRunner
+
+    from lossatlas.cli._common import EVALUATION, Inputs
+
+    group = EVALUATION.without("test_data", "output_key", "loss").plus("trust_run")
+    app_, got, verb = _group_app(group)
+    res = CliRunner().invoke(app_, ["verb", "--first", "3", "--model", "cnn", "--model-arg",
+                                    "width=4", "--samples", "7", "--bn", "own",
+                                    "--trust-run", "--last", "q"])
+    assert res.exit_code == 0, res.output
+    assert got["first"] == 3 and got["last"] == "q"
+    assert got["inputs"] == Inputs(model="cnn", model_arg=["width=4"], trust_run=True,
+                                   samples=7, bn="own")  # the rest: the options' defaults
+    names = list(__import__("inspect").signature(verb).parameters)
+    assert names == ["first", "model", "model_arg", "data", "data_arg", "split", "samples",
+                     "bn", "device", "precision", "trust_run", "last"]
+    # the options' own checks still run (callbacks of the shared typer.Options)
+    res = CliRunner().invoke(app_, ["verb", "--samples", "0"])
+    assert res.exit_code == 1 and res.output.strip() == "error: --samples must be >= 1, got 0"
+
+
+def test_a_group_refuses_unknown_options_and_clashes():
+    from lossatlas.cli._common import POPULATION, Inputs, Options, _handle
+
+    with pytest.raises(ValueError, match="unknown shared options \\['modle'\\]"):
+        Options(("model", "modle"))
+
+    def verb(model: str = typer.Option("x"), inputs: Inputs = POPULATION):
+        pass
+
+    with pytest.raises(ValueError, match="verb: options \\['model'\\] are both"):
+        _handle(verb)
+
+
+def test_loaded_inputs_build_the_evaluator_and_population_the_options_name(tmp_path):
+    import torch
+
+    from lossatlas.checkpoints import save_state_dict
+    from lossatlas.cli._common import Inputs, UsageError
+    from lossatlas.evaluate import Evaluator
+    from lossatlas.models import create
+
+    # one output and --loss mse: a regression on the class index (cross-entropy would be 0)
+    inputs = Inputs(model="mlp", model_arg=["hidden=[8]", "num_classes=1"], data="blobs",
+                    data_arg=["num_features=6", "num_classes=3"], samples=20, loss="mse",
+                    device="cpu")
+    loaded = inputs.load()
+    assert loaded.xy[0].shape == (20, 6) and loaded.factory_kwargs["hidden"] == [8]
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        paths.append(save_state_dict(create("mlp", in_features=6, hidden=(8,),
+                                            num_classes=1).state_dict(),
+                                     tmp_path / f"m{seed}.pt"))
+    models = loaded.models(paths)
+    ref = Evaluator(models[0], loaded.xy, loss_fn="mse", device="cpu")
+    ev = loaded.evaluator(models[0])
+    loss = ev.evaluate_models(models)["loss"]
+    assert torch.allclose(loss, ref.evaluate_models(models)["loss"]) and (loss > 0).all()
+    assert len(loaded.population(str(tmp_path))) == 3
+    with pytest.raises(UsageError, match="--bn must be"):
+        Inputs(bn="mine").load()

@@ -104,7 +104,8 @@ def _handle(fn):
     if groups:  # what typer reads: the groups' options in place of the group parameters
         wrapper.__signature__ = signature
         wrapper.__annotations__ = {p.name: p.annotation
-                                   for p in signature.parameters.values()}
+                                   for p in signature.parameters.values()
+                                   if p.annotation is not inspect.Parameter.empty}
     return wrapper
 
 
@@ -590,8 +591,9 @@ POPULATION = Options(("run_model", "model_arg", "data", "trust_run", "data_arg",
 
 def _expand_groups(fn) -> tuple[inspect.Signature, dict[str, Options]]:
     """``fn``'s signature with each `Options` parameter replaced by the group's options,
-    and those parameters by name."""
-    signature = inspect.signature(fn, eval_str=True)
+    and those parameters by name. (The verb's own annotations stay as written; typer
+    resolves them in the verb's module.)"""
+    signature = inspect.signature(fn)
     params: list[inspect.Parameter] = []
     groups: dict[str, Options] = {}
     for p in signature.parameters.values():
