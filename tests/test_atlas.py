@@ -252,7 +252,7 @@ def test_mapped_population_under_a_memory_budget_gives_the_same_atlas(population
         atlases.append(a)
     mem, lazy = atlases
     assert lazy.reduction_.on_disk and not mem.reduction_.on_disk
-    assert (lazy.path / "embedding" / "reduction.components.safetensors").exists()
+    assert (lazy.path / "embedding" / "map.components.safetensors").exists()
     assert lazy._chunk_points() < len(pop)  # decoding really was chunked
     torch.testing.assert_close(lazy.codes_, mem.codes_, rtol=0, atol=1e-4)
     np.testing.assert_allclose(lazy.field_.values["log10_loss"], mem.field_.values["log10_loss"],

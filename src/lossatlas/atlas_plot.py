@@ -1,13 +1,25 @@
-"""Figures of an atlas: the latent landscape, its merge tree and persistence diagram."""
+"""Figures of an atlas: the latent landscape, its merge tree and persistence diagram.
+
+Every ``plot_*(atlas, ax=None, ...)`` draws on ``ax`` (a new figure without one) and
+returns the Axes; none saves. Save with :func:`save_figure` (the atlas's settings of
+:func:`lossatlas.plotting.save_figure`: 130 dpi, cropped, closed). Passing ``path``
+still saves, deprecated.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .plotting import pyplot
 from .plotting import save_figure as _save_figure
+from .scale import drawable
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["plot_landscape", "plot_atlas_tree", "plot_atlas_persistence", "save_figure"]
 
@@ -20,14 +32,33 @@ def save_figure(fig, path) -> Path:
     return _save_figure(fig, path, dpi=130, bbox_inches="tight", close=True)
 
 
+def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Axes, bool]:
+    """``ax``, or the Axes of a new figure of ``size`` inches (and whether it is new)."""
+    if ax is not None:
+        return ax, False
+    return pyplot().subplots(figsize=size)[1], True
+
+
+def _deprecated_save(ax: Axes, path, own: bool, fn: str) -> None:
+    """The deprecated ``path=`` of the plot functions: saves a figure they made."""
+    if path is None:
+        return
+    warnings.warn(f"{fn}(path=) is deprecated: the plot functions return the Axes and "
+                  "never save; use lossatlas.atlas_plot.save_figure(ax.figure, path)",
+                  DeprecationWarning, stacklevel=3)
+    if own:
+        save_figure(ax.figure, path)
+
+
 def _variant_styles(labels: list[dict]) -> dict[str, tuple[str, object]]:
     variants = sorted({str(lab.get("variant", "?")) for lab in labels})
     cmap = pyplot().get_cmap("tab10")
     return {v: (MARKERS[i % len(MARKERS)], cmap(i % 10)) for i, v in enumerate(variants)}
 
 
-def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
-                   marker_values: dict[int, float] | None = None, marker_label: str = ""):
+def plot_landscape(atlas, path=None, ax: Axes | None = None, trajectories: bool = True,
+                   marker_values: dict[int, float] | None = None,
+                   marker_label: str = "") -> Axes:
     """Filled contours of log10 loss on the refined latent field (2-D maps).
 
     Basin boundaries (after simplification) are drawn as black lines when the
@@ -45,10 +76,8 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
         )
     import matplotlib.tri as mtri
 
-    own = ax is None
-    if own:
-        fig, ax = pyplot().subplots(figsize=(7.5, 6.2))
-    values = f.values["log10_loss"].copy()
+    ax, own = _axes(ax, (7.5, 6.2))
+    values = drawable(f.values["log10_loss"])  # diverged samples drawn at the highest level
     finite = np.isfinite(values)
     cap = np.nanmax(values[finite]) if finite.any() else 1.0
     values[~finite] = cap
@@ -95,18 +124,15 @@ def plot_landscape(atlas, path=None, ax=None, trajectories: bool = True,
     handles = ax.get_legend_handles_labels()[0]
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12),
               ncol=max(1, min(4, len(handles))), frameon=False)
-    if path is not None and own:
-        save_figure(ax.figure, path)
+    _deprecated_save(ax, path, own, "plot_landscape")
     return ax
 
 
-def plot_atlas_tree(atlas, path=None, ax=None):
+def plot_atlas_tree(atlas, path=None, ax: Axes | None = None) -> Axes:
     """The simplified merge tree, leaves labelled with the variants in their basin."""
     from .topology import plot_merge_tree
 
-    own = ax is None
-    if own:
-        fig, ax = pyplot().subplots(figsize=(7, 4.5))
+    ax, own = _axes(ax, (7, 4.5))
     labels = atlas.population.labels
     names = []
     for b in range(len(np.asarray(atlas.tree_.minima).reshape(-1))):
@@ -115,21 +141,17 @@ def plot_atlas_tree(atlas, path=None, ax=None):
         names.append(",".join(vs) if vs else "-")
     plot_merge_tree(atlas.tree_, leaf_labels=names, ax=ax)
     ax.set_ylabel("log10 loss")
-    if path is not None and own:
-        save_figure(ax.figure, path)
+    _deprecated_save(ax, path, own, "plot_atlas_tree")
     return ax
 
 
-def plot_atlas_persistence(atlas, path=None, ax=None):
+def plot_atlas_persistence(atlas, path=None, ax: Axes | None = None) -> Axes:
     """Persistence diagram (birth vs death, log10 loss) of the atlas field."""
     from .topology import plot_persistence_diagram
 
-    own = ax is None
-    if own:
-        fig, ax = pyplot().subplots(figsize=(4.8, 4.5))
+    ax, own = _axes(ax, (4.8, 4.5))
     plot_persistence_diagram(atlas.pairs_, ax=ax)
     ax.set_xlabel("birth (log10 loss)")
     ax.set_ylabel("death (log10 loss)")
-    if path is not None and own:
-        save_figure(ax.figure, path)
+    _deprecated_save(ax, path, own, "plot_atlas_persistence")
     return ax

@@ -63,7 +63,9 @@ class ResidualCorrection:
         self.codes = codes
         k = self._kernel(codes)
         k += ridge * torch.eye(len(codes), dtype=k.dtype)
-        self.weights = torch.linalg.solve(k, residuals.double())  # [N, r]
+        # row-major, as when read back from a file: the same products, bit for bit, in a
+        # fresh run and a resumed one
+        self.weights = torch.linalg.solve(k, residuals.double()).contiguous()  # [N, r]
 
     def _kernel(self, z: Tensor) -> Tensor:
         d2 = torch.cdist(z.double(), self.codes.to(z.device)).square()

@@ -32,7 +32,7 @@ def build_atlas(pop, xy, out_dir: str | Path, method: str, dim: int, resolution:
     ``atlas_summary.json`` for the report."""
     from . import distributed
     from .atlas import Atlas
-    from .atlas_plot import plot_atlas_persistence, plot_atlas_tree
+    from .atlas_plot import plot_atlas_persistence, plot_atlas_tree, plot_landscape, save_figure
     from .store import atomic_write_json
 
     out_dir = Path(out_dir)
@@ -55,12 +55,9 @@ def build_atlas(pop, xy, out_dir: str | Path, method: str, dim: int, resolution:
                                      enumerate(held_out.labels)])
     if not distributed.is_main():  # under torchrun rank 0 draws and reports
         return atlas, None
-    figs = []
-    if dim == 2:
-        figs.append(atlas.plot_landscape(out_dir / "landscape.png") and out_dir / "landscape.png")
-    plot_atlas_tree(atlas, out_dir / "merge_tree.png")
-    plot_atlas_persistence(atlas, out_dir / "persistence.png")
-    figs += [out_dir / "merge_tree.png", out_dir / "persistence.png"]
+    plots = [(plot_landscape, "landscape.png")] if dim == 2 else []
+    plots += [(plot_atlas_tree, "merge_tree.png"), (plot_atlas_persistence, "persistence.png")]
+    figs = [save_figure(plot(atlas).figure, out_dir / name) for plot, name in plots]
     s = atlas.summary()
     summary = {
         "run": str(out_dir), "models": len(pop), "method": method, "dim": dim,
@@ -74,7 +71,7 @@ def build_atlas(pop, xy, out_dir: str | Path, method: str, dim: int, resolution:
         "basins_with_models_uncorrected": raw["raw"]["num_model_basins"],
         "mixed_basins": raw["corrected"]["mixed_basins"],
         "mixed_basins_uncorrected": raw["raw"]["mixed_basins"],
-        "figures": [str(f) for f in figs if f],
+        "figures": [str(f) for f in figs],
     }
     if held is not None:
         summary.update(holdout_models=len(held_out),

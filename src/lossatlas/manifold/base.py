@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import owned_tensors
-from ..errors import LossatlasError
+from ..errors import InputTypeError, LossatlasError
 from ..store import atomic_path, atomic_write_bytes
 
 __all__ = ["Embedding", "NotFittedError", "load_embedding", "clone"]
@@ -55,7 +55,7 @@ def _as_population(X: Any, who: str, *, min_rows: int = 1) -> Tensor:
     if isinstance(X, np.ndarray):
         X = torch.from_numpy(np.ascontiguousarray(X) if X.flags.writeable else np.array(X))
     if not isinstance(X, Tensor):
-        raise TypeError(
+        raise InputTypeError(
             f"{who}: expected a Tensor[N, D] (or numpy array) of flat parameter vectors, "
             f"got {type(X).__name__}"
         )
@@ -99,7 +99,7 @@ def _json_param(value: Any) -> Any:
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(
+    raise InputTypeError(
         f"Embedding.save: hyper-parameter value {value!r} of type {type(value).__name__} "
         "cannot be stored as JSON"
     )
@@ -231,11 +231,17 @@ class Embedding:
         Tensor[M, D] on ``device``, dtype ``dtype_``.
         """
         self._check_fitted("decode")
+        return self._decode_rows(C, device, chunk_size, self._decode)
+
+    def _decode_rows(self, C: Any, device: torch.device | str | None, chunk_size: int | None,
+                     fn: Any) -> Tensor:
+        """`decode`'s checks and chunking around ``fn(C on the device) -> Tensor[m, D]``."""
         name = f"{type(self).__name__}.decode"
         if isinstance(C, np.ndarray):
             C = torch.from_numpy(np.ascontiguousarray(C))
         if not isinstance(C, Tensor):
-            raise TypeError(f"{name}: expected a Tensor[M, d] of latent points, got {type(C)}")
+            raise InputTypeError(
+                f"{name}: expected a Tensor[M, d] of latent points, got {type(C)}")
         if C.ndim == 1 and self.n_components_ == C.shape[0]:
             C = C[None]
         if C.ndim != 2 or C.shape[1] != self.n_components_:
@@ -246,12 +252,12 @@ class Embedding:
         device = torch.device(device) if device is not None else C.device
         C = C.to(device=device, dtype=self._latent_dtype())
         if chunk_size is None or chunk_size >= C.shape[0]:
-            return self._decode(C).to(self.dtype_)
+            return fn(C).to(self.dtype_)
         if int(chunk_size) < 1:
             raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
         out = torch.empty(C.shape[0], self.n_features_in_, dtype=self.dtype_, device=device)
         for rows in _row_chunks(C.shape[0], chunk_size):
-            out[rows] = self._decode(C[rows])
+            out[rows] = fn(C[rows])
         return out
 
     def _latent_dtype(self) -> torch.dtype:
@@ -363,7 +369,7 @@ class Embedding:
         """Restore an embedding stored with `save` (see `load_embedding`)."""
         emb = load_embedding(path, **options)
         if not isinstance(emb, cls):
-            raise TypeError(
+            raise InputTypeError(
                 f"{cls.__name__}.load: {str(path)!r} holds a {type(emb).__name__}, not a "
                 f"{cls.__name__}; use lossatlas.manifold.load_embedding to load any embedding"
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 from lossatlas.registry import Registry
 
+from ..errors import InputTypeError
 from .autoencoder import AutoencoderEmbedding
 from .base import Embedding
 from .compose import ReducedEmbedding
@@ -58,13 +59,13 @@ def make_embedding(
     ReducedEmbedding(inner=AutoencoderEmbedding(latent_dim=2, ...), reduction=None)
     """
     if not isinstance(method, str):
-        raise TypeError(
+        raise InputTypeError(
             f"make_embedding: method must be a name ({', '.join(EMBEDDINGS.list())}), got "
             f"{type(method).__name__}"
         )
     emb = EMBEDDINGS.create(method.strip().lower() if ":" not in method else method, **kwargs)
     if not isinstance(emb, Embedding):
-        raise TypeError(
+        raise InputTypeError(
             f"make_embedding: factory {method!r} returned {type(emb).__name__}, expected a "
             "lossatlas.manifold.Embedding"
         )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputTypeError
 from .base import Embedding, _as_population
 from .clustering import CLUSTERING_METHODS, clustering_row, variant_separation
 
@@ -83,7 +84,7 @@ def reconstruction_table(
     rows = []
     for name, emb in embeddings.items():
         if not isinstance(emb, Embedding):
-            raise TypeError(
+            raise InputTypeError(
                 f"reconstruction_table: {name!r} is a {type(emb).__name__}, expected a fitted "
                 "lossatlas Embedding"
             )

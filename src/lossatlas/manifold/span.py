@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputTypeError
 from ..vectors import VectorFile, VectorFileWriter
 from .base import Embedding, _as_population, _dtype_name, _out_dtype
 
@@ -111,7 +112,7 @@ class _Reader:
             self._source, self._fn = None, lambda: iter(cached)
             self.n_models = None
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"{who}: expected a Tensor[N, D], a numpy array, a BlockSource (with "
                 "blocks(block_size)), a callable returning an iterator of Tensor[N, b] column "
                 f"blocks, or such an iterator; got {type(X).__name__}"
@@ -382,6 +383,7 @@ class SpanReduction(Embedding):
         self.explained_variance_ = (s.square() / (N - 1)).cpu()
         self.explained_variance_ratio_ = (s.square() / total).cpu() if total > 0 else s.cpu()
         self._device_cache: dict[torch.device, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._metric: Tensor | None = None
         return self
 
     def _choose_k(self, rank: int, s_all: Tensor, N: int, who: str) -> int:
@@ -389,7 +391,7 @@ class SpanReduction(Embedding):
         if k is None:
             return rank
         if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{who}: n_components must be None, an int or a float, got {k!r}")
+            raise InputTypeError(f"{who}: n_components must be None, an int or a float, got {k!r}")
         if isinstance(k, (float, np.floating)):
             if not 0.0 < k < 1.0:
                 raise ValueError(
@@ -438,6 +440,45 @@ class SpanReduction(Embedding):
                 None if self.scale_ is None else self.scale_.to(device),
             )
         return cache[device]
+
+    def _metric_factor(self) -> Tensor:
+        """``L`` (float64 [r, r], CPU) with ``L L^T = M``, the Gram matrix of the scaled
+        basis ``components_ * scale_`` (the identity when unscaled), summed over column
+        blocks; cached."""
+        if self.__dict__.get("_metric") is None:
+            k, D = self.n_components_, self.n_features_in_
+            M = torch.zeros(k, k, dtype=torch.float64)
+            step = self.block_size or max(1, 2**23 // max(1, k))
+            for start in range(0, D, step):
+                stop = min(D, start + step)
+                B = self._comp_block(start, stop).double().cpu()
+                if self.scale_ is not None:
+                    B = B * self.scale_[start:stop].double().cpu()
+                M += B @ B.T
+            self._metric = (torch.linalg.cholesky(M + 1e-12 * torch.eye(k, dtype=M.dtype))
+                            if k else M)
+        return self._metric
+
+    def distances(self, A: Tensor, B: Tensor) -> Tensor:
+        """Euclidean distances in parameter space between points given by span coordinates.
+
+        Points of the span decode to ``x = mean_ + (c @ components_) * scale_``, so
+        ``|x_a - x_b| = |(c_a - c_b) @ L|`` with ``L L^T`` the Gram matrix of the scaled
+        basis: computed in span coordinates, without decoding (one pass over the basis,
+        cached). A point off the span is measured by its projection.
+
+        A : Tensor[P, r], B : Tensor[Q, r] (r = ``n_components_``) -> Tensor[P, Q] float64
+        on the CPU, in the units of the parameters.
+        """
+        self._check_fitted("distances")
+        k = self.n_components_
+        for name, T in (("A", A), ("B", B)):
+            if not isinstance(T, Tensor) or T.ndim != 2 or T.shape[1] != k:
+                raise ValueError(
+                    f"SpanReduction.distances: {name} must be span coordinates Tensor[P, {k}], "
+                    f"got {tuple(getattr(T, 'shape', ())) or type(T).__name__}")
+        L = self._metric_factor()
+        return torch.cdist(A.double().cpu() @ L, B.double().cpu() @ L)
 
     # -- encode / decode --------------------------------------------------------------------
     def encode(self, X: Any) -> Tensor:
@@ -598,3 +639,4 @@ class SpanReduction(Embedding):
         self.explained_variance_ = state["explained_variance_"]
         self.explained_variance_ratio_ = state["explained_variance_ratio_"]
         self._device_cache = {}
+        self._metric = None
