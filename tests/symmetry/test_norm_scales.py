@@ -140,7 +140,52 @@ def test_layers_read_elsewhere_are_not_scale_invariant_and_bad_scales_refused():
     state = model.state_dict()
     with pytest.raises(KeyError, match="does not feed a norm layer alone"):
         apply_norm_scaling(spec, state, {"7": torch.ones(10)})
-    with pytest.raises(ValueError, match="must be positive"):
-        apply_norm_scaling(spec, state, {"0": -torch.ones(6)})
+    with pytest.raises(ValueError, match="must be nonzero"):
+        apply_norm_scaling(spec, state, {"0": torch.zeros(6)})
+    plain = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, affine=False), nn.Linear(5, 2))
+    spec = permutation_spec(plain, torch.randn(2, 6))
+    with pytest.raises(ValueError, match="no affine weight to absorb a sign"):
+        apply_norm_scaling(spec, plain.state_dict(), {"0": -torch.ones(5)})
     with pytest.raises(ValueError, match=r"Tensor\[6\]"):
         apply_norm_scaling(spec, state, {"0": torch.ones(5)})
+
+
+@pytest.mark.parametrize("build,shape", [(_bn_cnn, (1, 8, 8)), (_ln_mlp, (8,))])
+def test_negative_scales_flip_gamma_and_share_the_canonical_form(build, shape):
+    """A negative scale of a unit (layer) before a norm negates the normalised value;
+    the norm's weight times -1 restores the output exactly (BatchNorm in train mode too).
+    The canonical form has gamma >= 0 (its sum, for a LayerNorm) and is shared."""
+    torch.manual_seed(0)
+    model = build().double()
+    x = torch.randn(64, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in ("1.weight", "4.weight"):
+                p.copy_(torch.randn_like(p))  # gammas of both signs
+        model.train()(x)
+    model.eval()
+    spec = permutation_spec(model, x[:2])
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(4)
+    scales = random_norm_scaling(spec, state, generator=g, signs=True)
+    assert any(bool((c < 0).any()) for c in scales.values())
+    scales = {k: torch.cat([-c[:1].abs(), c[1:]]) for k, c in scales.items()}  # one per layer
+    flips = {k: torch.sign(c) for k, c in scales.items()}
+    flipped = apply_norm_scaling(spec, state, flips)  # pure signs: exact in float64
+    for ns in spec.norm_scales:  # gamma times the sign of its unit's (layer's) scale
+        gamma = state[f"{ns.norm}.weight"]
+        assert torch.equal(flipped[f"{ns.norm}.weight"], gamma * flips[ns.producer]
+                           if ns.kind == "unit" else gamma * flips[ns.producer][0])
+    with torch.no_grad():
+        torch.testing.assert_close(_load(model, flipped)(x), model(x), rtol=0, atol=1e-12)
+        if build is _bn_cnn:  # batch statistics negate with the unit as well
+            torch.testing.assert_close(_load(model, flipped).train()(x), model.train()(x),
+                                       rtol=0, atol=1e-12)
+            model.eval()
+    rescaled = apply_norm_scaling(spec, state, scales)
+    canon = _same_canonical_form(spec, state, rescaled)
+    for ns in spec.norm_scales:
+        gamma = canon[f"{ns.norm}.weight"]
+        assert bool((gamma >= 0).all()) if ns.kind == "unit" else float(gamma.sum()) >= 0
+    with torch.no_grad():
+        torch.testing.assert_close(_load(model, canon)(x), model(x), rtol=0, atol=1e-3)

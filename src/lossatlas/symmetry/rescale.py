@@ -15,8 +15,12 @@ Normalised layers have a scale symmetry too: a Linear/Conv whose output feeds
 only a BatchNorm can scale each output unit by ``c_i > 0`` (weights and bias,
 with the BatchNorm's running mean by ``c_i`` and running variance by ``c_i^2``),
 one feeding only a LayerNorm the whole layer by one ``c > 0``; the function is
-unchanged up to the norm's ``eps`` (``eps / var`` relative). The canonical form
-scales such units (layers) to unit weight norm (``spec.norm_scales``).
+unchanged up to the norm's ``eps`` (``eps / var`` relative). When the norm has an
+affine weight ``gamma`` the scale may be negative too: ``c < 0`` negates the
+normalised value, and ``gamma`` times ``sign(c)`` (per unit for a BatchNorm, the whole
+weight for a LayerNorm) restores the output exactly. The canonical form scales such
+units (layers) to unit weight norm and then picks the sign with ``gamma_i >= 0`` (a
+BatchNorm) or ``sum(gamma) >= 0`` (a LayerNorm) (``spec.norm_scales``).
 """
 
 from __future__ import annotations
@@ -75,10 +79,12 @@ def apply_norm_scaling(
 ) -> dict[str, Tensor]:
     """Scale the layers before a BatchNorm / LayerNorm (``spec.norm_scales``).
 
-    ``scales[producer]`` is a positive Tensor[n] (one per output unit, before a
-    BatchNorm) or Tensor[1] (the whole layer, before a LayerNorm). The producer's
-    weight and bias are multiplied by it, a BatchNorm's running mean by ``c`` and
-    running variance by ``c ** 2``: the function is unchanged up to the norm's eps.
+    ``scales[producer]`` is a nonzero Tensor[n] (one per output unit, before a
+    BatchNorm) or Tensor[1] (the whole layer, before a LayerNorm); negative entries
+    only when the norm has an affine weight. The producer's weight and bias are
+    multiplied by it, a BatchNorm's running mean by ``c`` and running variance by
+    ``c ** 2``, the norm's weight by ``sign(c)``: the function is unchanged up to the
+    norm's eps.
     """
     by_producer = {ns.producer: ns for ns in spec.norm_scales}
     out = dict(state)
@@ -94,11 +100,18 @@ def apply_norm_scaling(
         if c.shape != (n,):
             raise ValueError(f"apply_norm_scaling: scales of {name!r} must be a Tensor[{n}] "
                              f"({ns.kind} scale before {ns.norm}), got shape {tuple(c.shape)}")
-        if bool((c <= 0).any()):
-            raise ValueError(f"apply_norm_scaling: scales of {name!r} must be positive")
+        gamma = f"{ns.norm}.weight"
+        if bool((c == 0).any()):
+            raise ValueError(f"apply_norm_scaling: scales of {name!r} must be nonzero")
+        if bool((c < 0).any()) and gamma not in out:
+            raise ValueError(f"apply_norm_scaling: scales of {name!r} must be positive: "
+                             f"{ns.norm} has no affine weight to absorb a sign")
         weight = f"{ns.producer}.weight"
         unit = c if ns.kind == "unit" else c.expand(out[weight].shape[ns.axis])
         out[weight] = scale_axis(out[weight], ns.axis, unit)
+        if bool((c < 0).any()):  # the normalised value flips; gamma flips it back
+            out[gamma] = (scale_axis(out[gamma], 0, torch.sign(c)) if ns.kind == "unit"
+                          else out[gamma] * torch.sign(c).to(out[gamma].dtype))
         scaled = [(f"{ns.producer}.bias", unit)]
         if ns.kind == "unit":  # a BatchNorm's statistics follow its input
             scaled += [(f"{ns.norm}.running_mean", unit), (f"{ns.norm}.running_var", unit**2)]
@@ -110,16 +123,35 @@ def apply_norm_scaling(
 
 def random_norm_scaling(
     spec: PermutationSpec, state: Mapping[str, Tensor], low: float = 0.25, high: float = 4.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, signs: bool = False,
 ) -> dict[str, Tensor]:
     """Log-uniform random scales in ``[low, high]`` for every layer in ``spec.norm_scales``
-    (Tensor[n] per unit before a BatchNorm, Tensor[1] before a LayerNorm)."""
+    (Tensor[n] per unit before a BatchNorm, Tensor[1] before a LayerNorm); with ``signs``
+    each also negated with probability 1/2 where the norm has an affine weight."""
     lo, hi = torch.log(torch.tensor(low)), torch.log(torch.tensor(high))
-    return {
-        ns.producer: torch.exp(lo + (hi - lo) * torch.rand(
-            _norm_units(ns, state), generator=generator, dtype=torch.float64))
-        for ns in spec.norm_scales
-    }
+    out = {}
+    for ns in spec.norm_scales:
+        n = _norm_units(ns, state)
+        c = torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64))
+        if signs and f"{ns.norm}.weight" in state:
+            c = c * (2 * torch.randint(0, 2, (n,), generator=generator) - 1)
+        out[ns.producer] = c
+    return out
+
+
+def _gamma_signs(spec: PermutationSpec, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Scales of -1 / +1 that make every norm's weight ``gamma`` non-negative (per unit
+    before a BatchNorm) or of non-negative sum (before a LayerNorm); norms without a
+    weight are left out."""
+    out = {}
+    for ns in spec.norm_scales:
+        gamma = state.get(f"{ns.norm}.weight")
+        if gamma is None:
+            continue
+        g = gamma.detach().double().cpu()
+        g = g.reshape(-1) if ns.kind == "unit" else g.sum().reshape(1)
+        out[ns.producer] = torch.where(g < 0, -1.0, 1.0).double()
+    return out
 
 
 def _unit_norm_scales(spec: PermutationSpec, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -169,7 +201,8 @@ def canonical_rescaling(
     spec: PermutationSpec, state: Mapping[str, Tensor], max_iter: int = 1000, tol: float = 1e-10
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Balance every rescalable unit's incoming and outgoing norms, and bring every layer
-    before a BatchNorm (per unit) or LayerNorm (per layer) to unit weight norm.
+    before a BatchNorm (per unit) or LayerNorm (per layer) to unit weight norm, with the
+    sign that makes the norm's weight non-negative (its sum, for a LayerNorm).
 
     Returns ``(state, scales)``: the canonical state dict and the accumulated
     scales that map ``state`` onto it (float64): Tensor[n] per rescalable group,
@@ -205,6 +238,11 @@ def canonical_rescaling(
             worst = max(worst, float(c.log().abs().max()))
         if worst < tol:
             break
+    flips = _gamma_signs(spec, out)
+    out = apply_norm_scaling(spec, out, flips)
+    for name, c in flips.items():
+        key = f"norm:{name}"
+        total[key] = total[key] * c if key in total else c
     return out, total
 
 
