@@ -8,6 +8,7 @@ import fnmatch
 import html
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -147,3 +148,38 @@ def test_a_bug_in_a_builder_keeps_its_type_and_names_the_section(tmp_path):
         assert any("section 'Buggy'" in n for n in err.value.__notes__)
     finally:
         del SECTIONS["buggy"]
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"  # a directory name may hold it (no slash)
+
+
+def test_text_from_configs_paths_and_commands_is_escaped_in_the_page(tmp_path):
+    import plotly.offline
+
+    from lossatlas.report import write_report
+
+    run = tmp_path / HOSTILE
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {"cmd": EVIL}}))
+    ck = f"/data/{HOSTILE}/ck"
+    (run / "population.json").write_text(json.dumps({
+        "labels": [{"variant": EVIL, "seed": 0, "epoch": 1}, {"variant": "B", "seed": 0,
+                                                              "epoch": 1}],
+        "paths": [f"{ck}/a.safetensors", f"{ck}/b.safetensors"], "loss": EVIL}))
+    (run / "symmetry.json").write_text(json.dumps({
+        "method": EVIL, "pairs": [{"a": EVIL, "b": "B", "distance_before": 1.5}]}))
+    (run / "branches.json").write_text(json.dumps({
+        "models": [{"variant": EVIL}, {"variant": "B"}], "branch": [0, 1], "basin": [0, 0],
+        "num_branches": {"0": 2}, "distances": [[0, 0.5], [0.5, 0]], "metric": EVIL}))
+    page = write_report(run).read_text()
+    rest = page.replace(plotly.offline.get_plotlyjs(), "")
+    for text in (EVIL, HOSTILE):
+        assert text not in rest  # neither in the HTML nor in the figures' JSON
+        assert esc(text) in rest
+    assert rest.count("<script") == 3 and rest.count("</script>") == 3
+    assert f"<title>lossatlas report — {esc(HOSTILE)}</title>" in rest
+    assert f"<dt>loss function</dt><dd>{esc(EVIL)}</dd>" in rest
+    assert f"<tr><td>0</td><td>{esc(EVIL)}, B</td><td>2</td><td>n/a</td></tr>" in rest
+    assert f"--population {esc(shlex.quote(ck))}" in rest  # the command of an absent section
+    figs = json.loads(re.search(r'id="report-figures">(.*?)</script>', page, re.S).group(1))
+    assert figs["fig-branches"]["data"][0]["x"][0] == esc(EVIL)  # plotly draws it as text

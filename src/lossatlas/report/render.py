@@ -19,7 +19,7 @@ from .html import Code, number, script_json
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["TEMPLATES", "environment", "render"]
+__all__ = ["TEMPLATES", "environment", "markup", "render"]
 
 #: The folder of the report's templates (package data of ``lossatlas.report``).
 TEMPLATES = Path(__file__).parent / "templates"
