@@ -237,6 +237,55 @@ def run_landscaper(py: str, tmp: Path, spec: dict, model, x, y, dirs_flat, steps
     return out
 
 
+def make_evaluator(model, x, y, device, kw: dict) -> Evaluator:
+    """Our Evaluator with ``kw``; ``bn="own"`` evaluates each point with the model's stored
+    statistics (the space then lays them out too)."""
+    kw = dict(kw)
+    if kw.get("bn") == "own":
+        kw["space"] = ParamSpace(model, buffers=True)
+    return Evaluator(model, (x, y), device=device, **kw)
+
+
+def in_layout(target: ParamSpace, space: ParamSpace, model: nn.Module, origin: torch.Tensor,
+              dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``origin`` [D] and ``dirs`` [k, D] of ``space`` (parameters) in ``target``'s layout
+    (which may also hold the BatchNorm statistics: the model's, along no direction)."""
+    if target.dim == space.dim:
+        return origin.double(), dirs.double()
+    o = target.flatten(model).double()
+    d = torch.zeros(len(dirs), target.dim, dtype=torch.float64)
+    for seg in space.segments:
+        t = target[seg.name]
+        o[t.start : t.stop] = origin[seg.start : seg.stop].double()
+        d[:, t.start : t.stop] = dirs[:, seg.start : seg.stop].double()
+    return o, d
+
+
+def profile(ev: Evaluator, origin: torch.Tensor, dirs: torch.Tensor, coords: torch.Tensor,
+            path: Path) -> None:
+    """torch.profiler over evaluating ``coords``' points (after a warm-up): the kernels
+    by total device time, written to ``path`` (and the top lines printed)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    dev = ev.device
+    pts = (origin.to(dev) + coords.to(dev) @ dirs.to(dev))
+    ev.evaluate(pts)
+    sync(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    t = time.perf_counter()
+    with torch_profile(activities=acts) as prof:
+        ev.evaluate(pts)
+        sync(dev)
+    wall = time.perf_counter() - t
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{ev!r}\n{len(pts)} points, {wall:.3f} s under the profiler\n\n{table}\n")
+    print(f"profile of {len(pts)} points ({wall:.3f} s) -> {path}", flush=True)
+    print("\n".join(table.splitlines()[:14]), flush=True)
+
+
 def use_gemm_path(ev: Evaluator) -> None:
     """Make an Evaluator that chose the fused MLP kernel run the batched-GEMM MLP path
     instead (the same plan and sizes), to time the two side by side."""
@@ -272,6 +321,8 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
     print(f"\n== {name}: {what}; D = {space.dim:,}; grid {args.grid}x{args.grid} "
           f"(ours on {n_ours} points)", flush=True)
 
+    if "bn" not in args.variants_text and name == "resnet56":
+        print(f"BatchNorm policy of ours: {args.bn} (variant tokens own / recompute change it)")
     variants = [(args.precision, dict(precision=args.precision), False)]
     if args.compile:
         variants.append((f"{args.precision} compile", dict(precision=args.precision,
@@ -286,26 +337,35 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
                 kw["channels_last"] = False
             elif tok == "compile":
                 kw["compile"] = True
+            elif tok == "autotune":  # Triton conv templates timed against cuDNN
+                kw["compile"] = "max-autotune-no-cudagraphs"
             elif tok == "gemm":
                 gemm = True
             elif tok.startswith("chunk"):
                 kw["chunk_size"] = int(tok[5:])
             elif tok.startswith("batch"):
                 kw["batch_size"] = int(tok[5:])
+            elif tok in ("own", "recompute"):
+                kw["bn"] = tok
             else:
                 raise SystemExit(f"eval_throughput: unknown variant {tok!r}")
         variants.append((f"{args.precision} {extra}", kw, gemm))
     best = 0.0
     best_kw: dict = {}
     for label, kw, gemm in variants:
-        ev = Evaluator(model, (x, y), device=device, **kw)
+        kw = {"bn": args.bn, **kw}
+        ev = make_evaluator(model, x, y, device, kw)
         if gemm and ev.backend == "fast-mlp-fused":
             use_gemm_path(ev)  # the batched-GEMM path, for comparison
+        o, d = in_layout(ev.space, space, model, origin, dirs)
         t0 = time.perf_counter()
-        pps, _ = our_rate(ev, origin.double(), dirs.double(), coords[:n_ours], args.reps)
-        res["variants"][label] = {"points_per_s": pps, "repr": repr(ev),
+        pps, _ = our_rate(ev, o, d, coords[:n_ours], args.reps)
+        res["variants"][label] = {"points_per_s": pps, "repr": repr(ev), "bn": ev.bn,
                                   "wall_s": time.perf_counter() - t0}
-        print(f"ours [{label}] {repr(ev)}: {pps:,.1f} points/s", flush=True)
+        print(f"ours [{label}, bn={ev.bn}] {repr(ev)}: {pps:,.1f} points/s", flush=True)
+        if args.profile_dir:
+            profile(ev, o, d, coords[: min(n_ours, 8)], Path(args.profile_dir) /
+                    f"profile_{name}_{label.replace(' ', '_').replace('+', '_')}.txt")
         if pps > best:
             best, best_kw = pps, (kw, gemm)
         del ev
@@ -317,15 +377,23 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
 
     # Our fast setting against our own fp32 reference on a few points.
     kw, gemm = best_kw
-    ev = Evaluator(model, (x, y), device=device, **{**kw, "compile": False})
+    ev = make_evaluator(model, x, y, device, {**kw, "compile": False})
     if gemm and ev.backend == "fast-mlp-fused":
         use_gemm_path(ev)
-    few = (origin.double() + coords[:: max(1, len(coords) // 16)][:16] @ dirs.double()).float()
-    fast_vals = ev.evaluate(few)["loss"].numpy()
+    few_c = coords[:: max(1, len(coords) // 16)][:16]
+    o, d = in_layout(ev.space, space, model, origin, dirs)
+    fast_vals = ev.evaluate((o + few_c @ d).float())["loss"].numpy()
     del ev
 
-    ref = Evaluator(model, (x, y), device=device, precision="fp32")
+    # the reference: fp32, the same BatchNorm policy as the peers (eval mode, stored
+    # statistics) on the peers' points, and the best variant's policy for the check above
+    ref = make_evaluator(model, x, y, device, {"precision": "fp32", "bn": kw.get("bn", "own")})
+    o, d = in_layout(ref.space, space, model, origin, dirs)
+    few = (o + few_c @ d).float()
     res["ours_fast_vs_fp32_max_rel_diff"] = max_rel(fast_vals, ref.evaluate(few)["loss"].numpy())
+    if ref.bn == "recompute":  # the peers' values are eval-mode ones
+        ref = make_evaluator(model, x, y, device, {"precision": "fp32", "bn": "own"})
+    o_ref, d_ref = in_layout(ref.space, space, model, origin, dirs)
     print(f"ours [{kw.get('precision')}] vs ours [fp32] on 16 points: max rel diff "
           f"{res['ours_fast_vs_fp32_max_rel_diff']:.2e}", flush=True)
     peer_steps = args.peer_grid_mlp if name == "mlp" else args.peer_grid_resnet
@@ -338,7 +406,7 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
             with tf32(False):
                 _, vals, pc = run_loss_landscapes(model, x, y, origin, dirs, lo, hi, 3, device)
             note = "values from a 3x3 re-run with TF32 off"
-        ours = ref.evaluate((origin.double() + pc @ dirs.double()).float())["loss"].numpy()
+        ours = ref.evaluate((o_ref + pc @ d_ref).float())["loss"].numpy()
         peers["loss-landscapes"] = {"points_per_s": pps, "grid": peer_steps,
                                     "max_rel_diff_fp32": max_rel(ours, vals), "note": note}
     except Exception as err:  # noqa: BLE001 - report and go on
@@ -365,7 +433,8 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
             c = cs // 2
             idx = torch.tensor([(i - c, j - c) for i in range(cs)
                                 for j in range(cs)], dtype=torch.float64)
-            pts = (origin.double() + idx @ steps_vec.double()).float()
+            _, steps_ref = in_layout(ref.space, space, model, origin, steps_vec.double())
+            pts = (o_ref + idx @ steps_ref).float()
             ours = ref.evaluate(pts)["loss"].numpy()
             theirs = np.asarray(check["losses"], np.float64).reshape(-1)
             keep = theirs != theirs.max()  # it adds noise to the maximum value(s)
@@ -432,12 +501,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="ours: default bf16 on CUDA, fp32 on CPU (no fast bf16 there)")
     ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     ap.add_argument("--variants", default="",
-                    help="extra variants of ours, comma-separated: vmap, nocl, chunkN")
+                    help="extra variants of ours, comma-separated, tokens joined by '+': "
+                         "vmap, nocl, compile, autotune, gemm, chunkN, batchN, own, "
+                         "recompute")
+    ap.add_argument("--bn", default="own", choices=["own", "recompute"],
+                    help="BatchNorm policy of ours (the peers use the stored statistics: own)")
+    ap.add_argument("--profile-dir", default="",
+                    help="write a torch.profiler kernel table of each variant of ours here")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--landscaper-python", default="")
     ap.add_argument("--landscaper-distance", type=float, default=0.5)
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
+    args.variants_text = args.variants
     args.variants = [v for v in args.variants.split(",") if v]
     device = torch.device(args.device)
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")

@@ -94,12 +94,12 @@ def _timed(device, fn, *args):
 
 
 def _ours(model, x, y, k, batch_size, tol, probes, device, probe_batch, graphs=None,
-          precision="fp32", method="lanczos", chunk=None):
+          precision="fp32", method="lanczos", chunk=None, block=None):
     # bn="own": the model's stored statistics, as the peers (eval mode) use them
     H = HVP(model, (x, y), batch_size=batch_size, device=device, bn="own", graphs=graphs,
             precision=precision, chunk_size=chunk)
     if method == "krylov":  # one block Krylov space for both (batches of probes // 3)
-        eig, tr = eigen_and_trace(H, k, probes, tol=tol)
+        eig, tr = eigen_and_trace(H, k, probes, tol=tol, block_size=block)
         return eig.eigenvalues.double().cpu().numpy(), tr, eig.num_hvp, tr.num_hvp
     eig = lanczos(H, k, tol=tol)
     n_eig = H.num_hvp
@@ -176,8 +176,9 @@ def main() -> None:
     ap.add_argument("--settings", default="",
                     help="our settings to time, 'tol:probes:precision[:method]' separated by "
                          "commas (e.g. 1e-4:99:fp32,1e-3:24:tf32:krylov; method 'lanczos' "
-                         "(default: Lanczos, then Hutch++) or 'krylov' (eigen_and_trace: one "
-                         "block Krylov space for both)); default: --tol, --probes, fp32")
+                         "(default: Lanczos, then Hutch++) or 'krylov[B]' (eigen_and_trace: "
+                         "one block Krylov space for both, blocks of B vectors, default "
+                         "probes/3)); default: --tol, --probes, fp32")
     ap.add_argument("--chunk", type=int, default=0,
                     help="HVP vectors per vmap pass for the ResNet (memory; default 11 on "
                          "CUDA, all on the CPU)")
@@ -219,8 +220,10 @@ def main() -> None:
         for tol, probes, prec, method in settings:
             (vals, tr, n_eig, n_tr), t_ours = _timed(
                 device, _ours, *common, tol, probes, device, probe_batch(probes), graphs, prec,
-                method, chunk)
-            label = f"ours {tol:g}/{probes}/{prec}" + ("/krylov" if method == "krylov" else "")
+                "krylov" if method.startswith("krylov") else method, chunk,
+                int(method[6:]) if method[6:].isdigit() else None)
+            label = f"ours {tol:g}/{probes}/{prec}" + (f"/{method}" if method != "lanczos"
+                                                       else "")
             rows.append((name, D, n, label, t_ours, _rel(vals, ref),
                          tr.trace, tr.std, n_eig + n_tr))
             if args.profile and (tol, probes, prec, method) == settings[0]:

@@ -109,6 +109,8 @@ def test_recompute_fast_path_is_chosen_only_where_it_applies():
         Evaluator(model, (X, Y), backend="fast-bnrecompute", bn="own")
     with pytest.raises(ValueError, match="registered backend"):
         Evaluator(model, (X, Y), backend="no-such-backend")
+    with pytest.raises(ValueError, match="compile must be"):
+        Evaluator(model, (X, Y), compile="fastest")
 
 
 def test_recompute_with_a_dataloader_of_small_batches():

@@ -186,6 +186,9 @@ def _is_oom(err: BaseException) -> bool:
 #: even above the memory budget (several batches cost a pass per BatchNorm layer).
 RECOMPUTE_ONE_BATCH = 2 << 30
 
+#: ``torch.compile`` modes ``Evaluator(compile=...)`` accepts besides True/False.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class Evaluator:
     """Mean loss and metrics of a model at many parameter points.
@@ -253,9 +256,12 @@ class Evaluator:
     memory_budget : int, optional
         Bytes of activations a chunk may use (default: 1/3 of free GPU memory,
         or 512 MiB on CPU).
-    compile : bool
+    compile : bool or str
         Run the fast paths through ``torch.compile`` (``max-autotune`` for the
-        MLP path on CUDA); where none applies, the "compiled" backend. Compiling
+        MLP path on CUDA); where none applies, the "compiled" backend. A string is
+        the ``torch.compile`` mode for every path (one of ``COMPILE_MODES``, e.g.
+        ``"max-autotune-no-cudagraphs"``: Triton convolution templates timed against
+        cuDNN; minutes of compiling). Compiling
         takes seconds to minutes once (28 s for a 124M-parameter GPT on an H200);
         worth it for thousands of points, or for large models. A failure falls back
         to eager with a warning.
@@ -286,7 +292,7 @@ class Evaluator:
         chunk_size: int | None = None,
         batch_size: int | None = None,
         memory_budget: int | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool | None = None,
     ):
         if not isinstance(model, nn.Module):
@@ -319,7 +325,12 @@ class Evaluator:
         self._backend_request = backend
         self.metrics = {"accuracy": accuracy, **(metrics or {})}
         self.output = output
+        if isinstance(compile, str) and compile not in COMPILE_MODES:
+            raise ValueError(f"Evaluator: compile must be a bool or one of {COMPILE_MODES}, "
+                             f"got {compile!r}")
         self.compile = bool(compile)
+        #: torch.compile mode of the fast paths (None: each path's default)
+        self.compile_mode = compile if isinstance(compile, str) else None
 
         self.model = copy.deepcopy(model).to(self.device).eval()
         for p in self.model.parameters():
@@ -714,7 +725,7 @@ class Evaluator:
     def _point_outputs_mlp(self, chunk: Tensor, x: Tensor) -> Tensor:
         if self.compile and self._compiled is None:
             mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else None
-            self._compiled = self._compile_fn(self._mlp_forward, mode)
+            self._compiled = self._compile_fn(self._mlp_forward, self.compile_mode or mode)
         fn = self._compiled if self.compile else self._mlp_forward
         assert fn is not None
         return fn(chunk, x)
@@ -757,7 +768,7 @@ class Evaluator:
         else:
             cl = set()
         if self.compile and self._compiled is None:
-            self._compiled = self._compile_fn(forward, None)
+            self._compiled = self._compile_fn(forward, self.compile_mode)
         fn = self._compiled if self.compile else forward
         assert fn is not None
         outs = []
@@ -796,7 +807,7 @@ class Evaluator:
         """The "compiled" backend: ``torch.compile`` of :meth:`_point_stats`, one point
         after another (each copied into one buffer, so the compiled graph sees one layout)."""
         if self._compiled is None:
-            self._compiled = self._compile_fn(self._point_stats, None)
+            self._compiled = self._compile_fn(self._point_stats, self.compile_mode)
         fn = self._compiled
         w = torch.empty_like(chunk[0])
 

@@ -64,6 +64,19 @@ def test_block_lanczos_rejects_bad_arguments(problem):
         block_lanczos(H, 2, block_size=2, start=torch.zeros(3, H.dim))
     with pytest.raises(ValueError, match="num_probes"):
         eigen_and_trace(H, 2, 2)
+    with pytest.raises(ValueError, match="block_size"):
+        eigen_and_trace(H, 2, 9, block_size=0)
+
+
+def test_smaller_blocks_make_a_deeper_space_for_the_same_products():
+    A, lam = _matrix(300)
+    wide, _ = eigen_and_trace(MatrixOperator(A), 5, 99, tol=1.0)  # 2 blocks of 33
+    op = MatrixOperator(A)
+    deep, tr = eigen_and_trace(op, 5, 99, tol=1.0, block_size=11)  # 6 blocks of 11
+    assert wide.num_hvp == deep.num_hvp == 66 and op.num_matvecs == 99
+    assert deep.num_iter == 6 and tr.num_hvp == 33
+    err = [float(((r.eigenvalues - lam[:5]) / lam[:5]).abs().max()) for r in (wide, deep)]
+    assert err[1] < 1e-9 < err[0]
 
 
 def test_eigen_and_trace_exact_when_the_space_is_everything(problem):

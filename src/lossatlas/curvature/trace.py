@@ -126,6 +126,7 @@ def eigen_and_trace(
     num_probes: int = 99,
     *,
     tol: float = 1e-6,
+    block_size: int | None = None,
     max_hvp: int | None = None,
     distribution: Literal["rademacher", "gaussian"] = "rademacher",
     seed: int | None = 0,
@@ -140,8 +141,10 @@ def eigen_and_trace(
     ``span(S, H S)`` of ``2 m/3`` vectors (two calls of ``b = m/3`` vectors) serves as
     Hutch++'s sketch and as the Lanczos space of the eigenpairs; ``tr(Q^T H Q)`` comes
     free from it (Hutch++ spends ``m/3`` products on it), and ``m - 2 b`` Hutchinson
-    probes of ``(I - Q Q^T) H (I - Q Q^T)`` estimate the rest. When the eigenpairs'
-    residuals are not below ``tol`` after two blocks, more blocks follow (up to
+    probes of ``(I - Q Q^T) H (I - Q Q^T)`` estimate the rest. ``block_size`` (default
+    ``m/3``) batches the ``2 m/3`` Krylov products differently: smaller blocks make a
+    deeper space (better eigenpairs, more sequential calls). When the eigenpairs'
+    residuals are not below ``tol`` after those products, more blocks follow (up to
     ``max_hvp`` products in all, default ``4 m``) and the larger space serves the trace
     too. The estimate is unbiased (``Q`` does not depend on the probes).
 
@@ -154,11 +157,15 @@ def eigen_and_trace(
     m = int(num_probes)
     if m < 3:
         raise ValueError(f"eigen_and_trace: num_probes must be >= 3, got {num_probes}")
-    b = max(m // 3, int(k))
+    b = max(m // 3 if block_size is None else int(block_size), 1)
+    if b < 1 or (block_size is not None and int(block_size) < 1):
+        raise ValueError(f"eigen_and_trace: block_size must be >= 1, got {block_size}")
     g = max(m - 2 * (m // 3), 1)
+    blocks = max(-(-2 * (m // 3) // b), 1)
     budget = 4 * m if max_hvp is None else int(max_hvp)
-    eig, basis = block_lanczos(op, k, block_size=b, max_hvp=max(budget - g, 2 * b), tol=tol,
-                               seed=seed, progress=progress, which=which, min_blocks=2)
+    eig, basis = block_lanczos(op, k, block_size=b, max_hvp=max(budget - g, blocks * b),
+                               tol=tol, seed=seed, progress=progress, which=which,
+                               min_blocks=blocks)
     gen = _generator(None if seed is None else int(seed) + 1, op.device)
     Q = basis.Q
     G = _probes((g, op.dim), distribution, gen, op)
