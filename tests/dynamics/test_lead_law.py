@@ -98,7 +98,9 @@ def test_sweep_fits_the_law_of_its_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(lead_law_module, "run_grokking", fake_run)
     summary = lead_time_sweep(tmp_path, moduli=(47, 59, 71), weight_decays=(1.0, 2.0),
                               steps=123, num_bootstrap=200)
-    assert len(calls) == 6 and all(c[3] and c[4] == {"steps": 123} for c in calls)
+    default_rise = {"method": "threshold"}
+    assert len(calls) == 6 and all(c[3] and c[4] == {"steps": 123, "rise_kwargs": default_rise}
+                                   for c in calls)
     used = [v for v in truth.values() if v[0] is not None and v[1] > 0]
     direct = fit_lead_time_law([u[0] for u in used], [u[1] for u in used], num_bootstrap=200)
     assert summary["num_used"] == 4

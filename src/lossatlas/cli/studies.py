@@ -61,9 +61,9 @@ def study(
                                "(minutes on a CPU) | tiny (seconds)."),
     batch_sizes: str = typer.Option("8,32,128,512", "--batch-sizes",
                                     help="batch-size: comma-separated mini-batch sizes."),
-    moduli: str = typer.Option("47,59,71", "--moduli",
+    moduli: str = typer.Option("47,53,59", "--moduli",
                                help="grokking-law: comma-separated moduli p."),
-    weight_decays: str = typer.Option("0.5,1.0,2.0", "--weight-decays",
+    weight_decays: str = typer.Option("0.7,1.0,1.5", "--weight-decays",
                                       help="grokking-law: comma-separated weight decays."),
     pairs: int = typer.Option(16, "--pairs", help="rebasin: pairs of independently "
                               "trained MLPs.", callback=_number(minimum=1)),

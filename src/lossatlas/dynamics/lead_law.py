@@ -289,8 +289,8 @@ def redetect_leads(
 
 def lead_time_sweep(
     out_dir: str | Path,
-    moduli: Sequence[int] = (47, 59, 71),
-    weight_decays: Sequence[float] = (0.5, 1.0, 2.0),
+    moduli: Sequence[int] = (47, 53, 59),
+    weight_decays: Sequence[float] = (0.7, 1.0, 1.5),
     seeds: Sequence[int] = (0,),
     *,
     level: float = 0.95,
@@ -307,16 +307,20 @@ def lead_time_sweep(
     level, num_bootstrap : see :func:`fit_lead_time_law`
     progress : a bar over the runs
     **grokking_kwargs : passed to :func:`~lossatlas.dynamics.run_grokking` (steps, lr,
-        train_fraction, model_kwargs, ...; the defect is always computed)
+        train_fraction, model_kwargs, rise_kwargs, defect_median, ...; the defect is
+        always computed). Defaults here: ``steps=4000`` and the threshold rise detector
+        ``rise_kwargs={"method": "threshold"}`` (the grid, steps and detector of the
+        measurement in the module docstring); run_grokking's own for the rest (train
+        fraction 0.4, MLP 64 / 256, lr 3e-3).
 
     Returns
     -------
     JSON-able dict: ``config``, ``runs`` (p, weight_decay, seed, onset_step,
     train_fit_step, grokked, defect_rise_step, lead_time, weight_norm_peak_step (the
-    step of the largest parameter norm), final_val_accuracy, seconds, out_dir), ``law`` (:meth:`LeadTimeLaw.to_dict`, or None with fewer than 2 usable
-    runs or a single onset), ``num_used`` (runs with an onset and a positive lead),
-    ``paths``. Written to ``OUT/lead_time_law.json`` and ``OUT/lead_time_law.png``
-    (:func:`write_lead_time_law`).
+    step of the largest parameter norm), final_val_accuracy, seconds, out_dir),
+    ``law`` (:meth:`LeadTimeLaw.to_dict`, or None with fewer than 2 usable runs or a
+    single onset), the counts of :func:`write_lead_time_law`, ``paths``. Written to
+    ``OUT/lead_time_law.json`` and ``OUT/lead_time_law.png`` (:func:`write_lead_time_law`).
     """
     for name in ("defect", "out_dir", "p", "weight_decay", "seed"):
         if name in grokking_kwargs:
@@ -325,6 +329,7 @@ def lead_time_sweep(
                                   [int(s) for s in seeds]))
     if not grid:
         raise ValueError("lead_time_sweep: moduli, weight_decays and seeds must be non-empty")
+    grokking_kwargs = {"steps": 4000, "rise_kwargs": {"method": "threshold"}, **grokking_kwargs}
     out = Path(out_dir)
     config = {"study": "lead_time_law", "moduli": [int(p) for p in moduli],
               "weight_decays": [float(w) for w in weight_decays], "seeds": [int(s) for s in seeds],
