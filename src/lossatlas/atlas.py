@@ -20,6 +20,7 @@ field runs in :mod:`lossatlas.atlas_field`, the checks of the map in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -74,6 +75,7 @@ def _map_attribute(name: str, doc: str) -> property:
     return property(get, doc=doc)
 
 
+@dataclasses.dataclass
 class Alignment:
     """Models permuted onto a reference by weight matching (:meth:`Atlas.align`).
 
@@ -84,10 +86,11 @@ class Alignment:
     reference) and ``points`` (Tensor[P, D], the aligned models' flat parameters).
     """
 
-    def __init__(self, reference: int, indices: list[int], models: list[nn.Module],
-                 perms: list[dict[str, Tensor]], points: Tensor):
-        self.reference, self.indices, self.models = reference, indices, models
-        self.perms, self.points = perms, points
+    reference: int
+    indices: list[int]
+    models: list[nn.Module]
+    perms: list[dict[str, Tensor]]
+    points: Tensor
 
 
 class Atlas:
@@ -236,20 +239,6 @@ class Atlas:
         return ev.evaluate(torch.stack([ev.space.flatten(pop.model(i))
                                         for i in range(len(pop))]))
 
-    def _span_points(self, R: Tensor) -> tuple[dict[str, Tensor], float]:
-        """Loss and metrics of span coordinates ``R`` [N, k] (one row per model) decoded,
-        and the mean squared error of the decoded points against the models' vectors;
-        decoded and evaluated a chunk at a time."""
-        parts, sse = [], 0.0
-        red = self.embedding_.reduction_
-        for start, rows in self._row_chunks():
-            pts = red.decode(R[start:start + len(rows)].to(self.device), device=self.device)
-            parts.append(self.evaluator.evaluate(pts))
-            sse += float((rows - pts.cpu().float()).square_().sum())
-            del pts, rows  # before the next chunk is read
-        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        return out, sse / (self.X.shape[0] * self.X.shape[1])
-
     # --------------------------------------------------------------- embed
     def embed(self, method: str = "ae", dim: int = 2, exact: bool = True, refit: bool = False,
               standardize: bool = False, include: dict[str, Tensor] | None = None,
@@ -289,11 +278,8 @@ class Atlas:
 
     def _embed(self, method: str, dim: int, exact: bool, refit: bool, standardize: bool,
                include: dict[str, Tensor], **kwargs: Any) -> Atlas:
-        from safetensors.torch import save_file
-
         from .manifold import ReducedEmbedding, SpanReduction, make_embedding
         from .manifold.span import components_file
-        from .store import atomic_path
 
         t0 = time.perf_counter()
         folder = self.path / "embedding"
@@ -318,11 +304,7 @@ class Atlas:
         inner = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))
         emb = ReducedEmbedding(inner, reduction, exact=exact).fit(self.X, include=include)
         self.embedding_ = emb
-        emb.save(folder / MAP)
-        with atomic_path(folder / "codes.safetensors") as tmp:  # the report's copy
-            save_file({"codes": emb.codes_.contiguous(),
-                       **{f"include.{k}": v.contiguous()
-                          for k, v in emb.include_codes_.items()}}, str(tmp))
+        atlas_checks.save_map(emb, folder, MAP)
         atomic_write_json(meta_path, config)
         self.run.update("embedding", config)
         self.run.record_stage("embed", time.perf_counter() - t0, method=method, dim=dim,
@@ -493,14 +475,6 @@ class Atlas:
         out = atlas_checks.overlay(self, points, name, labels, partners)
         atomic_write_json(self.path / "overlays" / f"{name}.json", out)
         return out
-
-    def _decoded_loss(self, z: Tensor) -> np.ndarray:
-        """Loss (float64 [P]) of the parameters decoded from latent codes ``z`` [P, d]
-        by the map (with its residual correction), a chunk at a time."""
-        step = max(1, self._chunk_points())
-        parts = [self.evaluator.evaluate(self.decode(z[i:i + step].to(self.device)))["loss"]
-                 for i in range(0, len(z), step)]
-        return torch.cat(parts).double().numpy()
 
     # ------------------------------------------------- the population's models
     def _models(self, indices: Sequence[int] | None) -> tuple[list[int], list[nn.Module],

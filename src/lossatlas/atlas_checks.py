@@ -6,7 +6,8 @@ the models' own, in decades), :func:`raw_check` (the map without its residual
 correction), :func:`overlay` (other points projected onto the map),
 :func:`reconstruction_table` (the seed's Table 1, on
 :func:`lossatlas.manifold.reconstruction_table`) and :func:`basin_summary`.
-:func:`load_map` reads the stored map, in today's layout or the one before it.
+:func:`save_map` / :func:`load_map` store and read the map (``load_map`` also reads
+the layout before the map was one estimator).
 Every log10 of a loss goes through :func:`lossatlas.scale.log10_loss`.
 """
 
@@ -27,12 +28,12 @@ from .scale import log10_loss
 
 if TYPE_CHECKING:
     from .atlas import Atlas
-    from .manifold import ReducedEmbedding
+    from .manifold import ReducedEmbedding, SpanReduction
 
 log = logging.getLogger("lossatlas.atlas")
 
 __all__ = ["basin_summary", "faithfulness", "load_map", "overlay", "raw_check",
-           "reconstruction_table"]
+           "reconstruction_table", "save_map"]
 
 
 def _finite(a: np.ndarray) -> np.ndarray:
@@ -58,6 +59,44 @@ def _nanmean(a: np.ndarray) -> float:
 
 def _variants(atlas: Atlas) -> list[str]:
     return [str(lab.get("variant", "?")) for lab in atlas.population.labels]
+
+
+def _span_points(atlas: Atlas, red: SpanReduction, R: Tensor
+                 ) -> tuple[dict[str, Tensor], float]:
+    """Loss and metrics of span coordinates ``R`` [N, k] of ``red`` (one row per model)
+    decoded, and the mean squared error of the decoded points against the models'
+    vectors; decoded and evaluated a chunk at a time."""
+    parts, sse = [], 0.0
+    for start, rows in atlas._row_chunks():
+        pts = red.decode(R[start:start + len(rows)].to(atlas.device), device=atlas.device)
+        parts.append(atlas.evaluator.evaluate(pts))
+        sse += float((rows - pts.cpu().float()).square_().sum())
+        del pts, rows  # before the next chunk is read
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return out, sse / (atlas.X.shape[0] * atlas.X.shape[1])
+
+
+def _decoded_loss(atlas: Atlas, z: Tensor) -> np.ndarray:
+    """Loss (float64 [P]) of the parameters decoded from latent codes ``z`` [P, d] by the
+    map (with its residual correction), a chunk at a time."""
+    step = max(1, atlas._chunk_points())
+    parts = [atlas.evaluator.evaluate(atlas.decode(z[i:i + step].to(atlas.device)))["loss"]
+             for i in range(0, len(z), step)]
+    return torch.cat(parts).double().numpy()
+
+
+def save_map(emb: ReducedEmbedding, folder: Path, name: str) -> None:
+    """Store the map in ``folder``: ``NAME`` (``Embedding.save``) and the report's copy of
+    the codes, ``codes.safetensors`` (``codes`` [N, d], ``include.NAME`` [P, d])."""
+    from safetensors.torch import save_file
+
+    from .store import atomic_path
+
+    emb.save(folder / name)
+    with atomic_path(folder / "codes.safetensors") as tmp:
+        save_file({"codes": emb.codes_.contiguous(),
+                   **{f"include.{k}": v.contiguous() for k, v in emb.include_codes_.items()}},
+                  str(tmp))
 
 
 def load_map(folder: Path, name: str, exact: bool, run: Path) -> ReducedEmbedding:
@@ -123,8 +162,9 @@ def faithfulness(atlas: Atlas) -> dict:
     field = atlas.field_
     true = atlas.true_values()
     t_log = log10_loss(true["loss"].double().numpy())
-    raw, recon = atlas._span_points(atlas.embedding_.decode_span(atlas.codes_,
-                                                                 corrected=False))
+    emb = atlas.embedding_
+    raw, recon = _span_points(atlas, emb.reduction_, emb.decode_span(atlas.codes_,
+                                                                     corrected=False))
     raw_log = log10_loss(raw["loss"].double().numpy())
     idx = atlas.model_samples()
     values = field.values["log10_loss"]
@@ -252,7 +292,7 @@ def reconstruction_table(atlas: Atlas, methods: tuple[str, ...], dim: int,
             continue
         emb = ReducedEmbedding.from_fitted(red, inner, inner.encode(C))
         row = table({name: emb}, atlas.X, labels=variant)[0]
-        values, _ = atlas._span_points(emb.decode_span(emb.codes_, corrected=False))
+        values, _ = _span_points(atlas, red, emb.decode_span(emb.codes_, corrected=False))
         loss = values["loss"].double()
         rel = (loss / true - 1).abs()
         rows.append({
@@ -300,7 +340,7 @@ def overlay(atlas: Atlas, points: Tensor, name: str, labels: list[str] | None,
     true = atlas.evaluator.evaluate(points)["loss"].double().numpy()
     z = atlas.encode(points)
     codes = z.numpy().astype(np.float64)
-    projected = atlas._decoded_loss(z)
+    projected = _decoded_loss(atlas, z)
     out: dict[str, Any] = {
         "name": name, "codes": codes.tolist(), "true_loss": true.tolist(),
         "projected_loss": projected.tolist(),
@@ -314,7 +354,7 @@ def overlay(atlas: Atlas, points: Tensor, name: str, labels: list[str] | None,
     out["mae"] = out["mean_abs_error"]  # the report's older key
     fitted = atlas.include_codes_.get(name)
     if fitted is not None and len(fitted) == len(points):
-        inc = atlas._decoded_loss(fitted)
+        inc = _decoded_loss(atlas, fitted)
         out.update(included_codes=fitted.double().numpy().tolist(),
                    included_loss=inc.tolist(), included_range=_range(inc),
                    included_median_abs_error=_nanmedian(np.abs(inc - true)))
