@@ -201,7 +201,8 @@ def plot_lead_time_law(summary: dict[str, Any]) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("grokking onset (steps)")
     ax.set_ylabel("defect lead time (steps)")
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     return fig
 
 
