@@ -1,6 +1,6 @@
-"""Sign-flip symmetry of odd (tanh-like) units: which groups have it, signed
-permutations preserve the function, and weight matching recovers a randomly
-sign-flipped and permuted copy exactly."""
+"""Sign-flip symmetry of odd (tanh-like) units: which groups have it (also through
+BatchNorm / LayerNorm), signed permutations preserve the function, and weight,
+activation and OT matching recover a randomly sign-flipped and permuted copy exactly."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from lossatlas.symmetry import (
     align,
     apply_permutation,
     check_spec,
+    compare_alignment,
     match_signed_weights,
     match_weights,
     ot_align,
@@ -292,3 +293,17 @@ def test_ot_with_signs_recovers_a_flipped_copy_exactly():
     relu_b = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     for p, q in zip(ot_plans(relu, relu_b, signs=True), ot_plans(relu, relu_b), strict=True):
         assert torch.equal(p, q)
+
+
+def test_compare_alignment_with_signs_takes_the_flipped_copy_to_distance_zero():
+    torch.manual_seed(0)
+    model = _tanh_mlp().eval()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 8, generator=g)
+    spec = permutation_spec(model, x[:2])
+    copy_b = permute_model(model, spec, random_permutation(spec, g), random_signs(spec, g))
+    signed = compare_alignment(model, copy_b, spec=spec, signs=True)
+    plain = compare_alignment(model, copy_b, spec=spec)
+    assert signed.attrs["signs"] == 1 and plain.attrs["signs"] == 0
+    assert float(signed["distance"].sel(alignment="aligned")) < 1e-5
+    assert float(plain["distance"].sel(alignment="aligned")) > 0.5
