@@ -107,6 +107,11 @@ def test_sweep_fits_the_law_of_its_runs(tmp_path, monkeypatch):
     assert (summary["num_runs"], summary["num_grokked"], summary["num_rise"]) == (6, 5, 5)
     assert summary["num_rise_after_onset"] == 1  # (71, 2.0): the defect rose after the onset
     assert all(r["weight_norm_peak_step"] == 10.0 for r in summary["runs"])
+    rose = [v for v in truth.values() if v[1] is not None]  # rise step = onset - lead
+    ref = stats.linregress([o for o, _ in rose], [o - lead for o, lead in rose])
+    line = summary["rise_vs_onset"]
+    assert line["num_points"] == 5 and line["slope"] == pytest.approx(ref.slope, abs=1e-12)
+    assert line["r"] == pytest.approx(ref.rvalue, abs=1e-12)
     assert summary["law"]["exponent"] == pytest.approx(direct.exponent, abs=1e-12)
     assert summary["law"]["exponent_ci"] == pytest.approx(list(direct.exponent_ci))
     assert json.loads((tmp_path / "lead_time_law.json").read_text())["num_used"] == 4

@@ -68,6 +68,10 @@ def test_real_runs_lead_is_found_in_most_and_the_law_has_a_finite_interval(trace
     assert law["exponent"] == pytest.approx(ref.slope, abs=1e-10)
     assert law["exponent_se"] == pytest.approx(ref.stderr, rel=1e-8)
     assert (tmp_path / "law" / "lead_time_law.png").stat().st_size > 0
+    # measured: the rise stays near one step while the onset moves (see lead_law's doc)
+    line = summary["rise_vs_onset"]
+    assert line["num_points"] == sum(r["lead_time"] is not None for r in grokked)
+    assert line["rise_sd"] < line["onset_sd"] / 2
 
 
 def test_single_checkpoint_spikes_are_not_a_rise(traces, tmp_path):
