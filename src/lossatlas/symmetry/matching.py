@@ -10,8 +10,10 @@ group's units by the correlation of their activations on data.
 With ``signs`` (:func:`match_signed_weights`, ``weight_matching(signs=True)``) the
 groups with the sign-flip symmetry (``spec.odd``: tanh-like units) are matched by
 signed permutations: unit ``j`` of b may stand for unit ``i`` of a with either
-sign, so the assignment maximises ``|<a_i, b_j>|`` and the sign is that of the
-inner product.
+sign. The inner product splits into the tensors the flip leaves alone and those it
+negates (:meth:`~lossatlas.symmetry.PermutationSpec.signed_axes`: all of them, or
+after a norm layer its weight and bias and the readers' inputs), so the assignment
+maximises ``fixed_ij + |flipped_ij|`` and the sign is that of ``flipped_ij``.
 """
 
 from __future__ import annotations
