@@ -193,39 +193,47 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int = 8, every: int =
 
 
 def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None, heldout=None) -> dict:
-    """The demo's connectivity: barrier matrix of the variants' final models before and
-    after weight matching, one trained Bezier curve and the re-basined models, both
-    projected onto the atlas."""
+    """The demo's connectivity over the atlas's verbs: the barrier matrix of the
+    variants' final models before and after weight matching (:meth:`Atlas.connect`,
+    stored in ``OUT/connectivity.json``, the fields and ``OUT/barriers.png``), one
+    Bezier curve trained between the first two (``OUT/curves.json``) and the models
+    re-basined onto the first (:meth:`Atlas.align`), both projected onto the atlas, and
+    the branches of the population (on ``heldout``, else ``xy``). Barriers and the curve
+    are measured on the atlas's data and device (``xy`` and ``device`` are the demo's
+    own, the ones the atlas was built with). Returns the demo's summary figures
+    (barriers in nats)."""
+    import numpy as np
     import torch
 
-    from .connectivity import curve_points, train_curve
-    from .connectivity.population import population_barriers
-    from .store import atomic_write_json
-    from .symmetry import weight_matching
+    from .connectivity import curve_points
+    from .connectivity.population import plot_barriers, write_barriers
+    from .dynamics import branches_report
+    from .plotting import save_figure
+    from .store import Run, atomic_write_json
 
     pop = atlas_obj.population
     idx = pop.final_indices()
     names = [str(pop.labels[i].get("variant", i)) for i in idx]
-    models = [pop.model(i) for i in idx]
-    res = population_barriers(models, names, xy, out_dir, align_models=True, device=device)
-    import numpy as np
-
+    mats = {k: v.assign_coords(model_i=names, model_j=names)  # variant names, as stored
+            for k, v in atlas_obj.connect(align=True, indices=idx).items()}
+    res = write_barriers(out_dir, mats, names, align=True)
+    save_figure(plot_barriers(mats, names)[0].figure, Path(out_dir) / "barriers.png",
+                close=True)
     off = ~np.eye(len(idx), dtype=bool)
     before = float(np.asarray(res["before"])[off].mean())
     after = float(np.asarray(res["after"])[off].mean())
-    curve = train_curve(models[0], models[1], xy, kind="bezier", steps=400, device=device)
+    pair = (idx[0], idx[1])
+    curve = atlas_obj.connect(align=False, curves=[pair], points=61, indices=pair,
+                              kind="bezier", steps=400)["curves"][pair]
     t = torch.linspace(0, 1, 61)
     w_a, w_b = pop.as_points()[idx[0]], pop.as_points()[idx[1]]
     pts = curve_points(curve.bends, w_a, w_b, t, "bezier")
     ov_curve = atlas_obj.overlay(pts, f"curve-{names[0]}-{names[1]}",
                                  labels=[f"t={v:.3f}" for v in t.tolist()])
-    rebased = [weight_matching(models[0], m) for m in models[1:]]
-    space = pop.space
-    ov_rebasin = atlas_obj.overlay(torch.stack([space.flatten(m) for m in rebased]),
-                                   "rebasin", labels=[f"{n} onto {names[0]}" for n in names[1:]],
+    rebased = atlas_obj.align(idx[0], idx).points[1:]
+    ov_rebasin = atlas_obj.overlay(rebased, "rebasin",
+                                   labels=[f"{n} onto {names[0]}" for n in names[1:]],
                                    partners=[idx[0]] * len(rebased))
-    from .store import Run
-
     Run(out_dir).save_dataset(f"curve-{names[0]}-{names[1]}", curve.curve)
     atomic_write_json(out_dir / "curves.json", {
         "pair": names[:2], "kind": "bezier", "barrier": curve.barrier,
@@ -233,8 +241,6 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None, heldout=None) -
         "t": curve.curve["t"].values.tolist(), "loss": curve.curve["loss"].values.tolist(),
         "line_loss": curve.line["loss"].values.tolist(),
     })
-    from .dynamics import branches_report
-
     branches = branches_report(pop, data=heldout if heldout is not None else xy,
                                barrier_matrix=np.asarray(res["before"]),
                                out_dir=out_dir)
