@@ -85,12 +85,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+REPEAT = {"n": 1}  # runs per timing (the median is reported); --repeat, MLP case only
+
+
 def _timed(device, fn, *args):
-    _sync(device)
-    t = time.perf_counter()
-    out = fn(*args)
-    _sync(device)
-    return out, time.perf_counter() - t
+    times = []
+    for _ in range(REPEAT["n"]):
+        _sync(device)
+        t = time.perf_counter()
+        out = fn(*args)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return out, float(np.median(times))
 
 
 def _ours(model, x, y, k, batch_size, tol, probes, device, probe_batch, graphs=None,
@@ -135,6 +141,24 @@ def _profile(model, x, y, k, batch_size, tol, probes, device, probe_batch) -> No
                 _sync(device)
                 if i in (0, 3):
                     print(f"    m={m}: call {i + 1} {1e3 * (time.perf_counter() - t):.2f} ms")
+
+
+def _profile_krylov(model, x, y, k, batch_size, tol, probes, device, precision, chunk,
+                    block) -> None:
+    """torch.profiler over one eigen_and_trace call: the top operations by host time
+    and by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        _ours(model, x, y, k, batch_size, tol, probes, device, None, None, precision,
+              "krylov", chunk, block)
+        _sync(device)
+    avg = prof.key_averages()
+    print(avg.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+    if device.type == "cuda":
+        print(avg.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
 def _pyhessian(model, x, y, k, device):
@@ -190,6 +214,9 @@ def main() -> None:
                     help="print the split of one call (set-up, Lanczos, Hutch++) and the time "
                          "of one product eager vs replayed")
     ap.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time the MLP case's runs (ours and peers) this many times each and "
+                         "report the median (fractions of a second: one run is noisy)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -215,8 +242,10 @@ def main() -> None:
             return args.probe_batch or (
                 3 if device.type != "cuda" else (probes // 3 if name == "mlp" else 10))
 
+        REPEAT["n"] = 1
         (ref, ref_tr, _, _), t_ref = _timed(
             device, _ours, *common, 1e-7, 3 * top, device, probe_batch(3 * top), graphs)
+        REPEAT["n"] = max(1, args.repeat) if name == "mlp" else 1
         for tol, probes, prec, method in settings:
             (vals, tr, n_eig, n_tr), t_ours = _timed(
                 device, _ours, *common, tol, probes, device, probe_batch(probes), graphs, prec,
@@ -226,6 +255,9 @@ def main() -> None:
                                                        else "")
             rows.append((name, D, n, label, t_ours, _rel(vals, ref),
                          tr.trace, tr.std, n_eig + n_tr))
+            if args.profile and method.startswith("krylov"):
+                _profile_krylov(*common, tol, probes, device, prec, chunk,
+                                int(method[6:]) if method[6:].isdigit() else None)
             if args.profile and (tol, probes, prec, method) == settings[0]:
                 _profile(*common, tol, probes, device, probe_batch(probes))
         torch.manual_seed(0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lossatlas.curvature import HVP, MatrixOperator, hutch_plusplus
-from lossatlas.curvature.lanczos import block_lanczos
+from lossatlas.curvature.lanczos import _rows_dot, block_lanczos
 from lossatlas.curvature.spectrum import hessian_eigen_trace
 from lossatlas.curvature.trace import eigen_and_trace
 
@@ -112,3 +112,13 @@ def test_krylov_trace_is_unbiased_and_beats_hutch_plus_plus():
     # same 30 products: the deflated part is smaller than Hutch++'s (a 20-vector Krylov
     # space against a 10-vector sketch)
     assert float(torch.tensor(stds).mean()) < float(torch.tensor(ref_std).mean())
+
+
+def test_sliced_row_products_equal_the_plain_product():
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(3, 1000, generator=g, dtype=torch.float64)
+    B = torch.randn(7, 1000, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(_rows_dot(A, B, sliced=True), A @ B.T)
+    torch.testing.assert_close(_rows_dot(A, B[:, :1000], sliced=True), A @ B.T)
+    torch.testing.assert_close(_rows_dot(A[:, :992], B[:, :992], sliced=True),
+                               A[:, :992] @ B[:, :992].T)

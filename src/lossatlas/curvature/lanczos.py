@@ -257,29 +257,58 @@ def _ritz(basis: BlockKrylov, k: int, which: str) -> tuple[Tensor, Tensor, Tenso
     order = torch.argsort(theta, descending=which == "largest")[:k]
     vals, coords = theta[order], S[:, order]
     C = coords.T.to(basis.Q.device, basis.Q.dtype)  # [k, J b]
-    res = (C @ basis.HQ - vals.to(C)[:, None] * (C @ basis.Q)).norm(dim=1)
+    res = (C @ basis.HQ - vals.to(C)[:, None] * (C @ basis.Q)).norm(dim=1)  # [k, n] rows
     return vals, coords, res.double().cpu(), float(theta.abs().max().clamp_min(1e-30))
 
 
-def _orthonormal_block(W: Tensor, Q: Tensor | None, gen: torch.Generator | None) -> Tensor:
-    """``W`` [b, n] made orthonormal and orthogonal to the rows of ``Q`` (classical
-    Gram-Schmidt twice, then QR); directions lost to rank deficiency (an invariant
-    subspace) are replaced by random ones orthogonal to both."""
+def _rows_dot(A: Tensor, B: Tensor, sliced: bool | None = None) -> Tensor:
+    """``A @ B.T`` for A [a, n], B [m, n] with small ``a, m`` and long rows: on CUDA
+    (``sliced=None``) as a batched product over 32 slices of the rows, summed (a single
+    GEMM with such a long reduction runs on a few thread blocks); plain ``@`` elsewhere."""
+    n = A.shape[1]
+    if sliced is None:
+        sliced = A.device.type == "cuda" and n >= (1 << 15)
+    if not sliced or n < 32:
+        return A @ B.T
+    c = 32
+    L = n // c
+    head = torch.bmm(A[:, : c * L].reshape(A.shape[0], c, L).transpose(0, 1),
+                     B[:, : c * L].reshape(B.shape[0], c, L).permute(1, 2, 0)).sum(0)
+    return head + A[:, c * L :] @ B[:, c * L :].T if c * L < n else head
+
+
+def _project_out(W: Tensor, Q: Tensor | None) -> Tensor:
+    """``W`` [b, n] minus its components along the orthonormal rows of ``Q`` (twice)."""
+    if Q is None or not len(Q):
+        return W
+    for _ in range(2):
+        W = W - _rows_dot(W, Q) @ Q
+    return W
+
+
+def _orthonormal_block(W: Tensor, Q: Tensor | None, gen: torch.Generator | None,
+                       depth: int = 0) -> Tensor:
+    """``W`` [b, n] made orthonormal and orthogonal to the rows of ``Q``: projections
+    (classical Gram-Schmidt twice), then SVQB twice (the eigendecomposition of the small
+    Gram matrix ``W W^T`` in float64: ``b x b`` work, no QR of a tall matrix); directions
+    lost to rank deficiency (an invariant subspace) are replaced by random ones
+    orthogonal to both."""
     scale = W.norm(dim=1).max().clamp_min(1e-30)
-    for _ in range(2):
-        if Q is not None and len(Q):
-            W = W - (W @ Q.T) @ Q
-    Qw, R = torch.linalg.qr(W.T)  # [n, b], [b, b]
-    tiny = R.diagonal().abs() <= 1e3 * torch.finfo(W.dtype).eps * scale
-    if not bool(tiny.any()):
-        return Qw.T.contiguous()
-    keep = Qw.T[~tiny]
+    W = _project_out(W, Q)
+    floor = 1e3 * torch.finfo(W.dtype).eps * float(scale)
+    keep = W
+    for sweep in range(2):
+        G = _rows_dot(keep, keep).double().cpu()
+        lam, U = torch.linalg.eigh((G + G.T) / 2)
+        ok = lam > (floor if sweep == 0 else 1e-3) ** 2  # the 2nd sweep: near-orthonormal rows
+        C = (U[:, ok] / lam[ok].sqrt()).T.to(W.device, W.dtype)  # [r, b]
+        keep = C @ keep
+    missing = W.shape[0] - keep.shape[0]
+    if missing == 0 or depth >= 2:
+        return keep.contiguous()
     against = keep if Q is None or not len(Q) else torch.cat([Q, keep])
-    fresh = torch.randn(int(tiny.sum()), W.shape[1], device=W.device, dtype=W.dtype,
-                        generator=gen)
-    for _ in range(2):
-        fresh = fresh - (fresh @ against.T) @ against
-    return torch.cat([keep, torch.linalg.qr(fresh.T)[0].T]).contiguous()
+    fresh = torch.randn(missing, W.shape[1], device=W.device, dtype=W.dtype, generator=gen)
+    return torch.cat([keep, _orthonormal_block(fresh, against, gen, depth + 1)]).contiguous()
 
 
 def block_krylov(
@@ -314,7 +343,7 @@ def block_krylov(
         HQs.append(W)
         Q, HQ = torch.cat(Qs), torch.cat(HQs)
         # the new rows and columns of Q H Q^T, symmetrised (float64 on the CPU: tiny)
-        new = (Q @ W.T).double().cpu()  # [J b, b]
+        new = _rows_dot(Q, W).double().cpu()  # [J b, b]
         m, c = T.shape[0], W.shape[0]
         T2 = torch.zeros(m + c, m + c, dtype=torch.float64)
         T2[:m, :m] = T

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..progress import progress_bar
 from .hvp import LinearOperator
-from .lanczos import EigenResult, _generator, block_lanczos
+from .lanczos import EigenResult, _generator, _project_out, block_lanczos
 
 __all__ = ["TraceEstimate", "eigen_and_trace", "exact_trace", "hutch_plusplus", "hutchinson"]
 
@@ -172,11 +172,11 @@ def eigen_and_trace(
     if Q.shape[0] >= op.dim:  # the space is everything: the trace is exact
         return eig, TraceEstimate(float(basis.T.trace()), 0.0, 0, "krylov-hutch++",
                                   torch.zeros(0, dtype=torch.float64))
-    for _ in range(2):
-        G = G - (G @ Q.T) @ Q
+    G = _project_out(G, Q)
     with progress_bar(total=g, desc="trace (Krylov Hutch++)", unit="hvp",
                       progress=progress) as bar:
-        samples = _quadratic_forms(op, G, None, bar)
+        # in blocks of the basis' size: one operator shape (one CUDA graph) for the run
+        samples = _quadratic_forms(op, G, b, bar)
     return eig, _summary(samples, float(basis.T.trace()), g, "krylov-hutch++")
 
 
