@@ -68,3 +68,17 @@ def test_a_run_in_the_layout_before_loads_bit_for_bit(setup, tmp_path):
     np.testing.assert_array_equal(field.values["log10_loss"],
                                   atlas.field_.values["log10_loss"])
     np.testing.assert_array_equal(field.values["distance"], atlas.field_.values["distance"])
+
+
+def test_stages_called_out_of_order_say_which_first(setup, tmp_path):
+    from lossatlas.errors import NotComputedError
+
+    pop, xy, include, run, atlas = setup
+    fresh = Atlas(pop, xy, tmp_path / "fresh", device="cpu")
+    with pytest.raises(NotComputedError, match=r"Atlas: call embed\(\) first"):
+        fresh.decode(torch.zeros(1, 2))
+    with pytest.raises(RuntimeError, match=r"call field\(\) first"):
+        fresh.topology()
+    assert not hasattr(fresh, "codes_")  # the map's attributes exist once embedded
+    with pytest.raises(AttributeError, match=r"Atlas.codes_: call embed\(\) first"):
+        fresh.codes_  # noqa: B018
