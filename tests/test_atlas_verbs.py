@@ -99,3 +99,11 @@ def test_terrain_is_curvature_terrain(case):
     # its loss is the atlas's own evaluation of the models (one BatchNorm policy)
     np.testing.assert_allclose(got["loss"].values, atlas.true_values()["loss"].double().numpy(),
                                rtol=1e-5)
+
+
+def test_indices_outside_the_population_are_refused(case):
+    name, pop, xy, atlas, models, names = case
+    with pytest.raises(ValueError, match=r"indices must name models 0\.\.2"):
+        atlas.connect(indices=[0, 7], points=5)
+    with pytest.raises(ValueError, match=r"got \[-1\]"):
+        atlas.align(reference=-1)

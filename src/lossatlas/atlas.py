@@ -479,7 +479,12 @@ class Atlas:
     # ------------------------------------------------- the population's models
     def _models(self, indices: Sequence[int] | None) -> tuple[list[int], list[nn.Module],
                                                               list[str]]:
-        idx = list(range(len(self.population))) if indices is None else [int(i) for i in indices]
+        n = len(self.population)
+        idx = list(range(n)) if indices is None else [int(i) for i in indices]
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad or not idx:
+            raise ValueError(f"Atlas: indices must name models 0..{n - 1} of the population, "
+                             f"got {list(indices) if indices is not None else idx}")
         labels = self.population.labels
         names = [f"{i}:{labels[i]['variant']}" if "variant" in labels[i] else str(i)
                  for i in idx]
@@ -492,7 +497,7 @@ class Atlas:
         from .symmetry import permutation_spec, weight_matching
 
         idx, models, _ = self._models(indices)
-        ref = self.population.model(reference)
+        ref = self._models([reference])[1][0]
         spec = permutation_spec(ref, data=self.data)
         out, perms = [], []
         for i, m in zip(idx, models, strict=True):
