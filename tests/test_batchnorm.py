@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lossatlas import Evaluator, ParamSpace, Population
 from lossatlas.batchnorm import POLICY_TEXT, resolve_policy
 from lossatlas.curvature import HVP
+from lossatlas.errors import InputTypeError
 from lossatlas.symmetry.repair import reset_bn
 
 
@@ -277,7 +278,7 @@ def test_outputs_losses_and_inputs_of_other_shapes():
     ev = Evaluator(m, (x, y))
     want = nn.functional.cross_entropy(m.lin(x), y)
     assert float(ev.evaluate(ev.space.flatten(m))["loss"]) == pytest.approx(float(want), rel=1e-6)
-    with pytest.raises(TypeError, match="returns a tuple of 2.*output="):
+    with pytest.raises(InputTypeError, match="returns a tuple of 2.*output="):
         Evaluator(TupleOut(), (x, y))
     t = TupleOut()
     ev = Evaluator(t, (x, y), output=0)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lossatlas import Evaluator, ParamSpace
+from lossatlas.errors import UnsupportedModelError
 from lossatlas.models import create
 
 
@@ -186,7 +187,7 @@ def test_bad_input_errors():
         ev.evaluate(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="samples"):
         Evaluator(model, (x, y[:5]))
-    with pytest.raises(RuntimeError, match="fails on"):
+    with pytest.raises(UnsupportedModelError, match="fails on"):
         Evaluator(model, (torch.randn(10, 4), y))
 
 

@@ -16,6 +16,7 @@ from torch.func import functional_call, vmap
 from . import batchnorm as bnp
 from .backends import BACKENDS, Backend, backend_names, get_backend
 from .batches import as_tensor_data, num_samples, to_device
+from .errors import InputTypeError, MissingKeyError, UnsupportedModelError
 from .kernels.bnfold import FoldPlan
 from .kernels.mlp import MLPPlan, mlp_logits
 from .kernels.mlp_triton import fused_mlp_ce
@@ -93,21 +94,21 @@ def model_output(out, output: str | int | Callable | None = None, where: str = "
         kind = (f"a dict with keys {sorted(map(str, out))}" if isinstance(out, dict)
                 else f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(
                     out, (tuple, list)) else ""))
-        raise TypeError(f"{where}: the model returns {kind}, not a tensor; pass "
-                        "output='<key or attribute>' (CLI --output-key) or an index")
+        raise InputTypeError(f"{where}: the model returns {kind}, not a tensor; pass "
+                             "output='<key or attribute>' (CLI --output-key) or an index")
     if isinstance(output, int):
         if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
-            raise TypeError(f"{where}: output={output} but the model returns "
-                            f"{type(out).__name__}")
+            raise InputTypeError(f"{where}: output={output} but the model returns "
+                                 f"{type(out).__name__}")
         return out[output]
     if isinstance(out, dict):
         if output not in out:
-            raise KeyError(f"{where}: output={output!r} is not a key of the model's output "
-                           f"(keys {sorted(map(str, out))})")
+            raise MissingKeyError(f"{where}: output={output!r} is not a key of the model's "
+                                  f"output (keys {sorted(map(str, out))})")
         return out[output]
     if not hasattr(out, output):
-        raise TypeError(f"{where}: output={output!r}: the model's {type(out).__name__} output "
-                        "has no such attribute")
+        raise InputTypeError(f"{where}: output={output!r}: the model's {type(out).__name__} "
+                             "output has no such attribute")
     return getattr(out, output)
 
 
@@ -296,7 +297,8 @@ class Evaluator:
         channels_last: bool | None = None,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"Evaluator: model must be an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(
+                f"Evaluator: model must be an nn.Module, got {type(model).__name__}")
         if backend not in ("auto", "fast", *backend_names()):
             raise ValueError(
                 "Evaluator: backend must be 'auto', 'fast' or a registered backend "
@@ -519,7 +521,7 @@ class Evaluator:
             raise
         except Exception as err:  # noqa: BLE001 - re-raised with context
             shape = tuple(head.x.shape) if isinstance(head.x, Tensor) else type(head.x).__name__
-            raise RuntimeError(
+            raise UnsupportedModelError(
                 f"Evaluator: the model {type(self.model).__name__} fails on {n} input(s) of the "
                 f"data (shape {shape}): {type(err).__name__}: {err}"
             ) from err
@@ -673,7 +675,8 @@ class Evaluator:
                             call_model(self.model, {**p, **self._fixed}, xb)
                         except bnp.Reached as stop:
                             return bnp.moments(stop.x)
-                        raise RuntimeError(f"Evaluator: BatchNorm layer {name!r} not reached")
+                        raise UnsupportedModelError(
+                            f"Evaluator: BatchNorm layer {name!r} not reached")
 
                     with precision_context(self.precision, self.device), \
                             batchable_layers(self.device.type == "cpu"):
