@@ -202,7 +202,7 @@ def main() -> None:
                          "commas (e.g. 1e-4:99:fp32,1e-3:24:tf32:krylov; method 'lanczos' "
                          "(default: Lanczos, then Hutch++) or 'krylov[B]' (eigen_and_trace: "
                          "one block Krylov space for both, blocks of B vectors, default "
-                         "probes/3)); default: --tol, --probes, fp32")
+                         "ceil(probes / 9))); default: --tol, --probes, fp32")
     ap.add_argument("--chunk", type=int, default=0,
                     help="HVP vectors per vmap pass for the ResNet (memory; default 11 on "
                          "CUDA, all on the CPU)")

@@ -70,9 +70,9 @@ def test_block_lanczos_rejects_bad_arguments(problem):
 
 def test_smaller_blocks_make_a_deeper_space_for_the_same_products():
     A, lam = _matrix(300)
-    wide, _ = eigen_and_trace(MatrixOperator(A), 5, 99, tol=1.0)  # 2 blocks of 33
+    wide, _ = eigen_and_trace(MatrixOperator(A), 5, 99, tol=1.0, block_size=33)  # 2 blocks
     op = MatrixOperator(A)
-    deep, tr = eigen_and_trace(op, 5, 99, tol=1.0, block_size=11)  # 6 blocks of 11
+    deep, tr = eigen_and_trace(op, 5, 99, tol=1.0)  # the default: 6 blocks of 11
     assert wide.num_hvp == deep.num_hvp == 66 and op.num_matvecs == 99
     assert deep.num_iter == 6 and tr.num_hvp == 33
     err = [float(((r.eigenvalues - lam[:5]) / lam[:5]).abs().max()) for r in (wide, deep)]
@@ -99,7 +99,7 @@ def test_krylov_trace_is_unbiased_and_beats_hutch_plus_plus():
             # residuals 1e-3 x 50: eigenvalue errors ~ residual^2 / gap
             torch.testing.assert_close(eig.eigenvalues, lam[:5], rtol=1e-6, atol=0)
             assert bool(eig.converged.all()) and tr.num_hvp == 10
-            assert eig.num_hvp % 10 == 0 and eig.num_hvp >= 20
+            assert eig.num_hvp % 5 == 0 and eig.num_hvp >= 20
         est.append(tr.trace)
         stds.append(tr.std)
         ref_std.append(hutch_plusplus(op, 30, seed=seed).std)

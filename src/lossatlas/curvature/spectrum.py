@@ -124,14 +124,17 @@ def hessian_eigen_trace(
 ) -> tuple[EigenResult, TraceEstimate]:
     """Top-``k`` (or bottom-``k``) Hessian eigenpairs and the trace together, from one
     operator and one block Krylov space (:func:`~lossatlas.curvature.trace.eigen_and_trace`):
-    ``num_probes`` products in batches of ``num_probes // 3`` vectors (more blocks when
-    the eigenpairs need them for ``tol``), instead of :func:`hessian_eigen` (one vector
-    a step) and :func:`hessian_trace_estimate` (``num_probes`` more products).
+    ``num_probes`` products in batches of ``ceil(num_probes / 9)`` vectors (more blocks
+    when the eigenpairs need them for ``tol``), instead of :func:`hessian_eigen` (one
+    vector a step) and :func:`hessian_trace_estimate` (``num_probes`` more products).
+    On an H200 (``bench/hessian.py``), top-5 + trace of a 289k-parameter MLP in 0.095 s
+    against 0.128 s for the two separate calls.
 
     Eigenvectors as Tensor[k, D] in the ``ParamSpace(model)`` layout, on the CPU.
     ``chunk_size``: vectors per vmap pass inside a batch (memory); ``precision``: "fp32"
-    or "tf32" products (see :class:`HVP`). Memory: the basis and its products, ``2 x
-    (2 num_probes / 3) x D`` values.
+    or "tf32" products (see :class:`HVP`; with "tf32" use ``tol >= 1e-3``, the products'
+    own error). Memory: the basis and its products, ``2 x (2 num_probes / 3) x D``
+    values.
     """
     H = HVP(model, data, loss_fn=loss_fn, params=params, group=group, train=train,
             batch_size=batch_size, device=device, chunk_size=chunk_size, bn=bn,

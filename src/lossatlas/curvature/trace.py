@@ -134,19 +134,20 @@ def eigen_and_trace(
     which: Literal["largest", "smallest"] = "largest",
 ) -> tuple[EigenResult, TraceEstimate]:
     """The top-``k`` eigenpairs and the trace from one block Krylov space (Krylov-aware
-    Hutch++; Chen & Hallman 2023): every product is in a batch of ``num_probes // 3``
-    vectors.
+    Hutch++; Chen & Hallman 2023): every product is in a batch of ``block_size``
+    vectors (default ``max(ceil(num_probes / 9), k)``: 11 for 99 probes).
 
     With ``m = num_probes`` products, as :func:`hutch_plusplus`: a block Krylov space
-    ``span(S, H S)`` of ``2 m/3`` vectors (two calls of ``b = m/3`` vectors) serves as
-    Hutch++'s sketch and as the Lanczos space of the eigenpairs; ``tr(Q^T H Q)`` comes
-    free from it (Hutch++ spends ``m/3`` products on it), and ``m - 2 b`` Hutchinson
-    probes of ``(I - Q Q^T) H (I - Q Q^T)`` estimate the rest. ``block_size`` (default
-    ``m/3``) batches the ``2 m/3`` Krylov products differently: smaller blocks make a
-    deeper space (better eigenpairs, more sequential calls). When the eigenpairs'
-    residuals are not below ``tol`` after those products, more blocks follow (up to
-    ``max_hvp`` products in all, default ``4 m``) and the larger space serves the trace
-    too. The estimate is unbiased (``Q`` does not depend on the probes).
+    ``span(S, H S, H^2 S, ...)`` of ``2 m/3`` vectors (``S``: ``b = block_size`` random
+    vectors; ``2 m / (3 b)`` operator calls) serves as Hutch++'s sketch and as the
+    Lanczos space of the eigenpairs; ``tr(Q^T H Q)`` comes free from it (Hutch++
+    spends ``m/3`` products on it), and ``m - 2 m/3`` Hutchinson probes of
+    ``(I - Q Q^T) H (I - Q Q^T)`` (in calls of ``b``) estimate the rest. Smaller blocks
+    make a deeper space (better eigenpairs, more sequential calls; ``b = m/3`` is two
+    calls). When the eigenpairs' residuals are not below ``tol`` after those products,
+    more blocks follow (up to ``max_hvp`` products in all, default ``4 m``) and the
+    larger space serves the trace too. The estimate is unbiased (``Q`` does not depend
+    on the probes).
 
     Returns
     -------
@@ -157,9 +158,9 @@ def eigen_and_trace(
     m = int(num_probes)
     if m < 3:
         raise ValueError(f"eigen_and_trace: num_probes must be >= 3, got {num_probes}")
-    b = max(m // 3 if block_size is None else int(block_size), 1)
-    if b < 1 or (block_size is not None and int(block_size) < 1):
+    if block_size is not None and int(block_size) < 1:
         raise ValueError(f"eigen_and_trace: block_size must be >= 1, got {block_size}")
+    b = max(-(-m // 9), int(k)) if block_size is None else int(block_size)
     g = max(m - 2 * (m // 3), 1)
     blocks = max(-(-2 * (m // 3) // b), 1)
     budget = 4 * m if max_hvp is None else int(max_hvp)
