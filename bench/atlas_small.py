@@ -48,6 +48,7 @@ from lossatlas.atlas_plot import (  # noqa: E402
     plot_atlas_tree,
     plot_landscape,
 )
+from lossatlas.plotting import save_figure  # noqa: E402
 from lossatlas.surfaces import random_slice  # noqa: E402
 from lossatlas.surfaces.slices import slice_field  # noqa: E402
 
@@ -97,9 +98,9 @@ def atlas(pop: Population, data, out: Path, resolution: int, budget: int,
     lap("faithfulness")
     a.raw_check(resolution=min(resolution, 32))
     lap("raw_check")
-    plot_landscape(a, out / "landscape.png")
-    plot_atlas_tree(a, out / "merge_tree.png")
-    plot_atlas_persistence(a, out / "persistence.png")
+    save_figure(plot_landscape(a), out / "landscape.png")
+    save_figure(plot_atlas_tree(a), out / "merge_tree.png")
+    save_figure(plot_atlas_persistence(a), out / "persistence.png")
     lap("figures")
     text = ""
     if prof:

@@ -341,15 +341,15 @@ def test_llc_is_finite_positive_and_below_half_the_dimension(fam):
     model = load(fam.name, final_path(fam, "lr0"))
     d = sum(p.numel() for p in model.parameters())
     res = llc(model, (fam.x, fam.y), num_chains=2, num_draws=40, seed=0)
-    est = res["llc_mean"]
-    assert np.isfinite(est) and not res["diverged"]
+    est = res.llc_mean
+    assert np.isfinite(est) and not res.diverged
     assert 0 < est < d / 2
     # L(w*) is the direct computation under the policy, and every chain's estimate is
     # nbeta (mean draw loss - L(w*)) of its own loss trace
-    assert res["init_loss"] == pytest.approx(direct_loss(model, fam.x, fam.y, fam.policy),
+    assert res.init_loss == pytest.approx(direct_loss(model, fam.x, fam.y, fam.policy),
                                              rel=RTOL)
-    per_chain = res["nbeta"] * (res["loss_trace"].double().mean(1) - res["init_loss"])
-    torch.testing.assert_close(torch.as_tensor(res["llc_per_chain"]).double(), per_chain,
+    per_chain = res.nbeta * (res.loss_trace.double().mean(1) - res.init_loss)
+    torch.testing.assert_close(torch.as_tensor(res.llc_per_chain).double(), per_chain,
                                rtol=1e-4, atol=1e-6)
 
 

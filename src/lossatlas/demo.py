@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .pipeline import build_atlas, measured_on, write_slice
+from .plotting import save_figure
 
 __all__ = ["DEMO_BN_VARIANTS", "DEMO_STEPS", "DemoRun", "demo_bn_cnn", "demo_connectivity",
            "demo_terrain", "run_demo"]
@@ -136,10 +137,9 @@ def _terrain(run: DemoRun) -> None:
     run.summary.update(demo_terrain(run.pop, run.xy, run.out_dir, run.device))
     table = json.loads((run.out_dir / "terrain.json").read_text())
     if "top_eigenvalue" in table:
-        run.atlas.plot_landscape(
-            run.out_dir / "landscape_terrain.png",
+        save_figure(run.atlas.plot_landscape(
             marker_values=dict(zip(table["indices"], table["top_eigenvalue"], strict=True)),
-            marker_label="top Hessian eigenvalue")
+            marker_label="top Hessian eigenvalue"), run.out_dir / "landscape_terrain.png")
 
 
 def _bn_cnn(run: DemoRun) -> None:
@@ -208,7 +208,6 @@ def demo_connectivity(atlas_obj, xy, out_dir: Path, device=None, heldout=None) -
     from .connectivity import curve_points
     from .connectivity.population import plot_barriers, write_barriers
     from .dynamics import branches_report
-    from .plotting import save_figure
     from .store import Run, atomic_write_json
 
     pop = atlas_obj.population

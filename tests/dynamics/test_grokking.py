@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lossatlas.dynamics import dynamics_report, plot_trajectory_transitions, run_grokking
+from lossatlas.plotting import save_figure
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,8 @@ def test_plot_trajectory_transitions(grok, tmp_path):
     codes = torch.as_tensor(np.c_[np.arange(len(pop)), np.sin(np.arange(len(pop)))]).float()
     atlas = SimpleNamespace(codes_=codes, population=pop)
     key = next(iter(pop.trajectories()))
-    ax = plot_trajectory_transitions(atlas, {key: [3, 10]}, path=tmp_path / "t.png")
-    assert ax is not None and (tmp_path / "t.png").is_file()
+    ax = plot_trajectory_transitions(atlas, {key: [3, 10]})
+    assert ax is not None and save_figure(ax, tmp_path / "t.png").is_file()
     with pytest.raises(KeyError, match="unknown run"):
         plot_trajectory_transitions(atlas, {"nope": [1]})
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from lossatlas.plotting import save_figure
+
 VARIANTS = [
     {"name": "A", "optimizer": "sgd", "lr": 0.05, "batch_size": 64},
     {"name": "B", "optimizer": "adam", "lr": 3e-3, "batch_size": 64},
@@ -49,9 +51,9 @@ def build_small_run(root: Path) -> Path:
     atlas.field(resolution=16, budget=500, tol=0.1)
     atlas.topology()
     atlas.faithfulness()
-    atlas.plot_landscape(root / "landscape.png")
-    plot_atlas_tree(atlas, root / "merge_tree.png")
-    plot_atlas_persistence(atlas, root / "persistence.png")
+    save_figure(atlas.plot_landscape(), root / "landscape.png")
+    save_figure(plot_atlas_tree(atlas), root / "merge_tree.png")
+    save_figure(plot_atlas_persistence(atlas), root / "persistence.png")
     if hasattr(atlas, "overlay"):  # a straight path between two final models, on the map
         t = torch.linspace(0, 1, 7)[:, None]
         pts = (1 - t) * atlas.X[final[0]] + t * atlas.X[final[1]]

@@ -95,7 +95,7 @@ def test_recorded_numbers_equal_direct_computations(study):
     assert len(paths) == len(s["checkpoint_steps"])
     model = _model(s, load_state_dict(paths[-1]))
     sub = (train.inputs[:1024], train.targets[:1024])
-    assert llc(model, sub, **s["llc_kwargs"])["llc_mean"] == pytest.approx(s["llc"][-1],
+    assert llc(model, sub, **s["llc_kwargs"]).llc_mean == pytest.approx(s["llc"][-1],
                                                                           rel=1e-6)
     d = commutator_defect(model, sub, **s["defect_kwargs"])["defect"]
     assert d == pytest.approx(s["defect"][-1], rel=1e-9)

@@ -10,7 +10,7 @@ Eigenvalues are in units of loss per squared parameter.
 
 from .density import SpectralDensity, slq, spectral_density
 from .hvp import HVP, LinearOperator, MatrixOperator
-from .lanczos import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
+from .lanczos import EigenResult, block_lanczos, lanczos, lanczos_tridiagonal, power_iteration
 from .llc import LLCResult, SGLDState, default_nbeta, llc, sgld_init, sgld_step
 from .plot import plot_density, plot_llc_trace
 from .saddles import SaddleCheck, atlas_saddles, saddle_check
@@ -19,13 +19,14 @@ from .spectrum import (
     group_spectra,
     hessian_density,
     hessian_eigen,
+    hessian_eigen_trace,
     hessian_eigenvalues,
     hessian_trace,
     hessian_trace_estimate,
     layer_groups,
 )
 from .terrain import terrain
-from .trace import TraceEstimate, exact_trace, hutch_plusplus, hutchinson
+from .trace import TraceEstimate, eigen_and_trace, exact_trace, hutch_plusplus, hutchinson
 
 __all__ = [
     "EigenResult",
@@ -38,11 +39,14 @@ __all__ = [
     "SpectralDensity",
     "TraceEstimate",
     "atlas_saddles",
+    "block_lanczos",
     "default_nbeta",
+    "eigen_and_trace",
     "exact_trace",
     "group_spectra",
     "hessian_density",
     "hessian_eigen",
+    "hessian_eigen_trace",
     "hessian_eigenvalues",
     "hessian_trace",
     "hessian_trace_estimate",

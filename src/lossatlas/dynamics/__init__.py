@@ -26,7 +26,7 @@ from .branches import (
     representations,
 )
 from .commutator import commutator_defect, defect_along, first_order_difference, sgd_commutator
-from .grokking import GrokkingResult, ModularMLP, modular_mlp, run_grokking
+from .grokking import GrokkingResult, ModularMLP, defect_lead, modular_mlp, run_grokking
 from .lead_law import (
     LeadTimeLaw,
     fit_lead_time_law,
@@ -34,6 +34,7 @@ from .lead_law import (
     lead_time_sweep,
     onset_effect,
     plot_lead_time_law,
+    redetect_leads,
     write_lead_time_law,
 )
 from .plot import plot_trajectory_transitions, plot_transitions
@@ -61,6 +62,7 @@ __all__ = [
     "branches_report",
     "commutator_defect",
     "defect_along",
+    "defect_lead",
     "detect_all",
     "detect_transitions",
     "dynamics_report",
@@ -83,6 +85,7 @@ __all__ = [
     "plot_trajectory_transitions",
     "plot_transitions",
     "prediction_disagreement",
+    "redetect_leads",
     "representations",
     "write_lead_time_law",
     "rise_step",

@@ -185,7 +185,7 @@ def llc_along(
     models : sequence of nn.Module, in checkpoint order
     data : training data for :func:`lossatlas.curvature.llc` (unused with ``estimate``)
     estimate : callable(model) -> float, optional; default
-        ``lossatlas.curvature.llc(model, data, **llc_kwargs)["llc_mean"]``
+        ``lossatlas.curvature.llc(model, data, **llc_kwargs).llc_mean``
 
     Returns
     -------
@@ -197,7 +197,7 @@ def llc_along(
         from ..curvature import llc
 
         def estimate(model: nn.Module) -> float:
-            return float(llc(model, data, **llc_kwargs)["llc_mean"])
+            return float(llc(model, data, **llc_kwargs).llc_mean)
 
     out = np.empty(len(models))
     for i, m in enumerate(models):

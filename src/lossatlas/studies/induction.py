@@ -424,8 +424,8 @@ def run_induction_heads(
     for state in progress_bar(states, progress=progress, desc="induction: LLC", unit="ckpt"):
         ck_model.load_state_dict(state)
         est = llc(ck_model, sub, **lk)
-        llcs.append(est["llc_mean"])
-        llc_std.append(est["llc_std"])
+        llcs.append(est.llc_mean)
+        llc_std.append(est.llc_std)
         with torch.no_grad():
             patterns.append(ck_model.attention_patterns(probe.inputs[:128]))
     run.record_stage("llc", time.perf_counter() - t1)
