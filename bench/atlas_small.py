@@ -58,7 +58,7 @@ def surface_random(model: torch.nn.Module, data, out: Path, resolution: int, bn:
     """``surface random``'s library path: Evaluator, 2-D random slice, stored field."""
     t0, c0 = time.perf_counter(), time.process_time()
     ev = Evaluator(model, data, bn=bn)
-    sl = random_slice(model, ndim=2, resolution=resolution, span=1.0, space=ev.space)
+    sl = random_slice(model, dim=2, resolution=resolution, span=1.0, space=ev.space)
     t1 = time.perf_counter()
     ds = slice_field(ev, sl, Run(out), "random2d")
     t2, c2 = time.perf_counter(), time.process_time()

@@ -40,7 +40,7 @@ def case(request, tmp_path_factory):
 def test_connect_is_population_barrier_matrices(case):
     name, pop, xy, atlas, models, names = case
     got = atlas.connect(points=5)
-    want = population_barrier_matrices(models, names, xy, align=True, device="cpu", steps=5,
+    want = population_barrier_matrices(models, names, xy, align=True, device="cpu", points=5,
                                        bn=pop.bn)
     assert set(got) == {"before", "after"}
     for k in want:

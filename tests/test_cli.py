@@ -215,7 +215,7 @@ def test_study_and_ot_align(checkpoints, tmp_path):
     a.load_state_dict(load_state_dict(checkpoints[0]))
     b.load_state_dict(load_state_dict(tmp_path / "m1_aligned.safetensors"))
     splits = create_data("blobs", num_features=40, num_classes=10)
-    direct = barrier(a, b, (splits.x_train, splits.y_train), steps=25, device="cpu")
+    direct = barrier(a, b, (splits.x_train, splits.y_train), points=25, device="cpu")
     assert out["loss_barrier_aligned"] == pytest.approx(direct, rel=1e-4, abs=1e-6)
 
 

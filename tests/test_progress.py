@@ -65,9 +65,9 @@ def _calls():
                                                     k=1, progress=p)),
         "llc": ("llc", lambda p, _: llc(m[0], xy, num_chains=2, num_draws=3, batch_size=8,
                                         progress=p)),
-        "barrier_curve": ("field", lambda p, _: barrier_curve(m[0], m[1], xy, steps=3,
+        "barrier_curve": ("field", lambda p, _: barrier_curve(m[0], m[1], xy, points=3,
                                                               progress=p)),
-        "barrier_matrix": ("field", lambda p, _: barrier_matrix(m, xy, steps=3, progress=p)),
+        "barrier_matrix": ("field", lambda p, _: barrier_matrix(m, xy, points=3, progress=p)),
         "train_curve": ("train bezier curve", lambda p, _: train_curve(
             m[0], m[1], xy, steps=3, batch_size=8, points=3, progress=p)),
         "write_report": ("report", lambda p, tmp: _report(tmp, p)),

@@ -95,9 +95,9 @@ def test_bn_policy_is_part_of_the_fingerprint(tmp_path):
     xy = (torch.randn(64, 5), torch.randint(0, 3, (64,)))
     run = Run(tmp_path)
     own = Evaluator(net, xy, bn="own")
-    compute_field(own, interpolation(net, net, steps=3, space=own.space).source, run, "f")
+    compute_field(own, interpolation(net, net, points=3, space=own.space).source, run, "f")
     rec = Evaluator(net, xy, bn="recompute")
-    src = interpolation(net, net, steps=3, space=rec.space).source
+    src = interpolation(net, net, points=3, space=rec.space).source
     with pytest.raises(StaleResultError, match="BatchNorm policy"):
         compute_field(rec, src, run, "f")
 
@@ -298,7 +298,7 @@ def test_a_field_without_a_record_of_its_data_is_not_reused(tmp_path):
     ev = Evaluator(net, (torch.randn(32, 5), torch.randint(0, 3, (32,))))
     src = interpolation(net, torch.nn.Sequential(*[torch.nn.Linear(5, 8), torch.nn.ReLU(),
                                                    torch.nn.Linear(8, 3)]),
-                        steps=4, space=ev.space).source
+                        points=4, space=ev.space).source
     run = Run(tmp_path)
     compute_field(ev, src, run, "old")
     meta_file = run.field_path("old").with_suffix(".progress") / "meta.json"

@@ -219,7 +219,7 @@ def test_barrier_endpoints_are_the_models_under_the_policy(fam):
     a, b = load(fam.name, final_path(fam, "lr0")), load(fam.name, final_path(fam, "lr1"))
     policies = [fam.policy] + (["own"] if fam.spec.batchnorm else [])
     for policy in policies:
-        ds = barrier_curve(a, b, (fam.x, fam.y), steps=5,
+        ds = barrier_curve(a, b, (fam.x, fam.y), points=5,
                            bn=None if policy == "none" else policy)
         assert ds.attrs["bn"] == policy
         loss = ds["loss"].values.astype(np.float64)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import InputTypeError, MissingKeyError
 
-__all__ = ["DeprecatedDictAccess", "legacy_plot_path", "save_legacy_plot"]
+__all__ = ["DeprecatedDictAccess", "legacy_plot_path", "renamed_argument", "save_legacy_plot"]
 
 
 class DeprecatedDictAccess:
@@ -98,3 +99,28 @@ def save_legacy_plot(who: str, ax: Any, path: str | os.PathLike | None, **save_k
         stacklevel=3,
     )
     save_figure(ax, path, **save_kwargs)
+
+
+def renamed_argument(old: str, new: str) -> Callable:
+    """Decorator: the keyword argument ``old`` of a public function is now ``new``.
+
+    A call passing ``old=`` still works for one release: the value is passed as
+    ``new`` with a ``DeprecationWarning``; passing both is an error. Positional calls
+    are unaffected (the parameter keeps its place).
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}: give {new}= only ({old}= is its "
+                                    "deprecated name)")
+                warnings.warn(f"{fn.__name__}: {old}= is deprecated; use {new}=",
+                              DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap

@@ -532,7 +532,7 @@ class Atlas:
         idx, models, names = self._models(indices)
         bn = getattr(self.population, "bn", None)
         out: dict[str, Any] = population_barrier_matrices(
-            models, names, self.data, align=align, device=self.device, steps=points, bn=bn,
+            models, names, self.data, align=align, device=self.device, points=points, bn=bn,
             loss_fn=self.loss_fn)
         if curves:
             pairs = ([(a, b) for k, a in enumerate(idx) for b in idx[k + 1:]]

@@ -76,9 +76,9 @@ def _slices(run: DemoRun) -> None:
     ev = Evaluator(pop.model(final[0]), run.xy, device=run.device, space=pop.space)
     a, b = pop.model(final[0]), pop.model(final[1])
     where = run.out_dir / "slices"
-    write_slice("interp", interpolation(a, b, steps=25, extrapolate=0.25), ev, where,
+    write_slice("interp", interpolation(a, b, points=25, extrapolate=0.25), ev, where,
                 "interp", progress=False)
-    write_slice("random", random_slice(a, ndim=2, resolution=25, span=1.0), ev, where,
+    write_slice("random", random_slice(a, dim=2, resolution=25, span=1.0), ev, where,
                 "random2d", progress=False)
     first = next(iter(pop.trajectories().values()))
     sl = pca_plane(pop.as_points()[first], resolution=25, space=pop.space)

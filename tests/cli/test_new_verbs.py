@@ -112,7 +112,7 @@ def test_surface_hessian_is_the_library_slice(checkpoints, tmp_path):
                                     str(tmp_path / "cli"), "--json"]))
     m, xy = _loaded(checkpoints[0]), _xy(50)
     ev = Evaluator(m, xy, device="cpu")
-    sl = hessian_slice(m, xy, ndim=1, resolution=5, span=0.5, which="smallest",
+    sl = hessian_slice(m, xy, dim=1, resolution=5, span=0.5, which="smallest",
                        space=ev.space, device="cpu", seed=0)
     assert out["eigenvalues"] == pytest.approx(sl.info["eigenvalues"], rel=1e-4, abs=1e-6)
     ref = slice_field(ev, sl, Run(tmp_path / "direct"), "h", progress=False)

@@ -48,7 +48,7 @@ def test_definitions_on_a_hand_made_1d_model():
     # excess over 3(1 - t) is 9t - 9t^2 (max 2.25 at t = 1/2), L(1/2) = 3.75.
     data = (torch.zeros(4, 1), torch.zeros(4, dtype=torch.long))
     a, b = Bump(-1.0), Bump(2.0)
-    kw = dict(steps=7, loss_fn=_mean_output, device="cpu")
+    kw = dict(points=7, loss_fn=_mean_output, device="cpu")
     assert barrier(a, b, data, "entezari", **kw) == pytest.approx(2.25, abs=1e-5)
     assert barrier(a, b, data, "midpoint", **kw) == pytest.approx(2.25, abs=1e-5)
     assert barrier(a, b, data, "mean", **kw) == pytest.approx(2.5, abs=1e-5)
@@ -62,7 +62,7 @@ def test_bad_options_are_named():
     with pytest.raises(ValueError, match="definition"):
         barrier(Bump(0), Bump(1), data, definition="max")
     with pytest.raises(ValueError, match="odd"):
-        barrier(Bump(0), Bump(1), data, definition="midpoint", steps=10)
+        barrier(Bump(0), Bump(1), data, definition="midpoint", points=10)
     with pytest.raises(ValueError, match="metric"):
         barrier(Bump(0), Bump(1), data, metric="acc")
 
@@ -81,7 +81,7 @@ def test_self_barrier_is_zero_and_endpoints_are_the_models_losses(mlp_pair, digi
     a, b = mlp_pair
     data = (digits.x_test, digits.y_test)
     assert barrier(a, a, data) == pytest.approx(0.0, abs=1e-6)
-    ds = barrier_curve(a, b, data, steps=9)
+    ds = barrier_curve(a, b, data, points=9)
     with torch.no_grad():
         la = nn.functional.cross_entropy(a(digits.x_test), digits.y_test).item()
         lb = nn.functional.cross_entropy(b(digits.x_test), digits.y_test).item()
@@ -101,28 +101,28 @@ def test_barrier_matrix_matches_pairwise_barriers(mlp_pair, digits):
     a, b = mlp_pair
     c = models.create("mlp", in_features=64, hidden=(32,))
     data = (digits.x_test, digits.y_test)
-    mat = barrier_matrix([a, b, c], data, names=["a", "b", "c"], steps=9)
+    mat = barrier_matrix([a, b, c], data, names=["a", "b", "c"], points=9)
     assert mat.dims == ("model_i", "model_j") and mat.shape == (3, 3)
     np.testing.assert_allclose(mat.values, mat.values.T)
     assert np.all(np.diag(mat.values) == 0)
-    assert mat.sel(model_i="a", model_j="c") == pytest.approx(barrier(a, c, data, steps=9), abs=1e-5)
-    ref, paths = barrier_matrix([a, b, c], data, reference=1, metric="error", steps=9, names="abc",
+    assert mat.sel(model_i="a", model_j="c") == pytest.approx(barrier(a, c, data, points=9), abs=1e-5)
+    ref, paths = barrier_matrix([a, b, c], data, reference=1, metric="error", points=9, names="abc",
                                 return_paths=True)
     assert ref.shape == (3, 1) and ref.sel(model_i="b").item() == 0
     assert paths["loss"].dims == ("pair", "t") and paths["loss"].shape == (3, 9)
     assert ref.sel(model_i="a").item() == pytest.approx(
-        barrier(a, b, data, metric="error", steps=9), abs=1e-6)
+        barrier(a, b, data, metric="error", points=9), abs=1e-6)
 
 
 def test_batchnorm_statistics_recomputed_at_each_point():
     torch.manual_seed(0)
     r1, r2 = models.create("resnet20", num_classes=3), models.create("resnet20", num_classes=3)
     x, y = torch.randn(24, 3, 16, 16), torch.randint(0, 3, (24,))
-    ds = barrier_curve(r1, r2, (x, y), steps=3, bn="recompute", device="cpu")
+    ds = barrier_curve(r1, r2, (x, y), points=3, bn="recompute", device="cpu")
     assert ds.attrs["bn"] == "recompute"
     reset = reset_bn(r1, (x, y))
     with torch.no_grad():
         expected = nn.functional.cross_entropy(reset(x), y).item()
     assert ds["loss"].values[0] == pytest.approx(expected, rel=1e-4)
-    own = barrier_curve(r1, r2, (x, y), steps=3, bn="own", device="cpu")
+    own = barrier_curve(r1, r2, (x, y), points=3, bn="own", device="cpu")
     assert own["loss"].values[0] != pytest.approx(expected, rel=1e-3)

@@ -115,10 +115,10 @@ def test_profile_puts_barriers_beside_noise_tolerance():
     with torch.no_grad():
         b[2].weight.add_(0.5 * torch.randn_like(b[2].weight))
     x, y = _data((6,))
-    prof = layerwise_profile(a, b, (x, y), scales=SCALES, num_draws=2, steps=5)
+    prof = layerwise_profile(a, b, (x, y), scales=SCALES, num_draws=2, points=5)
     assert prof["barrier"].dims == ("group", "anchor")
     assert prof["tolerance"].dims == ("model", "group")
-    ref = layerwise_barriers(a, b, (x, y), steps=5)
+    ref = layerwise_barriers(a, b, (x, y), points=5)
     np.testing.assert_array_equal(prof["barrier"].values, ref.values)
     alone = layer_noise_tolerance(b, (x, y), scales=SCALES, num_draws=2)
     np.testing.assert_array_equal(prof["loss_rise"].sel(model="b").values,

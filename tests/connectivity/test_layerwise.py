@@ -23,15 +23,15 @@ def test_identical_group_has_zero_barrier(digits, train):
         b.layers[1].weight.copy_(a.layers[1].weight[perm])
         b.layers[1].bias.copy_(a.layers[1].bias[perm])
     data = (digits.x_test, digits.y_test)
-    table = layerwise_barriers(a, b, data, definition="mean", steps=9)
+    table = layerwise_barriers(a, b, data, definition="mean", points=9)
     assert table.dims == ("group", "anchor")
     assert list(table["group"].values) == ["layers.0", "layers.1", "layers.2"]
     assert np.all(table.sel(group=["layers.0", "layers.2"]).values == 0)
-    full = barrier(a, b, data, definition="mean", steps=9)
+    full = barrier(a, b, data, definition="mean", points=9)
     assert full > 0
     for anchor in "ab":  # the only differing group carries the whole path
         assert table.sel(group="layers.1", anchor=anchor).item() == pytest.approx(full, rel=1e-5)
-    err = layerwise_barriers(a, b, data, groups={"first": "layers.0."}, metric="error", steps=5)
+    err = layerwise_barriers(a, b, data, groups={"first": "layers.0."}, metric="error", points=5)
     assert err.shape == (1, 2) and np.all(err.values == 0)
     with pytest.raises(ValueError, match="nothing"):
         layerwise_barriers(a, b, data, groups={"x": "nothing."})

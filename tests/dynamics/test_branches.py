@@ -77,7 +77,7 @@ def test_permuted_copy_is_one_branch_and_shortcut_is_another():
     held = _data(1000, False, g)
     for m in (a, b):
         assert (m(shared).argmax(1) == y_shared).float().mean() > 0.95
-    bar = barrier(a, b, (shared, y_shared), steps=11)
+    bar = barrier(a, b, (shared, y_shared), points=11)
     assert bar < 0.1  # linearly connected on the shared training data
     models = [a, _permuted(a), b, _permuted(b)]
     bm = np.array([[0.0 if i // 2 == j // 2 else bar for j in range(4)] for i in range(4)])

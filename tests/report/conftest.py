@@ -44,8 +44,8 @@ def build_small_run(root: Path) -> Path:
     ev = Evaluator(pop.model(final[0]), xy, space=pop.space)
     slices = Run(root / "slices")
     a, b = pop.model(final[0]), pop.model(final[1])
-    slice_field(ev, interpolation(a, b, steps=11, extrapolate=0.2), slices, "interp")
-    slice_field(ev, random_slice(a, ndim=2, resolution=9, span=1.0), slices, "random2d")
+    slice_field(ev, interpolation(a, b, points=11, extrapolate=0.2), slices, "interp")
+    slice_field(ev, random_slice(a, dim=2, resolution=9, span=1.0), slices, "random2d")
     atlas = Atlas(pop, xy, root)
     atlas.embed("ae", dim=2, epochs=100)
     atlas.field(resolution=16, budget=500, tol=0.1)
@@ -62,7 +62,7 @@ def build_small_run(root: Path) -> Path:
     # first (kept beside the run, not in it: `with_all_results` stores them as results)
     names = [str(pop.labels[i]["variant"]) for i in final]
     mats = population_barrier_matrices([pop.model(i) for i in final], names, xy, align=True,
-                                       steps=9, device="cpu")
+                                       points=9, device="cpu")
     np.savez(root / "barriers.npz", names=np.asarray(names), before=mats["before"].values,
              after=mats["after"].values)
     return root

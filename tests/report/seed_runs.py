@@ -75,14 +75,14 @@ def _build(root: Path) -> Path:
 
         ev = Evaluator(model, (x, y))
         run = Run(root)
-        slice_field(ev, hessian_slice(model, (x, y), ndim=2, resolution=5, span=0.2), run,
+        slice_field(ev, hessian_slice(model, (x, y), dim=2, resolution=5, span=0.2), run,
                     "hessian2d")
-        slice_field(ev, random_slice(model, ndim=2, resolution=5, span=0.2, seed=0), run,
+        slice_field(ev, random_slice(model, dim=2, resolution=5, span=0.2, seed=0), run,
                     "random2d_at_model")
 
         write_layer_noise(root, layerwise_profile(models[0], models[1], (x, y),
                                                   scales=(0.1, 0.5, 1.0, 2.0), num_draws=2,
-                                                  steps=5))
+                                                  points=5))
 
         run_induction_heads(root / "induction", "tiny", steps=40, num_train=256,
                             num_checkpoints=6, llc_draws=5, llc_chains=1, d_model=8,

@@ -54,7 +54,7 @@ def test_small_atlas_is_quiet(family, tmp_path):
                      labels=["A/0", "B/1"], progress=False)
         run = Run(tmp_path / "run")
         run.save_dataset("terrain", ds)
-        mat = barrier_matrix(models[:3], xy, steps=3, names=["a", "b", "c"])
+        mat = barrier_matrix(models[:3], xy, points=3, names=["a", "b", "c"])
         run.save_dataset("barriers", mat.to_dataset(name="loss_barrier"))
         write_report(tmp_path / "run", progress=False)
     seen = Counter(f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"

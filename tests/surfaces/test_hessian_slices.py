@@ -71,7 +71,7 @@ def test_curvature_along_mlp_hessian_directions_is_the_eigenvalue(which):
     evals, evecs = torch.linalg.eigh(_dense_hessian(model, x, y))
     if which == "largest":
         evals, evecs = evals.flip(0), evecs.flip(1)
-    s = hessian_slice(model, (x, y), ndim=2, resolution=3, span=H_STEP, which=which,
+    s = hessian_slice(model, (x, y), dim=2, resolution=3, span=H_STEP, which=which,
                       tol=1e-10)
     assert s.kind == "hessian" and s.units["alpha"] == "parameter distance (L2)"
     torch.testing.assert_close(torch.tensor(s.info["eigenvalues"]).double(), evals[:2],
@@ -93,7 +93,7 @@ def test_curvature_along_batchnorm_cnn_hessian_directions_is_the_eigenvalue():
     model.eval()
     evals = torch.linalg.eigvalsh(_dense_hessian(model, x, y)).flip(0)
     space = ParamSpace(model, buffers=True)  # bn="own": the statistics are coordinates too
-    s = hessian_slice(model, (x, y), ndim=3, resolution=3, span=H_STEP, space=space,
+    s = hessian_slice(model, (x, y), dim=3, resolution=3, span=H_STEP, space=space,
                       bn="own", tol=1e-10)
     assert s.directions.shape == (3, space.dim)
     buffers = torch.cat([s.directions[:, seg.start:seg.stop] for seg in space.segments
@@ -111,8 +111,8 @@ def test_hessian_directions_refuse_a_foreign_space_and_non_modules():
         hessian_directions(model, (x, y), 1, space=other)
     with pytest.raises(TypeError, match="must be an nn.Module"):
         hessian_directions(ParamSpace(model).flatten(model), (x, y), 1)
-    with pytest.raises(ValueError, match="ndim must be 1, 2 or 3"):
-        hessian_slice(model, (x, y), ndim=4)
+    with pytest.raises(ValueError, match="dim must be 1, 2 or 3"):
+        hessian_slice(model, (x, y), dim=4)
 
 
 def test_random_slice_sees_less_curvature_than_the_top_direction():
@@ -122,10 +122,10 @@ def test_random_slice_sees_less_curvature_than_the_top_direction():
     x, y = _data((4,))
     H = _dense_hessian(model, x, y)
     evals = torch.linalg.eigvalsh(H)
-    r = random_slice(model, ndim=1, resolution=3, span=H_STEP, normalization="filter", seed=0)
+    r = random_slice(model, dim=1, resolution=3, span=H_STEP, normalization="filter", seed=0)
     d = r.directions[0].double()
     u = d / d.norm()
-    top = hessian_slice(model, (x, y), ndim=1, resolution=3, span=H_STEP, tol=1e-10)
+    top = hessian_slice(model, (x, y), dim=1, resolution=3, span=H_STEP, tol=1e-10)
     ev = Evaluator(model, (x, y))
     curv_top = float(_second_differences(slice_field(ev, top), 1)[0])
     curv_rand = float(_second_differences(slice_field(ev, r), 1)[0]) / float(d @ d)

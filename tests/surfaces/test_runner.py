@@ -27,7 +27,7 @@ def setup():
     model = create("mlp", in_features=5, hidden=(6,), num_classes=3)
     x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
     ev = Evaluator(model, (x, y), device="cpu")
-    return model, ev, random_slice(model, ndim=2, resolution=4, span=0.5, space=ev.space)
+    return model, ev, random_slice(model, dim=2, resolution=4, span=0.5, space=ev.space)
 
 
 def test_slice_summary_is_numpy_on_the_finite_losses(tmp_path):

@@ -48,7 +48,7 @@ def test_linear_interpolation_matches_loss_landscapes():
     theirs = loss_landscapes.linear_interpolation(
         copy.deepcopy(a), copy.deepcopy(b), metric, steps=steps, deepcopy_model=True
     )
-    ds = slice_field(ev, interpolation(a, b, steps=steps + 1))  # t = 0, 1/steps, ..., 1
+    ds = slice_field(ev, interpolation(a, b, points=steps + 1))  # t = 0, 1/steps, ..., 1
     ours = ds["loss"].values[1:]
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
 

@@ -39,7 +39,7 @@ def _png(path):
 
 def test_plot_curve(setup, tmp_path):
     a, b, _, _, _, ev = setup
-    ds = slice_field(ev, interpolation(a, b, steps=7, extrapolate=0.2))
+    ds = slice_field(ev, interpolation(a, b, points=7, extrapolate=0.2))
     for var, log in (("loss", False), ("loss", True), ("accuracy", False)):
         ax = plot_curve(ds, var, log=log)
         assert isinstance(ax, Axes)
@@ -47,7 +47,7 @@ def test_plot_curve(setup, tmp_path):
         assert ax.get_ylabel() == ("loss (nats)" if var == "loss" else "accuracy (fraction)")
         _png(save_figure(ax, tmp_path / f"curve_{var}_{log}.png"))
     with pytest.raises(ValueError, match="1-D"):
-        plot_curve(slice_field(ev, random_slice(a, ndim=2, resolution=3)))
+        plot_curve(slice_field(ev, random_slice(a, dim=2, resolution=3)))
 
 
 def test_plot_contour_and_surface(setup, tmp_path):
@@ -83,7 +83,7 @@ def test_plot_contour_and_surface(setup, tmp_path):
     with pytest.raises(ValueError, match="3-D Axes"):
         plot_surface(ds, ax=Figure().add_subplot())
 
-    ds3 = slice_field(ev, random_slice(a, ndim=3, resolution=3))
+    ds3 = slice_field(ev, random_slice(a, dim=3, resolution=3))
     with pytest.raises(ValueError, match="sel"):
         plot_contour(ds3)
     with pytest.raises(KeyError, match="nope"):

@@ -27,7 +27,7 @@ def test_random_slice_origin_equals_model_loss():
     ev = _ev(model, x, y)
     own = ev.evaluate_models([model])["loss"][0]
     for ndim, res in [(1, 11), (2, 5), (3, 3)]:
-        s = random_slice(model, ndim=ndim, resolution=res, span=0.5)
+        s = random_slice(model, dim=ndim, resolution=res, span=0.5)
         assert isinstance(s, Slice) and s.dims == ("alpha", "beta", "gamma")[:ndim]
         ds = slice_field(ev, s)
         centre = ds["loss"].sel({d: 0.0 for d in s.dims}, method="nearest")
@@ -39,16 +39,16 @@ def test_random_slice_origin_equals_model_loss():
 
 def test_random_slice_spans_and_seed():
     model = mlp()
-    s = random_slice(model, ndim=2, resolution=(5, 3), span=[(-1, 2), 0.5], seed=3)
+    s = random_slice(model, dim=2, resolution=(5, 3), span=[(-1, 2), 0.5], seed=3)
     np.testing.assert_allclose(s.source.coords["alpha"], np.linspace(-1, 2, 5))
     np.testing.assert_allclose(s.source.coords["beta"], np.linspace(-0.5, 0.5, 3))
-    s2 = random_slice(model, ndim=2, resolution=5, seed=3)
+    s2 = random_slice(model, dim=2, resolution=5, seed=3)
     torch.testing.assert_close(s.directions, s2.directions, rtol=0, atol=0)
-    assert not torch.equal(random_slice(model, ndim=2, seed=4).directions, s.directions)
-    with pytest.raises(ValueError, match="ndim"):
-        random_slice(model, ndim=4)
+    assert not torch.equal(random_slice(model, dim=2, seed=4).directions, s.directions)
+    with pytest.raises(ValueError, match="dim must be"):
+        random_slice(model, dim=4)
     with pytest.raises(ValueError, match="span"):
-        random_slice(model, ndim=2, span=[1, 2, 3])
+        random_slice(model, dim=2, span=[1, 2, 3])
 
 
 def test_interpolation_endpoints_and_extrapolation():
@@ -56,14 +56,14 @@ def test_interpolation_endpoints_and_extrapolation():
     x, y = data()
     ev = _ev(a, x, y)
     own = ev.evaluate_models([a, b])["loss"]
-    s = interpolation(a, b, steps=9)
+    s = interpolation(a, b, points=9)
     ds = slice_field(ev, s)
     t = ds["t"].values
     assert t[0] == 0.0 and t[-1] == 1.0 and len(t) == 9
     torch.testing.assert_close(float(ds["loss"].sel(t=0.0)), float(own[0]), rtol=1e-5, atol=0)
     torch.testing.assert_close(float(ds["loss"].sel(t=1.0)), float(own[1]), rtol=1e-5, atol=0)
 
-    se = interpolation(a, b, steps=9, extrapolate=(0.25, 0.3))
+    se = interpolation(a, b, points=9, extrapolate=(0.25, 0.3))
     te = se.source.coords["t"]
     assert te[0] == pytest.approx(-0.25) and te[-1] == pytest.approx(1.375)  # rounded up
     assert 0.0 in te and 1.0 in te

@@ -23,7 +23,7 @@ def test_permuted_copy_is_at_distance_zero_after_alignment():
     assert parameter_distance(a, b)["distance"] > 0
     x, y = torch.randn(128, 10), torch.randint(0, 3, (128,))
     for method in ("weight", "activation"):
-        table = compare_alignment(a, b, (x, y), method=method, rescale=True, steps=5)
+        table = compare_alignment(a, b, (x, y), method=method, rescale=True, points=5)
         assert list(table["alignment"].values) == ["none", "aligned"]
         assert table["distance"].sel(alignment="aligned") == pytest.approx(0.0, abs=1e-5)
         assert table["cosine"].sel(alignment="aligned") == pytest.approx(1.0, abs=1e-6)

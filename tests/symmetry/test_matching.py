@@ -71,7 +71,7 @@ def test_weight_matching_recovers_a_permuted_copy_exactly(permuted_pair):
         assert torch.equal(found[g], torch.argsort(p))
     x = a.example_input(32)
     data = (x, torch.randint(0, 10, (32,)))
-    assert barrier(a, aligned, data, steps=5, device="cpu") == pytest.approx(0.0, abs=1e-6)
+    assert barrier(a, aligned, data, points=5, device="cpu") == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         assert torch.allclose(aligned(x), b(x), atol=1e-5)  # same function as model_b
 
@@ -112,7 +112,7 @@ def test_weight_matching_lowers_the_barrier_between_trained_mlps(wide_pair, digi
     assert after < 0.5 * before
     with torch.no_grad():
         assert torch.allclose(aligned(digits.x_test), b(digits.x_test), atol=1e-4)
-    table = compare_alignment(a, b, (digits.x_test, digits.y_test), steps=11)
+    table = compare_alignment(a, b, (digits.x_test, digits.y_test), points=11)
     print(table.to_dataframe().to_string())
     assert table["distance"].sel(alignment="aligned") < table["distance"].sel(alignment="none")
     assert table["loss_barrier"].sel(alignment="aligned") < 0.5 * table["loss_barrier"].sel(

@@ -55,14 +55,14 @@ def test_sinkhorn_alignment_does_not_raise_the_barrier_of_trained_mlps(digits, t
     torch.manual_seed(1)
     b = train(models.create("mlp", in_features=64, hidden=(64, 64)), x, y, steps=300, seed=1)
     data = (x, y)
-    before = barrier(a, b, data, steps=11)
+    before = barrier(a, b, data, points=11)
     aligned = ot_align(a, b, method="sinkhorn", reg=0.01)
-    after = barrier(a, aligned, data, steps=11)
+    after = barrier(a, aligned, data, points=11)
     assert before > 0.1
     assert after <= before
     with torch.no_grad():  # a soft plan averages neurons: still a working model at this reg
         assert (aligned(x).argmax(1) != y).float().mean() < 0.05
-    exact = barrier(a, ot_align(a, b, method="exact"), data, steps=11)
+    exact = barrier(a, ot_align(a, b, method="exact"), data, points=11)
     assert exact < 0.5 * before  # a permutation: b's function, much lower barrier
 
 

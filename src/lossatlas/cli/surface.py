@@ -81,7 +81,7 @@ def surface_interp(
     loaded = _load(inputs)
     ma, mb = loaded.models([a, b])
     ev = loaded.evaluator(ma)
-    sl = interpolation(ma, mb, steps=points, extrapolate=extrapolate, space=ev.space)
+    sl = interpolation(ma, mb, points=points, extrapolate=extrapolate, space=ev.space)
     _write_slice("interp", sl, ev, out_dir, name or "interp", overwrite, as_json)
 
 
@@ -103,7 +103,7 @@ def surface_random(
     loaded = _load(inputs)
     (m,) = loaded.models([checkpoint])
     ev = loaded.evaluator(m)
-    sl = random_slice(m, ndim=dim, resolution=resolution, span=span,
+    sl = random_slice(m, dim=dim, resolution=resolution, span=span,
                       normalization=normalization, ignore=None if ignore == "none" else ignore,
                       seed=seed, space=ev.space)
     _write_slice("random", sl, ev, out_dir, name or f"random{dim}d", overwrite, as_json)
@@ -182,7 +182,7 @@ def surface_hessian(
     loaded = _load(inputs)
     (m,) = loaded.models([checkpoint])
     ev = loaded.evaluator(m)
-    sl = hessian_slice(m, loaded.xy, ndim=dim, resolution=resolution, span=span, which=which,
+    sl = hessian_slice(m, loaded.xy, dim=dim, resolution=resolution, span=span, which=which,
                        space=ev.space, bn=inputs.bn, device=inputs.device, seed=seed)
     extra = {"which": which, "eigenvalues": list(sl.info["eigenvalues"])}
     _write_slice("hessian", sl, ev, out_dir, name or f"hessian_{which}{dim}d", overwrite,

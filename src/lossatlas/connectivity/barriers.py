@@ -8,7 +8,7 @@ are not interchangeable; lossatlas always records which one it used:
     ``max_t [L(t) - ((1 - t) L(0) + t L(1))]``: the largest excess over the
     linear interpolation of the endpoint losses.
 ``"midpoint"``
-    ``L(0.5) - (L(0) + L(1)) / 2`` (needs ``t = 0.5`` on the grid: odd ``steps``).
+    ``L(0.5) - (L(0) + L(1)) / 2`` (needs ``t = 0.5`` on the grid: odd ``points``).
 ``"mean"`` (git re-basin, Ainsworth et al. 2022)
     ``max_t L(t) - (L(0) + L(1)) / 2``.
 
@@ -29,6 +29,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._compat import renamed_argument
 from ..batchnorm import resolve_policy
 from ..errors import InputTypeError
 from ..evaluate import Evaluator
@@ -67,13 +68,13 @@ def _check_metric(fn: str, metric: str) -> None:
         raise ValueError(f"{fn}: metric must be 'loss' or 'error' (1 - accuracy), got {metric!r}")
 
 
-def _check_steps(fn: str, steps: int, definition: str) -> None:
-    if int(steps) < 2:
-        raise ValueError(f"{fn}: steps must be >= 2 (both endpoints), got {steps}")
-    if definition == "midpoint" and int(steps) % 2 == 0:
+def _check_points(fn: str, points: int, definition: str) -> None:
+    if int(points) < 2:
+        raise ValueError(f"{fn}: points must be >= 2 (both endpoints), got {points}")
+    if definition == "midpoint" and int(points) % 2 == 0:
         raise ValueError(
-            f"{fn}: definition='midpoint' needs t = 0.5 on the grid; steps={steps} is even, "
-            f"use an odd number such as {int(steps) + 1}"
+            f"{fn}: definition='midpoint' needs t = 0.5 on the grid; points={points} is even, "
+            f"use an odd number such as {int(points) + 1}"
         )
 
 
@@ -168,12 +169,13 @@ def _add_error(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+@renamed_argument("steps", "points")
 def barrier_curve(
     model_a: nn.Module | Tensor,
     model_b: nn.Module | Tensor,
     data=None,
     definition: Definition = "entezari",
-    steps: int = 25,
+    points: int = 25,
     bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -192,8 +194,8 @@ def barrier_curve(
         The data the loss is measured on (train or test: the caller's choice).
     definition : {"entezari", "midpoint", "mean"}
         Which barrier goes in ``attrs["barrier"]`` (see the module docstring).
-    steps : int
-        Points on the path, ``t = linspace(0, 1, steps)``.
+    points : int
+        Points on the path, ``t = linspace(0, 1, points)``.
     bn : {"own", "recompute"}
         "recompute" re-estimates BatchNorm statistics at every point on ``bn_data``.
     evaluator : Evaluator, optional
@@ -205,10 +207,10 @@ def barrier_curve(
     -------
     xarray.Dataset over ``t`` with ``loss`` (mean loss per sample), ``accuracy``
     and ``error`` (= 1 - accuracy); ``attrs``: ``barrier`` (loss barrier),
-    ``error_barrier``, ``definition``, ``bn``, ``steps``.
+    ``error_barrier``, ``definition``, ``bn``, ``points``.
     """
     _check_definition("barrier_curve", definition)
-    _check_steps("barrier_curve", steps, definition)
+    _check_points("barrier_curve", points, definition)
     if evaluator is None:
         if data is None:
             raise ValueError("barrier_curve: give data (or an evaluator)")
@@ -219,25 +221,26 @@ def barrier_curve(
         evaluator = make_evaluator(model_a, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
     wa = _flat(evaluator, model_a, "model_a")
     wb = _flat(evaluator, model_b, "model_b")
-    t = np.linspace(0.0, 1.0, int(steps))
+    t = np.linspace(0.0, 1.0, int(points))
     source = AffineSource(wa, (wb - wa)[None], [t], dims=("t",))
     ds = _add_error(compute_field(evaluator, source, progress=progress_enabled(progress)))
     ds["t"].attrs["units"] = "fraction of the way from model_a to model_b"
     ds.attrs["definition"] = definition
     ds.attrs["bn"] = evaluator.bn
-    ds.attrs["steps"] = int(steps)
+    ds.attrs["points"] = int(points)
     ds.attrs["barrier"] = float(barrier_from_values(ds["loss"].values, t, definition))
     if "error" in ds:
         ds.attrs["error_barrier"] = float(barrier_from_values(ds["error"].values, t, definition))
     return ds
 
 
+@renamed_argument("steps", "points")
 def barrier(
     model_a: nn.Module,
     model_b: nn.Module,
     data,
     definition: Definition = "entezari",
-    steps: int = 25,
+    points: int = 25,
     metric: Metric = "loss",
     bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
@@ -253,7 +256,7 @@ def barrier(
     """
     _check_metric("barrier", metric)
     ds = barrier_curve(
-        model_a, model_b, data, definition, steps, bn, bn_data, loss_fn, device, **evaluator_kwargs
+        model_a, model_b, data, definition, points, bn, bn_data, loss_fn, device, **evaluator_kwargs
     )
     return float(ds.attrs["barrier" if metric == "loss" else "error_barrier"])
 
@@ -265,12 +268,13 @@ def _key(*tensors: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+@renamed_argument("steps", "points")
 def barrier_matrix(
     models: Sequence[nn.Module],
     data,
     reference: int | None = None,
     definition: Definition = "entezari",
-    steps: int = 25,
+    points: int = 25,
     metric: Metric = "loss",
     names: Sequence[str] | None = None,
     bn: Literal["own", "recompute"] | None = None,
@@ -296,17 +300,17 @@ def barrier_matrix(
     return_paths : bool
         Also return the Dataset of loss / accuracy / error over ``(pair, t)``.
     progress : bool, optional
-        A bar over the points of all paths (pairs x steps; ``None``: auto).
+        A bar over the points of all paths (pairs x points; ``None``: auto).
 
     Returns
     -------
     xarray.DataArray ``[model_i, model_j]``: ``N x N`` symmetric with zero
     diagonal, or ``N x 1`` against the reference; ``attrs``: ``definition``,
-    ``metric``, ``steps``, ``bn``.
+    ``metric``, ``points``, ``bn``.
     """
     _check_definition("barrier_matrix", definition)
     _check_metric("barrier_matrix", metric)
-    _check_steps("barrier_matrix", steps, definition)
+    _check_points("barrier_matrix", points, definition)
     models = list(models)
     if len(models) < 2 and reference is None:
         raise ValueError(f"barrier_matrix: need at least 2 models, got {len(models)}")
@@ -340,7 +344,7 @@ def barrier_matrix(
         wa, wb = w[pair_a[k].to(dev)], w[pair_b[k].to(dev)]
         return torch.lerp(wa, wb, t)
 
-    t = np.linspace(0.0, 1.0, int(steps))
+    t = np.linspace(0.0, 1.0, int(points))
     source = MappedSource(
         path_points, [np.arange(len(pairs), dtype=np.float64), t], ("pair", "t"),
         key=f"paths:{_key(flats, pair_a, pair_b)}",
@@ -359,7 +363,7 @@ def barrier_matrix(
                            coords={"model_i": names, "model_j": [names[reference]]})
     out.name = f"{metric}_barrier"
     out.attrs.update(
-        definition=definition, metric=metric, steps=int(steps), bn=evaluator.bn,
+        definition=definition, metric=metric, points=int(points), bn=evaluator.bn,
         units="nats (mean loss per sample)" if metric == "loss" else "fraction",
     )
     if return_paths:

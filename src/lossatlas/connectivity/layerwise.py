@@ -30,6 +30,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._compat import renamed_argument
 from ..errors import InputTypeError
 from ..fields import compute_field
 from ..points import MappedSource
@@ -39,7 +40,7 @@ from .barriers import (
     _add_error,
     _check_definition,
     _check_metric,
-    _check_steps,
+    _check_points,
     _key,
     barrier_from_values,
     make_evaluator,
@@ -123,13 +124,14 @@ def _group_masks(space, prefixes: Mapping[str, list[str]], where: str) -> Tensor
     return torch.stack(masks)
 
 
+@renamed_argument("steps", "points")
 def layerwise_barriers(
     model_a: nn.Module,
     model_b: nn.Module,
     data,
     groups: Literal["layers", "modules"] | Mapping[str, str | Sequence[str]] = "layers",
     definition: Definition = "entezari",
-    steps: int = 11,
+    points: int = 11,
     metric: Literal["loss", "error"] = "loss",
     bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
@@ -147,7 +149,7 @@ def layerwise_barriers(
     groups : "layers", "modules" or mapping group name -> prefix(es)
         Which tensors move together (see :func:`default_groups`); a tensor
         belongs to a group when its name starts with one of the prefixes.
-    definition, steps, metric, bn, bn_data, loss_fn, device :
+    definition, points, metric, bn, bn_data, loss_fn, device :
         As in :func:`~lossatlas.connectivity.barrier_curve`. With ``bn="own"`` a
         group's BatchNorm running statistics move with its weights.
     return_paths : bool
@@ -156,12 +158,12 @@ def layerwise_barriers(
     Returns
     -------
     xarray.DataArray ``[group, anchor]`` (anchor in ``["a", "b"]``) of barriers
-    in the units of ``metric``; ``attrs``: ``definition``, ``metric``, ``steps``,
+    in the units of ``metric``; ``attrs``: ``definition``, ``metric``, ``points``,
     ``bn``, ``prefixes`` (JSON-able group -> prefixes).
     """
     _check_definition("layerwise_barriers", definition)
     _check_metric("layerwise_barriers", metric)
-    _check_steps("layerwise_barriers", steps, definition)
+    _check_points("layerwise_barriers", points, definition)
     prefixes = _group_prefixes(model_a, groups, "layerwise_barriers")
     evaluator = make_evaluator(model_a, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
     space = evaluator.space
@@ -179,7 +181,7 @@ def layerwise_barriers(
         origin = torch.lerp(a[None], (b[None] - d), anchor_b)
         return origin + t * d
 
-    t = np.linspace(0.0, 1.0, int(steps))
+    t = np.linspace(0.0, 1.0, int(points))
     source = MappedSource(
         path_points,
         [np.arange(len(prefixes), dtype=np.float64), np.array([0.0, 1.0]), t],
@@ -196,7 +198,7 @@ def layerwise_barriers(
         name=f"layerwise_{metric}_barrier",
     )
     out.attrs.update(
-        definition=definition, metric=metric, steps=int(steps), bn=evaluator.bn,
+        definition=definition, metric=metric, points=int(points), bn=evaluator.bn,
         units="nats (mean loss per sample)" if metric == "loss" else "fraction",
         prefixes=str(prefixes),
     )
@@ -339,6 +341,7 @@ def layer_noise_tolerance(
     )
 
 
+@renamed_argument("steps", "points")
 def layerwise_profile(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -348,7 +351,7 @@ def layerwise_profile(
     num_draws: int = 4,
     threshold: float = 0.1,
     definition: Definition = "entezari",
-    steps: int = 11,
+    points: int = 11,
     seed: int = 0,
     bn: Literal["own", "recompute"] | None = None,
     bn_data=None,
@@ -365,7 +368,7 @@ def layerwise_profile(
     ``model_a`` and ``model_b`` (``model`` in ``["a", "b"]``, the same draws).
     """
     prefixes = _group_prefixes(model_a, groups, "layerwise_profile")
-    barriers = layerwise_barriers(model_a, model_b, data, prefixes, definition, steps, "loss",
+    barriers = layerwise_barriers(model_a, model_b, data, prefixes, definition, points, "loss",
                                   bn, bn_data, loss_fn, device)
     noise = [layer_noise_tolerance(m, data, prefixes, scales, num_draws, threshold, seed=seed,
                                    bn=bn, bn_data=bn_data, loss_fn=loss_fn, device=device)

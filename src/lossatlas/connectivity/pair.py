@@ -72,7 +72,7 @@ def connect_pair(model_a: nn.Module, model_b: nn.Module, data, out_dir: str | Pa
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     run = Run(out_dir)
-    line = barrier_curve(model_a, model_b, data, steps=points, device=device, bn=bn)
+    line = barrier_curve(model_a, model_b, data, points=points, device=device, bn=bn)
     run.save_dataset("line", line)
     summary: dict[str, Any] = {"bn": line.attrs["bn"],
                                "line_barrier": float(line.attrs["barrier"])}

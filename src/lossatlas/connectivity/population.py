@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .._compat import renamed_argument
+
 if TYPE_CHECKING:
     import xarray as xr
     from matplotlib.axes import Axes
@@ -24,29 +26,30 @@ __all__ = ["plot_barriers", "population_barrier_matrices", "population_barriers"
            "write_barriers"]
 
 
+@renamed_argument("steps", "points")
 def population_barrier_matrices(
     models: Sequence[nn.Module], names: Sequence[str], data, align: bool = False,
-    device=None, steps: int = 25, bn: Literal["own", "recompute"] | None = None,
+    device=None, points: int = 25, bn: Literal["own", "recompute"] | None = None,
     loss_fn=None,
 ) -> dict[str, xr.DataArray]:
     """Loss-barrier matrices (Entezari definition, nats) of ``models`` on ``data``.
 
     Returns ``{"before": DataArray[model, model]}`` and, with ``align``, ``"after"``:
     the matrix once every model is permuted onto ``models[0]`` by weight matching (the
-    permutation spec traced once, on the data's first samples). ``steps`` points on each
+    permutation spec traced once, on the data's first samples). ``points`` points on each
     straight path; ``bn`` the BatchNorm policy (default: statistics recomputed at every
     point); ``loss_fn`` as in :func:`barrier_matrix` (default cross-entropy).
     """
     from ..symmetry import permutation_spec, weight_matching
     from .barriers import barrier_matrix
 
-    mats = {"before": barrier_matrix(models, data, steps=steps, names=names, device=device,
+    mats = {"before": barrier_matrix(models, data, points=points, names=names, device=device,
                                      bn=bn, loss_fn=loss_fn)}
     if align:
         ref = models[0]
         spec = permutation_spec(ref, data=data)
         aligned = [ref] + [weight_matching(ref, m, spec) for m in models[1:]]
-        mats["after"] = barrier_matrix(aligned, data, steps=steps, names=names,
+        mats["after"] = barrier_matrix(aligned, data, points=points, names=names,
                                        device=device, bn=bn, loss_fn=loss_fn)
     return mats
 
@@ -97,9 +100,10 @@ def plot_barriers(mats: dict[str, xr.DataArray], names: Sequence[str],
     return list(axes)
 
 
+@renamed_argument("steps", "points")
 def population_barriers(models: Sequence[nn.Module], names: Sequence[str], xy,
                         out_dir: str | Path, align_models: bool, device=None,
-                        steps: int = 25, progress: bool = False,
+                        points: int = 25, progress: bool = False,
                         bn: Literal["own", "recompute"] | None = None) -> dict[str, Any]:
     """Barrier matrices of ``models`` before (and after weight matching onto the first),
     under the BatchNorm policy ``bn`` (default: statistics recomputed at every point).
@@ -110,7 +114,7 @@ def population_barriers(models: Sequence[nn.Module], names: Sequence[str], xy,
     """
     from ..plotting import save_figure
 
-    mats = population_barrier_matrices(models, names, xy, align_models, device, steps, bn)
+    mats = population_barrier_matrices(models, names, xy, align_models, device, points, bn)
     result = write_barriers(out_dir, mats, names, align_models)
     save_figure(plot_barriers(mats, names)[0].figure, Path(out_dir) / "barriers.png",
                 close=True)

@@ -282,7 +282,7 @@ def _surface(model: nn.Module, data: tuple[Tensor, Tensor], run: Run, name: str,
     from ..evaluate import Evaluator
     from ..surfaces import random_slice, slice_field
 
-    sl = random_slice(model, ndim=2, resolution=config["surface_resolution"],
+    sl = random_slice(model, dim=2, resolution=config["surface_resolution"],
                       span=config["surface_span"], normalization="filter", ignore="biasbn",
                       seed=seed)
     return slice_field(Evaluator(model, data), sl, run=run, name=name, overwrite=True)

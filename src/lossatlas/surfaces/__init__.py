@@ -6,7 +6,7 @@ a :class:`Slice`; :func:`slice_field` evaluates one into a labelled field.
 
 Example
 -------
->>> s = random_slice(model, ndim=2, resolution=41, span=1.0)
+>>> s = random_slice(model, dim=2, resolution=41, span=1.0)
 >>> ds = slice_field(Evaluator(model, (X, y)), s)
 >>> save_figure(plot_contour(ds), "slice.png")
 """

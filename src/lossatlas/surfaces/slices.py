@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._compat import renamed_argument
 from ..errors import InputTypeError
 from ..evaluate import Evaluator
 from ..fields import compute_field
@@ -238,9 +239,10 @@ def direction_slice(
     )
 
 
+@renamed_argument("ndim", "dim")
 def random_slice(
     model: ModelLike,
-    ndim: int = 2,
+    dim: int = 2,
     resolution: int | Sequence[int] = 51,
     span=1.0,
     normalization: Normalization = "filter",
@@ -255,15 +257,15 @@ def random_slice(
     multiples of the normalised direction (1 = the model's own scale per filter
     with filter normalisation). Dims ``alpha``, ``beta``, ``gamma``.
     """
-    if ndim not in (1, 2, 3):
-        raise ValueError(f"random_slice: ndim must be 1, 2 or 3, got {ndim}")
+    if dim not in (1, 2, 3):
+        raise ValueError(f"random_slice: dim must be 1, 2 or 3, got {dim}")
     space = _space_of(model, space)
     if space is None:
         raise InputTypeError("random_slice: a flat tensor was given; pass space=ParamSpace(model)")
     gen = torch.Generator().manual_seed(int(seed))
     dirs = torch.stack([
         random_direction(model, normalization, ignore, generator=gen, space=space)
-        for _ in range(ndim)
+        for _ in range(dim)
     ])
     unit = f"multiples of the {normalization}-normalised direction"
     return direction_slice(
@@ -272,10 +274,11 @@ def random_slice(
     )
 
 
+@renamed_argument("ndim", "dim")
 def hessian_slice(
     model: nn.Module,
     data,
-    ndim: int = 2,
+    dim: int = 2,
     resolution: int | Sequence[int] = 51,
     span=1.0,
     which: str = "largest",
@@ -294,7 +297,7 @@ def hessian_slice(
     Parameters
     ----------
     model, data : the point and the data the Hessian is measured on
-    ndim : number of directions (1, 2 or 3)
+    dim : number of directions (1, 2 or 3)
     resolution, span : as in :func:`direction_slice` (``span`` in parameter distance)
     which : "largest" (sharpest directions) or "smallest" (most negative curvature)
     space : layout of the slice's points (default ``ParamSpace(model)``; pass the
@@ -303,31 +306,32 @@ def hessian_slice(
         ``bn``, ``tol``, ``seed``, ...); use the same loss and BatchNorm policy as the
         Evaluator that will evaluate the slice
     """
-    if ndim not in (1, 2, 3):
-        raise ValueError(f"hessian_slice: ndim must be 1, 2 or 3, got {ndim}")
+    if dim not in (1, 2, 3):
+        raise ValueError(f"hessian_slice: dim must be 1, 2 or 3, got {dim}")
     space = _space_of(model, space)
-    vals, dirs = hessian_directions(model, data, ndim, which=which, space=space, **kwargs)
+    vals, dirs = hessian_directions(model, data, dim, which=which, space=space, **kwargs)
     info = {"which": which, "eigenvalues": [float(v) for v in vals]}
     info.update({k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))})
     return direction_slice(model, dirs, resolution, span, space=space, units=DISTANCE_UNITS,
                            kind="hessian", info=info)
 
 
+@renamed_argument("steps", "points")
 def interpolation(
     model_a: ModelLike,
     model_b: ModelLike,
-    steps: int = 25,
+    points: int = 25,
     extrapolate: float | tuple[float, float] = (0.0, 0.0),
     space: ParamSpace | None = None,
 ) -> Slice:
     """The straight path ``a + t (b - a)``, dim ``t``, from ``t = -e0`` to ``1 + e1``.
 
-    ``steps`` points cover [0, 1] (``t = 0`` and ``t = 1`` are always grid points);
+    ``points`` points cover [0, 1] (``t = 0`` and ``t = 1`` are always grid points);
     ``extrapolate = (e0, e1)`` adds points with the same spacing before 0 and after
     1, rounded up to whole steps. Anchors: ``a`` at 0, ``b`` at 1.
     """
-    if int(steps) < 2:
-        raise ValueError(f"interpolation: steps must be >= 2, got {steps}")
+    if int(points) < 2:
+        raise ValueError(f"interpolation: points must be >= 2, got {points}")
     e0, e1 = (extrapolate, extrapolate) if isinstance(extrapolate, (int, float)) else extrapolate
     if e0 < 0 or e1 < 0:
         raise ValueError(f"interpolation: extrapolate must be >= 0, got {extrapolate!r}")
@@ -335,7 +339,7 @@ def interpolation(
     a = _flat(model_a, space, "interpolation (model_a)")
     b = _flat(model_b, space, "interpolation (model_b)")
     _same_length("interpolation", a=a, b=b)
-    n = int(steps) - 1
+    n = int(points) - 1
     before = math.ceil(e0 * n - 1e-9)
     after = math.ceil(e1 * n - 1e-9)
     t = np.arange(-before, n + after + 1, dtype=np.float64) / n
@@ -343,7 +347,7 @@ def interpolation(
     return Slice(
         src, "interpolation", {"t": "fraction of the path from a to b"},
         anchors={"a": (0.0,), "b": (1.0,)},
-        info={"steps": int(steps), "extrapolate": [float(e0), float(e1)],
+        info={"steps": int(points), "extrapolate": [float(e0), float(e1)],
               "distance": float((b - a).norm())},
     )
 

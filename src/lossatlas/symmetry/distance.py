@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._compat import renamed_argument
 from ..connectivity.barriers import barrier_curve
 from ..space import ParamSpace
 from ._inputs import resolve_example_input
@@ -79,6 +80,7 @@ def align(
     return model_a, aligned  # type: ignore[return-value]
 
 
+@renamed_argument("steps", "points")
 def compare_alignment(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -86,7 +88,7 @@ def compare_alignment(
     method: Literal["weight", "activation"] = "weight",
     rescale: bool = False,
     definition: Literal["entezari", "midpoint", "mean"] = "entezari",
-    steps: int = 25,
+    points: int = 25,
     bn: Literal["own", "recompute"] = "own",
     bn_data=None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -115,7 +117,7 @@ def compare_alignment(
         for k, v in parameter_distance(ma, mb).items():
             values.setdefault(k, []).append(v)
         if data is not None:
-            ds = barrier_curve(ma, mb, data, definition, steps, bn, bn_data, loss_fn, device)
+            ds = barrier_curve(ma, mb, data, definition, points, bn, bn_data, loss_fn, device)
             values.setdefault("loss_barrier", []).append(ds.attrs["barrier"])
             values.setdefault("error_barrier", []).append(ds.attrs.get("error_barrier", np.nan))
     out = xr.Dataset(

@@ -63,9 +63,9 @@ def align_pair(model_a: nn.Module, model_b: nn.Module, data, out_dir: str | Path
                                       device=device, signs=True)
         else:
             aligned = ot_align(model_a, model_b, method=ot_solver, reg=reg)
-        summary = {"loss_barrier_none": barrier(model_a, model_b, data, steps=points,
+        summary = {"loss_barrier_none": barrier(model_a, model_b, data, points=points,
                                                 device=device),
-                   "loss_barrier_aligned": barrier(model_a, aligned, data, steps=points,
+                   "loss_barrier_aligned": barrier(model_a, aligned, data, points=points,
                                                    device=device),
                    "distance_none": parameter_distance(model_a, model_b)["distance"],
                    "distance_aligned": parameter_distance(model_a, aligned)["distance"]}
@@ -74,7 +74,7 @@ def align_pair(model_a: nn.Module, model_b: nn.Module, data, out_dir: str | Path
 
         spec = permutation_spec(model_a, data=data)  # traced once, on the data's first samples
         table = compare_alignment(model_a, model_b, data, method=method, rescale=rescale,
-                                  steps=points, device=device, spec=spec)
+                                  points=points, device=device, spec=spec)
         _, aligned = align(model_a, model_b, method, data, rescale, spec)
         summary = {f"{k}_{al}": float(table[k].sel(alignment=al)) for k in table.data_vars
                    for al in ("none", "aligned")}
