@@ -141,10 +141,10 @@ def test_concat_and_stack_name_what_does_not_match() -> None:
     items = [{"ids": torch.tensor([i, i])} for i in range(3)]
     assert stack_inputs(items)["ids"].shape == (3, 2)
     with pytest.raises(ValueError, match=r"keys \['input_ids'\] in batch 1"):
-        concat_inputs([a, {"input_ids": b["input_ids"]}], where="loader")
+        concat_inputs([a, {"input_ids": b["input_ids"]}], who="loader")
     b["input_ids"] = torch.zeros(2, 7, dtype=torch.long)
     with pytest.raises(ValueError, match=r"loader: cannot join input x\['input_ids'\] across "):
-        concat_inputs([a, b], where="loader")
+        concat_inputs([a, b], who="loader")
     with pytest.raises(TypeError, match="is a tensor in item 1 but a dict in item 0"):
         stack_inputs([{"a": torch.zeros(1)}, torch.zeros(1)])
 
@@ -183,9 +183,9 @@ def test_as_tensor_data_pairs() -> None:
     loader = as_tensor_data(DataLoader(TensorDataset(x1, y), batch_size=3))
     assert torch.equal(loader.x, x1)
     with pytest.raises(TypeError, match="my data: expected an \\(X, y\\) tensor pair"):
-        as_tensor_data([(x1[0], y[0]), (x1[1], y[1]), (x1[2], y[2])], where="my data")
+        as_tensor_data([(x1[0], y[0]), (x1[1], y[1]), (x1[2], y[2])], who="my data")
     with pytest.raises(ValueError, match="my data: the DataLoader yielded no batches"):
-        as_tensor_data(DataLoader(TensorDataset(x1[:0], y[:0])), where="my data")
+        as_tensor_data(DataLoader(TensorDataset(x1[:0], y[:0])), who="my data")
 
 
 class Stream(IterableDataset):
@@ -207,7 +207,7 @@ def test_pair_detection_and_unsized_datasets() -> None:
     assert not is_xy_pair((x, y, y)) and not is_xy_pair(x)
     with pytest.raises(TypeError, match="stream: an IterableDataset \\(Stream\\) has no length; "
                                         "wrap it in a DataLoader"):
-        as_tensor_data(Stream(), where="stream")
+        as_tensor_data(Stream(), who="stream")
     assert len(as_tensor_data(DataLoader(Stream(), batch_size=2))) == 5
     with pytest.raises(TypeError, match="nolen: the Dataset NoLen has no __len__"):
-        as_tensor_data(NoLen(), where="nolen")
+        as_tensor_data(NoLen(), who="nolen")

@@ -39,11 +39,11 @@ def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Axes, bool]:
     return pyplot().subplots(figsize=size)[1], True
 
 
-def _deprecated_save(ax: Axes, path, own: bool, fn: str) -> None:
+def _deprecated_save(ax: Axes, path, own: bool, who: str) -> None:
     """The deprecated ``path=`` of the plot functions: saves a figure they made."""
     if path is None:
         return
-    warnings.warn(f"{fn}(path=) is deprecated: the plot functions return the Axes and "
+    warnings.warn(f"{who}(path=) is deprecated: the plot functions return the Axes and "
                   "never save; use lossatlas.atlas_plot.save_figure(ax.figure, path)",
                   DeprecationWarning, stacklevel=3)
     if own:

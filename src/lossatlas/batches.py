@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ._compat import renamed_argument
 from .errors import InputTypeError
 
 __all__ = [
@@ -134,7 +135,7 @@ def input_nbytes(x: Inputs) -> int:
     return sum(t.numel() * t.element_size() for _, t in input_leaves(x))
 
 
-def _combine(parts: list, op: Callable[[list[Tensor]], Tensor], what: str, where: str,
+def _combine(parts: list, op: Callable[[list[Tensor]], Tensor], what: str, who: str,
              name: str = "x") -> Inputs:
     """Join matching input trees leaf by leaf with ``op`` (``torch.cat`` / ``torch.stack``);
     errors name the input and the ``what`` (item / batch) that does not match."""
@@ -147,16 +148,16 @@ def _combine(parts: list, op: Callable[[list[Tensor]], Tensor], what: str, where
             isinstance(p, (tuple, list)) and not isinstance(p, Mapping))
         if not same:
             raise InputTypeError(
-                f"{where}: input {name} is a {kind} in {what} {i} but a {kind_first} in {what} 0"
+                f"{who}: input {name} is a {kind} in {what} {i} but a {kind_first} in {what} 0"
             )
         if isinstance(first, Mapping) and list(p.keys()) != list(first.keys()):
             raise ValueError(
-                f"{where}: input {name} has keys {list(p.keys())} in {what} {i} but "
+                f"{who}: input {name} has keys {list(p.keys())} in {what} {i} but "
                 f"{list(first.keys())} in {what} 0"
             )
         if isinstance(first, (tuple, list)) and len(p) != len(first):
             raise ValueError(
-                f"{where}: input {name} has {len(p)} entries in {what} {i} but {len(first)} "
+                f"{who}: input {name} has {len(p)} entries in {what} {i} but {len(first)} "
                 f"in {what} 0"
             )
     if isinstance(first, Tensor):
@@ -165,29 +166,31 @@ def _combine(parts: list, op: Callable[[list[Tensor]], Tensor], what: str, where
         except RuntimeError as exc:
             shapes = sorted({tuple(p.shape) for p in parts})[:3]
             raise ValueError(
-                f"{where}: cannot join input {name} across {what}s (shapes {shapes}, ...): "
+                f"{who}: cannot join input {name} across {what}s (shapes {shapes}, ...): "
                 f"{str(exc).splitlines()[0]}"
             ) from exc
     if isinstance(first, Mapping):
-        return {k: _combine([p[k] for p in parts], op, what, where, f"{name}[{k!r}]")
+        return {k: _combine([p[k] for p in parts], op, what, who, f"{name}[{k!r}]")
                 for k in first}
-    joined = [_combine([p[j] for p in parts], op, what, where, f"{name}[{j}]")
+    joined = [_combine([p[j] for p in parts], op, what, who, f"{name}[{j}]")
               for j in range(len(first))]
     if isinstance(first, tuple) and hasattr(first, "_fields"):
         return type(first)(*joined)
     return type(first)(joined)
 
 
-def concat_inputs(parts: list[Inputs], where: str = "data") -> Inputs:
+@renamed_argument("where", "who")
+def concat_inputs(parts: list[Inputs], who: str = "data") -> Inputs:
     """Input trees of the same structure concatenated along the sample axis (batches ->
     one set)."""
-    return _combine(parts, torch.cat, "batch", where)
+    return _combine(parts, torch.cat, "batch", who)
 
 
-def stack_inputs(parts: list[Inputs], where: str = "data") -> Inputs:
+@renamed_argument("where", "who")
+def stack_inputs(parts: list[Inputs], who: str = "data") -> Inputs:
     """Input trees of single samples stacked into one with a new sample axis (items ->
     one set)."""
-    return _combine(parts, torch.stack, "item", where)
+    return _combine(parts, torch.stack, "item", who)
 
 
 @dataclass
@@ -271,23 +274,23 @@ def _is_numeric_seq(v: Any) -> bool:
     return isinstance(v, (numbers.Number, np.number, np.bool_))
 
 
-def _as_input_tensors(x: Any, where: str, name: str = "x") -> Inputs:
+def _as_input_tensors(x: Any, who: str, name: str = "x") -> Inputs:
     """Arrays, numbers and numeric lists inside ``x`` -> tensors (float64 from numpy or
     Python -> float32, torch's default); dicts / tuples / lists of them kept as trees."""
     if isinstance(x, Tensor):
         return x
     if isinstance(x, Mapping):
-        return {k: _as_input_tensors(v, where, f"{name}[{k!r}]") for k, v in x.items()}
+        return {k: _as_input_tensors(v, who, f"{name}[{k!r}]") for k, v in x.items()}
     if isinstance(x, (tuple, list)) and not _is_numeric_seq(x):
         if not x:
-            raise ValueError(f"{where}: input {name} is an empty {type(x).__name__}")
-        parts = [_as_input_tensors(v, where, f"{name}[{i}]") for i, v in enumerate(x)]
+            raise ValueError(f"{who}: input {name} is an empty {type(x).__name__}")
+        parts = [_as_input_tensors(v, who, f"{name}[{i}]") for i, v in enumerate(x)]
         return type(x)(*parts) if hasattr(x, "_fields") else type(x)(parts)
     try:
         t = torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise InputTypeError(
-            f"{where}: input {name} is a {type(x).__name__}, which is not a tensor, array or "
+            f"{who}: input {name} is a {type(x).__name__}, which is not a tensor, array or "
             "number"
         ) from exc
     return t.float() if t.dtype == torch.float64 else t
@@ -304,34 +307,35 @@ def is_xy_pair(data: Any) -> bool:
     return not isinstance(y, (Mapping, Dataset, DataLoader, TensorData))
 
 
-def _split_items(items: list, where: str, what: str) -> tuple[list, list]:
+def _split_items(items: list, who: str, what: str) -> tuple[list, list]:
     """``(x, y)`` items or batches -> lists of input trees and target tensors."""
     xs, ys = [], []
     for i, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise InputTypeError(
-                f"{where}: {what} {i} is {type(item).__name__}; expected an (input, target) pair"
+                f"{who}: {what} {i} is {type(item).__name__}; expected an (input, target) pair"
             )
-        xs.append(_as_input_tensors(item[0], where))
+        xs.append(_as_input_tensors(item[0], who))
         ys.append(torch.as_tensor(item[1]))
     return xs, ys
 
 
-def as_tensor_data(data: Any, where: str = "data") -> TensorData:
+@renamed_argument("where", "who")
+def as_tensor_data(data: Any, who: str = "data") -> TensorData:
     """Normalise ``data`` to :class:`TensorData`.
 
     Accepts a ``(X, y)`` pair of tensors (or arrays; ``X`` may be a dict / tuple of
     them), a map-style ``Dataset`` of ``(x, y)`` items, a ``DataLoader`` yielding
     ``(x, y)`` batches (iterated once and concatenated in memory), or a
-    :class:`TensorData`. Errors start with ``where``.
+    :class:`TensorData`. Errors start with ``who``.
     """
     if isinstance(data, TensorData):
         return data
     if isinstance(data, DataLoader):
-        xs, ys = _split_items(list(data), where, "batch")
+        xs, ys = _split_items(list(data), who, "batch")
         if not xs:
-            raise ValueError(f"{where}: the DataLoader yielded no batches")
-        return TensorData(concat_inputs(xs, where), torch.cat(ys))
+            raise ValueError(f"{who}: the DataLoader yielded no batches")
+        return TensorData(concat_inputs(xs, who), torch.cat(ys))
     if is_xy_pair(data):
         x = data[0]
         if isinstance(x, (Tensor, np.ndarray)) or not isinstance(x, (Mapping, tuple, list)):
@@ -340,11 +344,11 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
             if from_numpy and x.dtype == torch.float64:
                 x = x.float()  # numpy's default float64 -> torch's default float32
         else:
-            x = _as_input_tensors(x, where)
+            x = _as_input_tensors(x, who)
         return TensorData(x, torch.as_tensor(data[1]))
     if isinstance(data, IterableDataset):
         raise InputTypeError(
-            f"{where}: an IterableDataset ({type(data).__name__}) has no length; wrap it in a "
+            f"{who}: an IterableDataset ({type(data).__name__}) has no length; wrap it in a "
             "DataLoader(dataset, batch_size=...)"
         )
     if isinstance(data, Dataset):
@@ -352,14 +356,14 @@ def as_tensor_data(data: Any, where: str = "data") -> TensorData:
             n = len(data)  # type: ignore[arg-type]
         except TypeError as exc:
             raise InputTypeError(
-                f"{where}: the Dataset {type(data).__name__} has no __len__; give it one or "
+                f"{who}: the Dataset {type(data).__name__} has no __len__; give it one or "
                 "wrap it in a DataLoader"
             ) from exc
         if n == 0:
-            raise ValueError(f"{where}: the Dataset is empty")
-        xs, ys = _split_items([data[i] for i in range(n)], where, "item")
-        return TensorData(stack_inputs(xs, where), torch.stack(ys))
+            raise ValueError(f"{who}: the Dataset is empty")
+        xs, ys = _split_items([data[i] for i in range(n)], who, "item")
+        return TensorData(stack_inputs(xs, who), torch.stack(ys))
     raise InputTypeError(
-        f"{where}: expected an (X, y) tensor pair, a Dataset or a DataLoader, "
+        f"{who}: expected an (X, y) tensor pair, a Dataset or a DataLoader, "
         f"got {type(data).__name__}"
     )

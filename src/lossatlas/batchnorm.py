@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._compat import renamed_argument
 from .space import batchnorm_modules, batchnorm_stat_names
 
 __all__ = [
@@ -58,16 +59,17 @@ def has_batchnorm(model: nn.Module) -> bool:
     return bool(batchnorm_stat_names(model))
 
 
-def resolve_policy(model: nn.Module, bn: str | None, where: str) -> str:
+@renamed_argument("where", "who")
+def resolve_policy(model: nn.Module, bn: str | None, who: str) -> str:
     """The policy in force: ``"none"`` for a model without BatchNorm statistics, else
     ``bn`` (``None`` means the default, ``"recompute"``)."""
     if bn is not None and bn not in (*POLICIES, "none"):
-        raise ValueError(f"{where}: bn must be 'own' or 'recompute' (or None for the "
+        raise ValueError(f"{who}: bn must be 'own' or 'recompute' (or None for the "
                          f"default, 'recompute'), got {bn!r}")
     if not has_batchnorm(model):
         return "none"
     if bn == "none":
-        raise ValueError(f"{where}: bn='none' but {type(model).__name__} has BatchNorm "
+        raise ValueError(f"{who}: bn='none' but {type(model).__name__} has BatchNorm "
                          "statistics; choose bn='recompute' or bn='own'")
     return bn or "recompute"
 

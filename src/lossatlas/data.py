@@ -6,7 +6,7 @@ deterministic for its ``seed`` argument:
 =============  ==========================================  ==============  =========
 name           inputs                                      classes         default n
 =============  ==========================================  ==============  =========
-``digits``     scikit-learn 8x8 digits, standardised       10              1437/360
+``digits``     scikit-learn 8x8 digits, standardized       10              1437/360
 ``mnist1d``    MNIST-1D signals of length 40               10              4000/1000
 ``modular``    tokens ``a, b, p`` (LongTensor ``[N, 3]``)  p (97)          2823/6586
 ``moons``      two interleaving half circles, 2-D          2               800/200
@@ -238,7 +238,7 @@ def _tensor_data(obj: Any, label: str, role: str) -> tuple[TensorData, str]:
         raise InputTypeError(f"{role} factory {label!r} returned {kind}; expected {ACCEPTED}{hint}")
     where = f"{role} factory {label!r} (returned {kind})"
     try:
-        td = as_tensor_data(obj, where=where)
+        td = as_tensor_data(obj, who=where)
     except ValueError as e:  # TensorData's own checks (empty, mismatched) say only "data:"
         text = str(e)
         if text.startswith("data: "):
@@ -336,9 +336,9 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-def _check_fraction(fn: str, option: str, value: float) -> None:
+def _check_fraction(who: str, option: str, value: float) -> None:
     if not 0.0 < value < 1.0:
-        raise ValueError(f"data.{fn}: {option} must be in (0, 1), got {value}")
+        raise ValueError(f"data.{who}: {option} must be in (0, 1), got {value}")
 
 
 def _splits(
@@ -348,10 +348,10 @@ def _splits(
     test_fraction: float,
     seed: int,
     num_classes: int,
-    standardise: bool,
+    standardize: bool,
     meta: dict[str, Any],
 ) -> DatasetSplits:
-    """Stratified split of numpy arrays, optional per-feature standardisation with train
+    """Stratified split of numpy arrays, optional per-feature standardization with train
     statistics, conversion to float32 / int64 tensors."""
     from sklearn.model_selection import train_test_split
 
@@ -359,7 +359,7 @@ def _splits(
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
-    if standardise:
+    if standardize:
         mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
@@ -377,7 +377,7 @@ def _splits(
 
 @DATASETS.register()
 def digits(image: bool = False, test_fraction: float = 0.2, seed: int = 0) -> DatasetSplits:
-    """scikit-learn's 8x8 digits (1797 images), standardised per pixel with train
+    """scikit-learn's 8x8 digits (1797 images), standardized per pixel with train
     statistics; inputs ``[N, 64]``, or ``[N, 1, 8, 8]`` with ``image=True``."""
     from sklearn.datasets import load_digits
 
@@ -499,7 +499,7 @@ def modular(
 def moons(
     num_samples: int = 1000, noise: float = 0.1, test_fraction: float = 0.2, seed: int = 0
 ) -> DatasetSplits:
-    """scikit-learn's two moons: inputs ``[N, 2]`` (not standardised), 2 classes."""
+    """scikit-learn's two moons: inputs ``[N, 2]`` (not standardized), 2 classes."""
     from sklearn.datasets import make_moons
 
     x, y = make_moons(n_samples=num_samples, noise=noise, random_state=seed)

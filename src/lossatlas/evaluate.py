@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from . import batchnorm as bnp
+from ._compat import renamed_argument
 from .backends import BACKENDS, Backend, backend_names, get_backend
 from .batches import as_tensor_data, num_samples, to_device
 from .errors import InputTypeError, MissingKeyError, UnsupportedModelError
@@ -60,7 +61,8 @@ def _mse(output: Tensor, target: Tensor) -> Tensor:
 LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
 
 
-def resolve_loss(loss_fn: LossFn | str | None, y: Tensor, where: str = "Evaluator"
+@renamed_argument("where", "who")
+def resolve_loss(loss_fn: LossFn | str | None, y: Tensor, who: str = "Evaluator"
                  ) -> tuple[LossFn, str]:
     """The loss function and its name: a callable as given, a name from ``LOSSES``, or
     by default cross-entropy for integer targets and MSE for float targets."""
@@ -69,12 +71,13 @@ def resolve_loss(loss_fn: LossFn | str | None, y: Tensor, where: str = "Evaluato
     if loss_fn is None:
         loss_fn = "mse" if y.is_floating_point() else "cross_entropy"
     if loss_fn not in LOSSES:
-        raise ValueError(f"{where}: loss_fn must be a callable or one of {sorted(LOSSES)}, "
+        raise ValueError(f"{who}: loss_fn must be a callable or one of {sorted(LOSSES)}, "
                          f"got {loss_fn!r}")
     return LOSSES[loss_fn], loss_fn
 
 
-def model_output(out, output: str | int | Callable | None = None, where: str = "Evaluator"
+@renamed_argument("where", "who")
+def model_output(out, output: str | int | Callable | None = None, who: str = "Evaluator"
                  ) -> Tensor:
     """The tensor the loss is computed on from what a model's forward returns.
 
@@ -94,20 +97,20 @@ def model_output(out, output: str | int | Callable | None = None, where: str = "
         kind = (f"a dict with keys {sorted(map(str, out))}" if isinstance(out, dict)
                 else f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(
                     out, (tuple, list)) else ""))
-        raise InputTypeError(f"{where}: the model returns {kind}, not a tensor; pass "
+        raise InputTypeError(f"{who}: the model returns {kind}, not a tensor; pass "
                              "output='<key or attribute>' (CLI --output-key) or an index")
     if isinstance(output, int):
         if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
-            raise InputTypeError(f"{where}: output={output} but the model returns "
+            raise InputTypeError(f"{who}: output={output} but the model returns "
                                  f"{type(out).__name__}")
         return out[output]
     if isinstance(out, dict):
         if output not in out:
-            raise MissingKeyError(f"{where}: output={output!r} is not a key of the model's "
+            raise MissingKeyError(f"{who}: output={output!r} is not a key of the model's "
                                   f"output (keys {sorted(map(str, out))})")
         return out[output]
     if not hasattr(out, output):
-        raise InputTypeError(f"{where}: output={output!r}: the model's {type(out).__name__} "
+        raise InputTypeError(f"{who}: output={output!r}: the model's {type(out).__name__} "
                              "output has no such attribute")
     return getattr(out, output)
 

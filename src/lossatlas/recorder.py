@@ -71,11 +71,11 @@ def log_steps(total_steps: int, num: int) -> list[int]:
         k += 1
 
 
-def _check_total(fn: str, total_steps: int | None) -> None:
+def _check_total(who: str, total_steps: int | None) -> None:
     if total_steps is None:
-        raise ValueError(f"{fn}: total_steps is required for this schedule (optimizer steps)")
+        raise ValueError(f"{who}: total_steps is required for this schedule (optimizer steps)")
     if int(total_steps) != total_steps or total_steps < 0:
-        raise ValueError(f"{fn}: total_steps must be a non-negative int, got {total_steps!r}")
+        raise ValueError(f"{who}: total_steps must be a non-negative int, got {total_steps!r}")
 
 
 class StepSchedule:

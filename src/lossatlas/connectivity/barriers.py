@@ -56,24 +56,24 @@ DEFINITIONS: tuple[str, ...] = ("entezari", "midpoint", "mean")
 METRICS: tuple[str, ...] = ("loss", "error")
 
 
-def _check_definition(fn: str, definition: str) -> None:
+def _check_definition(who: str, definition: str) -> None:
     if definition not in DEFINITIONS:
         raise ValueError(
-            f"{fn}: definition must be one of {DEFINITIONS}, got {definition!r}"
+            f"{who}: definition must be one of {DEFINITIONS}, got {definition!r}"
         )
 
 
-def _check_metric(fn: str, metric: str) -> None:
+def _check_metric(who: str, metric: str) -> None:
     if metric not in METRICS:
-        raise ValueError(f"{fn}: metric must be 'loss' or 'error' (1 - accuracy), got {metric!r}")
+        raise ValueError(f"{who}: metric must be 'loss' or 'error' (1 - accuracy), got {metric!r}")
 
 
-def _check_points(fn: str, points: int, definition: str) -> None:
+def _check_points(who: str, points: int, definition: str) -> None:
     if int(points) < 2:
-        raise ValueError(f"{fn}: points must be >= 2 (both endpoints), got {points}")
+        raise ValueError(f"{who}: points must be >= 2 (both endpoints), got {points}")
     if definition == "midpoint" and int(points) % 2 == 0:
         raise ValueError(
-            f"{fn}: definition='midpoint' needs t = 0.5 on the grid; points={points} is even, "
+            f"{who}: definition='midpoint' needs t = 0.5 on the grid; points={points} is even, "
             f"use an odd number such as {int(points) + 1}"
         )
 

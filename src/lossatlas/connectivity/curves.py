@@ -45,9 +45,9 @@ CurveKind = Literal["bezier", "polychain"]
 CURVES: tuple[str, ...] = ("bezier", "polychain")
 
 
-def _check_kind(fn: str, kind: str) -> None:
+def _check_kind(who: str, kind: str) -> None:
     if kind not in CURVES:
-        raise ValueError(f"{fn}: kind must be 'bezier' or 'polychain', got {kind!r}")
+        raise ValueError(f"{who}: kind must be 'bezier' or 'polychain', got {kind!r}")
 
 
 def curve_points(

@@ -89,13 +89,13 @@ def default_groups(model: nn.Module, by: Literal["layers", "modules"] = "layers"
     return groups
 
 
-def _group_prefixes(model: nn.Module, groups, where: str) -> dict[str, list[str]]:
+def _group_prefixes(model: nn.Module, groups, who: str) -> dict[str, list[str]]:
     """Group name -> list of prefixes, from "layers", "modules" or a mapping."""
     if isinstance(groups, str):
         groups = default_groups(model, groups)  # type: ignore[arg-type]
     prefixes = {str(g): [p] if isinstance(p, str) else list(p) for g, p in groups.items()}
     if not prefixes:
-        raise ValueError(f"{where}: no layer groups (the model has no parameters?)")
+        raise ValueError(f"{who}: no layer groups (the model has no parameters?)")
     return prefixes
 
 
@@ -113,14 +113,14 @@ def _on_device(*tensors: Tensor):
     return get
 
 
-def _group_masks(space, prefixes: Mapping[str, list[str]], where: str) -> Tensor:
+def _group_masks(space, prefixes: Mapping[str, list[str]], who: str) -> Tensor:
     """Bool Tensor[G, D]: the entries of each group."""
     masks = []
     for g, ps in prefixes.items():
         try:
             masks.append(space.mask(ps))
         except ValueError as err:
-            raise ValueError(f"{where}: group {g!r}: {err}") from None
+            raise ValueError(f"{who}: group {g!r}: {err}") from None
     return torch.stack(masks)
 
 
@@ -208,10 +208,10 @@ def layerwise_barriers(
     return out
 
 
-def _check_scales(scales, where: str) -> np.ndarray:
+def _check_scales(scales, who: str) -> np.ndarray:
     arr = np.asarray(scales, dtype=np.float64).reshape(-1)
     if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{where}: scales must be positive finite numbers, got {scales!r}")
+        raise ValueError(f"{who}: scales must be positive finite numbers, got {scales!r}")
     return np.unique(arr)
 
 
@@ -277,23 +277,23 @@ def layer_noise_tolerance(
     bool). ``attrs``: ``base_loss``, ``threshold``, ``normalization``, ``ignore``,
     ``seed``, ``bn``, ``units``.
     """
-    where = "layer_noise_tolerance"
-    scale_axis = _check_scales(scales, where)
+    who = "layer_noise_tolerance"
+    scale_axis = _check_scales(scales, who)
     if int(num_draws) < 1:
-        raise ValueError(f"{where}: num_draws must be >= 1, got {num_draws}")
+        raise ValueError(f"{who}: num_draws must be >= 1, got {num_draws}")
     if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"{where}: threshold must be a positive loss rise, got {threshold}")
+        raise ValueError(f"{who}: threshold must be a positive loss rise, got {threshold}")
     net = template if template is not None else model
     if not isinstance(net, nn.Module):
-        raise InputTypeError(f"{where}: a flat tensor model needs template= (the architecture)")
-    prefixes = _group_prefixes(net, groups, where)
+        raise InputTypeError(f"{who}: a flat tensor model needs template= (the architecture)")
+    prefixes = _group_prefixes(net, groups, who)
     evaluator = make_evaluator(net, data, bn, bn_data, loss_fn, device, **evaluator_kwargs)
     space = evaluator.space
-    mask = _group_masks(space, prefixes, where)
+    mask = _group_masks(space, prefixes, who)
     w = (space.flatten(model, source="model") if isinstance(model, nn.Module)
          else model.detach().to(space.dtype))
     if w.shape != (space.dim,):
-        raise ValueError(f"{where}: model must be a flat vector of shape [{space.dim}], got "
+        raise ValueError(f"{who}: model must be a flat vector of shape [{space.dim}], got "
                          f"{tuple(w.shape)}")
     gen = torch.Generator().manual_seed(int(seed))
     dirs = torch.stack([random_direction(w, normalization, ignore, generator=gen, space=space)

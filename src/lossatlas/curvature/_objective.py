@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, replace_all_batch_norm_modules_
 
+from .._compat import renamed_argument
 from ..batches import TensorData, as_tensor_data
 from ..batchnorm import resolve_policy
 from ..errors import InputTypeError
@@ -65,6 +66,7 @@ class Objective:
         Default: the model's device.
     """
 
+    @renamed_argument("where", "who")
     def __init__(
         self,
         model: nn.Module,
@@ -78,13 +80,13 @@ class Objective:
         device: str | torch.device | None = None,
         bn: str | None = None,
         output=None,
-        where: str = "curvature",
+        who: str = "curvature",
     ):
         if not isinstance(model, nn.Module):
-            raise InputTypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"{who}: model must be an nn.Module, got {type(model).__name__}")
         if batch_size is not None and int(batch_size) < 1:
-            raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
-        self.where = where
+            raise ValueError(f"{who}: batch_size must be >= 1, got {batch_size}")
+        self.who = who
         self.device = torch.device(device) if device is not None else model_device(model)
         self.space = ParamSpace(model)
         self.dtype = self.space.dtype
@@ -93,7 +95,7 @@ class Objective:
         self.loss_fn = loss_fn or _cross_entropy
         self.batch_size = None if batch_size is None else int(batch_size)
         self.output = output
-        self.bn = "batch" if train else resolve_policy(model, bn, where)
+        self.bn = "batch" if train else resolve_policy(model, bn, who)
 
         net = copy.deepcopy(model).to(self.device)
         if train:
@@ -113,7 +115,7 @@ class Objective:
             w = torch.as_tensor(params)
             if w.shape != (self.space.dim,):
                 raise ValueError(
-                    f"{where}: params must be a flat vector of shape [{self.space.dim}] "
+                    f"{who}: params must be a flat vector of shape [{self.space.dim}] "
                     f"(ParamSpace(model) layout), got {tuple(w.shape)}"
                 )
         self._stats_evaluator = None
@@ -135,12 +137,12 @@ class Objective:
                 mask = self.space.mask(self.group, buffers=False)
             except ValueError as err:
                 raise ValueError(
-                    f"{where}: group {self.group!r} matches no tensor: {err}"
+                    f"{who}: group {self.group!r} matches no tensor: {err}"
                 ) from None
             self.index = mask.nonzero().squeeze(1).to(self.device)
             self.dim = int(self.index.numel())
 
-        td = as_tensor_data(data, f"{where} data")
+        td = as_tensor_data(data, f"{who} data")
         x = td.x.to(self.dtype) if isinstance(td.x, Tensor) and td.x.is_floating_point() \
             else td.x
         self.data = TensorData(x, td.y).to(self.device)
@@ -184,7 +186,7 @@ class Objective:
         """Mean loss of one batch at the full point ``w`` [D] (pure, differentiable)."""
         with batchable_layers():
             out = call_model(self.net, {**self.space.unflatten(w), **self.fixed}, x)
-        return self.loss_fn(model_output(out, self.output, self.where), y)
+        return self.loss_fn(model_output(out, self.output, self.who), y)
 
     def group_loss(self, wg: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Mean loss of one batch as a function of the group's entries ``wg`` [Dg]."""
@@ -202,12 +204,12 @@ class Objective:
         except Exception as err:  # noqa: BLE001 - re-raised with context
             shape = f"{tuple(x.shape)} ({x.dtype})" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"{self.where}: the model and loss fail on inputs of shape {shape} "
+                f"{self.who}: the model and loss fail on inputs of shape {shape} "
                 f"with targets of shape {tuple(y.shape)} ({y.dtype}): {err}"
             ) from err
         if loss.ndim != 0:
             raise ValueError(
-                f"{self.where}: loss_fn must return a scalar batch mean, got shape "
+                f"{self.who}: loss_fn must return a scalar batch mean, got shape "
                 f"{tuple(loss.shape)}"
             )
 
@@ -233,7 +235,8 @@ class Objective:
         return v_sum / self.num_samples, g_sum / self.num_samples
 
 
-def resolve_points(models_or_points, model: nn.Module, where: str) -> Tensor:
+@renamed_argument("where", "who")
+def resolve_points(models_or_points, model: nn.Module, who: str) -> Tensor:
     """A population as flat points Tensor[P, D] (``ParamSpace(model)`` layout)."""
     space = ParamSpace(model)
     if isinstance(models_or_points, nn.Module):
@@ -243,13 +246,13 @@ def resolve_points(models_or_points, model: nn.Module, where: str) -> Tensor:
     else:
         items = list(models_or_points)
         if not items:
-            raise ValueError(f"{where}: the population is empty")
+            raise ValueError(f"{who}: the population is empty")
         pts = torch.stack(
             [space.flatten(m) if isinstance(m, nn.Module) else torch.as_tensor(m) for m in items]
         )
     if pts.ndim != 2 or pts.shape[1] != space.dim:
         raise ValueError(
-            f"{where}: points must have shape [P, {space.dim}] (ParamSpace(model) layout), "
+            f"{who}: points must have shape [P, {space.dim}] (ParamSpace(model) layout), "
             f"got {tuple(pts.shape)}"
         )
     return pts

@@ -130,7 +130,7 @@ class HVP(Objective):
             device=device,
             bn=bn,
             output=output,
-            where="HVP",
+            who="HVP",
         )
         self.chunk_size = chunk_size
         self.num_hvp = 0

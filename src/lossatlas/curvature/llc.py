@@ -222,7 +222,7 @@ def llc(
         bn=bn,
         batch_size=None,
         device=device,
-        where="llc",
+        who="llc",
     )
     n = obj.num_samples
     m = int(batch_size)

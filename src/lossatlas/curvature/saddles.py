@@ -98,11 +98,11 @@ class SaddleCheck:
                 "converged": self.converged}
 
 
-def _check_options(where: str, k: int, tol: float) -> None:
+def _check_options(who: str, k: int, tol: float) -> None:
     if int(k) < 1:
-        raise ValueError(f"{where}: k (eigenvalues wanted) must be >= 1, got {k}")
+        raise ValueError(f"{who}: k (eigenvalues wanted) must be >= 1, got {k}")
     if not (math.isfinite(tol) and 0 <= tol < 1):
-        raise ValueError(f"{where}: tol must be in [0, 1) (relative to the largest "
+        raise ValueError(f"{who}: tol must be in [0, 1) (relative to the largest "
                          f"eigenvalue magnitude), got {tol}")
 
 

@@ -133,7 +133,7 @@ def sharpness(
         bn=bn,
         batch_size=batch_size,
         device=device,
-        where="sharpness",
+        who="sharpness",
     )
     out = []
     for p in points:

@@ -171,7 +171,7 @@ def functional_distances(
         raise ValueError(
             f"functional_distances: metric must be 'disagreement' or 'cka', got {metric!r}"
         )
-    x = as_tensor_data(data, where="functional_distances: data").x
+    x = as_tensor_data(data, who="functional_distances: data").x
     use = [OUTPUT] if metric == "disagreement" else (layers or [OUTPUT])
     reps = [representations(m, x, use, batch_size) for m in models]
     n = len(models)

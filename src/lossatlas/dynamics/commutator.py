@@ -188,7 +188,7 @@ def commutator_defect(
         raise ValueError(f"commutator_defect: eta must be > 0, got {eta}")
     if num_pairs < 1:
         raise ValueError(f"commutator_defect: num_pairs must be >= 1, got {num_pairs}")
-    td = as_tensor_data(data, where="commutator_defect: data")
+    td = as_tensor_data(data, who="commutator_defect: data")
     n = len(td)
     bs = min(int(batch_size), n // 2)
     if bs < 1:

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .._compat import renamed_argument
 from ..errors import InputTypeError
 from ..space import ParamSpace
 
@@ -50,32 +51,33 @@ NORMALIZATIONS: tuple[str, ...] = ("filter", "layer", "model", "none")
 _EPS = 1e-10  # as in net_plotter.normalize_direction
 
 
-def _check_options(where: str, normalization: str | None, ignore: str | None) -> tuple[str, str]:
+def _check_options(who: str, normalization: str | None, ignore: str | None) -> tuple[str, str]:
     norm = "none" if normalization is None else normalization
     if norm not in NORMALIZATIONS:
         raise ValueError(
-            f"{where}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            f"{who}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
         )
     ign = "none" if ignore is None else ignore
     if ign not in ("biasbn", "none"):
-        raise ValueError(f"{where}: ignore must be 'biasbn' or None, got {ignore!r}")
+        raise ValueError(f"{who}: ignore must be 'biasbn' or None, got {ignore!r}")
     return norm, ign
 
 
-def _space_for(obj, space: ParamSpace | None, where: str) -> ParamSpace:
+def _space_for(obj, space: ParamSpace | None, who: str) -> ParamSpace:
     if space is not None:
         return space
     if isinstance(obj, nn.Module):
         return ParamSpace(obj)
     given = "a state dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
     raise InputTypeError(
-        f"{where}: {given} was given without a ParamSpace; pass space=ParamSpace(model)"
+        f"{who}: {given} was given without a ParamSpace; pass space=ParamSpace(model)"
     )
 
 
+@renamed_argument("where", "who")
 def flat_params(
     obj: nn.Module | Mapping[str, Tensor] | Tensor, space: ParamSpace | None = None,
-    where: str = "flat_params",
+    who: str = "flat_params",
 ) -> Tensor:
     """A model, state dict or flat vector as a flat vector ``Tensor[D]`` of ``space``.
 
@@ -86,29 +88,30 @@ def flat_params(
         vec = obj.detach()
         if vec.ndim != 1 or (space is not None and vec.shape[0] != space.dim):
             want = f"[{space.dim}]" if space is not None else "[D]"
-            raise ValueError(f"{where}: expected a flat vector {want}, got {tuple(vec.shape)}")
+            raise ValueError(f"{who}: expected a flat vector {want}, got {tuple(vec.shape)}")
         return vec.to(space.dtype) if space is not None else vec
     if isinstance(obj, (nn.Module, Mapping)):
         if space is None:
             if not isinstance(obj, nn.Module):
-                raise InputTypeError(f"{where}: a state dict needs space=ParamSpace(model)")
+                raise InputTypeError(f"{who}: a state dict needs space=ParamSpace(model)")
             space = ParamSpace(obj)
         return space.flatten(obj)
     raise InputTypeError(
-        f"{where}: expected an nn.Module, a state dict or a Tensor[D], got {type(obj).__name__}"
+        f"{who}: expected an nn.Module, a state dict or a Tensor[D], got {type(obj).__name__}"
     )
 
 
-def as_directions(directions, dim: int | None = None, where: str = "as_directions") -> Tensor:
+@renamed_argument("where", "who")
+def as_directions(directions, dim: int | None = None, who: str = "as_directions") -> Tensor:
     """Directions as a ``Tensor[k, D]`` (a single ``Tensor[D]`` or array becomes ``[1, D]``)."""
     d = torch.as_tensor(directions)
     if d.ndim == 1:
         d = d[None]
     if d.ndim != 2 or d.shape[0] == 0:
-        raise ValueError(f"{where}: directions must be [D] or [k, D], got {tuple(d.shape)}")
+        raise ValueError(f"{who}: directions must be [D] or [k, D], got {tuple(d.shape)}")
     if dim is not None and d.shape[1] != dim:
         raise ValueError(
-            f"{where}: directions have length {d.shape[1]}, the parameter space has {dim}"
+            f"{who}: directions have length {d.shape[1]}, the parameter space has {dim}"
         )
     if not d.is_floating_point():
         d = d.float()
@@ -281,7 +284,7 @@ def orthogonalize(direction: Tensor, against: Tensor, normalize: bool = False) -
 
     Computed in float64; returned in ``direction``'s dtype and shape.
     """
-    d = as_directions(direction, where="orthogonalize (direction)")
+    d = as_directions(direction, who="orthogonalize (direction)")
     basis_in = as_directions(against, d.shape[1], "orthogonalize (against)").double()
     basis: list[Tensor] = []
     for v in basis_in:

@@ -35,19 +35,19 @@ def _new_axes(ax: Axes | None, projection: str | None = None) -> tuple[Figure, A
     return ax.figure, ax
 
 
-def _check_var(ds: xr.Dataset, var: str, where: str) -> None:
+def _check_var(ds: xr.Dataset, var: str, who: str) -> None:
     if var not in ds.data_vars:
-        raise MissingKeyError(f"{where}: the field has no variable {var!r}; it has {list(ds.data_vars)}")
+        raise MissingKeyError(f"{who}: the field has no variable {var!r}; it has {list(ds.data_vars)}")
 
 
-def _check_ndim(ds: xr.Dataset, var: str, ndim: int, where: str) -> tuple[str, ...]:
+def _check_ndim(ds: xr.Dataset, var: str, ndim: int, who: str) -> tuple[str, ...]:
     dims = tuple(ds[var].dims)
     if len(dims) != ndim:
         hint = ""
         if len(dims) > ndim:
             extra = dims[ndim:]
             hint = f"; select the others first, e.g. ds.sel({extra[0]}=0, method='nearest')"
-        raise ValueError(f"{where}: needs a {ndim}-D field, got dims {dims}{hint}")
+        raise ValueError(f"{who}: needs a {ndim}-D field, got dims {dims}{hint}")
     return dims
 
 
@@ -79,7 +79,7 @@ def _slice_info(ds: xr.Dataset) -> dict:
         return {}
 
 
-def _as_points(points, ds: xr.Dataset, k: int, where: str) -> list[tuple[str, np.ndarray]]:
+def _as_points(points, ds: xr.Dataset, k: int, who: str) -> list[tuple[str, np.ndarray]]:
     """``points`` -> [(label, coords[k])]; None means the slice's anchors stored in ``ds``."""
     if points is None:
         points = _slice_info(ds).get("anchors", {})
@@ -96,7 +96,7 @@ def _as_points(points, ds: xr.Dataset, k: int, where: str) -> list[tuple[str, np
     for label, c in items:
         if c.shape != (k,):
             raise ValueError(
-                f"{where}: point {label or '(unnamed)'} has {c.size} coordinates, the field has {k}"
+                f"{who}: point {label or '(unnamed)'} has {c.size} coordinates, the field has {k}"
             )
     return items
 

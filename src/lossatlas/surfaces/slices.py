@@ -152,17 +152,17 @@ def _space_of(obj: ModelLike, space: ParamSpace | None) -> ParamSpace | None:
     return ParamSpace(obj) if isinstance(obj, nn.Module) else None
 
 
-def _flat(obj: ModelLike, space: ParamSpace | None, where: str) -> Tensor:
-    return flat_params(obj, space, where).float() if space is None else flat_params(obj, space, where)
+def _flat(obj: ModelLike, space: ParamSpace | None, who: str) -> Tensor:
+    return flat_params(obj, space, who).float() if space is None else flat_params(obj, space, who)
 
 
-def _same_length(where: str, **vecs: Tensor) -> None:
+def _same_length(who: str, **vecs: Tensor) -> None:
     lengths = {k: v.shape[0] for k, v in vecs.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"{where}: the models have different parameter counts {lengths}")
+        raise ValueError(f"{who}: the models have different parameter counts {lengths}")
 
 
-def _ranges(span, ndim: int, where: str) -> list[tuple[float, float]]:
+def _ranges(span, ndim: int, who: str) -> list[tuple[float, float]]:
     """``span`` -> per-axis ``(lo, hi)``: a number s gives ``(-s, s)``; or one per axis."""
     if isinstance(span, (int, float)):
         items = [span] * ndim
@@ -171,12 +171,12 @@ def _ranges(span, ndim: int, where: str) -> list[tuple[float, float]]:
         if len(items) == 2 and ndim == 1 and all(isinstance(x, (int, float)) for x in items):
             items = [tuple(items)]
         if len(items) != ndim:
-            raise ValueError(f"{where}: span needs {ndim} entries (one per axis), got {span!r}")
+            raise ValueError(f"{who}: span needs {ndim} entries (one per axis), got {span!r}")
     out = []
     for s in items:
         lo, hi = (-float(s), float(s)) if isinstance(s, (int, float)) else map(float, s)
         if not hi > lo:
-            raise ValueError(f"{where}: an axis range must have lo < hi, got ({lo}, {hi})")
+            raise ValueError(f"{who}: an axis range must have lo < hi, got ({lo}, {hi})")
         out.append((lo, hi))
     return out
 
@@ -190,9 +190,9 @@ def _box(coords: np.ndarray, margin: float) -> list[tuple[float, float]]:
     return [(float(a - margin * w), float(b + margin * w)) for a, b, w in zip(lo, hi, width, strict=True)]
 
 
-def _check_margin(margin: float, where: str) -> None:
+def _check_margin(margin: float, who: str) -> None:
     if not margin >= 0:
-        raise ValueError(f"{where}: margin must be >= 0 (a fraction of the extent), got {margin}")
+        raise ValueError(f"{who}: margin must be >= 0 (a fraction of the extent), got {margin}")
 
 
 # ------------------------------------------------------------------ slices

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .._compat import renamed_argument
 from ..batches import TensorData, as_tensor_data
 from ..errors import InputTypeError
 
@@ -36,7 +37,7 @@ SEQUENCE_LENGTHS = (16, 8, 32, 4, 1)
 _SEED = 0
 
 
-def _first_samples(data: Any, n: int, where: str) -> Tensor:
+def _first_samples(data: Any, n: int, who: str) -> Tensor:
     """The inputs of the first ``n`` samples of ``data`` without materialising the rest."""
     if isinstance(data, Tensor):  # inputs alone
         return data[:n]
@@ -46,12 +47,12 @@ def _first_samples(data: Any, n: int, where: str) -> Tensor:
         try:
             batch = next(iter(data))
         except StopIteration:
-            raise ValueError(f"{where}: the DataLoader yielded no batches") from None
-        return as_tensor_data(batch, where).x[:n]
+            raise ValueError(f"{who}: the DataLoader yielded no batches") from None
+        return as_tensor_data(batch, who).x[:n]
     if isinstance(data, Dataset):
         size = len(data)  # type: ignore[arg-type]
-        return as_tensor_data(Subset(data, range(min(n, size))), where).x[:n]
-    return as_tensor_data(data, where).x[:n]
+        return as_tensor_data(Subset(data, range(min(n, size))), who).x[:n]
+    return as_tensor_data(data, who).x[:n]
 
 
 def _run(model: nn.Module, x: Tensor) -> None:
@@ -103,8 +104,9 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@renamed_argument("where", "who")
 def infer_example_input(
-    model: nn.Module, data: Any = None, batch_size: int = 2, *, where: str = "infer_example_input"
+    model: nn.Module, data: Any = None, batch_size: int = 2, *, who: str = "infer_example_input"
 ) -> Tensor | tuple[Tensor, ...]:
     """A small batch of inputs for ``model``, e.g. to trace it.
 
@@ -117,7 +119,7 @@ def infer_example_input(
         are read).
     batch_size : int
         Samples in the returned batch.
-    where : str
+    who : str
         The caller named in error messages.
 
     Returns
@@ -138,14 +140,14 @@ def infer_example_input(
     ``example_input=`` or ``data=``.
     """
     if not isinstance(model, nn.Module):
-        raise InputTypeError(f"{where}: expected an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"{who}: expected an nn.Module, got {type(model).__name__}")
     n = int(batch_size)
     if n < 1:
-        raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"{who}: batch_size must be >= 1, got {batch_size}")
     if data is not None:
-        x = _first_samples(data, n, f"{where} data")
+        x = _first_samples(data, n, f"{who} data")
         if len(x) == 0:
-            raise ValueError(f"{where}: data holds no samples to take an example input from")
+            raise ValueError(f"{who}: data holds no samples to take an example input from")
         return x
     if callable(getattr(model, "example_input", None)):
         return model.example_input(n)
@@ -154,7 +156,7 @@ def infer_example_input(
     layers = [m for m in model.modules() if _usable(m)]
     if not layers:
         raise ValueError(
-            f"{where}: cannot infer an example input for {name}: it has no example_input() "
+            f"{who}: cannot infer an example input for {name}: it has no example_input() "
             f"method and no Linear, Conv or Embedding layer to shape one after; {hint}"
         )
     device = _device_of(model)
@@ -179,14 +181,15 @@ def infer_example_input(
     shown = "; ".join(failures[:3]) + (f"; ... ({len(failures) - 3} more)"
                                        if len(failures) > 3 else "")
     raise ValueError(
-        f"{where}: cannot infer an example input for {name}: no input shaped after its "
+        f"{who}: cannot infer an example input for {name}: no input shaped after its "
         f"Linear/Conv/Embedding layers runs through it ({shown}); {hint}"
     )
 
 
+@renamed_argument("where", "who")
 def resolve_example_input(
     model: nn.Module, example_input: Tensor | tuple | None = None, data: Any = None,
-    *, where: str = "example_input",
+    *, who: str = "example_input",
 ) -> Tensor | tuple:
     """``example_input`` when given, else :func:`infer_example_input` ``(model, data)``.
 
@@ -196,4 +199,4 @@ def resolve_example_input(
     """
     if example_input is not None:
         return example_input
-    return infer_example_input(model, data, where=where)
+    return infer_example_input(model, data, who=who)

@@ -67,7 +67,7 @@ def align(
         raise ValueError(f"align: method must be 'weight' or 'activation', got {method!r}")
     if spec is None:
         spec = permutation_spec(model_a, resolve_example_input(model_a, example_input, data,
-                                                               where="align"))
+                                                               who="align"))
     if rescale:
         model_a = rescale_canonical(model_a, spec)
         model_b = rescale_canonical(model_b, spec)

@@ -55,14 +55,14 @@ def _units_matrix(t: Tensor, axis: int, n: int) -> Tensor:
     return t.movedim(axis, 0).reshape(n, -1)
 
 
-def _check_models(fn: str, model_a: nn.Module, model_b: nn.Module) -> None:
+def _check_models(who: str, model_a: nn.Module, model_b: nn.Module) -> None:
     for which, m in (("model_a", model_a), ("model_b", model_b)):
         if not isinstance(m, nn.Module):
-            raise InputTypeError(f"{fn}: {which} must be an nn.Module, got {type(m).__name__}")
+            raise InputTypeError(f"{who}: {which} must be an nn.Module, got {type(m).__name__}")
     ka, kb = set(model_a.state_dict()), set(model_b.state_dict())
     if ka != kb:
         diff = sorted(ka ^ kb)[:4]
-        raise ValueError(f"{fn}: model_a and model_b have different tensors, e.g. {diff}")
+        raise ValueError(f"{who}: model_a and model_b have different tensors, e.g. {diff}")
 
 
 def match_weights(
@@ -255,7 +255,7 @@ def weight_matching(
     _check_models("weight_matching", model_a, model_b)
     if spec is None:
         example_input = resolve_example_input(model_a, example_input, data,
-                                              where="weight_matching")
+                                              who="weight_matching")
         spec = permutation_spec(model_a, example_input)
     perms, flips = _coordinate_descent(spec, model_a.state_dict(), model_b.state_dict(),
                                        max_iter, seed, "forward", device, signed=bool(signs))
@@ -430,7 +430,7 @@ def activation_matching(
     _check_models("activation_matching", model_a, model_b)
     if spec is None:
         example_input = resolve_example_input(model_a, example_input, data,
-                                              where="activation_matching")
+                                              who="activation_matching")
         spec = permutation_spec(model_a, example_input)
     corrs = _group_correlations(spec, model_a, model_b, data, batch_size, max_samples, device)
     perms, flips = _assign_correlations(spec, corrs, signed=bool(signs))

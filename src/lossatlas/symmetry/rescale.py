@@ -263,7 +263,7 @@ def rescale_canonical(
     """
     if spec is None:
         example_input = resolve_example_input(model, example_input, data,
-                                              where="rescale_canonical")
+                                              who="rescale_canonical")
         spec = permutation_spec(model, example_input)
     state, _ = canonical_rescaling(spec, model.state_dict(), max_iter, tol)
     new = copy.deepcopy(model)

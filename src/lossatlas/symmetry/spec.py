@@ -821,7 +821,7 @@ def permutation_spec(
     """
     if not isinstance(model, nn.Module):
         raise InputTypeError(f"permutation_spec: expected an nn.Module, got {type(model).__name__}")
-    example_input = resolve_example_input(model, example_input, data, where="permutation_spec")
+    example_input = resolve_example_input(model, example_input, data, who="permutation_spec")
     gm = trace(model, example_input)
     builder = _Builder(gm, strict)
     builder.run()
@@ -871,20 +871,20 @@ def random_signs(
             for g in spec.groups if g in spec.odd}
 
 
-def _check_signs(spec: PermutationSpec, signs: Mapping[str, Tensor], where: str
+def _check_signs(spec: PermutationSpec, signs: Mapping[str, Tensor], who: str
                  ) -> dict[str, Tensor]:
     out = {}
     for g, sg in signs.items():
         if g not in spec.odd:
             raise MissingKeyError(
-                f"{where}: group {g!r} has no sign-flip symmetry (its units pass through a "
+                f"{who}: group {g!r} has no sign-flip symmetry (its units pass through a "
                 f"non-odd operation, e.g. ReLU or a norm layer); odd groups: "
                 f"{sorted(spec.odd)[:6]}"
             )
         sg = torch.as_tensor(sg)
         if sg.shape != (spec.sizes[g],) or not bool((sg.abs() == 1).all()):
             raise ValueError(
-                f"{where}: signs of group {g!r} must be a Tensor[{spec.sizes[g]}] of +-1, got "
+                f"{who}: signs of group {g!r} must be a Tensor[{spec.sizes[g]}] of +-1, got "
                 f"shape {tuple(sg.shape)}"
             )
         out[g] = sg

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lossatlas._compat import renamed_argument
 from lossatlas.topology import _unionfind
 
 _NO_INDEX = np.zeros(1, np.int64)
@@ -33,35 +34,37 @@ class Sweep:
     essential: np.ndarray
 
 
-def clean_values(values: object, where: str, ndims: tuple[int, ...]) -> np.ndarray:
+@renamed_argument("where", "who")
+def clean_values(values: object, who: str, ndims: tuple[int, ...]) -> np.ndarray:
     """float64 copy of ``values`` with NaN -> +inf, after checking dtype and ndim."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{where}: values must be a real numeric array, got dtype {arr.dtype}")
+        raise ValueError(f"{who}: values must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim not in ndims:
         want = f"a {ndims[0]}-D" if len(ndims) == 1 else f"a {ndims[0]}-D to {ndims[-1]}-D"
-        raise ValueError(f"{where}: values must be {want} array, got shape {arr.shape}")
+        raise ValueError(f"{who}: values must be {want} array, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError(f"{where}: values must not be empty, got shape {arr.shape}")
+        raise ValueError(f"{who}: values must not be empty, got shape {arr.shape}")
     out = np.array(arr, dtype=np.float64, order="C")
     out[np.isnan(out)] = np.inf
     return out
 
 
-def csr_from_edges(edges: object, n: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+@renamed_argument("where", "who")
+def csr_from_edges(edges: object, n: int, who: str) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric CSR adjacency ``(ptr[n + 1], idx[nnz])`` of an edge list; self-loops dropped."""
     e = np.asarray(edges)
     if e.size == 0:
         e = e.reshape(0, 2)
     if e.ndim != 2 or e.shape[1] != 2:
-        raise ValueError(f"{where}: edges must have shape [m, 2], got shape {e.shape}")
+        raise ValueError(f"{who}: edges must have shape [m, 2], got shape {e.shape}")
     if e.dtype.kind not in "iu" and e.shape[0] > 0:
-        raise ValueError(f"{where}: edges must be an integer array, got dtype {e.dtype}")
+        raise ValueError(f"{who}: edges must be an integer array, got dtype {e.dtype}")
     e = e.astype(np.int64, copy=False)
     if e.shape[0] and (e.min() < 0 or e.max() >= n):
         bad = e[(e < 0) | (e >= n)][0]
         raise ValueError(
-            f"{where}: edges refer to vertex {bad}, out of range for {n} vertices "
+            f"{who}: edges refer to vertex {bad}, out of range for {n} vertices "
             f"(valid indices are 0..{n - 1})"
         )
     e = e[e[:, 0] != e[:, 1]]

@@ -126,16 +126,16 @@ class MergeTree:
         return out
 
 
-def _threshold(threshold: float | str | None, sweep: Sweep, where: str) -> float:
+def _threshold(threshold: float | str | None, sweep: Sweep, who: str) -> float:
     if threshold is None:
         return 0.0
     if isinstance(threshold, str):
         if threshold != "auto":
-            raise ValueError(f"{where}: threshold must be a number, None or 'auto', got {threshold!r}")
+            raise ValueError(f"{who}: threshold must be a number, None or 'auto', got {threshold!r}")
         return auto_threshold(pairs_of(sweep))
     t = float(threshold)
     if not t >= 0:
-        raise ValueError(f"{where}: threshold must be >= 0 (loss units), got {threshold}")
+        raise ValueError(f"{who}: threshold must be >= 0 (loss units), got {threshold}")
     return t
 
 
