@@ -74,34 +74,56 @@ def _pick(metrics: Mapping[str, np.ndarray], *names: str) -> np.ndarray | None:
     return None
 
 
+def _open_population(path: Path, factory: Any = None,
+                     factory_kwargs: Mapping[str, Any] | None = None, trust_run: bool = False,
+                     who: str = "branches_report") -> tuple[Any, dict[str, Any] | None]:
+    """The population at ``path`` (read by :meth:`Population.open`, which decides train
+    run / checkpoint folder / glob / file) and the ``train.json`` beside it (dict, or None).
+
+    Without ``factory``, a checkpoint folder holding a ``train.json`` is matched against
+    the model that file names (checked like a run's: see ``check_run_factory``).
+    """
+    from ..population import TRAIN_MANIFEST, Population, check_run_factory, source_kind
+
+    manifest = path / TRAIN_MANIFEST
+    info = json.loads(manifest.read_text()) if manifest.is_file() else None
+    if (factory is None and info is not None and info.get("model") is not None
+            and source_kind(path, who) != "run"):
+        check_run_factory(info["model"], manifest, "model", trust_run=trust_run)
+        factory = info["model"]
+        factory_kwargs = {**(info.get("model_kwargs") or {}), **(factory_kwargs or {})}
+    return Population.open(path, factory, factory_kwargs, trust_run=trust_run), info
+
+
+def _run_data(path: Path, info: Mapping[str, Any], trust_run: bool = False) -> Any:
+    """The dataset splits the ``train.json`` of ``path`` names (``info``), or None."""
+    from ..population import TRAIN_MANIFEST, check_run_factory
+
+    if not isinstance(info.get("data"), str):
+        return None
+    from ..data import create
+
+    check_run_factory(info["data"], path / TRAIN_MANIFEST, "data", trust_run=trust_run)
+    return create(info["data"], **(info.get("data_kwargs") or {}))
+
+
 def _load_population_and_data(run_dir: Path, data: Any,
                               trust_run: bool = False) -> tuple[Any, Any]:
-    """The run's checkpoints as a Population and its dataset splits (or None, None)."""
-    from ..population import (
-        TRAIN_MANIFEST,
-        Population,
-        UntrustedRunError,
-        check_run_factory,
-        is_train_run,
-    )
+    """The run's checkpoints as a Population and its dataset splits (or None, ``data``:
+    no ``train.json`` to rebuild the models with, or checkpoints that do not load)."""
+    from ..population import TRAIN_MANIFEST, UntrustedRunError
 
-    manifest = run_dir / TRAIN_MANIFEST
-    if not is_train_run(run_dir) or not manifest.is_file():
+    if not (run_dir / TRAIN_MANIFEST).is_file():
         return None, data
     try:
-        pop = Population.from_run(run_dir, trust_run=trust_run)
+        pop, info = _open_population(run_dir, trust_run=trust_run, who="dynamics_report")
     except UntrustedRunError:
         raise
     except Exception as err:  # a local factory, a missing package: report without them
         log.warning("dynamics_report: cannot load checkpoints of %s (%s)", run_dir, err)
         return None, data
-    if data is None:
-        info = json.loads(manifest.read_text())
-        if isinstance(info.get("data"), str):
-            from ..data import create
-
-            check_run_factory(info["data"], manifest, "data", trust_run=trust_run)
-            data = create(info["data"], **(info.get("data_kwargs") or {}))
+    if data is None and info is not None:
+        data = _run_data(run_dir, info, trust_run)
     return pop, data
 
 
@@ -260,13 +282,16 @@ def branches_report(
     final_only: bool = True,
     out_dir: str | os.PathLike | None = None,
     trust_run: bool = False,
+    factory: Any = None,
+    factory_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Algorithmic branches of a population's models, as a JSON-ready dict.
 
     Parameters
     ----------
-    population : Population, or a directory (a train_population run, else a
-        directory of checkpoints with a ``train.json`` naming the model)
+    population : Population, or a path read by :meth:`Population.open`: a
+        train_population run, a folder of checkpoints (matched against ``factory``, else
+        the model a ``train.json`` in it names), a glob pattern or a checkpoint file
     data : DatasetSplits, (X, y) held-out pair, or dataset name; default the dataset
         of the run's ``train.json``. Held-out inputs measure function; barriers use
         the train split when there is one.
@@ -278,27 +303,24 @@ def branches_report(
     out_dir : write ``branches.json`` there (default: the population directory, if given)
     trust_run : let the run's ``train.json`` name a ``"pkg.mod:fn"`` model or data
         factory to import and call (else only registered names)
+    factory : the model the checkpoints are matched against (callable, spec or
+        registered name); default the one the run's ``train.json`` names
+    factory_kwargs : its arguments (for the run's own factory they update the run's
+        ``model_kwargs``)
 
     Returns
     -------
     dict: ``models`` (labels), ``branch``, ``basin``, ``num_branches``,
     ``separation``, ``distances``, ``barrier_matrix`` (if computed or given).
     """
-    from ..population import Population, check_run_factory
     from .branches import find_branches
 
     where = None
     if isinstance(population, (str, os.PathLike)):
         where = Path(population)
-        population = Population.from_run(where, trust_run=trust_run)
-        if data is None and (where / "train.json").is_file():
-            info = json.loads((where / "train.json").read_text())
-            data = info.get("data")
-            if isinstance(data, str):
-                from ..data import create
-
-                check_run_factory(data, where / "train.json", "data", trust_run=trust_run)
-                data = create(data, **(info.get("data_kwargs") or {}))
+        population, info = _open_population(where, factory, factory_kwargs, trust_run)
+        if data is None and info is not None:
+            data = _run_data(where, info, trust_run)
     if data is None:
         raise ValueError("branches_report: give data= (held-out inputs) for this population")
     if isinstance(data, str):
