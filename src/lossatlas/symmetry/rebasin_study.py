@@ -47,7 +47,7 @@ def train_pairs(out_dir: str | Path, pairs: int = 16, data: Any = "digits",
     """``2 * pairs`` independently initialised MLPs (one variant ``"pair"``, seeds
     ``0 .. 2 * pairs - 1``) trained with SGD by :func:`~lossatlas.train.train_population`
     into ``out_dir``; returns their population (every checkpoint). Reruns reuse it."""
-    from ..population import load_population
+    from ..population import Population
     from ..train import train_population
 
     if int(pairs) < 1:
@@ -58,7 +58,7 @@ def train_pairs(out_dir: str | Path, pairs: int = 16, data: Any = "digits",
                      epochs=epochs, checkpoint_every=checkpoint_every,
                      model_kwargs={"hidden": tuple(hidden)}, device=device,
                      progress=progress, num_threads=num_threads)
-    return load_population(out_dir)
+    return Population.open(out_dir)  # every run in out_dir, as the CLI reads it
 
 
 def pair_runs(population, pairs: Sequence[tuple[str, str]] | None = None
