@@ -42,18 +42,27 @@ def _final_checkpoints(view: RunView) -> list[str]:
     return [str(paths[i]) for i in chosen if isinstance(paths[i], str)]
 
 
+def _opens_alone(path: Path) -> bool:
+    """True when ``--population PATH`` reads without ``--model``: a train run (as
+    :func:`~lossatlas.population.source_kind` decides it) whose ``train.json`` names the
+    model. Checks the path only: a report may be read where the checkpoints are not."""
+    from ..population import TRAIN_MANIFEST, is_train_run
+
+    return is_train_run(path) and (path / TRAIN_MANIFEST).is_file()
+
+
 def _population(view: RunView) -> str:
     """The ``--population`` source: the run's training folder, else the one directory of
     the stored checkpoint paths (or the train run above it), else ``<CHECKPOINTS>``."""
     train = view.path / "train"
-    if (train / "train.json").is_file():
+    if _opens_alone(train):
         return _q(train)
     paths = view.population.get("paths")
     if isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths):
         dirs = {str(Path(p).parent) for p in paths}
         if len(dirs) == 1:
             d = Path(dirs.pop())
-            return _q(d.parent if (d.parent / "train.json").is_file() else d)
+            return _q(d.parent if _opens_alone(d.parent) else d)
     return "<CHECKPOINTS>"
 
 
