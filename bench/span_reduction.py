@@ -84,7 +84,7 @@ def run_variant(variant: str, epochs: int, args: argparse.Namespace) -> dict:
     X, source = build_population(args.variants, args.checkpoints, args.seed)
     X = X.to(device)
     N, D = X.shape
-    ae = AutoencoderEmbedding(latent_dim=2, epochs=epochs, seed=args.seed, device=device)
+    ae = AutoencoderEmbedding(n_components=2, epochs=epochs, seed=args.seed, device=device)
     emb = ae if variant == "full-width" else ReducedEmbedding(ae)
 
     if device.type == "cuda":

@@ -56,8 +56,7 @@ def _digest(t: Tensor) -> str:
 
 
 def _embedding_kwargs(method: str, dim: int, seed: int, kwargs: dict) -> dict:
-    key = "latent_dim" if method == "ae" else "n_components"
-    out = {key: dim, **kwargs}
+    out = {"n_components": dim, **kwargs}
     if method in ("ae", "umap"):
         out.setdefault("seed", seed)
     if method == "ae":

@@ -23,7 +23,7 @@ def _pair_distances(Z):
 
 def test_reconstructs_a_nonlinear_curve_far_better_than_pca(curve):
     X, var = curve
-    ae = AutoencoderEmbedding(latent_dim=2, epochs=600, seed=0).fit(X)
+    ae = AutoencoderEmbedding(n_components=2, epochs=600, seed=0).fit(X)
     rel = ae.reconstruction_error(X) / var
     assert rel < 0.01  # below 1 % of the population's variance
     assert PCAEmbedding(2).fit(X).reconstruction_error(X) / var > 0.05  # 2 linear dims do not
@@ -51,7 +51,7 @@ def test_deterministic_for_a_seed(curve):
 
 def test_bounded_latent_stays_in_open_unit_cube(curve):
     X, _ = curve
-    ae = AutoencoderEmbedding(latent_dim=3, epochs=100, bounded=True).fit(X)
+    ae = AutoencoderEmbedding(n_components=3, epochs=100, bounded=True).fit(X)
     Z = ae.encode(X)
     assert Z.shape == (40, 3)
     assert torch.all(Z.abs() < 1)
@@ -113,3 +113,52 @@ def test_small_problems_train_on_one_thread_and_restore_the_setting():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="num_threads must be"):
         AutoencoderEmbedding(num_threads=0).fit(X)
+
+
+def test_latent_dim_is_a_deprecated_name_of_n_components(curve):
+    X = curve[0][:12, :30]
+    with pytest.warns(DeprecationWarning, match="latent_dim= is deprecated; use n_components="):
+        old = AutoencoderEmbedding(latent_dim=3, epochs=5, seed=1)
+    new = AutoencoderEmbedding(n_components=3, epochs=5, seed=1)
+    assert old.get_params() == new.get_params() and "latent_dim" not in old.get_params()
+    with pytest.warns(DeprecationWarning, match="read n_components"):
+        assert old.latent_dim == 3
+    Z = torch.randn(4, 3)
+    assert torch.equal(old.fit(X).decode(Z), new.fit(X).decode(Z))
+    with pytest.raises(TypeError, match="give n_components= only"):
+        AutoencoderEmbedding(latent_dim=3, n_components=3)
+
+
+def _rewrite_header(path, old: str, new: str) -> None:
+    """Rename a stored constructor argument in the header of a saved embedding, as a file
+    saved by an earlier release would have it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    (key,) = meta
+    assert f'"{old}"' in meta[key]
+    save_file(state, str(path), metadata={key: meta[key].replace(f'"{old}"', f'"{new}"')})
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_loads_an_embedding_saved_with_latent_dim(curve, tmp_path, reduced):
+    import warnings
+
+    from lossatlas.manifold import load_embedding
+
+    X = curve[0][:12, :30]
+    ae = AutoencoderEmbedding(n_components=2, epochs=5, seed=0)
+    emb = (ReducedEmbedding(ae) if reduced else ae).fit(X)
+    path = emb.save(tmp_path / "map.safetensors")
+    _rewrite_header(path, "n_components", "latent_dim")  # the pre-rename header
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # reading old files is silent
+        loaded = load_embedding(path)
+    inner = loaded.inner if reduced else loaded
+    assert isinstance(inner, AutoencoderEmbedding) and inner.n_components == 2
+    Z = torch.randn(4, 2)
+    assert torch.equal(loaded.decode(Z), emb.decode(Z))
+    assert loaded.fingerprint() == emb.fingerprint()

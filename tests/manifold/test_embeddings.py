@@ -28,8 +28,8 @@ FAST = {
     "span": lambda: SpanReduction(),
     "kpca": lambda: KernelPCAEmbedding(2),
     "kpca-median": lambda: KernelPCAEmbedding(2, gamma="median"),
-    "ae": lambda: AutoencoderEmbedding(latent_dim=2, epochs=60),
-    "ae-bounded-3d": lambda: AutoencoderEmbedding(latent_dim=3, epochs=40, bounded=True),
+    "ae": lambda: AutoencoderEmbedding(n_components=2, epochs=60),
+    "ae-bounded-3d": lambda: AutoencoderEmbedding(n_components=3, epochs=40, bounded=True),
     "reduced-ae": lambda: ReducedEmbedding(AutoencoderEmbedding(epochs=60)),
     "reduced-kpca": lambda: ReducedEmbedding(
         KernelPCAEmbedding(2), SpanReduction(standardize=True)
@@ -109,8 +109,8 @@ def test_umap_embedding(population, tmp_path):
 
 
 def test_fit_validates_at_fit_time_not_in_init():
-    emb = AutoencoderEmbedding(latent_dim=0, activation="nope")  # stored, not checked
-    with pytest.raises(ValueError, match="latent_dim must be a positive int, got 0"):
+    emb = AutoencoderEmbedding(n_components=0, activation="nope")  # stored, not checked
+    with pytest.raises(ValueError, match="n_components must be a positive int, got 0"):
         emb.fit(torch.randn(5, 10))
     with pytest.raises(ValueError, match="kernel='nope' is not supported"):
         KernelPCAEmbedding(kernel="nope").fit(torch.randn(5, 10))
@@ -163,8 +163,8 @@ def test_reduced_embedding_accepts_lazy_population(population):
 def test_make_embedding_registry():
     assert list_embeddings() == ["ae", "kpca", "pca", "umap"]
     assert isinstance(make_embedding("pca"), PCAEmbedding)
-    ae = make_embedding("ae", latent_dim=3, epochs=None)  # None falls back to the default
-    assert ae.latent_dim == 3 and ae.epochs == AutoencoderEmbedding().epochs
+    ae = make_embedding("ae", n_components=3, epochs=None)  # None falls back to the default
+    assert ae.n_components == 3 and ae.epochs == AutoencoderEmbedding().epochs
     red = make_embedding("AE", reduce=True, reduction=SpanReduction(standardize=True))
     assert isinstance(red, ReducedEmbedding) and isinstance(red.inner, AutoencoderEmbedding)
     with pytest.raises(ValueError, match="ae, kpca, pca, umap"):

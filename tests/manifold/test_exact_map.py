@@ -24,7 +24,7 @@ def population():
 
 
 @pytest.mark.parametrize("inner", [PCAEmbedding(2), KernelPCAEmbedding(2),
-                                   AutoencoderEmbedding(latent_dim=2, epochs=80, seed=0)],
+                                   AutoencoderEmbedding(n_components=2, epochs=80, seed=0)],
                          ids=["pca", "kpca", "ae"])
 def test_exact_map_reproduces_the_models_and_round_trips_through_save(population, inner,
                                                                        tmp_path):

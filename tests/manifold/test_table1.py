@@ -72,7 +72,7 @@ def test_kernel_pca_row_equals_sklearn_kernel_pca(population):
 
 def test_autoencoder_row_equals_its_networks_and_beats_pca_on_a_curve(population):
     X = population
-    ae = ReducedEmbedding(AutoencoderEmbedding(latent_dim=2, epochs=400, seed=0)).fit(X)
+    ae = ReducedEmbedding(AutoencoderEmbedding(n_components=2, epochs=400, seed=0)).fit(X)
     rows = {r["method"]: r for r in reconstruction_table(
         {"ae": ae, "pca": PCAEmbedding(2).fit(X)}, X)}
     # by hand: span coordinates -> standardise -> encoder -> decoder -> unstandardise -> span

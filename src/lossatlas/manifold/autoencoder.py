@@ -12,12 +12,14 @@ off by default, as in the paper). Train it on span coordinates with
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._compat import renamed_argument
 from .base import Embedding, _as_population, _out_dtype, _sub_state
 
 __all__ = ["AutoencoderEmbedding"]
@@ -54,8 +56,9 @@ class AutoencoderEmbedding(Embedding):
 
     Parameters
     ----------
-    latent_dim : int
-        d, the latent dimension (2 by default; 3 or 4 on request).
+    n_components : int
+        d, the latent dimension (2 by default; 3 or 4 on request); scikit-learn's name,
+        as in the other embeddings (``latent_dim=`` is its deprecated name).
     widths : sequence of int
         Hidden widths of the encoder, mirrored by the decoder (default (128, 64, 16)).
     epochs : int
@@ -101,20 +104,22 @@ class AutoencoderEmbedding(Embedding):
     mean_ : Tensor[D], scale_ : Tensor[] or Tensor[D]
     loss_history_ : Tensor[epochs], total training loss per epoch
     reconstruction_history_ : Tensor[epochs], the reconstruction term alone
-    n_components_ (= latent_dim), n_features_in_, dtype_
+    n_components_ (= n_components), n_features_in_, dtype_
 
     Example
     -------
-    >>> ae = AutoencoderEmbedding(latent_dim=2, epochs=500).fit(X)   # X : Tensor[N, D]
+    >>> ae = AutoencoderEmbedding(n_components=2, epochs=500).fit(X)   # X : Tensor[N, D]
     >>> Z = ae.encode(X)                                              # Tensor[N, 2]
     >>> W = ae.decode(torch.zeros(1, 2))                              # Tensor[1, D]
     """
 
     _fitted_attr = "decoder_"
+    _renamed_params = {"latent_dim": "n_components"}
 
+    @renamed_argument("latent_dim", "n_components")
     def __init__(
         self,
-        latent_dim: int = 2,
+        n_components: int = 2,
         widths: Sequence[int] = (128, 64, 16),
         epochs: int = 2000,
         lr: float = 1e-3,
@@ -130,7 +135,7 @@ class AutoencoderEmbedding(Embedding):
         schedule: str = "cosine",
         num_threads: int | str | None = "auto",
     ):
-        self.latent_dim = latent_dim
+        self.n_components = n_components
         self.widths = widths
         self.epochs = epochs
         self.lr = lr
@@ -145,10 +150,19 @@ class AutoencoderEmbedding(Embedding):
         self.schedule = schedule
         self.num_threads = num_threads
 
+    @property
+    def latent_dim(self) -> int:
+        """Deprecated name of `n_components` (the latent dimension d)."""
+        warnings.warn("AutoencoderEmbedding.latent_dim is deprecated; read n_components",
+                      DeprecationWarning, stacklevel=2)
+        return self.n_components
+
     # -- validation -------------------------------------------------------------------------
     def _validate(self, who: str) -> None:
-        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
-            raise ValueError(f"{who}: latent_dim must be a positive int, got {self.latent_dim!r}")
+        if not isinstance(self.n_components, int) or self.n_components < 1:
+            raise ValueError(
+                f"{who}: n_components must be a positive int, got {self.n_components!r}"
+            )
         widths = tuple(self.widths)
         if not all(isinstance(w, int) and w >= 1 for w in widths):
             raise ValueError(f"{who}: widths must be positive ints, got {self.widths!r}")
@@ -180,8 +194,8 @@ class AutoencoderEmbedding(Embedding):
 
     def _build(self, D: int, device: torch.device) -> tuple[nn.Sequential, nn.Sequential]:
         widths = [int(w) for w in self.widths]
-        enc = _mlp([D, *widths, self.latent_dim], self.activation, bool(self.bounded))
-        dec = _mlp([self.latent_dim, *widths[::-1], D], self.activation, False)
+        enc = _mlp([D, *widths, self.n_components], self.activation, bool(self.bounded))
+        dec = _mlp([self.n_components, *widths[::-1], D], self.activation, False)
         return enc.to(device), dec.to(device)
 
     # -- fit ----------------------------------------------------------------------------------
@@ -190,7 +204,7 @@ class AutoencoderEmbedding(Embedding):
             return None
         if self.num_threads != "auto":
             return int(self.num_threads)
-        sizes = [D, *(int(w) for w in self.widths), int(self.latent_dim)]
+        sizes = [D, *(int(w) for w in self.widths), int(self.n_components)]
         weights = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         return 1 if N * weights < 5e7 else None
 
@@ -274,7 +288,7 @@ class AutoencoderEmbedding(Embedding):
         self.scale_ = scale
         self.loss_history_ = losses.cpu()
         self.reconstruction_history_ = recons.cpu()
-        self.n_components_ = int(self.latent_dim)
+        self.n_components_ = int(self.n_components)
         self.n_features_in_ = D
         self.dtype_ = _out_dtype(X.dtype)
         self._device_cache: dict[torch.device, tuple[nn.Module, Tensor, Tensor]] = {}

@@ -107,13 +107,18 @@ def _json_param(value: Any) -> Any:
 
 def _from_json_param(value: Any) -> Any:
     if isinstance(value, dict) and "__embedding__" in value:
-        cls = _embedding_class(value["__embedding__"])
-        return cls(**{k: _from_json_param(v) for k, v in value["params"].items()})
+        return _construct(_embedding_class(value["__embedding__"]), value["params"])
     if isinstance(value, list):
         return tuple(_from_json_param(v) for v in value)
     if isinstance(value, dict):
         return {k: _from_json_param(v) for k, v in value.items()}
     return value
+
+
+def _construct(cls: type[Embedding], params: dict[str, Any]) -> Embedding:
+    """``cls(**params)`` from the stored (JSON) constructor arguments of `save`; a name
+    the class has since renamed (``cls._renamed_params``) is read as its new name."""
+    return cls(**{cls._renamed_params.get(k, k): _from_json_param(v) for k, v in params.items()})
 
 
 def _embedding_class(name: str) -> type[Embedding]:
@@ -147,6 +152,9 @@ class Embedding:
 
     # attribute that exists only after fit; checked by _check_fitted
     _fitted_attr: ClassVar[str] = "n_components_"
+    # constructor arguments renamed since an earlier release, {old: new}: `load_embedding`
+    # reads embeddings saved under the old names
+    _renamed_params: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -407,8 +415,7 @@ def load_embedding(path: str | os.PathLike, **options: Any) -> Embedding:
             f"lossatlas reads up to {_FORMAT_VERSION}"
         )
     cls = _embedding_class(header["class"])
-    params = {k: _from_json_param(v) for k, v in header["params"].items()}
-    emb = cls(**params)
+    emb = _construct(cls, header["params"])
     emb._restore(state, header["fitted"], _path=path, **options)
     return emb
 

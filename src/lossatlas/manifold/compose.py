@@ -56,7 +56,7 @@ class ReducedEmbedding(Embedding):
 
     Example
     -------
-    >>> emb = ReducedEmbedding(AutoencoderEmbedding(latent_dim=2), exact=True).fit(X)
+    >>> emb = ReducedEmbedding(AutoencoderEmbedding(n_components=2), exact=True).fit(X)
     >>> Z = emb.encode(X)                                                  # Tensor[N, 2]
     >>> W = emb.decode(Z, device="cuda", chunk_size=256)                   # Tensor[N, D]
     >>> emb.inner_.loss_history_                                           # the AE's losses

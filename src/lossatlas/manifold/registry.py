@@ -55,8 +55,8 @@ def make_embedding(
 
     Example
     -------
-    >>> make_embedding("ae", reduce=True, latent_dim=2, epochs=1000)
-    ReducedEmbedding(inner=AutoencoderEmbedding(latent_dim=2, ...), reduction=None)
+    >>> make_embedding("ae", reduce=True, n_components=2, epochs=1000)
+    ReducedEmbedding(inner=AutoencoderEmbedding(n_components=2, ...), reduction=None)
     """
     if not isinstance(method, str):
         raise InputTypeError(
