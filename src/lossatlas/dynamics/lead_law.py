@@ -372,7 +372,9 @@ def _rise_vs_onset(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     log-log exponent fitted to it reflects that offset more than a power law."""
     from scipy import stats
 
-    pts = np.array([(r["onset_step"], r["defect_rise_step"]) for r in rows], dtype=float)
+    pts = np.array([(r["onset_step"], r["defect_rise_step"]) for r in rows
+                    if r.get("onset_step") is not None and r.get("defect_rise_step") is not None],
+                   dtype=float).reshape(-1, 2)
     if len(pts) < 3 or np.unique(pts[:, 0]).size < 2:
         return None
     fit = stats.linregress(pts[:, 0], pts[:, 1])
