@@ -96,7 +96,8 @@ def _build(root: Path) -> Path:
                            exact_trace_max=0, num_probes=4, progress=False)
         onsets = [400.0, 700.0, 1000.0, 1600.0]
         rows = [{"p": p, "weight_decay": 1.0, "seed": 0, "onset_step": o,
-                 "lead_time": LEAD_PREFACTOR * o ** LEAD_EXPONENT, "grokked": True}
+                 "lead_time": LEAD_PREFACTOR * o ** LEAD_EXPONENT, "grokked": True,
+                 "defect_rise_step": o - LEAD_PREFACTOR * o ** LEAD_EXPONENT}
                 for p, o in zip((47, 53, 59, 71), onsets, strict=True)]
         rows.append({"p": 97, "weight_decay": 0.1, "seed": 0, "onset_step": None,
                      "lead_time": None, "grokked": False})

@@ -144,6 +144,17 @@ def test_lead_time_law_shows_the_exact_exponent(run, page, built):
     assert fmt(s["law"]["exponent"], "", 4) == "1.15"
     assert f"<td>{fmt(LEAD_PREFACTOR, '', 4)}</td>" in html
     assert "<td>4 / 5</td>" in html  # the run without an onset is left out of the fit
+    assert "<td>4 / 4 / 0</td>" in html  # grokked / rise found / rise at or after onset
+    # the rise steps (onset - lead) spread as much as... here: rise = o - 0.5 o^1.15 varies
+    # with the onset, so no "fixed rise step" note; the stored line matches numpy's
+    rows = [r for r in s["runs"] if r.get("defect_rise_step") is not None]
+    o = np.array([r["onset_step"] for r in rows])
+    rise = np.array([r["defect_rise_step"] for r in rows])
+    slope = np.polyfit(o, rise, 1)[0]
+    assert s["rise_vs_onset"]["slope"] == pytest.approx(slope, rel=1e-9)
+    assert f"slope {fmt(slope, '', 3)}" in html
+    note = "The defect rises at about the same step whatever the onset"
+    assert (note in html) == (np.std(rise, ddof=1) < 0.5 * np.std(o, ddof=1))
     fig = next(iter(built["grokking-lead-time"].figures.values()))
     assert fig["layout"]["xaxis"]["type"] == "log" and fig["layout"]["yaxis"]["type"] == "log"
 
