@@ -1,18 +1,23 @@
 """Terrain of a population: the curvature measures of its models, stored in a run.
 
 :func:`population_terrain` computes :func:`~lossatlas.curvature.terrain` for a
-population's (final) models and stores it in a run directory, merged
-(:func:`merge_terrain`) with the measures already stored there for the same models.
+population's (final) models and stores it in a run directory with
+:func:`write_terrain`, merged (:func:`merge_terrain`) with the measures already stored
+there for the same models. ``write_terrain`` also stores :meth:`Atlas.terrain`'s result.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import xarray as xr
 
-__all__ = ["merge_terrain", "population_terrain"]
+__all__ = ["merge_terrain", "population_terrain", "write_terrain"]
 
 
 # the setting of terrain()'s attrs that belongs to each measure's variable
@@ -44,41 +49,79 @@ def merge_terrain(old, new):
     return merged
 
 
+def _claim(run, pop, overwrite: bool = False) -> None:
+    """Claim ``run`` for ``pop`` (refused when it holds another population's results;
+    with ``overwrite`` its results are cleared first: :meth:`Run.claim_population`)."""
+    from ..fingerprint import population_fingerprint
+
+    if overwrite:
+        run.clear_results()
+    run.claim_population(population_fingerprint(pop), {
+        "models": len(pop), "dim": int(pop.space.dim), "bn": getattr(pop, "bn", None)})
+
+
+def write_terrain(out_dir: str | os.PathLike, ds: xr.Dataset, indices: Sequence[int], *,
+                  population: Any = None, overwrite: bool = False) -> dict[str, Any]:
+    """Store a terrain (:func:`~lossatlas.curvature.terrain` or :meth:`Atlas.terrain`
+    result, dim ``model``) of the population models ``indices`` in the run ``out_dir``.
+
+    Merged (:func:`merge_terrain`) with the measures stored there for the same
+    ``indices``, written as ``OUT/fields/terrain.zarr`` and ``OUT/terrain.json``. With
+    ``population``, the run is first claimed for it (see :meth:`Run.claim_population`;
+    ``overwrite`` starts it afresh); without, the caller has claimed it.
+
+    Returns the JSON table written: ``models`` (the ``model`` coordinate as text),
+    ``indices``, ``bn`` and one list per measure, in the dataset's units (Hessian
+    eigenvalues and trace of the loss in nats per squared parameter unit, sharpness as
+    a loss increase in nats, LLC dimensionless).
+    """
+    from ..store import Run, atomic_write_json
+
+    out_dir = Path(out_dir)
+    idx = [int(i) for i in indices]
+    if "model" not in ds.dims or ds.sizes["model"] != len(idx):
+        raise ValueError(
+            f"write_terrain: the terrain has {ds.sizes.get('model', 0)} models (dim 'model') "
+            f"but {len(idx)} indices were given")
+    run = Run(out_dir)
+    if population is not None:
+        _claim(run, population, overwrite)
+    old = run.open_field("terrain") if run.has_field("terrain") else None
+    stored = json.loads((out_dir / "terrain.json").read_text()) if (
+        out_dir / "terrain.json").is_file() else {}
+    ds = merge_terrain(old if stored.get("indices") == idx else None, ds)
+    run.save_dataset("terrain", ds)
+    table = {"models": [str(m) for m in ds["model"].values], "indices": idx,
+             "bn": ds.attrs.get("bn")}
+    for v in ds.data_vars:
+        table[v] = np.asarray(ds[v].values).tolist()
+    atomic_write_json(out_dir / "terrain.json", table)
+    return table
+
+
 def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace", "sharpness"),
                        k: int = 3, llc_kwargs: dict | None = None, device=None,
                        final_only: bool = True, num_probes: int = 99,
                        bn: str | None = None, overwrite: bool = False) -> dict:
     """Terrain (top eigenvalues, trace, sharpness, LLC) of a population's models, each
     model with its own stored BatchNorm statistics (``bn="own"``) or statistics
-    recomputed at it (default).
+    recomputed at it (default): :func:`~lossatlas.curvature.terrain` then
+    :func:`write_terrain`.
 
     Stored as ``OUT/fields/terrain.zarr`` (dim ``model``) and ``OUT/terrain.json``,
     merged with the measures already stored there for the same models (see
-    :func:`merge_terrain`). A run holding another population's results is refused, or
-    with ``overwrite`` started afresh (:meth:`Run.claim_population`).
+    :func:`merge_terrain`). A run holding another population's results is refused
+    before anything is computed, or with ``overwrite`` started afresh
+    (:meth:`Run.claim_population`). Returns the table written (see `write_terrain`).
     """
-    from ..fingerprint import population_fingerprint
-    from ..store import Run, atomic_write_json
+    from ..store import Run
     from .terrain import terrain
 
-    run = Run(out_dir)
-    if overwrite:
-        run.clear_results()
-    run.claim_population(population_fingerprint(pop), {
-        "models": len(pop), "dim": int(pop.space.dim), "bn": getattr(pop, "bn", None)})
+    _claim(Run(out_dir), pop, overwrite)
     idx = pop.final_indices() if final_only else list(range(len(pop)))
     names = [f"{pop.labels[i].get('variant', i)}" + (f"/e{pop.labels[i]['epoch']}"
              if not final_only and "epoch" in pop.labels[i] else "") for i in idx]
     models = [pop.model(i) for i in idx]  # the checkpoints as saved, statistics included
     ds = terrain(models, models[0], xy, measures=list(measures), k=k, num_probes=num_probes,
                  llc_kwargs=llc_kwargs, device=device, labels=names, bn=bn)
-    old = run.open_field("terrain") if run.has_field("terrain") else None
-    stored = json.loads((out_dir / "terrain.json").read_text()) if (
-        out_dir / "terrain.json").is_file() else {}
-    ds = merge_terrain(old if stored.get("indices") == idx else None, ds)
-    run.save_dataset("terrain", ds)
-    table = {"models": names, "indices": idx, "bn": ds.attrs.get("bn")}
-    for v in ds.data_vars:
-        table[v] = np.asarray(ds[v].values).tolist()
-    atomic_write_json(out_dir / "terrain.json", table)
-    return table
+    return write_terrain(out_dir, ds, idx)
