@@ -20,21 +20,41 @@ if TYPE_CHECKING:
 __all__ = ["build_atlas", "measured_on", "write_slice"]
 
 
+def _hold_out(pop, fraction: float, seed: int = 0) -> tuple[Any, Any]:
+    """``(kept, held_out)`` of :meth:`Population.holdout`, the kept part carrying the
+    whole population's fingerprint: the run it is mapped into holds the whole
+    population's results (a later ``hessian``/``llc``/``connect`` of the whole population
+    into the same run is the same population)."""
+    from .fingerprint import population_fingerprint
+
+    whole = population_fingerprint(pop)
+    kept, held = pop.holdout(fraction, seed=seed)
+    kept.__dict__["_lossatlas_fingerprint"] = whole
+    return kept, held
+
+
 def build_atlas(pop, xy, out_dir: str | Path, method: str, dim: int, resolution: int,
                 budget: int, tol: float, threshold: str, device, precision, progress: bool,
                 embed_kwargs: dict | None = None, memory_budget: int | None = None,
                 output=None, loss_fn=None, held_out=None, overwrite: bool = False,
-                data: dict[str, str] | None = None) -> tuple[Atlas, dict[str, Any] | None]:
+                data: dict[str, str] | None = None, holdout: float | None = None
+                ) -> tuple[Atlas, dict[str, Any] | None]:
     """Embed, field, topology, faithfulness (with the residual correction and without it,
     and at the ``held_out`` population's checkpoints, which the map was not fitted to)
     and figures; returns (atlas, summary). ``data`` describes the data
     (``DatasetSplits.describe()`` and what the loss is measured on), stored in
-    ``atlas_summary.json`` for the report."""
+    ``atlas_summary.json`` for the report. ``holdout``: a fraction in (0, 1) of ``pop``
+    set aside as ``held_out`` (see :func:`_hold_out`; seed 0), the map fitted to the rest."""
     from . import distributed
     from .atlas import Atlas
     from .atlas_plot import plot_atlas_persistence, plot_atlas_tree, plot_landscape, save_figure
     from .store import atomic_write_json
 
+    if holdout:
+        if held_out is not None:
+            raise ValueError("build_atlas: give holdout= (a fraction of pop) or held_out= "
+                             "(a population), not both")
+        pop, held_out = _hold_out(pop, holdout)
     out_dir = Path(out_dir)
     atlas = Atlas(pop, xy, out_dir, device=device, precision=precision,
                   memory_budget=memory_budget, output=output, loss_fn=loss_fn,

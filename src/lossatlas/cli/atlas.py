@@ -80,23 +80,14 @@ def atlas(
                             else out_dir / "population.safetensors")
     if len(pop) < 3:
         raise UsageError(f"atlas: need at least 3 models, got {len(pop)} from {population}")
-    held_out = None
-    if holdout:
-        if not 0.0 < holdout < 1.0:
-            raise UsageError(f"--holdout must be a fraction in (0, 1), got {holdout}")
-        from ..fingerprint import population_fingerprint
-
-        whole = population_fingerprint(pop)
-        pop, held_out = pop.holdout(holdout)
-        # the run holds the whole population's results (a later hessian/llc/connect of it
-        # into the same --out is the same population)
-        pop.__dict__["_lossatlas_fingerprint"] = whole
+    if holdout and not 0.0 < holdout < 1.0:
+        raise UsageError(f"--holdout must be a fraction in (0, 1), got {holdout}")
     evaluation = inputs.evaluation()
     atlas_, summary = build_atlas(pop, loaded.xy, out_dir, method, dim, resolution, budget,
                                   tol, threshold, inputs.device, inputs.precision,
                                   progress=_progress(as_json), memory_budget=mem,
                                   output=evaluation["output"],
-                                  loss_fn=evaluation["loss_fn"], held_out=held_out,
+                                  loss_fn=evaluation["loss_fn"], holdout=holdout or None,
                                   overwrite=overwrite, data=loaded.measured_on())
     if summary is None:  # not rank 0 under torchrun
         return
