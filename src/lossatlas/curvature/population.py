@@ -49,17 +49,6 @@ def merge_terrain(old, new):
     return merged
 
 
-def _claim(run, pop, overwrite: bool = False) -> None:
-    """Claim ``run`` for ``pop`` (refused when it holds another population's results;
-    with ``overwrite`` its results are cleared first: :meth:`Run.claim_population`)."""
-    from ..fingerprint import population_fingerprint
-
-    if overwrite:
-        run.clear_results()
-    run.claim_population(population_fingerprint(pop), {
-        "models": len(pop), "dim": int(pop.space.dim), "bn": getattr(pop, "bn", None)})
-
-
 def write_terrain(out_dir: str | os.PathLike, ds: xr.Dataset, indices: Sequence[int], *,
                   population: Any = None, overwrite: bool = False) -> dict[str, Any]:
     """Store a terrain (:func:`~lossatlas.curvature.terrain` or :meth:`Atlas.terrain`
@@ -67,7 +56,7 @@ def write_terrain(out_dir: str | os.PathLike, ds: xr.Dataset, indices: Sequence[
 
     Merged (:func:`merge_terrain`) with the measures stored there for the same
     ``indices``, written as ``OUT/fields/terrain.zarr`` and ``OUT/terrain.json``. With
-    ``population``, the run is first claimed for it (see :meth:`Run.claim_population`;
+    ``population``, the run is first claimed for it (:func:`lossatlas.fingerprint.claim_run`;
     ``overwrite`` starts it afresh); without, the caller has claimed it.
 
     Returns the JSON table written: ``models`` (the ``model`` coordinate as text),
@@ -75,6 +64,7 @@ def write_terrain(out_dir: str | os.PathLike, ds: xr.Dataset, indices: Sequence[
     eigenvalues and trace of the loss in nats per squared parameter unit, sharpness as
     a loss increase in nats, LLC dimensionless).
     """
+    from ..fingerprint import claim_run
     from ..store import Run, atomic_write_json
 
     out_dir = Path(out_dir)
@@ -85,7 +75,7 @@ def write_terrain(out_dir: str | os.PathLike, ds: xr.Dataset, indices: Sequence[
             f"but {len(idx)} indices were given")
     run = Run(out_dir)
     if population is not None:
-        _claim(run, population, overwrite)
+        claim_run(run, population, overwrite)
     old = run.open_field("terrain") if run.has_field("terrain") else None
     stored = json.loads((out_dir / "terrain.json").read_text()) if (
         out_dir / "terrain.json").is_file() else {}
@@ -114,10 +104,11 @@ def population_terrain(pop, xy, out_dir: Path, measures=("eigenvalues", "trace",
     before anything is computed, or with ``overwrite`` started afresh
     (:meth:`Run.claim_population`). Returns the table written (see `write_terrain`).
     """
+    from ..fingerprint import claim_run
     from ..store import Run
     from .terrain import terrain
 
-    _claim(Run(out_dir), pop, overwrite)
+    claim_run(Run(out_dir), pop, overwrite)
     idx = pop.final_indices() if final_only else list(range(len(pop)))
     names = [f"{pop.labels[i].get('variant', i)}" + (f"/e{pop.labels[i]['epoch']}"
              if not final_only and "epoch" in pop.labels[i] else "") for i in idx]
