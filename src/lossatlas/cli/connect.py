@@ -1,6 +1,6 @@
 """CLI verbs of connectivity and symmetry: ``lossatlas connect`` (two models,
 :func:`lossatlas.connectivity.pair.connect_pair`, or a population,
-:func:`lossatlas.connectivity.population.population_barriers`) and ``lossatlas align``
+:func:`lossatlas.connectivity.population.connect_population`) and ``lossatlas align``
 (:func:`lossatlas.symmetry.pair.align_pair`)."""
 
 from __future__ import annotations
@@ -36,22 +36,17 @@ __all__ = ["align", "connect"]
 def _connect_population(loaded: Loaded, population: str, align_models: bool, out_dir: Path,
                         overwrite: bool, as_json: bool) -> None:
     """Population mode of ``connect``: the barrier matrices of the population's final
-    models (`population_barriers`) into ``OUT``, printed as tables."""
+    models (`connect_population`) into ``OUT``, printed as tables."""
     import numpy as np
 
-    from ..connectivity.population import population_barriers
-    from ..fingerprint import claim_run
-    from ..store import Run
+    from ..connectivity.population import connect_population
 
     t0 = time.perf_counter()
     pop = loaded.population(population)
-    claim_run(Run(out_dir), pop, overwrite)  # one run directory, one population
-    idx = pop.final_indices()
-    names = [str(pop.labels[i].get("variant", i)) for i in idx]
-    res = population_barriers([pop.model(i) for i in idx], names, loaded.xy, out_dir,
-                              align_models, loaded.inputs.device,
-                              progress=_progress(as_json), bn=loaded.inputs.bn)
-    summary = {"models": len(idx), "bn": res["bn"],
+    res = connect_population(pop, loaded.xy, out_dir, align_models, loaded.inputs.device,
+                             progress=_progress(as_json), bn=loaded.inputs.bn,
+                             overwrite=overwrite)
+    summary = {"models": len(res["names"]), "bn": res["bn"],
                "mean_barrier_before": float(np.mean(res["before"]))}
     if "after" in res:
         summary["mean_barrier_after"] = float(np.mean(res["after"]))

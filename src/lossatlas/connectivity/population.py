@@ -3,8 +3,9 @@
 :func:`population_barrier_matrices` computes the loss-barrier matrix of a population's
 models before (and after weight matching onto the first) alignment;
 :func:`write_barriers` stores them in a run directory; :func:`plot_barriers` draws them
-side by side; :func:`population_barriers` does all three (what ``lossatlas connect
---population`` and the demo run).
+side by side; :func:`population_barriers` does all three (what the demo runs);
+:func:`connect_population` does it for a population's final models in a run claimed for
+it (what ``lossatlas connect --population`` runs).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from torch import nn
 
-__all__ = ["plot_barriers", "population_barrier_matrices", "population_barriers",
-           "write_barriers"]
+__all__ = ["connect_population", "plot_barriers", "population_barrier_matrices",
+           "population_barriers", "write_barriers"]
 
 
 @renamed_argument("steps", "points")
@@ -119,3 +120,27 @@ def population_barriers(models: Sequence[nn.Module], names: Sequence[str], xy,
     save_figure(plot_barriers(mats, names)[0].figure, Path(out_dir) / "barriers.png",
                 close=True)
     return result
+
+
+def connect_population(pop: Any, xy, out_dir: str | Path, align_models: bool = False,
+                       device=None, points: int = 25, progress: bool = False,
+                       bn: Literal["own", "recompute"] | None = None,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """``lossatlas connect --population`` as a library call: the barrier matrices of the
+    final model of every run of the :class:`~lossatlas.population.Population` ``pop``
+    (:meth:`~lossatlas.population.Population.final_indices`, named by their
+    ``variant`` label, else their index), through :func:`population_barriers` into the
+    run ``out_dir``, which is first claimed for ``pop`` (a run holding another
+    population's results is refused; ``overwrite`` starts it afresh:
+    :func:`lossatlas.fingerprint.claim_run`).
+
+    Returns :func:`population_barriers`'s dict (matrices in nats, ``names``, ...).
+    """
+    from ..fingerprint import claim_run
+    from ..store import Run
+
+    claim_run(Run(out_dir), pop, overwrite)  # one run directory, one population
+    idx = pop.final_indices()
+    names = [str(pop.labels[i].get("variant", i)) for i in idx]
+    return population_barriers([pop.model(i) for i in idx], names, xy, out_dir, align_models,
+                               device, points=points, progress=progress, bn=bn)
