@@ -395,6 +395,20 @@ def test_a_run_naming_a_builtin_model_needs_no_flag(clean_run, tmp_path):
     assert out["models"] == 2
 
 
+def test_atlas_holdout_is_the_library_split(clean_run, tmp_path):
+    """--holdout passes a fraction to pipeline.build_atlas: the map is fitted to the kept
+    models, the held-out ones overlaid, the run claimed for the whole population."""
+    from lossatlas.fingerprint import population_fingerprint
+    from lossatlas.population import Population
+
+    args = _population_verbs(clean_run, tmp_path)["atlas"]
+    out = _json(runner.invoke(app, [*args, "--holdout", "0.34", "--json"]))
+    assert out["models"] == 4 and out["holdout_models"] == 2  # round(0.34 * 6) held out
+    run = json.loads((tmp_path / "atlas" / "run.json").read_text())
+    assert run["population"]["fingerprint"] == population_fingerprint(Population.open(clean_run))
+    _error(runner.invoke(app, [*args, "--holdout", "1.5"]), "--holdout", "(0, 1)")
+
+
 def test_numbers_on_screen(checkpoints, tmp_path):
     """The tables a researcher copies: every top-k eigenvalue, the LLC with its scale, the
     barrier matrix of a population; the printed values equal the stored JSON."""
