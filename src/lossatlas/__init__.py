@@ -32,7 +32,8 @@ _EXPORTS = {
     "LossatlasError": "errors",
     "Evaluator": "evaluate",
     "population_barriers": "connectivity.population",
-    "population_terrain": "curvature.population",
+    "connect_population": "connectivity.population",
+    "population_terrain": "curvature.population", "write_terrain": "curvature.population",
     "build_atlas": "pipeline",
     "compute_field": "fields", "log10_loss": "scale",
     "AffineSource": "points", "ExplicitSource": "points", "LatentSource": "points",
@@ -103,6 +104,7 @@ __all__ = [
     "as_tensor_data",
     "build_atlas",
     "compute_field",
+    "connect_population",
     "data",
     "grid_axes",
     "load_data",
@@ -121,4 +123,5 @@ __all__ = [
     "save_state_dict",
     "to_device",
     "train_population",
+    "write_terrain",
 ]
