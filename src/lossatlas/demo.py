@@ -284,6 +284,7 @@ def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int 
     from .data import create as create_data
     from .population import Population
     from .report import write_report
+    from .scale import log10_loss
     from .train import train_population
 
     splits = create_data("digits")
@@ -304,8 +305,8 @@ def demo_bn_cnn(out_dir: Path, device=None, progress: bool = False, epochs: int 
     keep["basins_vs_variants"] = (f"{summary['basins_with_models']} basins hold models, "
                                   f"for {summary['variants']} variants")
     if per.get("eval_mode_loss"):
-        gap = np.abs(np.log10(np.asarray(per["eval_mode_loss"], float)
-                              / np.asarray(per["true_loss"], float)))
+        gap = np.abs(log10_loss(np.asarray(per["eval_mode_loss"], float))
+                     - log10_loss(np.asarray(per["true_loss"], float)))  # decades
         keep["eval_mode_vs_policy_max_decades"] = float(np.nanmax(gap))
     keep["report"] = str(write_report(out_dir))
     return keep
