@@ -114,9 +114,9 @@ def renamed_argument(old: str, new: str) -> Callable:
         def inner(*args: Any, **kwargs: Any) -> Any:
             if old in kwargs:
                 if new in kwargs:
-                    raise TypeError(f"{fn.__name__}: give {new}= only ({old}= is its "
+                    raise TypeError(f"{fn.__qualname__}: give {new}= only ({old}= is its "
                                     "deprecated name)")
-                warnings.warn(f"{fn.__name__}: {old}= is deprecated; use {new}=",
+                warnings.warn(f"{fn.__qualname__}: {old}= is deprecated; use {new}=",
                               DeprecationWarning, stacklevel=2)
                 kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)

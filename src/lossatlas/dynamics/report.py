@@ -133,7 +133,7 @@ def _splits(data: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
         return (data.x_train, data.y_train), data.x_test
     from ..batches import as_tensor_data
 
-    td = as_tensor_data(data, where="dynamics_report: data")
+    td = as_tensor_data(data, who="dynamics_report: data")
     return (td.x, td.y), td.x
 
 
