@@ -189,6 +189,22 @@ def test_train_dynamics_and_branches(tmp_path):
     # two models: one or two branches, and the printed count is the stored one
     assert out["models"] == 2 and 1 <= out["branches"] <= 2
     assert out["branches"] == sum(stored["num_branches"].values())
+    # the final checkpoints alone, in a plain folder, read as checkpoints of --model
+    import shutil
+
+    folder = tmp_path / "finals"
+    folder.mkdir()
+    finals = sorted((run / "checkpoints").glob("*_epoch004.safetensors"))
+    assert len(finals) == 2
+    for p in finals:  # the checkpoint and its sidecar (the variant's labels)
+        for f in (p, p.with_suffix(".json")):
+            if f.exists():
+                shutil.copy(f, folder / f.name)
+    again = _json(runner.invoke(app, ["branches", str(folder), "--model", "mlp", "--model-arg",
+                                      "hidden=[16]", "--model-arg", "in_features=8",
+                                      "--model-arg", "num_classes=3", "--data", "blobs",
+                                      "--data-arg", "num_features=8", "--json"]))
+    assert again["models"] == len(finals) and again["branches"] == out["branches"]
     _error(runner.invoke(app, ["dynamics", str(tmp_path / "missing")]), "missing")
 
 

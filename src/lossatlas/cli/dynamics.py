@@ -9,6 +9,8 @@ import typer
 
 from ._common import (
     _DATA_ARG,
+    _MODEL_ARG,
+    _RUN_MODEL,
     _TRUST_RUN,
     Json,
     UsageError,
@@ -16,6 +18,7 @@ from ._common import (
     _finish,
     _handle,
     _load_data,
+    _model_factory,
     _number,
     _setup_logging,
 )
@@ -60,7 +63,9 @@ def dynamics(
 
 @_handle
 def branches(
-    population: Path = typer.Argument(..., help="A train run (or checkpoints with train.json)."),
+    population: Path = typer.Argument(..., help="A train run, or a folder / glob of "
+                                      "checkpoints (of --model, or the model a train.json "
+                                      "beside them names)."),
     metric: str = typer.Option("disagreement", help="disagreement | cka"),
     barrier_threshold: float = typer.Option(0.1, help="Models joined below this loss "
                                             "barrier (nats) share a basin.",
@@ -69,7 +74,8 @@ def branches(
                                            "branches.", callback=_number("nonnegative")),
     data: str = typer.Option(None, "--data", help="Dataset (default: the run's own, from "
                              "train.json)."),
-    data_arg: list[str] = _DATA_ARG, trust_run: bool = _TRUST_RUN,
+    data_arg: list[str] = _DATA_ARG, model: str = _RUN_MODEL,
+    model_arg: list[str] = _MODEL_ARG, trust_run: bool = _TRUST_RUN,
     as_json: bool = Json, verbose: bool = Verbose,
 ):
     """Algorithmic branches: models in one basin whose functions differ."""
@@ -80,9 +86,11 @@ def branches(
         raise UsageError(f"--metric must be 'disagreement' or 'cka', got {metric!r}")
     t0 = time.perf_counter()
     splits = _load_data(data, data_arg, "test", None)[0] if data else None
+    # --model checked here (naming the options); the population reads its spec + kwargs
+    factory_kwargs = _model_factory(model, model_arg, splits)[1] if model else None
     rep = branches_report(str(population), data=splits, metric=metric,
                           barrier_threshold=barrier_threshold, branch_threshold=branch_threshold,
-                          trust_run=trust_run)
+                          trust_run=trust_run, factory=model, factory_kwargs=factory_kwargs)
     nb = rep.get("num_branches", {})
     summary = {"models": len(rep.get("models", [])),
                "basins": len(nb) if isinstance(nb, dict) else None,
