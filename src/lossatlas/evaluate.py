@@ -270,8 +270,9 @@ class Evaluator:
         worth it for thousands of points, or for large models. A failure falls back
         to eager with a warning.
     channels_last : bool, optional
-        Channels-last inputs and weights on the "fast-bnfold" path (default: on
-        CUDA).
+        Channels-last inputs and weights on the "fast-bnfold" / "fast-bnrecompute" paths
+        (default: on CUDA in bf16; in fp32 cuDNN's channels-last convolutions failed on
+        an H200 with a misaligned-address error).
 
     Example
     -------
@@ -373,8 +374,12 @@ class Evaluator:
         self._mlp: MLPPlan | None = None
         self._fold: FoldPlan | None = None
         self._folded: nn.Module | None = None
+        # channels-last only in half precision by default: in fp32 / tf32 cuDNN's
+        # channels-last convolution of a 3-channel input failed on an H200 with "CUDA
+        # error: misaligned address" (ResNet-56, torch 2.11; bench/bn_recompute_check.py)
         self.channels_last = (
-            self.device.type == "cuda" if channels_last is None else bool(channels_last)
+            self.device.type == "cuda" and precision in ("bf16", "fp16")
+            if channels_last is None else bool(channels_last)
         )
         self._compiled: Callable | None = None
         self._compile_failed = False
@@ -779,7 +784,10 @@ class Evaluator:
         assert fn is not None
         outs = []
         for i in range(next(iter(batched.values())).shape[0]):
-            own = {k: v[i].contiguous(memory_format=torch.channels_last) if k in cl else v[i]
+            # clone, not contiguous: a [C, C', 1, 1] weight sliced out of the flat point
+            # is already "channels-last contiguous", and contiguous() would hand cuDNN that
+            # view at its (misaligned) offset in the vector: CUDA "misaligned address"
+            own = {k: v[i].clone(memory_format=torch.channels_last) if k in cl else v[i]
                    for k, v in batched.items()}
             outs.append(fn({**fixed, **own}, x))
         return torch.stack(outs)
