@@ -131,8 +131,10 @@ def test_landscape_figure(atlas, tmp_path):
     import matplotlib.pyplot as plt
 
     from lossatlas.atlas_plot import plot_atlas_persistence, plot_atlas_tree
+    from lossatlas.plotting import save_figure
 
     ax = atlas.plot_landscape()
+    save_figure(ax, tmp_path / "l.png")
     z = atlas.codes_.numpy()
     drawn = np.concatenate([c.get_offsets() for c in ax.collections
                             if getattr(c, "get_label", lambda: "")().startswith("variant")])
@@ -144,16 +146,19 @@ def test_landscape_figure(atlas, tmp_path):
     plt.close(ax.figure)
     ax = atlas.plot_landscape(marker_values={0: 1.0, 2: 3.0},
                               marker_label="top eigenvalue")
+    save_figure(ax, tmp_path / "terrain.png")
     rings = [c for c in ax.collections if c.get_label().startswith("top eigenvalue")][0]
     np.testing.assert_allclose(rings.get_offsets(), z[[0, 2]], rtol=1e-6)
     np.testing.assert_allclose(rings.get_sizes(), [80, 680])  # smallest and largest value
     plt.close(ax.figure)
     ax = plot_atlas_tree(atlas)
+    save_figure(ax, tmp_path / "t.png")
     topo = json.loads((atlas.path / "topology.json").read_text())
     names = [",".join(sorted(b["variants"])) or "-" for b in topo["basins"]]
     assert sorted(t.get_text() for t in ax.get_xticklabels()) == sorted(names)
     plt.close(ax.figure)
     ax = plot_atlas_persistence(atlas)
+    save_figure(ax, tmp_path / "p.png")
     finite = atlas.pairs_[np.isfinite(atlas.pairs_[:, 1])]
     dots = [c for c in ax.collections if c.get_label() == "minimum"][0].get_offsets()
     np.testing.assert_allclose(np.sort(dots, axis=0), np.sort(finite, axis=0), rtol=1e-6)
