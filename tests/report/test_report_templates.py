@@ -81,9 +81,9 @@ def test_every_section_template_exists_and_is_package_data():
         depth = rel.count("/")
         assert any(fnmatch.fnmatch(rel, g) and g.count("/") == depth for g in globs), rel
     src = ROOT / "src" / "lossatlas" / "report"
-    used = {m for p in src.glob("*.py")
+    used = {m for p in src.rglob("*.py")
             for m in re.findall(r'template="([^"]+)"', p.read_text())}
-    used |= {f"sections/{m}.html.j2" for p in src.glob("*.py")
+    used |= {f"sections/{m}.html.j2" for p in src.rglob("*.py")
              for m in re.findall(r'_studies\([^)]*"(\w+)"\)', p.read_text())}
     assert len(used) >= 19
     for name in used:

@@ -6,11 +6,6 @@ stored. Sections are registered builders (:data:`SECTIONS`); a section whose
 results are absent is listed as such.
 """
 
-from lossatlas.report import (  # noqa: F401 (registers Table 2, re-basin and issue 19's sections)
-    sections_curvature,
-    sections_studies,
-    sections_validation,
-)
 from lossatlas.report.rundir import RunView
 from lossatlas.report.sections import SECTIONS, Section, SectionSpec, build_sections, section
 from lossatlas.report.summary import build_summary

@@ -10,8 +10,8 @@
   at a time beside the layer-wise barriers (``RUN/fields/layer_noise.zarr``, written
   by :func:`lossatlas.connectivity.write_layer_noise`).
 
-Registered when this module is imported (``lossatlas.report`` imports it); like every
-builder they read stored values only.
+Registered when this module is imported (``lossatlas.report.sections`` imports it);
+like every builder they read stored values only.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import xarray as xr
 
 from lossatlas.scale import drawable, log10_loss
 
-from . import figures as F
-from .html import Table, esc, number
-from .rundir import RunView
-from .sections import Section, section
+from .. import figures as F
+from ..html import Table, esc, number
+from ..rundir import RunView
+from ._registry import Section, section
 
 __all__ = ["centre_curvature", "hessian_slices", "layer_noise", "saddles"]
 

@@ -7,7 +7,7 @@
   :func:`lossatlas.symmetry.rebasin_study.write_rebasin_study`).
 
 Registered with :func:`~lossatlas.report.sections.section` when this module is
-imported (``lossatlas.report`` imports it); like every builder they read stored
+imported (``lossatlas.report.sections`` imports it); like every builder they read stored
 values only.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import figures as F
-from .html import Table, esc, fmt, number
-from .rundir import RunView
-from .sections import Section, section
+from .. import figures as F
+from ..html import Table, esc, fmt, number
+from ..rundir import RunView
+from ._registry import Section, section
 
 __all__ = ["rebasin", "table2"]
 
