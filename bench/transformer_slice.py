@@ -1,4 +1,5 @@
-"""Benchmark: a 2-D loss slice of a GPT-style decoder, lossatlas against loss-landscapes.
+"""Benchmark: a 2-D loss slice of a GPT-style decoder, lossatlas against loss-landscapes
+and landscaper.
 
 The model is GPT-2 small in shape (12 pre-LN layers, width 768, 12 heads, MLP 3072,
 GELU, learned positions, LM head tied to the token embedding; vocabulary 50,304 as
@@ -14,41 +15,54 @@ is reported separately as it includes compiling):
 - lossatlas ``Evaluator`` with ``precision="bf16"`` on each backend given in
   ``--variants`` (``auto``, ``vmap``, ``sequential``, ``compiled``: ``compile=True``);
 - loss-landscapes 3.0.6 ``planar_interpolation`` on the same grid (fp32 as it runs, and
-  with TF32 matmuls allowed: ``--peer-tf32``).
+  with TF32 matmuls allowed: ``--peer-tf32``);
+- landscaper 1.3.1 ``compute_loss_landscape`` (``--landscaper-python``: the Python of
+  its own environment, it pins numpy<2; ``bench/_peers/make_landscaper_env.sh`` makes
+  one) through ``bench/_peers/landscaper_runner.py``, on the same model (rebuilt from
+  ``bench/_gpt.py``), data and directions (which it normalises and scales itself,
+  ``--landscaper-distance``) on a ``--landscaper-grid`` sub-grid, fp32 with TF32 off;
+  its losses are compared with our fp32 ones at its points.
 
 The floor: the model's forward matmul FLOPs per point (counted from the shapes: every
 linear layer and the LM head over all tokens, the two attention products at half the
 full T^2 cost as causal flash attention computes them) over the bf16 dense GEMM rate
 measured in the same run (8192^3 products). Printed: points/s, speed-up over the
-peer, the fraction of the floor, and the largest relative difference between our
-losses and the peer's at the same points.
+peers, the fraction of the floor, and the largest relative difference between our
+losses and each peer's at the same points.
 
 Usage::
 
     python bench/transformer_slice.py --device cuda --out transformer_slice.json
     python bench/transformer_slice.py --device cpu --tiny       # a smoke test
+    python bench/transformer_slice.py --landscaper-python .bench/ls/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _gpt import GPT, FlatLogits  # noqa: E402
 from atlas_large import matmul_rate  # noqa: E402
-from eval_throughput import device_name, max_rel, run_loss_landscapes, sync  # noqa: E402
+from eval_throughput import (  # noqa: E402
+    device_name,
+    max_rel,
+    run_landscaper,
+    run_loss_landscapes,
+    sync,
+)
 
 from lossatlas import Evaluator, ParamSpace  # noqa: E402
 from lossatlas.surfaces.directions import random_direction  # noqa: E402
@@ -57,72 +71,6 @@ SIZES = {
     "124m": {"vocab": 50304, "d_model": 768, "num_heads": 12, "num_layers": 12},
     "tiny": {"vocab": 64, "d_model": 32, "num_heads": 2, "num_layers": 2},
 }
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention ``[n, T, d] -> [n, T, d]`` through SDPA."""
-
-    def __init__(self, d_model: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
-        q, k, v = (t.transpose(-3, -2) for t in (q, k, v))  # [n, H, T, d_head]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(out.transpose(-3, -2).flatten(-2))
-
-
-class Block(nn.Module):
-    def __init__(self, d_model: int, num_heads: int) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, num_heads)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(approximate="tanh"),
-                                 nn.Linear(4 * d_model, d_model))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
-class GPT(nn.Module):
-    """GPT-2-style decoder: ``LongTensor[n, T] -> logits Tensor[n, T, vocab]``."""
-
-    def __init__(self, vocab: int, d_model: int, num_heads: int, num_layers: int,
-                 context: int) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(context, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, num_heads) for _ in range(num_layers))
-        self.ln_f = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab, bias=False)
-        self.head.weight = self.tok.weight  # tied, as GPT-2
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("proj.weight") else 0.02
-                nn.init.normal_(p, std=std)
-
-    def forward(self, idx: Tensor) -> Tensor:
-        t = idx.shape[-1]
-        h = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.ln_f(h))
-
-
-class FlatLogits(nn.Module):
-    """``[n * T, vocab]`` logits for losses that take one class axis (loss-landscapes)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, idx: Tensor) -> Tensor:
-        out = self.model(idx)
-        return out.reshape(-1, out.shape[-1])
 
 
 def forward_flops(size: str, tokens: int) -> float:
@@ -163,6 +111,39 @@ def run_ours(variant: str, model, x, y, origin, dirs, coords, device) -> dict:
             "losses": torch.cat(losses).double().numpy()}
 
 
+def run_landscaper_peer(py: str, spec: dict, model, x, y, origin: Tensor, dirs: Tensor,
+                        steps: int, distance: float, device: torch.device) -> dict:
+    """landscaper on a ``steps`` x ``steps`` grid in its own environment: its points/s and
+    the max relative difference between its losses and our fp32 ones at its points, or
+    ``{"skipped": reason}``."""
+    if not py:
+        return {"skipped": "no --landscaper-python given (it pins numpy<2 and runs only "
+                           "from its own environment)"}
+    if not Path(py).exists():
+        return {"skipped": f"{py} does not exist"}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = run_landscaper(py, Path(tmp), spec, model, x, y, dirs.cpu(), steps, distance,
+                                 device, False)
+    except Exception as err:  # noqa: BLE001 - a peer failing is reported, not fatal
+        return {"skipped": f"{type(err).__name__}: {err}"}
+    if "skipped" in out:
+        return out
+    # its point (i, j) is origin + (i - c) s_0 + (j - c) s_1, its scaled steps s_k
+    c = steps // 2
+    idx = torch.tensor([(i - c, j - c) for i in range(steps) for j in range(steps)],
+                       dtype=torch.float64)
+    pts = (origin.double().cpu() + idx @ out["steps_flat"].double()).float()
+    ref = Evaluator(model, (x, y), device=device, precision="fp32")
+    ours = ref.evaluate(pts.to(device))["loss"].double().numpy()
+    theirs = np.asarray(out["losses"], np.float64).reshape(-1)
+    keep = theirs != theirs.max()  # it adds noise to the maximum value(s)
+    return {"points_per_s": out["points_per_s"], "grid": steps,
+            "max_rel_diff_fp32": max_rel(ours[keep], theirs[keep]), "env": out.get("env", "")}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,12 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", default="auto,sequential,compiled")
     ap.add_argument("--peer", default="loss-landscapes", help="'' to skip the peer")
     ap.add_argument("--peer-tf32", action="store_true", help="also time the peer with TF32")
+    ap.add_argument("--landscaper-python", default="",
+                    help="the Python of landscaper's environment ('' skips it)")
+    ap.add_argument("--landscaper-grid", type=int, default=3)
+    ap.add_argument("--landscaper-distance", type=float, default=0.5)
     ap.add_argument("--out", default="", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     size = "tiny" if args.tiny else "124m"
     torch.manual_seed(0)
-    model = GPT(context=args.tokens, **SIZES[size]).to(device).eval()
+    gpt_kwargs = {"context": args.tokens, **SIZES[size]}
+    model = GPT(**gpt_kwargs).to(device).eval()
     space = ParamSpace(model)
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(0, SIZES[size]["vocab"], (args.sequences, args.tokens + 1), generator=g)
@@ -219,6 +205,16 @@ def main(argv: list[str] | None = None) -> None:
             if not tf32:
                 peer_losses, peer_coords = losses, pc
         best_peer = max(v["points_per_s"] for v in res["peer"].values())
+    spec = {"file": "bench/_gpt.py", "class": "GPT", "kwargs": gpt_kwargs}
+    ls = run_landscaper_peer(args.landscaper_python, spec, model, x, y, origin, dirs,
+                             args.landscaper_grid, args.landscaper_distance, device)
+    res["peer"]["landscaper"] = ls
+    if "skipped" in ls:
+        print(f"{'landscaper':28s} skipped ({ls['skipped']})")
+    else:
+        print(f"{'landscaper':28s} {ls['points_per_s']:9.3f} points/s "
+              f"({ls['grid']}x{ls['grid']}, fp32); max rel diff vs ours (fp32) "
+              f"{ls['max_rel_diff_fp32']:.1e}; {ls['env']}")
     for variant in [v for v in args.variants.split(",") if v]:
         try:
             r = run_ours(variant, model, x, y, origin, dirs, coords, device)
@@ -243,12 +239,19 @@ def main(argv: list[str] | None = None) -> None:
             ours_at = losses.reshape(args.grid, args.grid)[ij[:, 0], ij[:, 1]]
             r["max_rel_vs_peer"] = max_rel(ours_at[inside], peer_losses[inside])
             r["speedup_vs_best_peer"] = r["points_per_s"] / best_peer
-            line += (f"; {r['speedup_vs_best_peer']:.2f}x the best peer; max rel diff "
-                     f"{r['max_rel_vs_peer']:.1e}")
+            line += (f"; {r['speedup_vs_best_peer']:.2f}x loss-landscapes (best run); "
+                     f"max rel diff {r['max_rel_vs_peer']:.1e}")
+        if "points_per_s" in ls:
+            r["speedup_vs_landscaper"] = r["points_per_s"] / ls["points_per_s"]
+            line += f"; {r['speedup_vs_landscaper']:,.1f}x landscaper"
         print(line)
         res["ours"][variant] = r
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    done = [v["points_per_s"] for v in res["ours"].values() if "points_per_s" in v]
+    if "points_per_s" in ls and done:
+        ls["our_speedup"] = max(done) / ls["points_per_s"]
+        print(f"landscaper: ours (fastest variant) {ls['our_speedup']:,.1f}x its points/s")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2, default=float))
 

@@ -1,13 +1,19 @@
-"""Run landscaper's ``compute_loss_landscape`` on inputs saved by ``bench/eval_throughput.py``.
+"""Run landscaper's ``compute_loss_landscape`` on inputs saved by ``run_landscaper``
+(``bench/eval_throughput.py``; used by it and by ``bench/transformer_slice.py``).
 
 Usage: ``PYTHON_OF_LANDSCAPER_ENV landscaper_runner.py inputs.pt out.pt``
 
-Runs in landscaper's own environment (it pins numpy<2). The model is rebuilt from
-``lossatlas.models`` without importing the rest of lossatlas (whose dependencies
-that environment may lack). landscaper's package ``__init__`` imports its topology
-and plotting stack (topopy, nglpy, gudhi, matplotlib); where those are missing, its
-``compute.py`` (the timed function, unchanged) is loaded on its own, and the output
-says so.
+Runs in landscaper's own environment (it pins numpy<2). The model is rebuilt from the
+inputs' ``spec``: ``{"name", "kwargs"}`` through ``lossatlas.models`` without importing
+the rest of lossatlas (whose dependencies that environment may lack), or
+``{"file", "class", "kwargs"}``: the class ``class`` of the torch-only module at
+``file`` (relative to the repository root, e.g. ``bench/_gpt.py``), loaded by path.
+The loss is the mean cross-entropy over every position: outputs ``[n, ..., C]`` and
+targets ``[n, ...]`` are flattened to ``[N, C]`` and ``[N]`` (token-level for a
+decoder's ``[n, T, vocab]`` logits; unchanged for ``[n, C]``), as lossatlas computes it.
+landscaper's package ``__init__`` imports its topology and plotting stack (topopy,
+nglpy, gudhi, matplotlib); where those are missing, its ``compute.py`` (the timed
+function, unchanged) is loaded on its own, and the output says so.
 """
 
 from __future__ import annotations
@@ -32,6 +38,20 @@ def _lossatlas_models():
     from lossatlas.models import create
 
     return create
+
+
+def _model_class(spec: dict):
+    """The model's class (or factory) named by ``spec``; see the module docstring."""
+    if "file" not in spec:
+        create = _lossatlas_models()
+        return lambda **kw: create(spec["name"], **kw)
+    path = Path(spec["file"])
+    path = path if path.is_absolute() else ROOT / path
+    mspec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(mspec)  # type: ignore[arg-type]
+    sys.modules[path.stem] = mod
+    mspec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return getattr(mod, spec["class"])
 
 
 def _compute_module():
@@ -60,8 +80,7 @@ def main() -> None:
     device = torch.device(d["device"])
     if not d.get("tf32", True):  # value checks: true fp32 convolutions
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    create = _lossatlas_models()
-    model = create(d["spec"]["name"], **d["spec"]["kwargs"])
+    model = _model_class(d["spec"])(**d["spec"]["kwargs"])
     model.load_state_dict(d["state"])
     model = model.to(device).eval().requires_grad_(False)
     x, y = d["x"].to(device), d["y"].to(device)
@@ -72,7 +91,8 @@ def main() -> None:
 
     def scalar_fn(m, data):
         xx, yy = data
-        return F.cross_entropy(m(xx), yy).item()
+        out = m(xx)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), yy.reshape(-1)).item()
 
     # Its step vectors, computed exactly as compute_loss_landscape does (for value checks).
     with torch.no_grad():
