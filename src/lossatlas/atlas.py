@@ -11,58 +11,44 @@ One object per run, as in a notebook::
     atlas.terrain()                 # Hessian spectrum, trace, sharpness per model
     save_figure(atlas.plot_landscape().figure, "landscape.png")
 
-Every stage is stored in the run directory and reused when called again. The map is one
-estimator (:class:`~lossatlas.manifold.ReducedEmbedding` with ``exact=True``); the
-field runs in :mod:`lossatlas.atlas_field`, the checks of the map in
-:mod:`lossatlas.atlas_checks`, sizes under a memory budget come from
+Every stage is stored in the run directory and reused when called again. ``Atlas``
+coordinates; the work is done elsewhere. The map is one estimator
+(:class:`~lossatlas.manifold.ReducedEmbedding` with ``exact=True``) fitted in
+:mod:`lossatlas.atlas_embed` and stored in the run by :mod:`lossatlas.atlas_io`; the
+field runs in :mod:`lossatlas.atlas_field`, the merge tree's threshold in
+:mod:`lossatlas.atlas_topology`, the checks of the map in :mod:`lossatlas.atlas_checks`,
+the measures at the models (align, connect, terrain) in :mod:`lossatlas.atlas_models`,
+the summary in :mod:`lossatlas.atlas_summary`; sizes under a memory budget come from
 :class:`~lossatlas.budget.MemoryBudget`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import atlas_checks, distributed
-from .atlas_field import field_dataset, refined_field
+from . import atlas_checks, atlas_field, atlas_io, atlas_models, atlas_summary, distributed
+from .atlas_embed import as_include, fit_map
+from .atlas_models import Alignment
+from .atlas_topology import resolve_threshold
 from .budget import MemoryBudget
 from .errors import NotComputedError
 from .evaluate import Evaluator
-from .refine import RefinedField, Refinement
+from .refine import RefinedField
 from .store import Run, atomic_write_json
 from .vectors import VectorFile
 
 __all__ = ["Alignment", "Atlas"]
 
 log = logging.getLogger(__name__)
-
-MAP = "map"  # RUN/embedding/map: the fitted map (Embedding.save)
-
-
-def _digest(t: Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def _embedding_kwargs(method: str, dim: int, seed: int, kwargs: dict) -> dict:
-    out = {"n_components": dim, **kwargs}
-    if method in ("ae", "umap"):
-        out.setdefault("seed", seed)
-    if method == "ae":
-        # on span coordinates an epoch costs microseconds; more of them buy faithfulness
-        out.setdefault("epochs", 4000)
-    return out
 
 
 def _map_attribute(name: str, doc: str) -> property:
@@ -72,24 +58,6 @@ def _map_attribute(name: str, doc: str) -> property:
             raise AttributeError(f"Atlas.{name}: call embed() first")
         return getattr(emb, name)
     return property(get, doc=doc)
-
-
-@dataclasses.dataclass
-class Alignment:
-    """Models permuted onto a reference by weight matching (:meth:`Atlas.align`).
-
-    Attributes: ``reference`` (population index), ``indices`` (population indices of
-    ``models``), ``models`` (list of nn.Module: the reference itself, the others aligned
-    copies computing the same functions), ``perms`` (per model, dict group -> LongTensor
-    permutation as in :func:`~lossatlas.symmetry.match_weights`; identity at the
-    reference) and ``points`` (Tensor[P, D], the aligned models' flat parameters).
-    """
-
-    reference: int
-    indices: list[int]
-    models: list[nn.Module]
-    perms: list[dict[str, Tensor]]
-    points: Tensor
 
 
 class Atlas:
@@ -147,7 +115,7 @@ class Atlas:
         if device is None and distributed.is_distributed():
             device = distributed.device()
         self.run = Run(run_dir)
-        self._claim(population, overwrite)
+        atlas_io.claim(self.run, population, overwrite)
         self.seed = seed
         self.budget = MemoryBudget.parse(memory_budget, len(population),
                                          int(population.space.dim), "Atlas: memory_budget")
@@ -164,34 +132,10 @@ class Atlas:
         # Tensor[N, D] in memory, or a VectorFile read by rows and column blocks
         self.X = population.matrix if getattr(population, "is_mapped", False) else (
             population.as_points().float())
-        atomic_write_json(self.path / "population.json", {
-            "labels": population.labels, "paths": getattr(population, "paths", None),
-            "dim": int(population.space.dim), "bn": self.bn,
-            "bn_text": self.evaluator.bn_text, "loss": self.evaluator.loss_name})
+        atlas_io.write_population(self.path, population, self.evaluator)
         self._true: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------ helpers
-    def _claim(self, population, overwrite: bool) -> None:
-        """One run, one population: refuse a run holding another population's results
-        (StaleResultError), or with ``overwrite`` empty it and start afresh; rank 0
-        decides under torchrun."""
-        from .fingerprint import population_fingerprint
-        from .store import StaleResultError
-
-        error = None
-        if distributed.is_main():
-            try:
-                if overwrite:
-                    self.run.clear_results()
-                self.run.claim_population(population_fingerprint(population), {
-                    "models": len(population), "dim": int(population.space.dim),
-                    "bn": getattr(population, "bn", None)})
-            except StaleResultError as err:
-                error = str(err)
-        error = distributed.broadcast_object(error)
-        if error is not None:
-            raise StaleResultError(error)
-
     @property
     def path(self) -> Path:
         return self.run.path
@@ -225,18 +169,9 @@ class Atlas:
     def eval_mode_values(self) -> dict[str, Tensor] | None:
         """Loss and metrics of every model in eval mode with its own stored BatchNorm
         statistics (the checkpoint as saved), Tensor[N] each; None for a model without
-        BatchNorm statistics, or when the population does not keep them."""
-        pop = self.population
-        if self.bn == "none" or (self.bn == "recompute"
-                                 and not getattr(pop, "statistics", None)):
-            return None
-        if self.bn == "own":
-            return self.true_values()
-        ev = Evaluator(pop.model(0), self.evaluator.data, loss_fn=self.evaluator.loss_fn,
-                       device=self.device, precision=self.evaluator.precision, bn="own",
-                       output=self.evaluator.output)
-        return ev.evaluate(torch.stack([ev.space.flatten(pop.model(i))
-                                        for i in range(len(pop))]))
+        BatchNorm statistics, or when the population does not keep them
+        (:func:`lossatlas.atlas_models.eval_mode_values`)."""
+        return atlas_models.eval_mode_values(self)
 
     # --------------------------------------------------------------- embed
     def embed(self, method: str = "ae", dim: int = 2, exact: bool = True, refit: bool = False,
@@ -257,15 +192,7 @@ class Atlas:
         ``codes.safetensors``, for the report); reused unless ``refit``. Under torchrun
         rank 0 fits and stores it, the other ranks then load it.
         """
-        include = {str(k): torch.as_tensor(v, dtype=torch.float32)
-                   for k, v in (include or {}).items()}
-        for name, pts in include.items():
-            if pts.ndim != 2 or pts.shape[1] != self.X.shape[1]:
-                raise ValueError(f"Atlas.embed: include[{name!r}] must be [P, {self.X.shape[1]}], "
-                                 f"got {tuple(pts.shape)}")
-        if include and self._streamed:
-            raise ValueError("Atlas.embed: include= needs the population in memory (no "
-                             "memory-mapped population or memory budget)")
+        include = as_include(include, self.X.shape[1], self._streamed)
         if distributed.is_distributed():
             if distributed.is_main():
                 self._embed(method, dim, exact, refit, standardize, include, **kwargs)
@@ -277,35 +204,20 @@ class Atlas:
 
     def _embed(self, method: str, dim: int, exact: bool, refit: bool, standardize: bool,
                include: dict[str, Tensor], **kwargs: Any) -> Atlas:
-        from .manifold import ReducedEmbedding, SpanReduction, make_embedding
-        from .manifold.span import components_file
-
         t0 = time.perf_counter()
         folder = self.path / "embedding"
-        config = {"method": method, "dim": dim, "exact": exact, "standardize": standardize,
-                  "seed": self.seed, "kwargs": kwargs,
-                  "population": self.X.digest() if self._streamed else _digest(self.X),
-                  "include": {k: _digest(v) for k, v in include.items()}}
-        if include and exact:  # the correction is pinned to zero at included points
-            config["correction"] = "zero at included points"
-        meta_path = folder / "embedding.json"
-        if not refit and meta_path.exists() and json.loads(meta_path.read_text()) == config:
-            self.embedding_ = atlas_checks.load_map(folder, MAP, exact, self.path)
+        config = atlas_io.map_config(method, dim, exact, standardize, self.seed, kwargs,
+                                     self.X, include)
+        stored = None if refit else atlas_io.stored_map(folder, config, exact, self.path)
+        if stored is not None:
+            self.embedding_ = stored
             log.info("embedding reused from %s", folder)
             return self
-        torch.manual_seed(self.seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        on_disk = self._streamed or self.budget.basis_on_disk()
-        reduction = SpanReduction(
-            standardize=standardize, block_size=self.budget.block_size(),
-            components_path=components_file(folder / MAP) if on_disk else None,
-            device=self.device if self.device.type == "cuda" else None)
-        inner = make_embedding(method, **_embedding_kwargs(method, dim, self.seed, kwargs))
-        emb = ReducedEmbedding(inner, reduction, exact=exact).fit(self.X, include=include)
+        emb = fit_map(self.X, include, folder, method=method, dim=dim, exact=exact,
+                      standardize=standardize, seed=self.seed, kwargs=kwargs,
+                      budget=self.budget, device=self.device)
         self.embedding_ = emb
-        atlas_checks.save_map(emb, folder, MAP)
-        atomic_write_json(meta_path, config)
-        self.run.update("embedding", config)
+        atlas_io.store_map(emb, folder, config, self.run)
         self.run.record_stage("embed", time.perf_counter() - t0, method=method, dim=dim,
                               components=int(emb.reduction_.n_components_))
         return self
@@ -321,8 +233,7 @@ class Atlas:
         return self.embedding_.encode(points.float()).float()
 
     def _decoder_key(self) -> str:
-        return _digest(self.codes_) + json.dumps(self.run.read().get("embedding", {}),
-                                                 sort_keys=True)
+        return atlas_io.decoder_key(self.codes_, self.run)
 
     # --------------------------------------------------------------- field
     def box(self, margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
@@ -330,9 +241,7 @@ class Atlas:
         ``margin`` of its extent per side."""
         self._check("embedding_", "embed()")
         z = torch.cat([self.codes_, *self.include_codes_.values()]).numpy()
-        lo, hi = z.min(0), z.max(0)
-        ext = np.maximum(hi - lo, 1e-6)
-        return lo - margin * ext, hi + margin * ext
+        return atlas_field.latent_box(z, margin)
 
     def field(self, resolution: int = 48, margin: float = 0.2, refine: bool = True,
               tol: float = 0.1, budget: int = 6000, max_level: int = 6,
@@ -359,9 +268,10 @@ class Atlas:
         field, plan = self._refined_field(lo, hi, resolution, tol if refine else np.inf,
                                           budget, max_level, include_models, progress,
                                           corrected=True, settings=[margin, refine])
-        field.values["distance"] = self._distances(field.coords)
+        field.values["distance"] = atlas_field.model_distances(self.embedding_, self.X,
+                                                               field.coords)
         self.field_ = field
-        self.run.save_dataset("atlas", field_dataset(field))
+        self.run.save_dataset("atlas", atlas_field.field_dataset(field))
         self.run.record_stage("field", time.perf_counter() - t0, samples=field.n,
                               rounds=field.rounds, resolution=resolution, tol=tol,
                               budget=budget, box=[lo.tolist(), hi.tolist()], plan=plan)
@@ -372,30 +282,10 @@ class Atlas:
                        progress: bool | None, corrected: bool, settings: list
                        ) -> tuple[RefinedField, dict]:
         """:func:`~lossatlas.atlas_field.refined_field` over the box ``[lo, hi]`` decoded
-        with (or without) the residual correction, and its plan."""
-        key = self._decoder_key() + ("" if corrected else "|raw")
-        tag = hashlib.sha256(json.dumps([resolution, tol, budget, max_level, include_models,
-                                         *settings, key]).encode()).hexdigest()[:8]
-        codes = self.codes_.numpy()
-        ref = Refinement(lo, hi, resolution=resolution, tol=tol,
-                         budget=max(budget, resolution ** len(lo) + len(codes)),
-                         max_level=max_level, extra_points=codes if include_models else None,
-                         focus_points=codes)
-        return refined_field(self.evaluator, self.run, partial(self.decode, corrected=corrected),
-                             key, "atlas" if corrected else "atlas-raw", tag, ref,
-                             self._chunk_points(), progress)
-
-    def _distances(self, z: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """Euclidean distance (in parameter space) of each decoded point to the nearest
-        population model, float64 [P]: in span coordinates
-        (:meth:`~lossatlas.manifold.SpanReduction.distances`), without decoding."""
-        emb = self.embedding_
-        models = emb.span_codes(self.X)
-        out = [emb.reduction_.distances(
-            emb.decode_span(torch.as_tensor(z[i:i + chunk], dtype=torch.float32),
-                            dtype=torch.float64), models).min(1).values
-            for i in range(0, len(z), chunk)]
-        return torch.cat(out).numpy().astype(np.float64)
+        with (or without) the residual correction, and its plan
+        (:func:`~lossatlas.atlas_field.box_field`)."""
+        return atlas_field.box_field(self, lo, hi, resolution, tol, budget, max_level,
+                                     include_models, progress, corrected, settings)
 
     def raw_check(self, resolution: int | None = None, progress: bool | None = None) -> dict:
         """The map without the residual correction, beside the corrected atlas
@@ -421,24 +311,14 @@ class Atlas:
         than ``min_persistence`` decades (default 0.01, about 2%) are always merged:
         differences that small are within evaluation noise.
         """
-        from .topology import auto_threshold, graph_merge_tree, graph_persistence
+        from .topology import graph_merge_tree, graph_persistence
 
         self._check("field_", "field()")
         t0 = time.perf_counter()
         values = self.field_.values["log10_loss"]
         self.pairs_ = graph_persistence(values, self.field_.edges)
-        if isinstance(threshold, str) and threshold.endswith("%"):
-            own = values[self.model_samples()]
-            own = own[np.isfinite(own)]
-            threshold = float(threshold[:-1]) / 100 * float(np.ptp(own)) if len(own) else 0.0
-        elif threshold == "auto":
-            threshold = auto_threshold(self.pairs_)
-        elif isinstance(threshold, str):
-            raise ValueError(
-                f"Atlas.topology: threshold must be a number (decades), 'auto' or 'N%', "
-                f"got {threshold!r}"
-            )
-        threshold = max(float(threshold), float(min_persistence))
+        threshold = resolve_threshold(threshold, min_persistence, self.pairs_,
+                                      lambda: values[self.model_samples()])
         self.tree_ = graph_merge_tree(values, self.field_.edges, threshold=threshold)
         self.basins_ = np.asarray(self.tree_.labels).reshape(-1)[self.model_samples()]
         summary = atlas_checks.basin_summary(self)
@@ -476,40 +356,11 @@ class Atlas:
         return out
 
     # ------------------------------------------------- the population's models
-    def _models(self, indices: Sequence[int] | None) -> tuple[list[int], list[nn.Module],
-                                                              list[str]]:
-        n = len(self.population)
-        idx = list(range(n)) if indices is None else [int(i) for i in indices]
-        bad = [i for i in idx if not 0 <= i < n]
-        if bad or not idx:
-            raise ValueError(f"Atlas: indices must name models 0..{n - 1} of the population, "
-                             f"got {list(indices) if indices is not None else idx}")
-        labels = self.population.labels
-        names = [f"{i}:{labels[i]['variant']}" if "variant" in labels[i] else str(i)
-                 for i in idx]
-        return idx, [self.population.model(i) for i in idx], names
-
     def align(self, reference: int = 0, indices: Sequence[int] | None = None) -> Alignment:
         """The models (default all; population ``indices``) permuted onto the model
         ``reference`` by weight matching (:func:`lossatlas.symmetry.weight_matching`, the
         permutation spec traced once on the atlas's data); returns an :class:`Alignment`."""
-        from .symmetry import permutation_spec, weight_matching
-
-        idx, models, _ = self._models(indices)
-        ref = self._models([reference])[1][0]
-        spec = permutation_spec(ref, data=self.data)
-        out, perms = [], []
-        for i, m in zip(idx, models, strict=True):
-            if i == reference:
-                out.append(m)
-                perms.append({g: torch.arange(n) for g, n in spec.sizes.items()})
-                continue
-            aligned, p = weight_matching(ref, m, spec, return_perms=True)
-            out.append(aligned)
-            perms.append(p)
-        space = self.population.space
-        return Alignment(reference, idx, out, perms, torch.stack([space.flatten(m)
-                                                                   for m in out]))
+        return atlas_models.align(self, reference, indices)
 
     def connect(self, align: bool = True, curves: bool | Sequence[tuple[int, int]] = False,
                 points: int = 25, indices: Sequence[int] | None = None,
@@ -525,27 +376,7 @@ class Atlas:
         the pair (the aligned models with ``align``), ``curve_kwargs`` passed on (``steps``:
         optimiser steps, ``kind``, ``num_bends``, ``lr``, ``seed``, ...).
         """
-        from .connectivity import train_curve
-        from .connectivity.population import population_barrier_matrices
-
-        idx, models, names = self._models(indices)
-        bn = getattr(self.population, "bn", None)
-        out: dict[str, Any] = population_barrier_matrices(
-            models, names, self.data, align=align, device=self.device, points=points, bn=bn,
-            loss_fn=self.loss_fn)
-        if curves:
-            pairs = ([(a, b) for k, a in enumerate(idx) for b in idx[k + 1:]]
-                     if curves is True else [(int(a), int(b)) for a, b in curves])
-            ends = dict(zip(idx, self.align(idx[0], idx).models if align else models,
-                            strict=True))
-            missing = sorted({i for p in pairs for i in p} - set(ends))
-            if missing:
-                raise ValueError(f"Atlas.connect: curves name models {missing} that are not "
-                                 f"among indices={idx}")
-            out["curves"] = {(a, b): train_curve(ends[a], ends[b], self.data, points=points,
-                                                 loss_fn=self.loss_fn, device=self.device,
-                                                 **curve_kwargs) for a, b in pairs}
-        return out
+        return atlas_models.connect(self, align, curves, points, indices, curve_kwargs)
 
     def terrain(self, indices: Sequence[int] | None = None,
                 measures: Sequence[str] = ("eigenvalues", "trace", "sharpness"),
@@ -555,29 +386,13 @@ class Atlas:
         atlas's data, loss and BatchNorm policy, ``kwargs`` passed on (``k``,
         ``num_probes``, ``rho``, ``llc_kwargs``, ...). Returns its ``xarray.Dataset`` over
         ``model`` (coordinates: the model names)."""
-        from .curvature import terrain
-
-        idx, models, names = self._models(indices)
-        return terrain(models, models[0], self.data, measures=measures, loss_fn=self.loss_fn,
-                       bn=getattr(self.population, "bn", None), device=self.device,
-                       labels=names, **kwargs)
+        return atlas_models.terrain(self, indices, measures, **kwargs)
 
     # ----------------------------------------------------------- summary
     def summary(self) -> dict:
-        """A JSON-able summary of the stages done."""
-        out: dict[str, Any] = {"run": str(self.path), "models": len(self.population),
-                               "bn": self.bn, "loss": self.evaluator.loss_name}
-        if "embedding_" in self.__dict__:
-            out["embedding"] = self.run.read().get("embedding")
-        if "field_" in self.__dict__:
-            out["field"] = {"samples": self.field_.n, "rounds": self.field_.rounds}
-        if "tree_" in self.__dict__:
-            s = atlas_checks.basin_summary(self)
-            out["basins"] = {"num_basins": s["num_basins"], "num_variants": s["num_variants"],
-                             "num_model_basins": s["num_model_basins"],
-                             "variants_per_basin": [b["variants"] for b in s["basins"]
-                                                    if b["models"]]}
-        return out
+        """A JSON-able summary of the stages done
+        (:func:`lossatlas.atlas_summary.summary`)."""
+        return atlas_summary.summary(self)
 
     def plot_landscape(self, path=None, ax=None, trajectories: bool = True,
                        marker_values: dict[int, float] | None = None,

@@ -264,7 +264,7 @@ def reconstruction_table(atlas: Atlas, methods: tuple[str, ...], dim: int,
     inverse) give only the separation, their loss columns None with the reason in
     ``not_computable``. A method that cannot be fitted gives ``{"method", "skipped"}``.
     """
-    from .atlas import _embedding_kwargs
+    from .atlas_embed import embedding_kwargs as _embedding_kwargs
     from .manifold import ReducedEmbedding, SpanReduction, make_embedding
     from .manifold import reconstruction_table as table
     from .manifold.clustering import clustering_row

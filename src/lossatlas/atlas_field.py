@@ -3,19 +3,26 @@
 :func:`refined_field` runs a :class:`~lossatlas.refine.Refinement` over a latent box,
 each round evaluated by :func:`~lossatlas.fields.compute_field` into a field of the run
 (so an interrupted call resumes), logging the plan and a time estimate from the first
-chunk; :func:`field_dataset` is the refined field as the ``xarray.Dataset`` the run
+chunk; :func:`box_field` is that over an atlas's latent box (:func:`latent_box`),
+decoded by its map; :func:`model_distances` is each sample's distance to the nearest
+model; :func:`field_dataset` is the refined field as the ``xarray.Dataset`` the run
 stores (``RUN/fields/atlas.zarr``) and the report reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 import xarray as xr
 from torch import Tensor
 
@@ -26,8 +33,13 @@ from .points import LatentSource
 from .progress import progress_bar, progress_enabled
 from .refine import RefinedField, Refinement, RefinePlan
 from .store import Run
+from .vectors import VectorFile
 
-__all__ = ["field_dataset", "refined_field"]
+if TYPE_CHECKING:
+    from .atlas import Atlas
+    from .manifold import ReducedEmbedding
+
+__all__ = ["box_field", "field_dataset", "latent_box", "model_distances", "refined_field"]
 
 log = logging.getLogger("lossatlas.atlas")
 
@@ -116,3 +128,43 @@ def field_dataset(f: RefinedField) -> xr.Dataset:
     ds.attrs.update({"box_lo": f.lo.tolist(), "box_hi": f.hi.tolist(),
                      "resolution": f.resolution, "rounds": f.rounds})
     return ds
+
+
+def latent_box(z: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``: the box around the codes ``z`` [P, d], widened by ``margin`` of its
+    extent per side."""
+    lo, hi = z.min(0), z.max(0)
+    ext = np.maximum(hi - lo, 1e-6)
+    return lo - margin * ext, hi + margin * ext
+
+
+def box_field(atlas: Atlas, lo: np.ndarray, hi: np.ndarray, resolution: int, tol: float,
+              budget: int, max_level: int, include_models: bool, progress: bool | None,
+              corrected: bool, settings: list) -> tuple[RefinedField, dict]:
+    """:func:`refined_field` over the box ``[lo, hi]`` decoded by the atlas's map with (or
+    without) the residual correction (the models' codes as focus points, and as extra
+    samples with ``include_models``), and its plan."""
+    key = atlas._decoder_key() + ("" if corrected else "|raw")
+    tag = hashlib.sha256(json.dumps([resolution, tol, budget, max_level, include_models,
+                                     *settings, key]).encode()).hexdigest()[:8]
+    codes = atlas.codes_.numpy()
+    ref = Refinement(lo, hi, resolution=resolution, tol=tol,
+                     budget=max(budget, resolution ** len(lo) + len(codes)),
+                     max_level=max_level, extra_points=codes if include_models else None,
+                     focus_points=codes)
+    return refined_field(atlas.evaluator, atlas.run, partial(atlas.decode, corrected=corrected),
+                         key, "atlas" if corrected else "atlas-raw", tag, ref,
+                         atlas._chunk_points(), progress)
+
+
+def model_distances(emb: ReducedEmbedding, X: Tensor | VectorFile, z: np.ndarray,
+                    chunk: int = 4096) -> np.ndarray:
+    """Euclidean distance (in parameter space) of each point decoded from ``z`` [P, d] to
+    the nearest population model (rows of ``X``), float64 [P]: in span coordinates
+    (:meth:`~lossatlas.manifold.SpanReduction.distances`), without decoding."""
+    models = emb.span_codes(X)
+    out = [emb.reduction_.distances(
+        emb.decode_span(torch.as_tensor(z[i:i + chunk], dtype=torch.float32),
+                        dtype=torch.float64), models).min(1).values
+        for i in range(0, len(z), chunk)]
+    return torch.cat(out).numpy().astype(np.float64)
