@@ -335,6 +335,8 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
                 kw["backend"] = "vmap"
             elif tok == "nocl":
                 kw["channels_last"] = False
+            elif tok == "nofuse":  # folded BatchNorm without the fused Triton convolutions
+                kw["backend"] = "fast-bnfold"
             elif tok == "compile":
                 kw["compile"] = True
             elif tok == "autotune":  # Triton conv templates timed against cuDNN
@@ -502,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     ap.add_argument("--variants", default="",
                     help="extra variants of ours, comma-separated, tokens joined by '+': "
-                         "vmap, nocl, compile, autotune, gemm, chunkN, batchN, own, "
+                         "vmap, nocl, nofuse, compile, autotune, gemm, chunkN, batchN, own, "
                          "recompute")
     ap.add_argument("--bn", default="own", choices=["own", "recompute"],
                     help="BatchNorm policy of ours (the peers use the stored statistics: own)")

@@ -290,8 +290,8 @@ def test_vmap_failure_chooses_sequential_once(caplog):
 def test_backend_registry_names_and_errors():
     from lossatlas.backends import BACKENDS, backend_names, get_backend
 
-    assert backend_names() == ["fast-mlp-fused", "fast-mlp", "fast-bnfold", "fast-bnrecompute",
-                               "compiled", "vmap", "sequential"]
+    assert backend_names() == ["fast-mlp-fused", "fast-mlp", "fast-bnfold-fused", "fast-bnfold",
+                               "fast-bnrecompute", "compiled", "vmap", "sequential"]
     assert len({b.name for b in BACKENDS}) == len(BACKENDS)
     assert get_backend("vmap").name == "vmap"
     with pytest.raises(ValueError, match="no backend 'nope'; registered"):

@@ -12,6 +12,8 @@ subclass with a unique ``name``, registered in ``BACKENDS`` at its place in the 
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from .kernels import conv_triton
 from .kernels.bnfold import fold_batchnorm
 from .kernels.mlp import detect_mlp, mlp_logits
 
@@ -26,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import Evaluator
 
 __all__ = ["BACKENDS", "Backend", "backend_names", "get_backend"]
+
+log = logging.getLogger("lossatlas.evaluate")
 
 
 class Backend:
@@ -141,6 +146,39 @@ class FoldedBN(Backend):
             return ev._accumulate(lambda x: ev._point_outputs_folded(chunk, x), len(chunk))
 
 
+class FusedConvBN(FoldedBN):
+    """:class:`FoldedBN` with each 3x3 convolution of 16-64 channels and the bias,
+    residual add and ReLU after it as one Triton kernel
+    (:mod:`lossatlas.kernels.conv_triton`): CUDA, bf16, channels-last. The other layers
+    run as in :class:`FoldedBN`; small batches (evaluated with vmap) use the plain
+    folded model."""
+
+    name = "fast-bnfold-fused"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        if ev.device.type != "cuda" or ev.precision != "bf16" or not ev.channels_last:
+            return "it needs CUDA, precision='bf16' and channels-last activations"
+        if conv_triton.triton is None:
+            return "Triton is not installed"
+        why = super().why_not(ev)
+        if why is not None:
+            return why
+        assert ev._folded is not None and ev._fold is not None
+        plain, fused = ev._folded, copy.deepcopy(ev._folded)
+        n = conv_triton.fuse_conv_epilogues(fused)
+        if n == 0:
+            why = "no 3x3 stride-1 convolution of 16, 32 or 64 channels"
+        else:
+            _, fixed = ev._fold.apply({}, ev.model.state_dict())
+            why = ev._probe(lambda x: functional_call(fused, fixed, (x,))[None])
+        if why is not None:
+            ev._folded = ev._fold = None
+            return why
+        ev._folded, ev._folded_plain = fused, plain
+        log.info("Evaluator: %d convolutions with their bias / residual / ReLU fused", n)
+        return None
+
+
 @contextlib.contextmanager
 def _autotune(ev: Evaluator) -> Iterator[None]:
     """cuDNN times its algorithms once for the fixed shapes of many points (CUDA), unless
@@ -241,8 +279,8 @@ class Sequential(Vmap):
 
 
 #: Every backend, in the order ``backend="auto"`` tries them.
-BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FoldedBN(), RecomputeBN(), Compiled(),
-                                 Vmap(), Sequential())
+BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FusedConvBN(), FoldedBN(), RecomputeBN(),
+                                 Compiled(), Vmap(), Sequential())
 
 
 def backend_names() -> list[str]:

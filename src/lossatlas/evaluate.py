@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "tf32", "bf16"]
 BackendName = Literal["auto", "fast", "vmap", "sequential", "fast-mlp-fused", "fast-mlp",
-                      "fast-bnfold", "fast-bnrecompute", "compiled"]
+                      "fast-bnfold-fused", "fast-bnfold", "fast-bnrecompute", "compiled"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -220,8 +220,10 @@ class Evaluator:
         a Linear-ReLU-Linear-ReLU-Linear MLP as one fused Triton kernel),
         ``"fast-mlp"`` (a plain chain of Linear layers and elementwise activations:
         first layer as one GEMM over all points, batched GEMMs after),
-        ``"fast-bnfold"`` (eval-mode BatchNorm after convolutions, folded into the
-        convolution weights per point), ``"compiled"`` (with ``compile=True``: the
+        ``"fast-bnfold-fused"`` (on CUDA in bf16: as ``"fast-bnfold"``, with each
+        3x3 convolution of 16-64 channels and its bias, residual add and ReLU as one
+        Triton kernel), ``"fast-bnfold"`` (eval-mode BatchNorm after convolutions,
+        folded into the convolution weights per point), ``"compiled"`` (with ``compile=True``: the
         per-point forward and loss through ``torch.compile``, one point after another:
         large models such as transformers), ``"vmap"`` (``functional_call``
         vectorised over points) and ``"sequential"`` (one point after another; used
@@ -374,6 +376,7 @@ class Evaluator:
         self._mlp: MLPPlan | None = None
         self._fold: FoldPlan | None = None
         self._folded: nn.Module | None = None
+        self._folded_plain: nn.Module | None = None  # without fused kernels (for vmap)
         # channels-last only in half precision by default: in fp32 / tf32 cuDNN's
         # channels-last convolution of a 3-channel input failed on an H200 with "CUDA
         # error: misaligned address" (ResNet-56, torch 2.11; bench/bn_recompute_check.py)
@@ -749,8 +752,10 @@ class Evaluator:
         assert self._fold is not None and self._folded is not None
         batched, fixed = self._fold.apply(self.space.unflatten(chunk), self._fixed)
         if self._fold_vmap:
+            plain = self._folded_plain or self._folded  # the fused kernels have no vmap rule
+
             def one(p: dict[str, Tensor]) -> Tensor:
-                return self._folded_forward({**p, **fixed}, x)
+                return functional_call(plain, {**p, **fixed}, (x,))
 
             return vmap(one, in_dims=(0,), randomness="different")(batched)
         return self._point_loop(self._folded_forward, batched, fixed, x)

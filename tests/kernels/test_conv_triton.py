@@ -1,0 +1,165 @@
+"""The fused 3x3 convolution (bias, residual add, ReLU) and the graph rewrite that uses it."""
+
+from __future__ import annotations
+
+import operator
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lossatlas import Evaluator
+from lossatlas.kernels.bnfold import fold_batchnorm
+from lossatlas.kernels.conv_triton import conv3x3_act, fuse_conv_epilogues, supports_conv
+from lossatlas.models import create
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    """Stored statistics far from 0 / 1, so that a wrong fold or fusion shows."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def test_supports_conv_names_what_it_cannot_do():
+    assert supports_conv(nn.Conv2d(16, 32, 3, padding=1)) is None
+    assert "3x3 stride-1" in supports_conv(nn.Conv2d(16, 32, 3, stride=2, padding=1))
+    assert "channels" in supports_conv(nn.Conv2d(3, 16, 3, padding=1))
+    assert "bias" in supports_conv(nn.Conv2d(16, 16, 3, padding=1, bias=False))
+    assert "grouped" in supports_conv(nn.Conv2d(16, 16, 3, padding=1, groups=2))
+
+
+def test_op_equals_conv_bias_residual_relu():
+    """The op (PyTorch path off CUDA) against the plain sequence of PyTorch calls."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 16, 6, 5), torch.randn(32, 16, 3, 3), torch.randn(32)
+    r = torch.randn(3, 32, 6, 5)
+    ref = F.relu(F.conv2d(x, w, b, padding=1) + r)
+    torch.testing.assert_close(conv3x3_act(x, w, b, r, True), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv3x3_act(x, w, b, None, False), F.conv2d(x, w, b, padding=1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def _bn_cnn() -> nn.Module:
+    """A plain Sequential BatchNorm CNN: 1->16 (not fusable), 16->32, pool, 32->32."""
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(*block(1, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 32),
+                         nn.Flatten(), nn.Linear(32 * 16, 10))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "bn_cnn"])
+def test_rewrite_keeps_the_model(name):
+    """Folded + fused model under functional_call equals the original eval-mode model,
+    and every supported convolution with its ReLU / residual add was replaced."""
+    torch.manual_seed(0)
+    model = _randomise_bn(create(name) if name == "resnet20" else _bn_cnn())
+    gm, plan, _ = fold_batchnorm(model)
+    assert gm is not None and plan is not None
+    supported = sum(supports_conv(m) is None for m in gm.modules())
+    n = fuse_conv_epilogues(gm)
+    assert n == supported
+    x = torch.randn(5, *(3, 32, 32) if name == "resnet20" else (1, 8, 8))
+    assert n == (16 if name == "resnet20" else 2)
+    _, fixed = plan.apply({}, model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(functional_call(gm, fixed, (x,)), model(x), rtol=1e-4,
+                                   atol=1e-4)
+    ops = [nd.target for nd in gm.graph.nodes if nd.op == "call_function"]
+    assert ops.count(torch.ops.lossatlas.conv3x3_act.default) == n
+    if name == "resnet20":
+        # 18 block convolutions, 2 of them stride 2: 16 fused, each block's second one
+        # with its residual add, so no add is left
+        assert operator.add not in ops
+        assert sum(nd.target is F.relu for nd in gm.graph.nodes) == 3  # stem + 2 stride-2
+
+
+def test_rewrite_of_a_hand_written_block():
+    """A custom module: conv -> relu via nn.ReLU, conv + skip via torch.add, no ReLU after."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(16, 16, 3, padding=1)
+            self.act = nn.ReLU()
+            self.b = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            return torch.add(x, self.b(self.act(self.a(x))))
+
+    torch.manual_seed(0)
+    m = Block().eval()
+    gm = torch.fx.symbolic_trace(m)
+    assert fuse_conv_epilogues(gm) == 2
+    x = torch.randn(2, 16, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), m(x), rtol=1e-5, atol=1e-5)
+    calls = [nd for nd in gm.graph.nodes if nd.target is torch.ops.lossatlas.conv3x3_act.default]
+    assert [c.args[3] is not None for c in calls] == [False, True]
+    assert [c.args[4] for c in calls] == [True, False]
+
+
+def test_backend_not_taken_off_cuda():
+    model = _randomise_bn(create("resnet20"))
+    ev = Evaluator(model, (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))),
+                   device="cpu", bn="own")
+    assert ev.backend == "fast-bnfold"
+    with pytest.raises(ValueError, match="CUDA, precision='bf16'"):
+        Evaluator(model, (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), device="cpu",
+                  bn="own", backend="fast-bnfold-fused")
+
+
+_KERNEL_CHECK = """
+import torch, torch.nn.functional as F
+from lossatlas.kernels.conv_triton import _launch
+torch.manual_seed(0)
+for cin, cout, res, relu in [(16, 16, True, True), (16, 32, False, True), (64, 32, True, False),
+                             (32, 64, False, False)]:
+    x, w, b = torch.randn(3, cin, 5, 7), torch.randn(cout, cin, 3, 3), torch.randn(cout)
+    r = torch.randn(3, cout, 5, 7) if res else None
+    ref = F.conv2d(x, w, b, padding=1) + (r if res else 0)
+    ref = F.relu(ref) if relu else ref
+    got = _launch(x, w, b, r, relu)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_kernel_in_interpreter():
+    """The Triton kernel itself (fp32, IEEE products), run by Triton's CPU interpreter, on
+    odd image sizes so that every border mask is exercised."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], capture_output=True, text=True,
+                          env=env, timeout=600)
+    if "active drivers" in proc.stderr or "interpreter" in proc.stderr.lower() and proc.returncode:
+        pytest.skip(f"Triton interpreter unavailable: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_backend_on_cuda_matches_fp32():
+    """On CUDA in bf16 the fused backend is chosen and agrees with fp32 to bf16 rounding."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    model = _randomise_bn(create("resnet20")).cuda()
+    data = (torch.randn(512, 3, 32, 32), torch.randint(0, 10, (512,)))
+    ev = Evaluator(model, data, device="cuda", bn="own", precision="bf16")
+    assert ev.backend == "fast-bnfold-fused"
+    ref = Evaluator(model, data, device="cuda", bn="own", precision="fp32", backend="sequential")
+    w = ref.space.flatten(model).cuda()
+    pts = w + 0.01 * torch.randn(4, w.numel(), device="cuda") * w.abs().mean()
+    torch.testing.assert_close(ev.evaluate(pts)["loss"], ref.evaluate(pts)["loss"], rtol=2e-2,
+                               atol=2e-2)
