@@ -44,6 +44,12 @@ install() {
     ls "$WHL"/*.whl >/dev/null  # fails with a message where the wheels did not travel
     "${PYTHON:-python3}" -m venv --system-site-packages --without-pip "$dir"
     local py="$dir/bin/python"
+    # where PYTHON is itself a venv's, --system-site-packages reaches the base Python's
+    # packages only: its own (torch, tqdm) come through a .pth, after DIR's (numpy<2)
+    local parent_site venv_site
+    parent_site=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    venv_site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "$parent_site" >"$venv_site/_lossatlas_parent_site.pth"
     if [ "${LS_NO_PIP:-0}" != 1 ] && "$py" -m pip --version >/dev/null 2>&1; then
         # the system's pip, run by the venv's python: installs into the venv
         "$py" -m pip install -q --no-index --find-links "$WHL" --no-deps --ignore-installed \

@@ -133,6 +133,8 @@ for cin, cout, res, relu in [(16, 16, True, True), (16, 32, False, True), (64, 3
     got = _launch(x, w, b, r, relu)
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    pipelined = _launch(x, w, b, r, relu, config={"BLOCK_M": 32, "PIPELINE": 3})
+    torch.testing.assert_close(pipelined, ref, rtol=1e-4, atol=1e-4)
 print("ok")
 """
 

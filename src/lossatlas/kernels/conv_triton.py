@@ -57,9 +57,25 @@ def supports_conv(conv: nn.Module) -> str | None:
 if triton is not None:
 
     @triton.jit
+    def _tap(X, Wt, acc, t, rm, ok, row, col, ci, co, H, W, C_IN: tl.constexpr,
+             C_OUT: tl.constexpr, IEEE: tl.constexpr):
+        """``acc`` plus tap ``t``'s product: the pixel tile shifted by (dy, dx), zero
+        outside the image, times the tap's [C_IN, C_OUT] weight slice."""
+        dy = t // 3 - 1
+        dx = t % 3 - 1
+        inside = ok & (row + dy >= 0) & (row + dy < H) & (col + dx >= 0) & (col + dx < W)
+        src = rm + (dy * W + dx)
+        a = tl.load(X + src[:, None] * C_IN + ci[None, :], mask=inside[:, None], other=0.0)
+        w = tl.load(Wt + (t * C_IN + ci[:, None]) * C_OUT + co[None, :])
+        if IEEE:
+            return tl.dot(a, w, acc, input_precision="ieee")
+        return tl.dot(a, w, acc)
+
+    @triton.jit
     def _conv3x3_kernel(X, Wt, B, R, Y, NPIX, H, W,
                         C_IN: tl.constexpr, C_OUT: tl.constexpr, HAS_RES: tl.constexpr,
-                        RELU: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr):
+                        RELU: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                        PIPELINE: tl.constexpr = 0):
         pid = tl.program_id(0)
         rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # pixel index in [0, N * H * W)
         ok = rm < NPIX
@@ -68,17 +84,12 @@ if triton is not None:
         ci = tl.arange(0, C_IN)
         co = tl.arange(0, C_OUT)
         acc = tl.zeros([BLOCK_M, C_OUT], dtype=tl.float32)
-        for t in tl.static_range(9):
-            dy = t // 3 - 1
-            dx = t % 3 - 1
-            inside = ok & (row + dy >= 0) & (row + dy < H) & (col + dx >= 0) & (col + dx < W)
-            src = rm + (dy * W + dx)
-            a = tl.load(X + src[:, None] * C_IN + ci[None, :], mask=inside[:, None], other=0.0)
-            w = tl.load(Wt + (t * C_IN + ci[:, None]) * C_OUT + co[None, :])  # [C_IN, C_OUT]
-            if IEEE:
-                acc = tl.dot(a, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, w, acc)
+        if PIPELINE:  # a loop Triton software-pipelines (loads PIPELINE taps ahead)
+            for t in tl.range(0, 9, num_stages=PIPELINE):
+                acc = _tap(X, Wt, acc, t, rm, ok, row, col, ci, co, H, W, C_IN, C_OUT, IEEE)
+        else:  # unrolled
+            for t in tl.static_range(9):
+                acc = _tap(X, Wt, acc, t, rm, ok, row, col, ci, co, H, W, C_IN, C_OUT, IEEE)
         acc = acc + tl.load(B + co)[None, :]
         out = rm[:, None] * C_OUT + co[None, :]
         if HAS_RES:
@@ -87,13 +98,12 @@ if triton is not None:
             acc = tl.maximum(acc, 0.0)
         tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=ok[:, None])
 
+    # the fastest launches per shape on an H200 (bench/conv_fused.py's sweep, 10,000
+    # CIFAR images): the pipelined tap loop with 128-256 pixels per program
     _conv3x3_tuned = triton.autotune(
         configs=[
-            triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2),
-            triton.Config({"BLOCK_M": 128}, num_warps=4, num_stages=2),
-            triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
-            triton.Config({"BLOCK_M": 256}, num_warps=8, num_stages=2),
-            triton.Config({"BLOCK_M": 256}, num_warps=4, num_stages=3),
+            triton.Config({"BLOCK_M": bm, "PIPELINE": 3}, num_warps=nw, num_stages=2)
+            for bm, nw in ((128, 2), (128, 4), (128, 8), (256, 4), (256, 8))
         ],
         key=["C_IN", "C_OUT", "H", "W", "HAS_RES", "RELU"],
     )(_conv3x3_kernel)
@@ -110,15 +120,19 @@ def _reference(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None,
     return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
-def _launch(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, relu: bool
-            ) -> Tensor | None:
-    """The Triton kernel's output, or None when it cannot run on these tensors."""
+def _launch(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, relu: bool,
+            config: dict | None = None) -> Tensor | None:
+    """The Triton kernel's output, or None when it cannot run on these tensors. On CUDA
+    the autotuned launch, or ``config`` (BLOCK_M, PIPELINE, num_warps, num_stages) when
+    given (``bench/conv_fused.py`` sweeps them)."""
     if triton is None or x.dim() != 4 or weight.shape[2:] != (3, 3):
         return None
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     if c_in not in _CHANNELS or c_out not in _CHANNELS or n * h * w * max(c_in, c_out) >= 2**31:
         return None
+    if x.is_cuda and x.dtype not in (torch.bfloat16, torch.float16):
+        return None  # fp32 products on CUDA cores: cuDNN's convolution is the faster one
     if residual is not None and residual.shape != (n, c_out, h, w):
         return None
     x = x.contiguous(memory_format=torch.channels_last)
@@ -131,7 +145,11 @@ def _launch(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, re
     args = (x, wt, b, r, y, npix, h, w)
     flags = {"C_IN": c_in, "C_OUT": c_out, "HAS_RES": residual is not None, "RELU": relu,
              "IEEE": x.dtype == torch.float32}
-    if x.is_cuda:
+    if config is not None:
+        cfg = dict(config)
+        grid = (triton.cdiv(npix, cfg["BLOCK_M"]),)
+        _conv3x3_kernel[grid](*args, **flags, **cfg)
+    elif x.is_cuda:
         _conv3x3_tuned[lambda meta: (triton.cdiv(npix, meta["BLOCK_M"]),)](*args, **flags)
     else:  # Triton's interpreter (tests)
         _conv3x3_kernel[(triton.cdiv(npix, 64),)](*args, **flags, BLOCK_M=64)
@@ -146,7 +164,8 @@ def conv3x3_act(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None
     ``x`` [N, C_in, H, W]; ``weight`` [C_out, C_in, 3, 3] and ``bias`` [C_out] (cast to
     ``x``'s dtype / fp32); ``residual`` None or [N, C_out, H, W]. The sum is formed in
     fp32 and rounded once to ``x.dtype``. Returns Tensor[N, C_out, H, W] (channels-last).
-    On CUDA with Triton the fused kernel runs; otherwise PyTorch's convolution.
+    On CUDA with Triton, in bf16 or fp16, the fused kernel runs; otherwise PyTorch's
+    convolution.
     """
     out = _launch(x, weight, bias, residual, relu) if x.is_cuda else None
     return _reference(x, weight, bias, residual, relu) if out is None else out
