@@ -160,8 +160,9 @@ class FusedConvBN(FoldedBN):
             return "it needs CUDA, precision='bf16' and channels-last activations"
         if conv_triton.triton is None:
             return "Triton is not installed"
-        why = super().why_not(ev)
+        why = super().why_not(ev) or conv_triton.check_kernel(ev.device)
         if why is not None:
+            ev._folded = ev._fold = None
             return why
         assert ev._folded is not None and ev._fold is not None
         plain, fused = ev._folded, copy.deepcopy(ev._folded)

@@ -120,6 +120,22 @@ def test_backend_not_taken_off_cuda():
                   bn="own", backend="fast-bnfold-fused")
 
 
+def test_check_kernel_reports_a_wrong_or_missing_kernel(monkeypatch):
+    """The backend's start-up check refuses a kernel whose output is off, or absent."""
+    from lossatlas.kernels import conv_triton
+
+    def off_by_one(x, w, b, r, relu, config=None):
+        return conv_triton._reference(x, w, b, r, relu) + 1
+
+    monkeypatch.setattr(conv_triton, "_launch", off_by_one)
+    assert "differs from PyTorch's (max abs diff 1" in conv_triton.check_kernel("cpu", torch.float32)
+    monkeypatch.setattr(conv_triton, "_launch", lambda *a, **k: None)
+    assert "does not run" in conv_triton.check_kernel("cpu")
+    monkeypatch.setattr(conv_triton, "_launch",
+                        lambda x, w, b, r, relu, config=None: conv_triton._reference(x, w, b, r, relu))
+    assert conv_triton.check_kernel("cpu") is None
+
+
 _KERNEL_CHECK = """
 import torch, torch.nn.functional as F
 from lossatlas.kernels.conv_triton import _launch
@@ -135,6 +151,8 @@ for cin, cout, res, relu in [(16, 16, True, True), (16, 32, False, True), (64, 3
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     pipelined = _launch(x, w, b, r, relu, config={"BLOCK_M": 32, "PIPELINE": 3})
     torch.testing.assert_close(pipelined, ref, rtol=1e-4, atol=1e-4)
+from lossatlas.kernels.conv_triton import check_kernel
+assert check_kernel("cpu", torch.float16) is None, check_kernel("cpu", torch.float16)
 print("ok")
 """
 

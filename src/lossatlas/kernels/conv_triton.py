@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-__all__ = ["conv3x3_act", "fuse_conv_epilogues", "supports_conv"]
+__all__ = ["check_kernel", "conv3x3_act", "fuse_conv_epilogues", "supports_conv"]
 
 try:  # Triton is optional: CPU installs usually lack it.
     import triton
@@ -154,6 +154,30 @@ def _launch(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, re
     else:  # Triton's interpreter (tests)
         _conv3x3_kernel[(triton.cdiv(npix, 64),)](*args, **flags, BLOCK_M=64)
     return y
+
+
+def check_kernel(device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """None if the Triton kernel agrees with PyTorch on a small case (16 -> 32 channels,
+    odd image size, residual and ReLU) in ``dtype`` on ``device``, else why not. Catches
+    a Triton, driver or GPU that compiles the kernel wrongly before any point is
+    evaluated with it (a fixed launch: no autotuning on the small case)."""
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(2, 16, 9, 7, generator=g).to(device, dtype).contiguous(memory_format=cl)
+    w = (torch.randn(32, 16, 3, 3, generator=g) / 12).to(device)
+    b = torch.randn(32, generator=g).to(device)
+    r = torch.randn(2, 32, 9, 7, generator=g).to(device, dtype).contiguous(memory_format=cl)
+    try:
+        got = _launch(x, w, b, r, True, config={"BLOCK_M": 64, "PIPELINE": 3, "num_warps": 4})
+    except Exception as err:  # noqa: BLE001 - reported as the reason
+        return f"the Triton kernel fails ({type(err).__name__}: {err})"
+    if got is None:
+        return f"the Triton kernel does not run on {dtype} tensors on {device}"
+    ref = _reference(x, w, b, r, True)
+    if not torch.allclose(got.float(), ref.float(), rtol=2e-2, atol=2e-2):
+        err = float((got.float() - ref.float()).abs().max())
+        return f"the Triton kernel's output differs from PyTorch's (max abs diff {err:.3g})"
+    return None
 
 
 @torch.library.custom_op("lossatlas::conv3x3_act", mutates_args=())
