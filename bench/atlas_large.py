@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4000, help="autoencoder epochs")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--compare-backends", action="store_true")
+    ap.add_argument("--compile", action="store_true",
+                    help="Atlas(compile=True): each point's forward through torch.compile")
     ap.add_argument("--mapped", action="store_true",
                     help="stream the checkpoints into a memory-mapped population file")
     ap.add_argument("--memory-budget", default=None)
@@ -165,7 +167,7 @@ def main() -> None:
 
     data = tokens(args.samples, size, seed=999)
     atlas = Atlas(pop, data, args.out / "atlas", device=device, precision="bf16",
-                  memory_budget=args.memory_budget, backend=args.backend)
+                  memory_budget=args.memory_budget, backend=args.backend, compile=args.compile)
     print(f"evaluator backend: {atlas.evaluator.backend}")
     t0 = time.perf_counter()
     atlas.embed("ae", dim=2, epochs=args.epochs)
@@ -196,8 +198,9 @@ def main() -> None:
         from lossatlas import Evaluator
 
         pts = atlas.decode(z[:32])
-        for b in ("vmap", "sequential"):
-            ev = Evaluator(pop.model(0), data, device=device, precision="bf16", backend=b)
+        for b in ("vmap", "sequential", "compiled"):
+            ev = Evaluator(pop.model(0), data, device=device, precision="bf16", backend=b,
+                           compile=b == "compiled")
             ev.evaluate(pts[:2])
             sync(device)
             t1 = time.perf_counter()

@@ -107,3 +107,16 @@ def test_indices_outside_the_population_are_refused(case):
         atlas.connect(indices=[0, 7], points=5)
     with pytest.raises(ValueError, match=r"got \[-1\]"):
         atlas.align(reference=-1)
+
+
+def test_compile_reaches_the_evaluator(case, tmp_path):
+    """Atlas(compile=True) evaluates through torch.compile, with the same losses."""
+    name, pop, xy, atlas, _, _ = case
+    if name != "mlp":
+        pytest.skip("one family is enough: the flag is passed the same way for every model")
+    compiled = Atlas(pop, xy, tmp_path / "run", device="cpu", compile=True)
+    assert compiled.evaluator.compile is True and atlas.evaluator.compile is False
+    pts = pop.as_points()[:2].float()
+    torch.testing.assert_close(compiled.evaluator.evaluate(pts)["loss"],
+                               atlas.evaluator.evaluate(pts)["loss"], rtol=1e-5, atol=1e-6)
+    assert compiled.evaluator._compiled is not None  # the compiled function did the work

@@ -71,7 +71,9 @@ class Atlas:
         The data the loss is measured on (as in :class:`Evaluator`).
     run_dir : path
         Where every stage is stored (created if missing).
-    loss_fn, device, precision, batch_size, backend, output : as in :class:`Evaluator`.
+    loss_fn, device, precision, batch_size, backend, output, compile : as in :class:`Evaluator`
+        (``compile=True``: each point's forward through ``torch.compile``, what pays on
+        large models such as transformers; the values are the same up to rounding).
         The BatchNorm policy is the population's (``population.bn``).
     seed : int
         Seed of the embedding's training.
@@ -107,7 +109,7 @@ class Atlas:
     def __init__(self, population, data, run_dir, loss_fn=None, device=None,
                  precision: str = "fp32", batch_size: int | None = None, seed: int = 0,
                  memory_budget: int | str | None = None, backend: str = "auto", output=None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, compile: bool | str = False):
         self.population, self.data, self.loss_fn = population, data, loss_fn
         # under torchrun: rank 0 fits the embedding and writes the run's files, every
         # rank evaluates its share of each field (no-op in a single process)
@@ -125,7 +127,7 @@ class Atlas:
             population.model(0), data, loss_fn=loss_fn, device=device, precision=precision,
             space=population.space, batch_size=batch_size, backend=backend,
             memory_budget=self.budget.evaluator_share(device),
-            bn=getattr(population, "bn", None), output=output,
+            bn=getattr(population, "bn", None), output=output, compile=compile,
         )
         self.bn = self.evaluator.bn
         self.device = self.evaluator.device
