@@ -70,3 +70,28 @@ def test_plan_on_the_console_with_a_progress_bar(atlas, capsys):
 def test_plan_silent_without_a_bar(atlas, capsys):
     atlas.field(resolution=5, budget=40, refine=False, progress=False)
     assert "plan" not in capsys.readouterr().err
+
+
+def test_estimate_leaves_out_the_first_chunks_warm_up(caplog):
+    """A first chunk slowed by compiling gives way to the second chunk's rate; a steady
+    first chunk keeps its estimate."""
+    from types import SimpleNamespace
+
+    from lossatlas.atlas_field import _FieldClock
+
+    plan = SimpleNamespace(max_points=100)
+    with caplog.at_level(logging.INFO, logger="lossatlas"):
+        clock = _FieldClock("atlas", plan, show=False)
+        clock.chunk(10, 5.0)  # 10 points in 5 s, of which ~4.5 s compiling
+        assert clock.estimate == pytest.approx(50.0)
+        clock.chunk(10, 0.5)  # 20 points/s from now on
+        assert clock.estimate == pytest.approx(5.0 + 90 / 20)
+        clock.chunk(10, 0.1)  # later chunks change nothing
+        assert clock.estimate == pytest.approx(9.5)
+        steady = _FieldClock("atlas", plan, show=False)
+        steady.chunk(10, 1.0)
+        steady.chunk(10, 0.9)
+        assert steady.estimate == pytest.approx(10.0)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("after the warm-up" in m for m in msgs) == 1
+    assert any("about 10 s for 100 points" in m for m in msgs)

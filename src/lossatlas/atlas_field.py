@@ -56,12 +56,16 @@ def _duration(seconds: float) -> str:
 
 class _FieldClock:
     """The plan and the time estimate of a refined field, logged and (with a progress
-    bar) written above the bar: the estimate once, from the first chunk evaluated."""
+    bar) written above the bar: an estimate from the first chunk evaluated, and a better
+    one from the second when the first was slowed by a one-time warm-up (compiling,
+    autotuning kernels)."""
 
     def __init__(self, name: str, plan: RefinePlan, show: bool):
         self.name, self.plan, self.show = name, plan, show
         self.bar = None
         self.estimate: float | None = None  # seconds for the whole field
+        self._first: tuple[int, float] | None = None  # the first chunk's points, seconds
+        self._chunks = 0
 
     def say(self, text: str) -> None:
         log.info("%s", text)
@@ -69,14 +73,24 @@ class _FieldClock:
             self.bar.write(text, file=sys.stderr)
 
     def chunk(self, points: int, seconds: float) -> None:
-        """``compute_field``'s ``on_chunk``: the first chunk gives the estimate."""
-        if self.estimate is not None:
-            return
+        """``compute_field``'s ``on_chunk``: the first two chunks give the estimate."""
+        self._chunks += 1
         rate = points / max(seconds, 1e-9)
-        self.estimate = self.plan.max_points / rate
-        self.say(f"{self.name} estimate: first chunk of {points:,} points in {seconds:.2f} s "
-                 f"({rate:,.0f} points/s): about {_duration(self.estimate)} for "
-                 f"{self.plan.max_points:,} points")
+        total = self.plan.max_points
+        if self._chunks == 1:
+            self._first = (points, seconds)
+            self.estimate = total / rate
+            self.say(f"{self.name} estimate: first chunk of {points:,} points in {seconds:.2f} s "
+                     f"({rate:,.0f} points/s): about {_duration(self.estimate)} for "
+                     f"{total:,} points")
+        elif self._chunks == 2 and self._first is not None and self.estimate is not None:
+            p1, s1 = self._first
+            later = s1 + max(total - p1, 0) / rate
+            if later < 0.75 * self.estimate:  # the first chunk carried a warm-up
+                self.estimate = later
+                self.say(f"{self.name} estimate after the warm-up of the first chunk: "
+                         f"{rate:,.0f} points/s: about {_duration(later)} for {total:,} "
+                         "points")
 
 
 def refined_field(evaluator: Evaluator, run: Run, decode: Callable[[Tensor], Tensor],
@@ -88,7 +102,7 @@ def refined_field(evaluator: Evaluator, run: Run, decode: Callable[[Tensor], Ten
     settings), ``chunk_points`` points per stored chunk.
 
     Returns the :class:`RefinedField` and its plan (:class:`RefinePlan` as a dict, with
-    ``estimated_seconds`` from the first chunk evaluated; None when every round was
+    ``estimated_seconds`` from the first chunks evaluated; None when every round was
     stored already). The plan is logged before the first evaluation and the estimate
     once measured; with a progress bar (``progress``; None: auto) both are also written
     above it."""
