@@ -58,3 +58,24 @@ def digits():
     from lossatlas import data
 
     return data.create("digits")
+
+
+@pytest.fixture(scope="session")
+def triton_interpreter():
+    """``run(script)``: runs a Python script in a subprocess under Triton's CPU
+    interpreter (``TRITON_INTERPRET=1``) and asserts that it printed ``ok``; skips where
+    Triton is missing or its interpreter cannot start."""
+    import subprocess
+    import sys
+
+    def run(script: str) -> None:
+        pytest.importorskip("triton")
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=env, timeout=600)
+        if "active drivers" in proc.stderr or (
+                "interpreter" in proc.stderr.lower() and proc.returncode):
+            pytest.skip(f"Triton interpreter unavailable: {proc.stderr.strip().splitlines()[-1]}")
+        assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+    return run

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import operator
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -157,16 +154,10 @@ print("ok")
 """
 
 
-def test_kernel_in_interpreter():
+def test_kernel_in_interpreter(triton_interpreter):
     """The Triton kernel itself (fp32, IEEE products), run by Triton's CPU interpreter, on
     odd image sizes so that every border mask is exercised."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], capture_output=True, text=True,
-                          env=env, timeout=600)
-    if "active drivers" in proc.stderr or "interpreter" in proc.stderr.lower() and proc.returncode:
-        pytest.skip(f"Triton interpreter unavailable: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+    triton_interpreter(_KERNEL_CHECK)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -25,6 +25,16 @@ def _matrix(ds) -> tuple[np.ndarray, list[str], list[str], str, str] | None:
     return None
 
 
+def _heatmap(figs: dict, m: tuple[np.ndarray, list[str], list[str], str, str],
+             title: str) -> str:
+    """Adds the heatmap of ``m`` (:func:`_matrix`) to ``figs``; returns its figure id."""
+    z, xl, yl, var, units = m
+    fid = f"fig-conn-{len(figs)}"
+    figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl], esc(title),
+                                 esc(f"{var} ({units})" if units else var))
+    return fid
+
+
 def _barrier_pairs(mats: dict) -> dict[str, Any] | None:
     """One row per pair of models, one column per square barrier matrix (before / after
     alignment side by side, nats), as the template's ``pairs`` ({open, count, table});
@@ -103,12 +113,8 @@ def connectivity(view: RunView) -> Section | None:
         m = _matrix(ds)
         if m is None:
             continue
-        z, xl, yl, var, units = m
-        fid = f"fig-conn-{len(figs)}"
-        title = name.replace("_", " ")
-        figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl],
-                                     esc(title), esc(f"{var} ({units})" if units else var))
-        data["matrices"].append(fid)
+        z, units = m[0], m[4]
+        data["matrices"].append(_heatmap(figs, m, name.replace("_", " ")))
         off = z[~np.eye(*z.shape, dtype=bool)] if z.shape[0] == z.shape[1] else z.ravel()
         off = off[np.isfinite(off)]
         summary["barrier_matrices"][name] = {
@@ -121,14 +127,8 @@ def connectivity(view: RunView) -> Section | None:
         data["curves"] = True
     for name, ds in layers.items():
         m = _matrix(ds)
-        if m is None:
-            continue
-        z, xl, yl, var, units = m
-        fid = f"fig-conn-{len(figs)}"
-        figs[fid] = F.heatmap_figure(z, [esc(v) for v in xl], [esc(v) for v in yl],
-                                     esc(f"Layer-wise barriers: {name}"),
-                                     esc(f"{var} ({units})" if units else var))
-        data["layers"].append(fid)
+        if m is not None:
+            data["layers"].append(_heatmap(figs, m, f"Layer-wise barriers: {name}"))
     if not figs:
         return None
     return Section(template="sections/connectivity.html.j2", data=data, figures=figs,
