@@ -99,9 +99,10 @@ def sgld_step(
     ``grads`` Tensor[C, Dg] are the batch-loss gradients at ``state.w``.
     """
     w = state.w
-    drift = nbeta * grads + gamma * (w - center)
     noise = torch.randn(w.shape, device=w.device, dtype=w.dtype, generator=generator)
-    return SGLDState(w - 0.5 * epsilon * drift + math.sqrt(epsilon) * noise, state.step + 1)
+    drift = (w - center).mul_(gamma).add_(grads, alpha=nbeta)  # in place: fewer passes
+    return SGLDState(w.add(drift, alpha=-0.5 * epsilon).add_(noise, alpha=math.sqrt(epsilon)),
+                     state.step + 1)
 
 
 def _batch_indices(
