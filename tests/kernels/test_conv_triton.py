@@ -107,6 +107,57 @@ def test_rewrite_of_a_hand_written_block():
     assert [c.args[4] for c in calls] == [True, False]
 
 
+def test_rewrite_of_a_torchvision_style_block():
+    """``out += identity`` after the second convolution (torchvision's BasicBlock; fx
+    traces ``+=`` as an add) is fused, and so is ``y += conv(x)`` with ``y`` another
+    tensor, each with the same values as the module."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+            self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            identity = x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            out += identity
+            return self.relu(out)
+
+    class Reversed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            y = x * 2
+            y += self.conv(x)
+            return y - x
+
+    torch.manual_seed(0)
+    block = _randomise_bn(Block())
+    gm, plan, _ = fold_batchnorm(block)
+    assert gm is not None and plan is not None
+    assert fuse_conv_epilogues(gm) == 2
+    calls = [nd for nd in gm.graph.nodes if nd.target is torch.ops.lossatlas.conv3x3_act.default]
+    assert [c.args[3] is not None for c in calls] == [False, True]  # the second with the skip
+    assert operator.add not in [nd.target for nd in gm.graph.nodes]
+    x = torch.randn(3, 16, 6, 7)
+    _, fixed = plan.apply({}, block.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(functional_call(gm, fixed, (x,)), block(x.clone()),
+                                   rtol=1e-4, atol=1e-4)
+    rev = Reversed().eval()
+    gm = torch.fx.symbolic_trace(rev)
+    assert fuse_conv_epilogues(gm) == 1
+    call = next(nd for nd in gm.graph.nodes if nd.target is torch.ops.lossatlas.conv3x3_act.default)
+    assert call.args[3] is not None and call.args[3].target is operator.mul  # y as the residual
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), rev(x), rtol=1e-5, atol=1e-5)
+
+
 def test_backend_not_taken_off_cuda():
     model = _randomise_bn(create("resnet20"))
     ev = Evaluator(model, (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))),
