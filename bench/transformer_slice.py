@@ -12,8 +12,8 @@ coordinates in [-1, 1].
 Timed in one invocation (seconds for the whole grid after a warm-up on one row, which
 is reported separately as it includes compiling):
 
-- lossatlas ``Evaluator`` with ``precision="bf16"`` on each backend given in
-  ``--variants`` (``auto``, ``vmap``, ``sequential``, ``compiled``: ``compile=True``);
+- lossatlas ``Evaluator`` with ``--precision`` (default bf16 on CUDA, fp32 on the CPU,
+  which has no fast bf16 products) on each backend given in ``--variants`` (``auto``, ``vmap``, ``sequential``, ``compiled``: ``compile=True``);
 - loss-landscapes 3.0.6 ``planar_interpolation`` on the same grid (fp32 as it runs, and
   with TF32 matmuls allowed: ``--peer-tf32``);
 - landscaper 1.3.1 ``compute_loss_landscape`` (``--landscaper-python``: the Python of
@@ -91,10 +91,10 @@ def grid_points(origin: Tensor, dirs: Tensor, coords: np.ndarray, row: int) -> T
     return origin + a * dirs[0] + b[:, None] * dirs[1]
 
 
-def run_ours(variant: str, model, x, y, origin, dirs, coords, device) -> dict:
+def run_ours(variant: str, model, x, y, origin, dirs, coords, device, precision: str) -> dict:
     kw = {"compile": True} if variant == "compiled" else {
         "backend": "auto" if variant == "auto" else variant}
-    ev = Evaluator(model, (x, y), device=device, precision="bf16", **kw)
+    ev = Evaluator(model, (x, y), device=device, precision=precision, **kw)
     sync(device)
     t0 = time.perf_counter()
     ev.evaluate(grid_points(origin, dirs, coords, 0))  # warm-up row (compiles)
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"],
+                    help="ours (default: bf16 on CUDA, fp32 on the CPU)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer width-32 model (smoke test)")
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=256)
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     size = "tiny" if args.tiny else "124m"
     torch.manual_seed(0)
     gpt_kwargs = {"context": args.tokens, **SIZES[size]}
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{ls['max_rel_diff_fp32']:.1e}; {ls['env']}")
     for variant in [v for v in args.variants.split(",") if v]:
         try:
-            r = run_ours(variant, model, x, y, origin, dirs, coords, device)
+            r = run_ours(variant, model, x, y, origin, dirs, coords, device, precision)
         except Exception as err:  # noqa: BLE001 - one variant failing is a result too
             print(f"lossatlas {variant}: failed ({type(err).__name__}: {err})")
             res["ours"][variant] = {"failed": f"{type(err).__name__}: {err}"}

@@ -334,7 +334,7 @@ def test_transformer_encoder_layer_batches_under_vmap_and_has_a_hessian():
     x, y = torch.randint(0, 10, (24, 5)), torch.randint(0, 3, (24,))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no per-sample fallback warning
-        ev = Evaluator(models[0], (x, y))
+        ev = Evaluator(models[0], (x, y), backend="vmap")  # auto: one point at a time
         got = ev.evaluate(torch.stack([ev.space.flatten(m) for m in models]))["loss"]
     assert ev.backend == "vmap"
     with torch.no_grad():

@@ -296,3 +296,50 @@ def test_backend_registry_names_and_errors():
     assert get_backend("vmap").name == "vmap"
     with pytest.raises(ValueError, match="no backend 'nope'; registered"):
         get_backend("nope")
+
+
+class _SdpaLM(nn.Module):
+    """A one-layer causal attention language model through scaled_dot_product_attention."""
+
+    def __init__(self, vocab: int = 11, d: int = 8) -> None:
+        super().__init__()
+        self.tok, self.qkv, self.head = nn.Embedding(vocab, d), nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+
+    def forward(self, x):
+        h = self.tok(x)
+        q, k, v = self.qkv(h).unflatten(-1, (3, 2, -1)).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(h + a.transpose(1, 2).flatten(-2))
+
+
+def test_cpu_attention_models_run_one_point_at_a_time():
+    """On the CPU, auto takes "sequential" for a model calling scaled_dot_product_attention
+    (the fused CPU kernel has no vmap rule) and for nn.MultiheadAttention, with the values
+    of vmap and of the model itself; a model without attention keeps vmap."""
+    torch.manual_seed(0)
+    model = _SdpaLM().eval()
+    x, y = torch.randint(0, 11, (6, 5)), torch.randint(0, 11, (6, 5))
+    ev = Evaluator(model, (x, y), device="cpu")
+    assert ev.backend == "sequential"
+    space = ev.space
+    pts = space.flatten(model) + 0.05 * torch.randn(3, space.dim)
+    vm = Evaluator(model, (x, y), device="cpu", backend="vmap")
+    torch.testing.assert_close(ev.evaluate(pts)["loss"], vm.evaluate(pts)["loss"],
+                               rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    torch.testing.assert_close(ev.evaluate(space.flatten(model)[None])["loss"][0], want,
+                               rtol=1e-5, atol=1e-6)
+    mha = nn.Sequential(nn.Embedding(11, 8), _MHA(), nn.Linear(8, 11)).eval()
+    assert Evaluator(mha, (x, y), device="cpu").backend == "sequential"
+    model, x, y, _, _ = _lm_case()  # no attention
+    assert Evaluator(model, (x, y), device="cpu").backend == "vmap"
+
+
+class _MHA(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, h):
+        return self.attn(h, h, h, need_weights=False)[0]

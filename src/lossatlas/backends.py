@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 from .kernels import conv_triton
 from .kernels.bnfold import fold_batchnorm
@@ -72,6 +74,34 @@ def _plain_tensor_inputs(ev: Evaluator) -> str | None:
     if not isinstance(ev.data.x, Tensor):
         return "the inputs are not one tensor"
     return None
+
+
+class _SeesAttention(TorchFunctionMode):
+    """Notes whether ``scaled_dot_product_attention`` is called inside it."""
+
+    seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.seen = True
+        return func(*args, **(kwargs or {}))
+
+
+def _uses_fused_attention(ev: Evaluator) -> bool:
+    """Whether the model has an ``nn.MultiheadAttention`` or calls
+    ``scaled_dot_product_attention`` (on two of the inputs)."""
+    if any(isinstance(m, nn.MultiheadAttention) for m in ev.model.modules()):
+        return True
+    x = ev.data.subset(2).x
+    if not isinstance(x, Tensor):
+        return False
+    mode = _SeesAttention()
+    try:
+        with torch.no_grad(), mode:
+            ev.model(x.to(ev.device))
+    except Exception:  # noqa: BLE001 - a model that fails here fails later, with context
+        return False
+    return mode.seen
 
 
 class FusedMLP(Backend):
@@ -262,6 +292,11 @@ class Vmap(Backend):
             # time 0.87-1.24x vmap's speed (faster in 5 of 6 runs: CNN, ResNet-20/56),
             # with one point's activations in memory instead of a chunk's
             return "on the CPU with bn='recompute' one point at a time is faster"
+        if ev.device.type == "cpu" and _uses_fused_attention(ev):
+            # the CPU's fused attention kernel has no batching rule: under vmap attention
+            # takes its math path, 2-4x slower than one point at a time with the kernel
+            # (a 2-layer GPT, bench/transformer_slice.py --tiny)
+            return "on the CPU a model with fused attention runs one point at a time faster"
         return ev._vmap_why_not()
 
     def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:

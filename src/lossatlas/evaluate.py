@@ -623,9 +623,12 @@ class Evaluator:
         ``vectorise=False``); outputs (a tensor or a tuple of tensors) stacked on a
         leading point axis."""
         if vectorise if vectorise is not None else self.backend != "sequential":
-            return vmap(fn, in_dims=(0,), randomness="different")(params)
+            # the CPU's fused attention kernel has no batching rule: the math path
+            with batchable_layers(self.device.type == "cpu"):
+                return vmap(fn, in_dims=(0,), randomness="different")(params)
         n = next(iter(params.values())).shape[0]
-        outs = [fn({k: v[i] for k, v in params.items()}) for i in range(n)]
+        with batchable_layers(math_attention=False):  # one point: the fused kernels
+            outs = [fn({k: v[i] for k, v in params.items()}) for i in range(n)]
         if isinstance(outs[0], tuple):
             return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
         return torch.stack(outs)
@@ -637,8 +640,7 @@ class Evaluator:
         def one(p: dict[str, Tensor]) -> Tensor:
             return model_output(call_model(self.model, {**p, **self._fixed}, x), self.output)
 
-        with batchable_layers(self.device.type == "cpu"):
-            return self._map(one, params, vectorise)
+        return self._map(one, params, vectorise)
 
     def _statistics(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Recomputed BatchNorm statistics of every point, ``{name: Tensor[P, C]}``:
@@ -666,8 +668,7 @@ class Evaluator:
                         h.remove()
                 return tuple(t for n in self._bn_order for t in sink[n])
 
-            with precision_context(self.precision, self.device), \
-                    batchable_layers(self.device.type == "cpu"):
+            with precision_context(self.precision, self.device):
                 flat = self._map(all_layers, params)
             for i, name in enumerate(self._bn_order):
                 stats[key(name, "running_mean")] = flat[2 * i].to(self.space.dtype)
@@ -689,8 +690,7 @@ class Evaluator:
                         raise UnsupportedModelError(
                             f"Evaluator: BatchNorm layer {name!r} not reached")
 
-                    with precision_context(self.precision, self.device), \
-                            batchable_layers(self.device.type == "cpu"):
+                    with precision_context(self.precision, self.device):
                         mean, var = self._map(upto, {**params, **stats})
                     acc = bnp.combine_moments(acc, mean, var, num_samples(xb))
             finally:
