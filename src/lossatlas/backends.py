@@ -308,7 +308,7 @@ class Sequential(Vmap):
     """Each point's tensors through ``functional_call`` one point after another (any
     model; the CPU's choice under ``bn="recompute"``)."""
 
-    name = "sequential"
+    name, family = "sequential", "loop"  # one point's activations at a time
 
     def why_not(self, ev: Evaluator) -> str | None:
         return None
