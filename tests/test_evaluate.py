@@ -312,10 +312,11 @@ class _SdpaLM(nn.Module):
         return self.head(h + a.transpose(1, 2).flatten(-2))
 
 
-def test_cpu_attention_models_run_one_point_at_a_time():
+def test_cpu_attention_and_conv_models_run_one_point_at_a_time(caplog):
     """On the CPU, auto takes "sequential" for a model calling scaled_dot_product_attention
-    (the fused CPU kernel has no vmap rule) and for nn.MultiheadAttention, with the values
-    of vmap and of the model itself; a model without attention keeps vmap."""
+    (the fused CPU kernel has no vmap rule), for nn.MultiheadAttention and for
+    convolutions, with the values of vmap and of the model itself; a model without them
+    keeps vmap."""
     torch.manual_seed(0)
     model = _SdpaLM().eval()
     x, y = torch.randint(0, 11, (6, 5)), torch.randint(0, 11, (6, 5))
@@ -332,6 +333,15 @@ def test_cpu_attention_models_run_one_point_at_a_time():
                                rtol=1e-5, atol=1e-6)
     mha = nn.Sequential(nn.Embedding(11, 8), _MHA(), nn.Linear(8, 11)).eval()
     assert Evaluator(mha, (x, y), device="cpu").backend == "sequential"
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 4 * 4, 3)).eval()
+    xi, yi = torch.randn(6, 1, 6, 6), torch.randint(0, 3, (6,))
+    with caplog.at_level(logging.INFO, logger="lossatlas.evaluate"):
+        ev = Evaluator(cnn, (xi, yi), device="cpu")
+    assert ev.backend == "sequential" and "with convolutions runs one point" in caplog.text
+    pts = ev.space.flatten(cnn) + 0.05 * torch.randn(3, ev.space.dim)
+    torch.testing.assert_close(ev.evaluate(pts)["loss"], Evaluator(
+        cnn, (xi, yi), device="cpu", backend="vmap").evaluate(pts)["loss"], rtol=1e-5, atol=1e-6)
     model, x, y, _, _ = _lm_case()  # no attention
     assert Evaluator(model, (x, y), device="cpu").backend == "vmap"
 

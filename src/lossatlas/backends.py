@@ -76,32 +76,43 @@ def _plain_tensor_inputs(ev: Evaluator) -> str | None:
     return None
 
 
-class _SeesAttention(TorchFunctionMode):
-    """Notes whether ``scaled_dot_product_attention`` is called inside it."""
+#: Operations whose CPU kernels have no cheap ``vmap`` form: attention's fused kernel
+#: (under vmap it takes its math path) and convolutions (grouped over the points).
+_SLOW_UNDER_VMAP_ON_CPU = {F.scaled_dot_product_attention: "attention",
+                           F.conv1d: "convolutions", F.conv2d: "convolutions",
+                           F.conv3d: "convolutions"}
 
-    seen = False
+
+class _SeesOps(TorchFunctionMode):
+    """Notes which of :data:`_SLOW_UNDER_VMAP_ON_CPU` are called inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            self.seen = True
+        if func in _SLOW_UNDER_VMAP_ON_CPU:
+            self.seen.add(_SLOW_UNDER_VMAP_ON_CPU[func])
         return func(*args, **(kwargs or {}))
 
 
-def _uses_fused_attention(ev: Evaluator) -> bool:
-    """Whether the model has an ``nn.MultiheadAttention`` or calls
-    ``scaled_dot_product_attention`` (on two of the inputs)."""
+def _slow_under_vmap_on_cpu(ev: Evaluator) -> list[str]:
+    """What the model computes that runs faster one point at a time on the CPU:
+    ``attention`` (an ``nn.MultiheadAttention`` or ``scaled_dot_product_attention``),
+    ``convolutions``; found by running it on two of the inputs."""
+    seen = set()
     if any(isinstance(m, nn.MultiheadAttention) for m in ev.model.modules()):
-        return True
+        seen.add("attention")
     x = ev.data.subset(2).x
-    if not isinstance(x, Tensor):
-        return False
-    mode = _SeesAttention()
-    try:
-        with torch.no_grad(), mode:
-            ev.model(x.to(ev.device))
-    except Exception:  # noqa: BLE001 - a model that fails here fails later, with context
-        return False
-    return mode.seen
+    if isinstance(x, Tensor):
+        mode = _SeesOps()
+        try:
+            with torch.no_grad(), mode:
+                ev.model(x.to(ev.device))
+        except Exception:  # noqa: BLE001 - a model that fails here fails later, with context
+            pass
+        seen |= mode.seen
+    return sorted(seen)
 
 
 class FusedMLP(Backend):
@@ -292,11 +303,12 @@ class Vmap(Backend):
             # time 0.87-1.24x vmap's speed (faster in 5 of 6 runs: CNN, ResNet-20/56),
             # with one point's activations in memory instead of a chunk's
             return "on the CPU with bn='recompute' one point at a time is faster"
-        if ev.device.type == "cpu" and _uses_fused_attention(ev):
-            # the CPU's fused attention kernel has no batching rule: under vmap attention
-            # takes its math path, 2-4x slower than one point at a time with the kernel
-            # (a 2-layer GPT, bench/transformer_slice.py --tiny)
-            return "on the CPU a model with fused attention runs one point at a time faster"
+        slow = _slow_under_vmap_on_cpu(ev) if ev.device.type == "cpu" else []
+        if slow:
+            # measured on 2 cores: one point at a time 2-4x vmap's speed for a GroupNorm
+            # CNN and a 2-layer GPT (bench/transformer_slice.py --tiny): under vmap the
+            # convolutions are grouped over points and attention takes its math path
+            return f"on the CPU a model with {' and '.join(slow)} runs one point at a time faster"
         return ev._vmap_why_not()
 
     def run(self, ev: Evaluator, chunk: Tensor) -> dict[str, Tensor]:
