@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call
-from torch.overrides import TorchFunctionMode
 
 from .kernels import conv_triton
 from .kernels.bnfold import fold_batchnorm
 from .kernels.mlp import detect_mlp, mlp_logits
+from .vmap_ops import slow_under_vmap_on_cpu
 
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import Evaluator
@@ -74,45 +73,6 @@ def _plain_tensor_inputs(ev: Evaluator) -> str | None:
     if not isinstance(ev.data.x, Tensor):
         return "the inputs are not one tensor"
     return None
-
-
-#: Operations whose CPU kernels have no cheap ``vmap`` form: attention's fused kernel
-#: (under vmap it takes its math path) and convolutions (grouped over the points).
-_SLOW_UNDER_VMAP_ON_CPU = {F.scaled_dot_product_attention: "attention",
-                           F.conv1d: "convolutions", F.conv2d: "convolutions",
-                           F.conv3d: "convolutions"}
-
-
-class _SeesOps(TorchFunctionMode):
-    """Notes which of :data:`_SLOW_UNDER_VMAP_ON_CPU` are called inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _SLOW_UNDER_VMAP_ON_CPU:
-            self.seen.add(_SLOW_UNDER_VMAP_ON_CPU[func])
-        return func(*args, **(kwargs or {}))
-
-
-def _slow_under_vmap_on_cpu(ev: Evaluator) -> list[str]:
-    """What the model computes that runs faster one point at a time on the CPU:
-    ``attention`` (an ``nn.MultiheadAttention`` or ``scaled_dot_product_attention``),
-    ``convolutions``; found by running it on two of the inputs."""
-    seen = set()
-    if any(isinstance(m, nn.MultiheadAttention) for m in ev.model.modules()):
-        seen.add("attention")
-    x = ev.data.subset(2).x
-    if isinstance(x, Tensor):
-        mode = _SeesOps()
-        try:
-            with torch.no_grad(), mode:
-                ev.model(x.to(ev.device))
-        except Exception:  # noqa: BLE001 - a model that fails here fails later, with context
-            pass
-        seen |= mode.seen
-    return sorted(seen)
 
 
 class FusedMLP(Backend):
@@ -303,7 +263,8 @@ class Vmap(Backend):
             # time 0.87-1.24x vmap's speed (faster in 5 of 6 runs: CNN, ResNet-20/56),
             # with one point's activations in memory instead of a chunk's
             return "on the CPU with bn='recompute' one point at a time is faster"
-        slow = _slow_under_vmap_on_cpu(ev) if ev.device.type == "cpu" else []
+        slow = (slow_under_vmap_on_cpu(ev.model, ev.data.subset(2).x)
+                if ev.device.type == "cpu" else [])
         if slow:
             # measured on 2 cores: one point at a time 2-4x vmap's speed for a GroupNorm
             # CNN and a 2-layer GPT (bench/transformer_slice.py --tiny): under vmap the

@@ -192,3 +192,27 @@ def test_result_is_a_dataclass_with_deprecated_dict_access(tmp_path):
     assert written["llc_mean"] == pytest.approx(out.llc_mean)
     assert written["loss_trace"] == out.loss_trace.tolist()
     assert written["diverged_chains"] == [False, False] and written["mode"] == "eval"
+
+
+def test_cpu_cnn_chains_one_after_another_equal_vmap(monkeypatch):
+    """On the CPU a CNN's chains run one after another (grouped convolutions under vmap are
+    slow); the estimates equal the vmapped chains' (same batches and noise)."""
+    import importlib
+
+    llc_module = importlib.import_module("lossatlas.curvature.llc")  # the module, not llc()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3)).eval()
+    x, y = torch.randn(64, 1, 6, 6), torch.randint(0, 3, (64,))
+    kw = dict(num_chains=3, num_draws=20, num_burnin_steps=5, batch_size=16, seed=0,
+              epsilon=1e-3, gamma=100.0)
+    calls = []
+    real = llc_module.slow_under_vmap_on_cpu
+    monkeypatch.setattr(llc_module, "slow_under_vmap_on_cpu",
+                        lambda *a: calls.append(real(*a)) or calls[-1])
+    looped = llc_module.llc(model, (x, y), **kw)
+    assert calls == [["convolutions"]]
+    monkeypatch.setattr(llc_module, "slow_under_vmap_on_cpu", lambda *a: [])
+    vmapped = llc_module.llc(model, (x, y), **kw)
+    torch.testing.assert_close(looped.loss_trace, vmapped.loss_trace, rtol=1e-4, atol=1e-6)
+    assert looped.llc_mean == pytest.approx(vmapped.llc_mean, rel=1e-3)
