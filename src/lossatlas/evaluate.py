@@ -601,9 +601,11 @@ class Evaluator:
         if family == "mlp":
             per_point = self._mlp_bytes() * self.batch_size + weights
         elif family in ("bnfold", "bnrecompute", "loop"):
-            # Folded weights of every point of the chunk; activations of one point at a time.
+            # Folded weights of every point of the chunk; activations of one point at a time
+            # (on the CPU 16 folded points a chunk; a plain loop keeps 64: fewer chunks for
+            # the field's decoding and storing)
             per_point = weights
-            cap = 64 if self.device.type == "cuda" else 16
+            cap = 64 if self.device.type == "cuda" or family == "loop" else 16
         else:
             per_point = self._live_bytes() * self.batch_size + weights
         return int(max(1, min(cap, self.memory_budget // per_point)))
