@@ -3,6 +3,10 @@
 - :mod:`.mlp`: plain Linear/activation chains, all points' first layer as one GEMM
   and batched GEMMs after.
 - :mod:`.bnfold`: eval-mode BatchNorm folded into the preceding convolution per point.
+- :mod:`.mlp_triton`: a Linear-ReLU-Linear-ReLU-Linear MLP and its cross-entropy as one
+  Triton kernel (CUDA).
+- :mod:`.conv_triton`: a 3x3 convolution with its bias, residual add and ReLU as one
+  Triton kernel (CUDA, bf16/fp16), and the graph rewrite that uses it.
 """
 
 from .bnfold import FoldPair, FoldPlan, fold_batchnorm
