@@ -22,6 +22,10 @@ def test_finds_convolutions_and_attention_and_nothing_else():
     assert slow_under_vmap_on_cpu(mha, "not run") == ["attention"]  # by its type
     both = nn.Sequential(nn.Conv1d(5, 5, 1), _Attn())
     assert slow_under_vmap_on_cpu(both, torch.randn(2, 5, 8)) == ["attention", "convolutions"]
+    from lossatlas.models.transformer import ModularTransformer
+
+    written_out = ModularTransformer(p=7, d_model=8, num_heads=2)  # q k^T, softmax, @ v
+    assert slow_under_vmap_on_cpu(written_out, torch.randint(0, 7, (2, 3))) == ["softmax"]
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     assert slow_under_vmap_on_cpu(mlp, torch.randn(2, 4)) == []
     assert slow_under_vmap_on_cpu(mlp, torch.randn(2, 5)) == []  # a failing model: nothing

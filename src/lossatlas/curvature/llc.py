@@ -125,11 +125,13 @@ def _batch_indices(
 def _chain_steps(obj: Objective):
     """``(w [C, Dg], x [C, m, ...], y [C, m]) -> (grads [C, Dg], losses [C])``: every
     chain's batch-loss gradient, vectorised with ``vmap``, or on the CPU one chain after
-    another for models whose convolutions or attention run slowly under it
+    another for models whose convolutions or fused attention run slowly under it
     (:func:`~lossatlas.vmap_ops.slow_under_vmap_on_cpu`: a small CNN 2.6x slower than
     devinterp's loop before)."""
     one = grad_and_value(obj.group_loss)
-    if obj.device.type != "cpu" or not slow_under_vmap_on_cpu(obj.net, obj.data.subset(2).x):
+    slow = (set(slow_under_vmap_on_cpu(obj.net, obj.data.subset(2).x))
+            if obj.device.type == "cpu" else set())
+    if not slow & {"attention", "convolutions"}:  # a written-out softmax: about even here
         return vmap(one, randomness="different")
 
     def loop(w: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
