@@ -57,11 +57,16 @@ def _bn_cnn() -> nn.Module:
 
 
 @pytest.mark.parametrize("name", ["resnet20", "bn_cnn"])
-def test_rewrite_keeps_the_model(name):
-    """Folded + fused model under functional_call equals the original eval-mode model,
-    and every supported convolution with its ReLU / residual add was replaced."""
+def test_rewrite_keeps_the_model(name, tmp_path):
+    """Folded + fused model under functional_call equals the original eval-mode model
+    (a checkpoint written to disk and read back), and every supported convolution with
+    its ReLU / residual add was replaced."""
     torch.manual_seed(0)
-    model = _randomise_bn(create(name) if name == "resnet20" else _bn_cnn())
+    make = (lambda: create(name)) if name == "resnet20" else _bn_cnn
+    torch.save(_randomise_bn(make()).state_dict(), tmp_path / "ckpt.pt")
+    model = make()
+    model.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    model.eval()
     gm, plan, _ = fold_batchnorm(model)
     assert gm is not None and plan is not None
     supported = sum(supports_conv(m) is None for m in gm.modules())
