@@ -98,12 +98,23 @@ def layer_shapes(n: int, reps: int) -> list[dict]:
             ms = timed(fn, reps)
             err = (fn().float() - ref).abs().max().item()
             row[name] = {"ms": ms, "gb_per_s": moved / ms / 1e6, "max_abs_diff_fp32": err}
+        row["autotuned"] = _tuned_config(c_in, c_out, hw, res)
         rows.append(row)
+        print(f"autotune's choice: {row['autotuned']}", flush=True)
         print(f"{c_in:>2}->{c_out:<2} {hw:>2}px res={int(res)}: " + "  ".join(
             f"{k} {row[k]['ms']:.3f} ms ({row[k]['gb_per_s']:,.0f} GB/s, err {row[k]['max_abs_diff_fp32']:.1e})"
             for k in ("cudnn", "cudnn+compile", "fused")), flush=True)
         del x, r, ref
     return rows
+
+
+def _tuned_config(c_in: int, c_out: int, hw: int, res: bool) -> str:
+    """The launch configuration the kernel's autotuner chose for this shape."""
+    cache = getattr(conv_triton._conv3x3_tuned, "cache", {})
+    for key, cfg in cache.items():
+        if tuple(key[:7]) == (c_in, c_out, hw, hw, True, res, True):
+            return str(cfg)
+    return "?"
 
 
 def _configs() -> list[dict]:
@@ -114,6 +125,10 @@ def _configs() -> list[dict]:
             if (bm, nw) not in ((32, 8), (256, 2)):
                 out += [{"BLOCK_M": bm, "PIPELINE": p, "num_warps": nw, "num_stages": 2}
                         for p in (0, 3)]
+    for bm in (32, 64, 128, 256):  # the row sweep (whole image rows per program)
+        for nw in (2, 4, 8):
+            out += [{"BLOCK_M": bm, "ROWS": 1, "PIPELINE": p, "num_warps": nw,
+                     "num_stages": 2} for p in (1, 2, 3)]
     return out
 
 
@@ -124,8 +139,11 @@ def _sweep_shape(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, r: torch.Ten
 
     times: dict = {}
     for cfg in _configs():
-        name = f"BM{cfg['BLOCK_M']} w{cfg['num_warps']} pipe{cfg['PIPELINE']}"
+        name = (f"{'rows' if cfg.get('ROWS') else 'taps'} BM{cfg['BLOCK_M']} "
+                f"w{cfg['num_warps']} pipe{cfg['PIPELINE']}")
         try:
+            if _launch(x, w, b, r, True, config=cfg) is None:
+                continue  # a row sweep whose block is narrower than an image row
             times[name] = timed(lambda cfg=cfg: _launch(x, w, b, r, True, config=cfg), reps)
         except Exception as err:  # noqa: BLE001 - a config that does not compile
             times[name] = type(err).__name__

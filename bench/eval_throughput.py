@@ -335,8 +335,8 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
                 kw["backend"] = "vmap"
             elif tok == "nocl":
                 kw["channels_last"] = False
-            elif tok == "nofuse":  # folded BatchNorm without the fused Triton convolutions
-                kw["backend"] = "fast-bnfold"
+            elif tok == "nofuse":  # without the Triton convolutions (cuDNN's)
+                kw["backend"] = "nofuse"
             elif tok == "compile":
                 kw["compile"] = True
             elif tok == "autotune":  # Triton conv templates timed against cuDNN
@@ -351,6 +351,9 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
                 kw["bn"] = tok
             else:
                 raise SystemExit(f"eval_throughput: unknown variant {tok!r}")
+        if kw.get("backend") == "nofuse":
+            recompute = kw.get("bn", args.bn) == "recompute"
+            kw["backend"] = "fast-bnrecompute" if recompute else "fast-bnfold"
         variants.append((f"{args.precision} {extra}", kw, gemm))
     best = 0.0
     best_kw: dict = {}

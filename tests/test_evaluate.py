@@ -291,7 +291,8 @@ def test_backend_registry_names_and_errors():
     from lossatlas.backends import BACKENDS, backend_names, get_backend
 
     assert backend_names() == ["fast-mlp-fused", "fast-mlp", "fast-bnfold-fused", "fast-bnfold",
-                               "fast-bnrecompute", "compiled", "vmap", "sequential"]
+                               "fast-bnrecompute-triton", "fast-bnrecompute", "compiled", "vmap",
+                               "sequential"]
     assert len({b.name for b in BACKENDS}) == len(BACKENDS)
     assert get_backend("vmap").name == "vmap"
     with pytest.raises(ValueError, match="no backend 'nope'; registered"):

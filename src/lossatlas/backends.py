@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, fx
 from torch.func import functional_call
 
-from .kernels import conv_triton
+from .kernels import bn_triton, conv_triton
 from .kernels.bnfold import fold_batchnorm
 from .kernels.mlp import detect_mlp, mlp_logits
 from .vmap_ops import slow_under_vmap_on_cpu
@@ -233,6 +233,40 @@ class RecomputeBN(Backend):
             return ev._accumulate(lambda x: ev._point_outputs_recompute(chunk, x), len(chunk))
 
 
+class TritonConvRecompute(RecomputeBN):
+    """:class:`RecomputeBN` with each 3x3 convolution of 16-64 channels as the Triton
+    kernel of :mod:`lossatlas.kernels.conv_triton` (CUDA, bf16, channels-last). Where a
+    BatchNorm follows the convolution, the kernel also returns the statistics of its
+    output and one elementwise kernel normalises it, adds the residual and applies the
+    ReLU (:mod:`lossatlas.kernels.bn_triton`): one pass less over each activation. The
+    other layers run as in :class:`RecomputeBN`."""
+
+    name = "fast-bnrecompute-triton"
+
+    def why_not(self, ev: Evaluator) -> str | None:
+        if ev.device.type != "cuda" or ev.precision != "bf16" or not ev.channels_last:
+            return "it needs CUDA, precision='bf16' and channels-last activations"
+        if conv_triton.triton is None:
+            return "Triton is not installed"
+        why = super().why_not(ev) or conv_triton.check_kernel(ev.device)
+        if why is not None:
+            return why
+        try:
+            gm = fx.symbolic_trace(copy.deepcopy(ev.model))
+        except Exception as err:  # noqa: BLE001 - an untraceable model takes another path
+            return f"torch.fx cannot trace the model ({type(err).__name__}: {err})"
+        n = conv_triton.fuse_conv_epilogues(gm)
+        if n == 0:
+            return "no 3x3 stride-1 convolution of 16, 32 or 64 channels"
+        n_bn = bn_triton.fuse_batchnorm_statistics(gm)
+        why = ev._probe(lambda x: ev._recompute_forward({}, x, gm)[None])
+        if why is None:
+            ev._recompute_model = gm
+            log.info("Evaluator: %d convolutions run as Triton kernels, %d of them with the "
+                     "statistics of the BatchNorm after them", n, n_bn)
+        return why
+
+
 class Compiled(Backend):
     """One point after another through ``torch.compile`` of the per-point forward with the
     loss and metrics (``compile=True``): for large models (a transformer), whose points
@@ -288,8 +322,9 @@ class Sequential(Vmap):
 
 
 #: Every backend, in the order ``backend="auto"`` tries them.
-BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FusedConvBN(), FoldedBN(), RecomputeBN(),
-                                 Compiled(), Vmap(), Sequential())
+BACKENDS: tuple[Backend, ...] = (FusedMLP(), FastMLP(), FusedConvBN(), FoldedBN(),
+                                 TritonConvRecompute(), RecomputeBN(), Compiled(), Vmap(),
+                                 Sequential())
 
 
 def backend_names() -> list[str]:

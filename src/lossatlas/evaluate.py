@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "tf32", "bf16"]
 BackendName = Literal["auto", "fast", "vmap", "sequential", "fast-mlp-fused", "fast-mlp",
-                      "fast-bnfold-fused", "fast-bnfold", "fast-bnrecompute", "compiled"]
+                      "fast-bnfold-fused", "fast-bnfold", "fast-bnrecompute-triton", "fast-bnrecompute",
+                      "compiled"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -231,7 +232,8 @@ class Evaluator:
         samples in one batch, ``"fast-bnrecompute"`` comes before ``"vmap"``: one point
         after another, channels-last, train-mode BatchNorm over all samples in the
         evaluation pass itself (cuDNN autotuning; ``torch.compile`` with
-        ``compile=True``). "fast" takes the first fast path and raises
+        ``compile=True``), preceded in bf16 by ``"fast-bnrecompute-triton"`` (the same
+        with its 3x3 convolutions of 16-64 channels as Triton kernels). "fast" takes the first fast path and raises
         when none applies; "vmap" and "sequential" are used as asked, and so is any
         other registered backend's name (an error when it does not apply). The choice is
         made once, logged (with why the faster ones did not apply), and is
@@ -377,6 +379,7 @@ class Evaluator:
         self._fold: FoldPlan | None = None
         self._folded: nn.Module | None = None
         self._folded_plain: nn.Module | None = None  # without fused kernels (for vmap)
+        self._recompute_model: nn.Module | None = None  # with Triton convolutions
         # channels-last only in half precision by default: in fp32 / tf32 cuDNN's
         # channels-last convolution of a 3-channel input failed on an H200 with "CUDA
         # error: misaligned address" (ResNet-56, torch 2.11; bench/bn_recompute_check.py)
@@ -762,10 +765,13 @@ class Evaluator:
             return vmap(one, in_dims=(0,), randomness="different")(batched)
         return self._point_loop(self._folded_forward, batched, fixed, x)
 
-    def _recompute_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def _recompute_forward(self, params: dict[str, Tensor], x: Tensor,
+                           model: nn.Module | None = None) -> Tensor:
         """One point's outputs on all samples ``x``: every BatchNorm layer (its running
-        statistics stripped) normalises with the statistics of this whole batch."""
-        return model_output(call_model(self.model, params, x), self.output)
+        statistics stripped) normalises with the statistics of this whole batch. The
+        model is ``model``, else the one the backend prepared, else ``self.model``."""
+        model = model or self._recompute_model or self.model
+        return model_output(call_model(model, params, x), self.output)
 
     def _point_outputs_recompute(self, chunk: Tensor, x: Tensor) -> Tensor:
         """Outputs ``[P, n, ...]`` under "recompute" with all ``n`` samples in ``x``: the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 
 import pytest
@@ -32,7 +33,7 @@ def test_supports_conv_names_what_it_cannot_do():
     assert supports_conv(nn.Conv2d(16, 32, 3, padding=1)) is None
     assert "3x3 stride-1" in supports_conv(nn.Conv2d(16, 32, 3, stride=2, padding=1))
     assert "channels" in supports_conv(nn.Conv2d(3, 16, 3, padding=1))
-    assert "bias" in supports_conv(nn.Conv2d(16, 16, 3, padding=1, bias=False))
+    assert supports_conv(nn.Conv2d(16, 16, 3, padding=1, bias=False)) is None  # bias optional
     assert "grouped" in supports_conv(nn.Conv2d(16, 16, 3, padding=1, groups=2))
 
 
@@ -44,6 +45,8 @@ def test_op_equals_conv_bias_residual_relu():
     ref = F.relu(F.conv2d(x, w, b, padding=1) + r)
     torch.testing.assert_close(conv3x3_act(x, w, b, r, True), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv3x3_act(x, w, b, None, False), F.conv2d(x, w, b, padding=1),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv3x3_act(x, w, None, None, False), F.conv2d(x, w, padding=1),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -186,7 +189,16 @@ def test_check_kernel_reports_a_wrong_or_missing_kernel(monkeypatch):
     assert "does not run" in conv_triton.check_kernel("cpu")
     monkeypatch.setattr(conv_triton, "_launch",
                         lambda x, w, b, r, relu, config=None: conv_triton._reference(x, w, b, r, relu))
+
+    def stats(x, w, config=None, shift=0.0):
+        y = conv_triton._reference(x, w, None, None, False)
+        var, mean = torch.var_mean(y.float(), dim=(0, 2, 3), unbiased=False)
+        return y, mean + shift, var
+
+    monkeypatch.setattr(conv_triton, "_launch_stats", stats)
     assert conv_triton.check_kernel("cpu") is None
+    monkeypatch.setattr(conv_triton, "_launch_stats", lambda x, w, config=None: stats(x, w, shift=1e-3))
+    assert "statistics differ" in conv_triton.check_kernel("cpu")
 
 
 _KERNEL_CHECK = """
@@ -204,6 +216,16 @@ for cin, cout, res, relu in [(16, 16, True, True), (16, 32, False, True), (64, 3
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     pipelined = _launch(x, w, b, r, relu, config={"BLOCK_M": 32, "PIPELINE": 3})
     torch.testing.assert_close(pipelined, ref, rtol=1e-4, atol=1e-4)
+    # the row sweep: 2 images (padded rows of 8) per program, the last program half empty
+    rows = _launch(x, w, b, r, relu, config={"BLOCK_M": 16, "ROWS": 1, "PIPELINE": 2})
+    torch.testing.assert_close(rows, ref, rtol=1e-4, atol=1e-4)
+    assert _launch(x, w, b, r, relu, config={"BLOCK_M": 4, "ROWS": 1}) is None  # row of 8
+# one-row and one-column images: the sweep's first output row is also its last; no bias
+for shape in [(2, 16, 1, 5), (3, 16, 4, 1)]:
+    x, w = torch.randn(*shape), torch.randn(16, 16, 3, 3)
+    for cfg in ({"BLOCK_M": 16, "ROWS": 1}, {"BLOCK_M": 16, "PIPELINE": 3}):
+        got = _launch(x, w, None, None, False, config=cfg)
+        torch.testing.assert_close(got, F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
 from lossatlas.kernels.conv_triton import check_kernel
 assert check_kernel("cpu", torch.float16) is None, check_kernel("cpu", torch.float16)
 print("ok")
@@ -212,7 +234,8 @@ print("ok")
 
 def test_kernel_in_interpreter(triton_interpreter):
     """The Triton kernel itself (fp32, IEEE products), run by Triton's CPU interpreter, on
-    odd image sizes so that every border mask is exercised."""
+    odd image sizes so that every border mask is exercised: the tap loop and the row
+    sweep."""
     triton_interpreter(_KERNEL_CHECK)
 
 
@@ -226,6 +249,56 @@ def test_fused_backend_on_cuda_matches_fp32():
     ev = Evaluator(model, data, device="cuda", bn="own", precision="bf16")
     assert ev.backend == "fast-bnfold-fused"
     ref = Evaluator(model, data, device="cuda", bn="own", precision="fp32", backend="sequential")
+    w = ref.space.flatten(model).cuda()
+    pts = w + 0.01 * torch.randn(4, w.numel(), device="cuda") * w.abs().mean()
+    torch.testing.assert_close(ev.evaluate(pts)["loss"], ref.evaluate(pts)["loss"], rtol=2e-2,
+                               atol=2e-2)
+
+
+def _stripped(model: nn.Module) -> nn.Module:
+    """``model`` with its BatchNorm layers normalising with their batch's statistics."""
+    from lossatlas.batchnorm import strip_statistics
+
+    strip_statistics(model)
+    return model
+
+
+@pytest.mark.parametrize("name", ["resnet20", "bn_cnn"])
+def test_rewrite_under_recomputed_statistics(name, tmp_path):
+    """The graph ``fast-bnrecompute-triton`` runs: the unfolded model (no conv bias, a
+    BatchNorm with batch statistics after each convolution) with its convolutions
+    replaced by the op equals the model (checkpoint written to disk and read back)."""
+    torch.manual_seed(0)
+    make = (lambda: create(name)) if name == "resnet20" else _bn_cnn
+    torch.save(_randomise_bn(make()).state_dict(), tmp_path / "ckpt.pt")
+    model = make()
+    model.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    model = _stripped(model.eval())
+    gm = torch.fx.symbolic_trace(copy.deepcopy(model))
+    n = fuse_conv_epilogues(gm)
+    assert n == (16 if name == "resnet20" else 2)
+    calls = [nd for nd in gm.graph.nodes if nd.target is torch.ops.lossatlas.conv3x3_act.default]
+    if name == "resnet20":  # a BatchNorm follows every convolution: the op is the conv alone
+        assert all(c.args[2] is None and c.args[3] is None and not c.args[4] for c in calls)
+    x = torch.randn(6, *(3, 32, 32) if name == "resnet20" else (1, 8, 8))
+    params = {k: v * 1.1 for k, v in model.state_dict().items()}  # another point
+    with torch.no_grad():
+        torch.testing.assert_close(functional_call(gm, params, (x,)),
+                                   functional_call(model, params, (x,)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_recompute_backend_on_cuda_matches_fp32():
+    """On CUDA in bf16 under bn="recompute" the Triton-convolution backend is chosen and
+    agrees with the fp32 sequential evaluation (batch statistics) to bf16 rounding."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    model = _randomise_bn(create("resnet20")).cuda()
+    data = (torch.randn(512, 3, 32, 32), torch.randint(0, 10, (512,)))
+    ev = Evaluator(model, data, device="cuda", bn="recompute", precision="bf16")
+    assert ev.backend == "fast-bnrecompute-triton"
+    ref = Evaluator(model, data, device="cuda", bn="recompute", precision="fp32",
+                    backend="sequential")
     w = ref.space.flatten(model).cuda()
     pts = w + 0.01 * torch.randn(4, w.numel(), device="cuda") * w.abs().mean()
     torch.testing.assert_close(ev.evaluate(pts)["loss"], ref.evaluate(pts)["loss"], rtol=2e-2,

@@ -7,6 +7,8 @@
   Triton kernel (CUDA).
 - :mod:`.conv_triton`: a 3x3 convolution with its bias, residual add and ReLU as one
   Triton kernel (CUDA, bf16/fp16), and the graph rewrite that uses it.
+- :mod:`.bn_triton`: BatchNorm with batch statistics: the convolution also returns its
+  output's statistics, one elementwise kernel normalises, adds the residual, applies ReLU.
 """
 
 from .bnfold import FoldPair, FoldPlan, fold_batchnorm
