@@ -101,11 +101,18 @@ for cfg in ({"BLOCK_M": 32, "ROWS": 1}, {"BLOCK_M": 64, "PIPELINE": 3}, {"BLOCK_
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var, var_ref, rtol=1e-5, atol=1e-5)
-scale, shift, r = torch.randn(32), torch.randn(32), torch.randn(5, 32, 7, 9)
-for res, relu in [(None, False), (r, True)]:
-    got = _bn_act_launch(ref, scale, shift, res, relu)
-    want = ref * scale[:, None, None] + shift[:, None, None] + (0 if res is None else res)
-    torch.testing.assert_close(got, F.relu(want) if relu else want, rtol=1e-5, atol=1e-5)
+# more programs (70) than one block of the merge kernel takes (64)
+xs = torch.randn(140, 16, 3, 5) - 2.0
+ys, mean, var = _launch_stats(xs, w, config={"BLOCK_M": 16, "ROWS": 1})
+var_s, mean_s = torch.var_mean(F.conv2d(xs, w, padding=1), dim=(0, 2, 3), unbiased=False)
+torch.testing.assert_close(mean, mean_s, rtol=1e-5, atol=1e-5)
+torch.testing.assert_close(var, var_s, rtol=1e-5, atol=1e-5)
+gamma, beta, r = torch.randn(32), torch.randn(32), torch.randn(5, 32, 7, 9)
+for g, b, res, relu in [(None, None, None, False), (gamma, beta, r, True), (gamma, None, r, False)]:
+    got = _bn_act_launch(ref, mean_ref, var_ref, g, b, 1e-3, res, relu)
+    want = F.batch_norm(ref, None, None, g, b, training=True, eps=1e-3)
+    want = want + (0 if res is None else res)
+    torch.testing.assert_close(got, F.relu(want) if relu else want, rtol=1e-4, atol=1e-4)
 from lossatlas.kernels.conv_triton import check_kernel
 assert check_kernel("cpu", torch.float16) is None, check_kernel("cpu", torch.float16)
 print("ok")

@@ -33,15 +33,24 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _bn_act_kernel(Y, SC, SH, R, OUT, NPIX, C: tl.constexpr, HAS_RES: tl.constexpr,
+    def _bn_act_kernel(Y, MEAN, VAR, GAMMA, BETA, R, OUT, NPIX, eps, C: tl.constexpr,
+                       AFFINE_W: tl.constexpr, AFFINE_B: tl.constexpr, HAS_RES: tl.constexpr,
                        RELU: tl.constexpr, BLOCK_M: tl.constexpr):
-        """OUT = relu?(Y * SC + SH (+ R)) over [NPIX, C] channels-last rows, fp32 inside."""
+        """OUT = relu?((Y - MEAN) / sqrt(VAR + eps) * GAMMA + BETA (+ R)) over [NPIX, C]
+        channels-last rows, fp32 inside (each program forms the per-channel scale and
+        shift from the statistics itself: no separate launch)."""
+        c = tl.arange(0, C)
+        scale = 1.0 / tl.sqrt(tl.load(VAR + c) + eps)
+        if AFFINE_W:
+            scale = scale * tl.load(GAMMA + c).to(tl.float32)
+        shift = -tl.load(MEAN + c) * scale
+        if AFFINE_B:
+            shift = shift + tl.load(BETA + c).to(tl.float32)
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         ok = (rm < NPIX)[:, None]
-        c = tl.arange(0, C)
         off = rm[:, None] * C + c[None, :]
         v = tl.load(Y + off, mask=ok, other=0.0).to(tl.float32)
-        v = v * tl.load(SC + c)[None, :] + tl.load(SH + c)[None, :]
+        v = v * scale[None, :] + shift[None, :]
         if HAS_RES:
             v = v + tl.load(R + off, mask=ok, other=0.0).to(tl.float32)
         if RELU:
@@ -84,7 +93,8 @@ def _(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return y, x.new_empty(c, dtype=torch.float32), x.new_empty(c, dtype=torch.float32)
 
 
-def _bn_act_launch(y: Tensor, scale: Tensor, shift: Tensor, residual: Tensor | None,
+def _bn_act_launch(y: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
+                   bias: Tensor | None, eps: float, residual: Tensor | None,
                    relu: bool) -> Tensor | None:
     """The Triton kernel's output, or None where it cannot run."""
     c = y.shape[1]
@@ -98,11 +108,13 @@ def _bn_act_launch(y: Tensor, scale: Tensor, shift: Tensor, residual: Tensor | N
     y = y.contiguous(memory_format=cl)
     out = torch.empty_like(y, memory_format=cl)
     r = out if residual is None else residual.contiguous(memory_format=cl)
+    stats = [t.float().contiguous() for t in (mean, var)]
+    affine = [out if t is None else t.contiguous() for t in (weight, bias)]
     npix = y.numel() // c
     block = max(16, 4096 // c)
-    _bn_act_kernel[(triton.cdiv(npix, block),)](y, scale, shift, r, out, npix, C=c,
-                                                  HAS_RES=residual is not None, RELU=relu,
-                                                  BLOCK_M=block)
+    _bn_act_kernel[(triton.cdiv(npix, block),)](
+        y, *stats, *affine, r, out, npix, float(eps), C=c, AFFINE_W=weight is not None,
+        AFFINE_B=bias is not None, HAS_RES=residual is not None, RELU=relu, BLOCK_M=block)
     return out
 
 
@@ -112,10 +124,10 @@ def bn_act(y: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Te
     """``relu?((y - mean) / sqrt(var + eps) * weight + bias (+ residual))`` per channel of
     ``y`` [N, C, H, W] (``weight`` / ``bias`` None: 1 / 0), formed in fp32 and rounded
     once to ``y.dtype``. Returns Tensor[N, C, H, W] (channels-last)."""
-    scale, shift = _scale_shift(mean, var, weight, bias, eps)
-    out = _bn_act_launch(y, scale, shift, residual, relu) if y.is_cuda else None
+    out = _bn_act_launch(y, mean, var, weight, bias, eps, residual, relu) if y.is_cuda else None
     if out is not None:
         return out
+    scale, shift = _scale_shift(mean, var, weight, bias, eps)
     v = y.float() * scale[:, None, None] + shift[:, None, None]
     if residual is not None:
         v = v + residual.float()

@@ -118,6 +118,35 @@ if triton is not None:
         tl.store(base + C_OUT + co, m2)
 
     @triton.jit
+    def _combine_kernel(S, MEAN, VAR, P, STEP, TOTAL, C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """MEAN, VAR [C] (biased) of ``TOTAL`` values from the moments S [P, 2, C] of P
+        programs of ``STEP`` values each (the last one the rest): blocks of programs'
+        moments merged exactly, one block after another (one program, no host sync)."""
+        c = tl.arange(0, C)
+        count = tl.full([], 0.0, tl.float32)
+        mean = tl.zeros([C], dtype=tl.float32)
+        m2 = tl.zeros([C], dtype=tl.float32)
+        for start in range(0, P, BLOCK_P):
+            p = start + tl.arange(0, BLOCK_P)
+            ok = p < P
+            n_p = tl.where(ok, tl.minimum(STEP, TOTAL - p * STEP), 0).to(tl.float32)
+            at = S + p[:, None] * 2 * C + c[None, :]
+            mean_p = tl.load(at, mask=ok[:, None], other=0.0)
+            m2_p = tl.load(at + C, mask=ok[:, None], other=0.0)
+            n_b = tl.sum(n_p, axis=0)
+            mean_b = tl.sum(mean_p * n_p[:, None], axis=0) / tl.maximum(n_b, 1.0)
+            d = mean_p - mean_b[None, :]
+            m2_b = tl.sum(m2_p, axis=0) + tl.sum(d * d * n_p[:, None], axis=0)
+            tot = count + n_b
+            delta = mean_b - mean
+            frac = n_b / tl.maximum(tot, 1.0)
+            mean = mean + delta * frac
+            m2 = m2 + m2_b + delta * delta * count * frac
+            count = tot
+        tl.store(MEAN + c, mean)
+        tl.store(VAR + c, m2 / tl.maximum(count, 1.0))
+
+    @triton.jit
     def _tap(X, Wt, acc, t, rm, ok, row, col, ci, co, H, W, C_IN: tl.constexpr,
              C_OUT: tl.constexpr, IEEE: tl.constexpr):
         """``acc`` plus tap ``t``'s product: the pixel tile shifted by (dy, dx), zero
@@ -279,33 +308,32 @@ def _launch_stats(x: Tensor, weight: Tensor, config: dict | None = None
                   ) -> tuple[Tensor, Tensor, Tensor] | None:
     """``(y, mean, var)``: the kernel's ``conv2d(x, weight, padding=1)`` (no bias) and the
     per-channel mean and biased variance (fp32) of the values it wrote, from each
-    program's moments merged exactly (float64); None where the kernel cannot run."""
+    program's moments merged exactly on the device; None where the kernel cannot run."""
     out = _run(x, weight, None, None, False, config, stats=True)
     if out is None:
         return None
-    y, (moments, counts) = out
-    n = counts.to(moments.device, torch.float64)[:, None]
-    mean_p, m2_p = moments[:, 0].double(), moments[:, 1].double()
-    total = n.sum()
-    mean = (n * mean_p).sum(0) / total
-    m2 = m2_p.sum(0) + (n * (mean_p - mean) ** 2).sum(0)
-    return y, mean.float(), (m2 / total).float()
+    y, (moments, programs, step, total) = out
+    c = y.shape[1]
+    mean = torch.empty(c, device=y.device, dtype=torch.float32)
+    var = torch.empty_like(mean)
+    _combine_kernel[(1,)](moments, mean, var, programs, step, total, C=c, BLOCK_P=64)
+    return y, mean, var
 
 
-def _program_counts(npix: int, n: int, hw: int, block_w: int, meta: dict) -> Tensor:
-    """Pixels each program of launch ``meta`` covers (the last one may be partial)."""
+def _program_pixels(npix: int, n: int, hw: int, block_w: int, meta: dict
+                    ) -> tuple[int, int, int]:
+    """``(programs, step, total)`` of launch ``meta``: each program covers ``step`` of
+    the ``total`` output pixels (the last one the rest)."""
     step = (meta["BLOCK_M"] // block_w) * hw if meta.get("ROWS") else meta["BLOCK_M"]
     total = n * hw if meta.get("ROWS") else npix
-    programs = triton.cdiv(total, step)
-    counts = torch.full((programs,), step, dtype=torch.float64)
-    counts[-1] = total - step * (programs - 1)
-    return counts
+    return triton.cdiv(total, step), step, total
 
 
 def _run(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, relu: bool,
-         config: dict | None, stats: bool) -> tuple[Tensor, tuple[Tensor, Tensor] | None] | None:
-    """One launch: the output and, with ``stats``, the programs' moments [P, 2, C_out]
-    with the pixel count of each program; None when the kernel cannot run."""
+         config: dict | None, stats: bool) -> tuple[Tensor, tuple | None] | None:
+    """One launch: the output and, with ``stats``, ``(moments, programs, step, total)``:
+    the programs' moments [>= programs, 2, C_out] and :func:`_program_pixels`; None when
+    the kernel cannot run."""
     if triton is None or x.dim() != 4 or weight.shape[2:] != (3, 3):
         return None
     n, c_in, h, w = x.shape
@@ -347,8 +375,7 @@ def _run(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None
         _conv3x3_kernel[grid(cfg)](*args, **flags, **cfg)
     if not stats:
         return y, None
-    counts = _program_counts(npix, n, h * w, block_w, cfg)
-    return y, (s[: len(counts)], counts)
+    return y, (s, *_program_pixels(npix, n, h * w, block_w, cfg))
 
 
 def check_kernel(device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> str | None:
