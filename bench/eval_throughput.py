@@ -243,6 +243,12 @@ def make_evaluator(model, x, y, device, kw: dict) -> Evaluator:
     kw = dict(kw)
     if kw.get("bn") == "own":
         kw["space"] = ParamSpace(model, buffers=True)
+    if kw.pop("nostats", False):  # recompute: the Triton convolutions without statistics
+        from unittest import mock
+
+        with mock.patch("lossatlas.kernels.bn_triton.fuse_batchnorm_statistics",
+                        lambda gm: 0):
+            return Evaluator(model, (x, y), device=device, **kw)
     return Evaluator(model, (x, y), device=device, **kw)
 
 
@@ -347,6 +353,8 @@ def bench_case(name: str, args, device: torch.device, rate: float, rate_desc: st
                 kw["chunk_size"] = int(tok[5:])
             elif tok.startswith("batch"):
                 kw["batch_size"] = int(tok[5:])
+            elif tok == "nostats":  # recompute: BatchNorm statistics not taken in the conv
+                kw["nostats"] = True
             elif tok in ("own", "recompute"):
                 kw["bn"] = tok
             else:
@@ -507,8 +515,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     ap.add_argument("--variants", default="",
                     help="extra variants of ours, comma-separated, tokens joined by '+': "
-                         "vmap, nocl, nofuse, compile, autotune, gemm, chunkN, batchN, own, "
-                         "recompute")
+                         "vmap, nocl, nofuse, nostats, compile, autotune, gemm, chunkN, batchN, "
+                         "own, recompute")
     ap.add_argument("--bn", default="own", choices=["own", "recompute"],
                     help="BatchNorm policy of ours (the peers use the stored statistics: own)")
     ap.add_argument("--profile-dir", default="",

@@ -235,11 +235,12 @@ class RecomputeBN(Backend):
 
 class TritonConvRecompute(RecomputeBN):
     """:class:`RecomputeBN` with each 3x3 convolution of 16-64 channels as the Triton
-    kernel of :mod:`lossatlas.kernels.conv_triton` (CUDA, bf16, channels-last). Where a
-    BatchNorm follows the convolution, the kernel also returns the statistics of its
-    output and one elementwise kernel normalises it, adds the residual and applies the
-    ReLU (:mod:`lossatlas.kernels.bn_triton`): one pass less over each activation. The
-    other layers run as in :class:`RecomputeBN`."""
+    kernel of :mod:`lossatlas.kernels.conv_triton` (CUDA, bf16, channels-last). Eagerly,
+    where a BatchNorm follows the convolution, the kernel also returns the statistics of
+    its output and one elementwise kernel normalises it, adds the residual and applies
+    the ReLU (:mod:`lossatlas.kernels.bn_triton`); with ``compile=True`` the BatchNorm
+    layers are left to ``torch.compile``. The other layers run as in
+    :class:`RecomputeBN`."""
 
     name = "fast-bnrecompute-triton"
 
@@ -258,7 +259,10 @@ class TritonConvRecompute(RecomputeBN):
         n = conv_triton.fuse_conv_epilogues(gm)
         if n == 0:
             return "no 3x3 stride-1 convolution of 16, 32 or 64 channels"
-        n_bn = bn_triton.fuse_batchnorm_statistics(gm)
+        # with compile=True inductor's own fusion of each BatchNorm around the kernel is
+        # the faster (ResNet-56 on an H200: 44.0 against 38.7 points/s; eagerly the
+        # statistics from the kernel: 33.4 against ~13): BENCHMARKS.md
+        n_bn = 0 if ev.compile else bn_triton.fuse_batchnorm_statistics(gm)
         why = ev._probe(lambda x: ev._recompute_forward({}, x, gm)[None])
         if why is None:
             ev._recompute_model = gm
