@@ -129,8 +129,6 @@ def _configs() -> list[dict]:
         for nw in (2, 4, 8):
             out += [{"BLOCK_M": bm, "ROWS": 1, "PIPELINE": p, "num_warps": nw,
                      "num_stages": 2} for p in (1, 2, 3)]
-            out += [{"BLOCK_M": bm, "ROWS": 1, "PIPELINE": 2, "SPLIT_N": 2, "num_warps": nw,
-                     "num_stages": 2}]  # half the output channels per program
     return out
 
 
@@ -142,8 +140,7 @@ def _sweep_shape(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, r: torch.Ten
     times: dict = {}
     for cfg in _configs():
         name = (f"{'rows' if cfg.get('ROWS') else 'taps'} BM{cfg['BLOCK_M']} "
-                f"w{cfg['num_warps']} pipe{cfg['PIPELINE']}"
-                + (f" split{cfg['SPLIT_N']}" if cfg.get("SPLIT_N") else ""))
+                f"w{cfg['num_warps']} pipe{cfg['PIPELINE']}")
         try:
             if _launch(x, w, b, r, True, config=cfg) is None:
                 continue  # a row sweep whose block is narrower than an image row

@@ -96,7 +96,7 @@ ref = F.conv2d(x, w, padding=1)
 var_ref, mean_ref = torch.var_mean(ref, dim=(0, 2, 3), unbiased=False)
 assert float((mean_ref.abs() / var_ref.sqrt()).max()) > 3  # a mean several deviations out
 for cfg in ({"BLOCK_M": 32, "ROWS": 1}, {"BLOCK_M": 64, "PIPELINE": 3}, {"BLOCK_M": 16, "ROWS": 1},
-            {"BLOCK_M": 16, "ROWS": 1, "SPLIT_N": 2}, {"BLOCK_M": 32, "SPLIT_N": 2}, None):
+            None):
     y, mean, var = _launch_stats(x, w, config=cfg)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)

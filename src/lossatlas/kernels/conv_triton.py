@@ -15,8 +15,6 @@ into the convolutions (:mod:`lossatlas.kernels.bnfold`) a whole ``conv -> +bias 
   rows; each input row is loaded once with its one-pixel left / right shifts and feeds
   three output rows (kernel rows 2, 1, 0 of the rows above, at and below it), kept as
   three running accumulators; each input pixel is loaded three times;
-- either one with the output channels split into ``SPLIT_N`` blocks, one program per
-  block (smaller accumulators; the input loaded once per block);
 - adds the bias, the residual tile and applies ReLU in fp32, and writes the output
   once, rounded to the activation dtype.
 
@@ -164,16 +162,16 @@ if triton is not None:
     def _taps_block(X, Wt, B, R, Y, S, NPIX, H, W, C_IN: tl.constexpr, C_OUT: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
                     STATS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, PIPELINE: tl.constexpr):
-        """One program: ``BLOCK_M`` consecutive output pixels and ``BLOCK_N`` output
-        channels, each of the nine taps loading its own shifted input tile."""
+                    PIPELINE: tl.constexpr):
+        """One program: ``BLOCK_M`` consecutive output pixels, each of the nine taps
+        loading its own shifted input tile."""
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # pixel in [0, N * H * W)
         ok = rm < NPIX
         col = rm % W
         row = (rm // W) % H
         ci = tl.arange(0, C_IN)
-        co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        co = tl.arange(0, C_OUT)
+        acc = tl.zeros([BLOCK_M, C_OUT], dtype=tl.float32)
         if PIPELINE:  # a loop Triton software-pipelines (loads PIPELINE taps ahead)
             for t in tl.range(0, 9, num_stages=PIPELINE):
                 acc = _tap(X, Wt, acc, t, rm, ok, row, col, ci, co, H, W, C_IN, C_OUT, IEEE)
@@ -189,7 +187,7 @@ if triton is not None:
     def _rows_block(X, Wt, B, R, Y, S, N, H, W, C_IN: tl.constexpr, C_OUT: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
                     STATS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PIPELINE: tl.constexpr):
+                    BLOCK_W: tl.constexpr, PIPELINE: tl.constexpr):
         """One program: ``BLOCK_M // BLOCK_W`` whole images, swept row by row. Each input
         row is loaded once (with its two one-pixel shifts) and feeds kernel row 2 of the
         output row above it, row 1 of its own and row 0 of the one below: three running
@@ -202,13 +200,13 @@ if triton is not None:
         left = ok & (col >= 1)
         right = ok & (col + 1 < W)
         ci = tl.arange(0, C_IN)
-        co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        above = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # output row ih - 1
-        here = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # output row ih
+        co = tl.arange(0, C_OUT)
+        above = tl.zeros([BLOCK_M, C_OUT], dtype=tl.float32)  # output row ih - 1
+        here = tl.zeros([BLOCK_M, C_OUT], dtype=tl.float32)  # output row ih
         first = img * H * W + col  # pixel index of row 0 of each image
         count = tl.full([], 0.0, tl.float32)  # moments of the rows written so far (STATS)
-        mean = tl.zeros([BLOCK_N], dtype=tl.float32)
-        m2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        mean = tl.zeros([C_OUT], dtype=tl.float32)
+        m2 = tl.zeros([C_OUT], dtype=tl.float32)
         for ih in tl.range(0, H, num_stages=PIPELINE):
             pix = first + ih * W
             src = X + pix[:, None] * C_IN + ci[None, :]
@@ -221,7 +219,7 @@ if triton is not None:
             here = _product(a_l, Wt, 3, ci, co, here, C_IN, C_OUT, IEEE)
             here = _product(a_c, Wt, 4, ci, co, here, C_IN, C_OUT, IEEE)
             here = _product(a_r, Wt, 5, ci, co, here, C_IN, C_OUT, IEEE)
-            below = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            below = tl.zeros([BLOCK_M, C_OUT], dtype=tl.float32)
             below = _product(a_l, Wt, 0, ci, co, below, C_IN, C_OUT, IEEE)
             below = _product(a_c, Wt, 1, ci, co, below, C_IN, C_OUT, IEEE)
             below = _product(a_r, Wt, 2, ci, co, below, C_IN, C_OUT, IEEE)
@@ -242,27 +240,21 @@ if triton is not None:
                         C_IN: tl.constexpr, C_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
                         HAS_RES: tl.constexpr, RELU: tl.constexpr, STATS: tl.constexpr,
                         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
-                        ROWS: tl.constexpr = 0, PIPELINE: tl.constexpr = 0,
-                        SPLIT_N: tl.constexpr = 1):
+                        ROWS: tl.constexpr = 0, PIPELINE: tl.constexpr = 0):
         """The output Y = relu?(conv(X) (+ B) (+ R)); with STATS each program's per-channel
-        mean and M2 of the values written, in S [programs, 2, C_OUT]. Program (i, j) takes
-        pixel block i and output channels j * C_OUT / SPLIT_N onwards."""
-        BLOCK_N: tl.constexpr = C_OUT // SPLIT_N
+        mean and M2 of the values written, in S [programs, 2, C_OUT]."""
         if ROWS:
             _rows_block(X, Wt, B, R, Y, S, N, H, W, C_IN, C_OUT, HAS_BIAS, HAS_RES, RELU,
-                        STATS, IEEE, BLOCK_M, BLOCK_N, BLOCK_W, PIPELINE)
+                        STATS, IEEE, BLOCK_M, BLOCK_W, PIPELINE)
         else:
             _taps_block(X, Wt, B, R, Y, S, NPIX, H, W, C_IN, C_OUT, HAS_BIAS, HAS_RES, RELU,
-                        STATS, IEEE, BLOCK_M, BLOCK_N, PIPELINE)
+                        STATS, IEEE, BLOCK_M, PIPELINE)
 
     def _whole_rows_fit(configs, named_args, **kwargs):
         """The autotuner's candidates for this shape: the row sweep only where a program's
-        ``BLOCK_M`` pixels hold at least one whole (padded) image row, output channels
-        split only into blocks of 16 or more."""
+        ``BLOCK_M`` pixels hold at least one whole (padded) image row."""
         bw = kwargs.get("BLOCK_W", named_args.get("BLOCK_W", 1))
-        c_out = kwargs.get("C_OUT", named_args.get("C_OUT", 16))
-        return [c for c in configs if (not c.kwargs.get("ROWS") or c.kwargs["BLOCK_M"] >= bw)
-                and c_out // c.kwargs.get("SPLIT_N", 1) >= 16]
+        return [c for c in configs if not c.kwargs.get("ROWS") or c.kwargs["BLOCK_M"] >= bw]
 
     # candidates timed per shape: the fastest launches of the tap loop and of the row
     # sweep in an H200 sweep (bench/conv_fused.py, 10,000 CIFAR images; the best: rows,
@@ -274,10 +266,6 @@ if triton is not None:
         ] + [
             triton.Config({"BLOCK_M": bm, "ROWS": 1, "PIPELINE": p}, num_warps=nw, num_stages=2)
             for bm, nw, p in ((64, 2, 3), (128, 2, 3), (128, 4, 2), (128, 8, 2))
-        ] + [  # the row sweep over half the output channels: accumulators half as large
-            triton.Config({"BLOCK_M": bm, "ROWS": 1, "PIPELINE": p, "SPLIT_N": 2},
-                          num_warps=nw, num_stages=2)
-            for bm, nw, p in ((64, 2, 3), (128, 4, 2), (128, 8, 2))
         ],
         key=["C_IN", "C_OUT", "H", "W", "HAS_BIAS", "HAS_RES", "RELU", "STATS"],
         prune_configs_by={"early_config_prune": _whole_rows_fit},
@@ -286,11 +274,10 @@ if triton is not None:
 
 def _grid(npix: int, n: int, block_w: int):
     """The launch grid for a kernel configuration ``meta``."""
-    def grid(meta: dict) -> tuple[int, int]:
-        split = meta.get("SPLIT_N", 1)
+    def grid(meta: dict) -> tuple[int]:
         if meta.get("ROWS"):
-            return (triton.cdiv(n, meta["BLOCK_M"] // block_w), split)
-        return (triton.cdiv(npix, meta["BLOCK_M"]), split)
+            return (triton.cdiv(n, meta["BLOCK_M"] // block_w),)
+        return (triton.cdiv(npix, meta["BLOCK_M"]),)
     return grid
 
 
@@ -310,9 +297,9 @@ def _reference(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor 
 def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None,
             relu: bool, config: dict | None = None) -> Tensor | None:
     """The Triton kernel's output, or None when it cannot run on these tensors. On CUDA
-    the autotuned launch, or ``config`` (BLOCK_M, ROWS, PIPELINE, SPLIT_N, num_warps,
-    num_stages) when given (``bench/conv_fused.py`` sweeps them; None for a row sweep whose
-    ``BLOCK_M`` is narrower than an image row, or blocks of fewer than 16 channels)."""
+    the autotuned launch, or ``config`` (BLOCK_M, ROWS, PIPELINE, num_warps, num_stages)
+    when given (``bench/conv_fused.py`` sweeps them; None for a row sweep whose
+    ``BLOCK_M`` is narrower than an image row)."""
     out = _run(x, weight, bias, residual, relu, config, stats=False)
     return None if out is None else out[0]
 
@@ -360,8 +347,6 @@ def _run(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None
     block_w = triton.next_power_of_2(w)
     if config is not None and config.get("ROWS") and config["BLOCK_M"] < block_w:
         return None
-    if config is not None and c_out // config.get("SPLIT_N", 1) < 16:
-        return None  # the products' tiles need 16 output channels or more
     x = x.contiguous(memory_format=torch.channels_last)
     wt = weight.to(x.dtype).permute(2, 3, 1, 0).contiguous()  # [3, 3, C_in, C_out]
     y = torch.empty((n, c_out, h, w), device=x.device, dtype=x.dtype,
