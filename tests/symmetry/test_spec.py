@@ -143,8 +143,8 @@ def test_apply_permutation_inverse_and_errors():
 
 
 def test_an_unsupported_leaf_with_parameters_is_never_silent():
-    """A layer the tracer keeps whole (nn.TransformerEncoderLayer) holds units that are not
-    permuted: a SpecWarning, and an error under strict=True, even when no group flows in."""
+    """A layer without a rule (nn.Embedding) holds units that are not permuted: a
+    SpecWarning, and an error under strict=True, even when no group flows in."""
     import warnings as _w
 
     from lossatlas.symmetry import SpecWarning, permutation_spec
@@ -163,7 +163,124 @@ def test_an_unsupported_leaf_with_parameters_is_never_silent():
     with _w.catch_warnings(record=True) as caught:
         _w.simplefilter("always")
         permutation_spec(Enc().eval(), x)
-    assert any(issubclass(c.category, SpecWarning) and "layer" in str(c.message)
+    assert any(issubclass(c.category, SpecWarning) and "emb" in str(c.message)
                for c in caught)
     with pytest.raises(NotImplementedError, match="strict"):
         permutation_spec(Enc().eval(), x, strict=True)
+
+
+def _randomise_affine(model: nn.Module) -> nn.Module:
+    """Non-trivial norm weights and biases, so that a missed one shows."""
+    gen = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            m.weight.data = torch.randn(m.weight.shape, generator=gen)
+            m.bias.data = torch.randn(m.bias.shape, generator=gen)
+    return model.eval()
+
+
+class GNNet(nn.Module):
+    """Conv -> GroupNorm(3 groups of 4) -> ReLU -> Conv -> GroupNorm(2 groups of 4),
+    a residual branch whose GroupNorm has 4 groups of 2 (tied: blocks of lcm 4), flatten,
+    Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(2, 12, 3, padding=1), nn.GroupNorm(3, 12)
+        self.c2, self.n2 = nn.Conv2d(12, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.c3, self.n3 = nn.Conv2d(12, 8, 1), nn.GroupNorm(4, 8)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.n1(self.c1(x)))
+        h = torch.relu(self.n2(self.c2(h)) + self.n3(self.c3(h)))
+        return self.fc(h.flatten(1))
+
+
+def test_groupnorm_moves_whole_channel_groups():
+    """A group reaching a GroupNorm becomes its channel groups (units of C / G channels);
+    two GroupNorms tied by a residual add move blocks of the lcm of their group sizes;
+    random permutations keep the function, while swapping two channels of different
+    groups (a plain channel permutation) does not."""
+    torch.manual_seed(0)
+    model = _randomise_affine(GNNet())
+    x = torch.randn(6, 2, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecWarning)
+        spec = permutation_spec(model, x)
+    assert spec.sizes == {"c1": 3, "c2": 2}
+    axes = {(ax.name, ax.axis, ax.block) for ax in spec.groups["c1"]}
+    assert {("c1.weight", 0, 4), ("n1.weight", 0, 4), ("c2.weight", 1, 4)} <= axes
+    axes = {(ax.name, ax.axis, ax.block) for ax in spec.groups["c2"]}
+    assert {("c2.weight", 0, 4), ("c3.weight", 0, 4), ("n3.bias", 0, 4),
+            ("fc.weight", 1, 64)} <= axes
+    assert check_spec(model, spec, x)
+    swapped = GNNet()
+    swapped.load_state_dict(model.state_dict())
+    p = torch.arange(12)
+    p[[0, 11]] = p[[11, 0]]  # channel 0 (group 0) <-> channel 11 (group 2)
+    with torch.no_grad():
+        for t in (swapped.c1.weight, swapped.c1.bias, swapped.n1.weight, swapped.n1.bias):
+            t.copy_(t[p])
+        for conv in (swapped.c2, swapped.c3):
+            conv.weight.copy_(conv.weight[:, p])
+        assert not torch.allclose(swapped.eval()(x), model(x), atol=1e-4)
+
+
+class StreamEncoder(nn.Module):
+    """A Linear writes the residual stream of two nn.TransformerEncoderLayers (post- and
+    pre-LayerNorm), mean pooling, a head."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.inp = nn.Linear(5, d)
+        self.l1 = nn.TransformerEncoderLayer(d, 2, 12, dropout=0.0, batch_first=True)
+        self.l2 = nn.TransformerEncoderLayer(d, 2, 10, dropout=0.0, batch_first=True,
+                                             norm_first=True, activation="gelu")
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.l2(self.l1(self.inp(x))).mean(1))
+
+
+def test_transformer_encoder_layer_ffn_and_residual_stream():
+    """Each layer's feed-forward units are a group; the residual stream written by the
+    Linear passes through both layers (attention in/out projections, FFN, LayerNorms);
+    random permutations keep the function; a permuted copy is matched back exactly."""
+    from lossatlas.symmetry import permute_model, weight_matching
+
+    torch.manual_seed(0)
+    model = _randomise_affine(StreamEncoder())
+    x = torch.randn(4, 6, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecWarning)
+        spec = permutation_spec(model, x)
+    assert spec.sizes == {"inp": 8, "l1.linear1": 12, "l2.linear1": 10}
+    stream = {(ax.name, ax.axis) for ax in spec.groups["inp"]}
+    for layer in ("l1", "l2"):
+        assert {(f"{layer}.self_attn.in_proj_weight", 1), (f"{layer}.linear2.bias", 0),
+                (f"{layer}.self_attn.out_proj.weight", 0), (f"{layer}.norm2.weight", 0),
+                ("head.weight", 1)} <= stream
+    assert check_spec(model, spec, x, tol=1e-5)
+    perms = random_permutation(spec, torch.Generator().manual_seed(2))
+    permuted = permute_model(model, spec, perms)
+    aligned, found = weight_matching(model, permuted, example_input=x, return_perms=True)
+    for k, v in aligned.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k], rtol=0, atol=0, msg=k)
+    assert all(torch.equal(found[g], torch.argsort(p)) for g, p in perms.items())
+
+
+def test_activation_matching_reads_inside_an_encoder_layer():
+    """Activation matching takes the FFN units' activations at the layer's second Linear
+    (through the unfused path) and undoes a permutation of them."""
+    from lossatlas.symmetry import match_activations, permute_model
+
+    torch.manual_seed(0)
+    model = StreamEncoder().eval()
+    x = torch.randn(64, 6, 5)
+    spec = permutation_spec(model, x)
+    perms = random_permutation(spec, torch.Generator().manual_seed(4))
+    permuted = permute_model(model, spec, perms)
+    found = match_activations(spec, model, permuted, (x, torch.zeros(64, dtype=torch.long)))
+    for g, p in perms.items():
+        assert torch.equal(found[g], torch.argsort(p)), g

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..batches import as_tensor_data
 from ..errors import InputTypeError
+from ..evaluate import batchable_layers
 from ._inputs import resolve_example_input
 from .spec import (
     PermutationSpec,
@@ -364,7 +365,9 @@ def _group_correlations(
                 captured.setdefault(name, [None, None])[which] = inputs[0].detach()
             handles.append(mods[name].register_forward_pre_hook(hook))
     try:
-        with torch.no_grad():
+        # batchable_layers: nn.TransformerEncoderLayer's fused inference path would skip
+        # the hooked Linear modules inside it
+        with torch.no_grad(), batchable_layers(math_attention=False):
             for x, _ in td.batches(batch_size):
                 captured.clear()
                 x = x.to(dev)

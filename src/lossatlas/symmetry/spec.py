@@ -19,6 +19,16 @@ graph:
   (and running statistics) with the group; element-wise activations, dropout,
   identity, softmax, pooling, reductions over other axes, transposes and
   reshapes that keep each unit a contiguous block pass the group through.
+- GroupNorm: only whole channel groups may move (permuting channels across its groups
+  changes their statistics), so a group reaching a GroupNorm of ``g`` groups becomes
+  ``g`` units of ``C / g`` consecutive channels each (its axes' blocks grow by ``C /
+  g``); the norm's weight and bias move with them. (Permutations inside a channel
+  group are a symmetry too, not represented.)
+- ``nn.TransformerEncoderLayer`` (a torch.fx leaf): its feed-forward hidden units are a
+  group; a group on the model axis flowing in (the residual stream) passes through,
+  moving the attention's input columns, its output projection's rows, the
+  feed-forward layers' columns / rows and both LayerNorms. Attention heads are not
+  represented.
 - Residual additions (and element-wise products, concatenation along another
   axis) of two permuted tensors TIE their groups (union-find), so ResNets with
   identity and projection shortcuts share one permutation per stage.
@@ -49,7 +59,7 @@ graph:
   ``spec.norm_scales`` for the canonical form (:mod:`~lossatlas.symmetry.rescale`).
 - Whatever reaches the model's output is never permuted. An operation the
   rules do not cover (attention scores, ``matmul``, a reshape that splits the
-  units, a GroupNorm, an unknown module) FIXES the group flowing into it (it is
+  units, an unknown module) FIXES the group flowing into it (it is
   left unpermuted) with a warning naming the operation, or raises with
   ``strict=True``. A spec is never silently wrong; :func:`check_spec` verifies
   it numerically.
@@ -306,6 +316,8 @@ class _Builder:
         self.reasons: dict[int, str] = {}
         self.state: dict[fx.Node, _P | None] = {}
         self.tensor_names = set(gm.state_dict())
+        # channels per unit of a group whose units are GroupNorm groups (root -> factor)
+        self.factor: dict[int, int] = {}
 
     # union-find
     def find(self, g: int) -> int:
@@ -326,7 +338,25 @@ class _Builder:
         lo, hi = min(ra, rb), max(ra, rb)
         self.parent[hi] = lo
         self.tied.update((ra, rb))
+        fa, fb = self.factor.pop(ra, 1), self.factor.pop(rb, 1)
+        if max(fa, fb) > 1:
+            f = math.lcm(fa, fb)
+            if lo != self.FIXED and self.size[lo] % f:
+                self.fix(_P(lo, 1), f"GroupNorm groups of {fa} and {fb} channels tied "
+                                    f"across {self.size[lo]} channels")
+            else:
+                self.factor[lo] = f
         return lo
+
+    def coarsen(self, g: int, per: int) -> bool:
+        """Make group ``g``'s units blocks of ``per`` consecutive channels (a GroupNorm's
+        groups: only whole groups may move). False if its channels do not split so."""
+        r = self.find(g)
+        f = math.lcm(self.factor.get(r, 1), per)
+        if r == self.FIXED or self.size[r] % f:
+            return False
+        self.factor[r] = f
+        return True
 
     def new_group(self, n: int, creator: str) -> int:
         self.parent.append(len(self.parent))
@@ -524,6 +554,21 @@ class _Builder:
             self.note_sign_norm(x, s, target, mod)
             self.note_norm_scale(x, target, "unit")
             return s
+        if isinstance(mod, nn.GroupNorm):
+            if s is None:
+                return None
+            per = mod.num_channels // mod.num_groups
+            if s.axis != 1 or s.block != 1 or not self.coarsen(s.g, per):
+                self.fix(s, f"GroupNorm {target} normalises groups of {per} channels on axis "
+                            f"1, the group is on axis {s.axis} (block {s.block})")
+                return None
+            for p in ("weight", "bias"):
+                self.add(s.g, f"{target}.{p}", 0, 1, "norm")
+            self.nonhom.add(s.g)
+            self.not_odd(s.g)
+            return s
+        if isinstance(mod, nn.TransformerEncoderLayer):
+            return self.visit_encoder_layer(target, mod, s, shape)
         if isinstance(mod, nn.LayerNorm):
             self.note_norm_scale(x, target, "layer")
             if s is None or shape is None:
@@ -560,6 +605,36 @@ class _Builder:
             warnings.warn(msg, SpecWarning, stacklevel=3)
         self.fix(s, f"unsupported module {target} ({type(mod).__name__})")
         return None
+
+    def visit_encoder_layer(self, target: str, mod: nn.TransformerEncoderLayer,
+                            s: _P | None, shape: tuple[int, ...] | None) -> _P | None:
+        """An ``nn.TransformerEncoderLayer`` (a torch.fx leaf): its feed-forward hidden
+        units are a new group; a group on the model axis flowing in passes through (the
+        attention's input columns, its output projection's rows, the FFN's input columns
+        and output rows and both LayerNorms move with it: the residual stream's units).
+        The attention heads are left as they are."""
+        if s is not None and (shape is None or s.axis != len(shape) - 1 or s.block != 1):
+            self.fix(s, f"{target} reads the last axis, the group is on axis {s.axis}")
+            s = None
+        if s is not None:
+            for name, axis, role in (
+                ("self_attn.in_proj_weight", 1, "out"), ("linear1.weight", 1, "out"),
+                ("self_attn.out_proj.weight", 0, "in"), ("self_attn.out_proj.bias", 0, "in"),
+                ("linear2.weight", 0, "in"), ("linear2.bias", 0, "in"),
+                ("norm1.weight", 0, "norm"), ("norm1.bias", 0, "norm"),
+                ("norm2.weight", 0, "norm"), ("norm2.bias", 0, "norm"),
+            ):
+                self.add(s.g, f"{target}.{name}", axis, 1, role)
+            self.nonhom.add(s.g)
+            self.not_odd(s.g)
+        g = self.new_group(mod.linear1.out_features, f"{target}.linear1")
+        self.add(g, f"{target}.linear1.weight", 0, 1, "in")
+        self.add(g, f"{target}.linear1.bias", 0, 1, "in")
+        self.add(g, f"{target}.linear2.weight", 1, 1, "out")
+        self.consumers.append((g, f"{target}.linear2", len(shape) - 1 if shape else -1, 1))
+        self.nonhom.add(g)  # conservative: no rescaling or sign claims inside the layer
+        self.not_odd(g)
+        return s
 
     def note_norm_scale(self, x: Any, norm: str, kind: str) -> None:
         """Record a Linear/Conv whose output feeds only the norm layer ``norm``."""
@@ -760,17 +835,23 @@ class _Builder:
                 roots[r] = self.creator[r]
                 groups[roots[r]], sizes[roots[r]], producers[roots[r]] = [], self.size[r], []
             producers[roots[r]].append(self.creator[g])
+        for r, f in self.factor.items():  # GroupNorm groups: units of f channels
+            if r in roots:
+                sizes[roots[r]] //= f
         seen: set[tuple[str, str, int]] = set()
         for g, ax in self.entries:
             r = self.find(g)
             if r in roots and (roots[r], ax.name, ax.axis) not in seen:
                 seen.add((roots[r], ax.name, ax.axis))
-                groups[roots[r]].append(ax)
+                f = self.factor.get(r, 1)
+                groups[roots[r]].append(ax if f == 1 else Axis(ax.name, ax.axis, ax.block * f,
+                                                                 ax.role))
         consumers: dict[str, list[tuple[str, int, int]]] = {}
         for g, mod, axis, block in self.consumers:
             r = self.find(g)
             if r in roots:
-                consumers.setdefault(roots[r], []).append((mod, axis, block))
+                consumers.setdefault(roots[r], []).append(
+                    (mod, axis, block * self.factor.get(r, 1)))
         bad = {self.find(g) for g in self.nonhom} | {self.find(g) for g in self.tied}
         rescalable = {name for r, name in roots.items() if r not in bad}
         not_odd = {self.find(g) for g in self.nonodd}
