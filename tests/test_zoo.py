@@ -39,7 +39,13 @@ from lossatlas import Evaluator, Population
 from lossatlas.cli import app
 from lossatlas.connectivity import barrier_curve
 from lossatlas.curvature import hessian_eigen, llc
-from lossatlas.symmetry import permutation_spec, permute_model, random_permutation, weight_matching
+from lossatlas.symmetry import (
+    SpecWarning,
+    permutation_spec,
+    permute_model,
+    random_permutation,
+    weight_matching,
+)
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -232,7 +238,7 @@ def test_weight_matching_recovers_a_permuted_copy(fam):
     name = fam.name
     model = load(name, final_path(fam, "lr2"))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the transformer's embedding: no rule (SpecWarning)
+        warnings.simplefilter("error", SpecWarning)  # nothing of a zoo model left out
         spec = permutation_spec(model)
     assert spec.groups, f"{name}: the permutation spec finds no group"
     perms = random_permutation(spec, torch.Generator().manual_seed(1))

@@ -143,30 +143,15 @@ def test_apply_permutation_inverse_and_errors():
 
 
 def test_an_unsupported_leaf_with_parameters_is_never_silent():
-    """A layer without a rule (nn.Embedding) holds units that are not permuted: a
-    SpecWarning, and an error under strict=True, even when no group flows in."""
-    import warnings as _w
-
-    from lossatlas.symmetry import SpecWarning, permutation_spec
-
-    class Enc(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(10, 8)
-            self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-            self.head = nn.Linear(8, 3)
-
-        def forward(self, x):
-            return self.head(self.layer(self.emb(x)).mean(1))
-
-    x = torch.randint(0, 10, (2, 5))
-    with _w.catch_warnings(record=True) as caught:
-        _w.simplefilter("always")
-        permutation_spec(Enc().eval(), x)
-    assert any(issubclass(c.category, SpecWarning) and "emb" in str(c.message)
-               for c in caught)
+    """A layer without a rule (a per-channel nn.PReLU) holds units that are not permuted:
+    a SpecWarning, and an error under strict=True, even when no group flows in."""
+    model = nn.Sequential(nn.PReLU(5), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.randn(3, 5)
+    with pytest.warns(SpecWarning, match="0 \\(PReLU\\)"):
+        spec = permutation_spec(model, x)
+    assert list(spec.groups) == ["1"]
     with pytest.raises(NotImplementedError, match="strict"):
-        permutation_spec(Enc().eval(), x, strict=True)
+        permutation_spec(model, x, strict=True)
 
 
 def _randomise_affine(model: nn.Module) -> nn.Module:
@@ -284,3 +269,60 @@ def test_activation_matching_reads_inside_an_encoder_layer():
     found = match_activations(spec, model, permuted, (x, torch.zeros(64, dtype=torch.long)))
     for g, p in perms.items():
         assert torch.equal(found[g], torch.argsort(p)), g
+
+
+class TokenEncoder(nn.Module):
+    """Embedding + a learned position table, an nn.TransformerEncoderLayer, a head."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.emb = nn.Embedding(10, d)
+        self.pos = nn.Parameter(torch.randn(5, d))
+        self.layer = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(self.emb(x) + self.pos).mean(1))
+
+
+def test_embedding_and_position_table_start_the_residual_stream():
+    """The embedding's columns and the position table move with the residual stream;
+    a sum with a computed tensor that is not permuted still fixes the group."""
+    torch.manual_seed(0)
+    model = _randomise_affine(TokenEncoder())
+    x = torch.randint(0, 10, (4, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecWarning)
+        spec = permutation_spec(model, x)
+    assert spec.sizes == {"emb": 8, "layer.linear1": 16}
+    assert {("emb.weight", 1), ("pos", 1), ("layer.norm1.bias", 0), ("head.weight", 1)} <= {
+        (ax.name, ax.axis) for ax in spec.groups["emb"]}
+    assert check_spec(model, spec, x, tol=1e-5)
+
+    class Shifted(TokenEncoder):
+        def forward(self, x):
+            return self.head(self.layer(self.emb(x) + torch.ones(8)).mean(1))
+
+    with pytest.warns(SpecWarning, match="emb"):
+        spec2 = permutation_spec(Shifted().eval(), x)
+    assert list(spec2.groups) == ["layer.linear1"]
+
+
+def test_a_tensor_built_in_forward_fixes_the_group():
+    """A sum with a tensor made inside forward (``torch.arange``: a fixed table, not a
+    model tensor) is not permuted with the units: the group is left unpermuted with a
+    warning (it used to be permuted, and the spec was wrong)."""
+
+    class Offset(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x) + torch.arange(8.0)))
+
+    torch.manual_seed(0)
+    model, x = Offset().eval(), torch.randn(3, 4)
+    with pytest.warns(SpecWarning, match="_tensor_constant"):
+        spec = permutation_spec(model, x)
+    assert spec.groups == {} and check_spec(model, spec, x)

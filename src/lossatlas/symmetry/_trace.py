@@ -120,6 +120,15 @@ class _ConcreteTracer(fx.Tracer):
                 value = _MISSING
         return value
 
+    def create_arg(self, a: Any) -> Any:
+        # a tensor made inside forward (torch.arange(...), a fixed table) becomes a
+        # get_attr constant without passing through create_proxy: record its shape too,
+        # so that a sum with it is seen to span the units
+        out = super().create_arg(a)
+        if isinstance(a, Tensor) and isinstance(out, fx.Node) and "shape" not in out.meta:
+            out.meta["shape"] = tuple(a.shape)
+        return out
+
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         if self._computing:
             return attr_val

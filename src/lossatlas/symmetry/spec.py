@@ -24,6 +24,9 @@ graph:
   ``g`` units of ``C / g`` consecutive channels each (its axes' blocks grow by ``C /
   g``); the norm's weight and bias move with them. (Permutations inside a channel
   group are a symmetry too, not represented.)
+- An ``nn.Embedding``'s columns start a group; a model tensor added to (or multiplying)
+  a permuted tensor along the group's axis (a learned position table, a layer scale)
+  moves with the group.
 - ``nn.TransformerEncoderLayer`` (a torch.fx leaf): its feed-forward hidden units are a
   group; a group on the model axis flowing in (the residual stream) passes through,
   moving the attention's input columns, its output projection's rows, the
@@ -59,7 +62,7 @@ graph:
   ``spec.norm_scales`` for the canonical form (:mod:`~lossatlas.symmetry.rescale`).
 - Whatever reaches the model's output is never permuted. An operation the
   rules do not cover (attention scores, ``matmul``, a reshape that splits the
-  units, an unknown module) FIXES the group flowing into it (it is
+  units, a sum with a computed unpermuted tensor, an unknown module) FIXES the group flowing into it (it is
   left unpermuted) with a warning naming the operation, or raises with
   ``strict=True``. A spec is never silently wrong; :func:`check_spec` verifies
   it numerically.
@@ -315,7 +318,8 @@ class _Builder:
         self.tied: set[int] = set()
         self.reasons: dict[int, str] = {}
         self.state: dict[fx.Node, _P | None] = {}
-        self.tensor_names = set(gm.state_dict())
+        # the model's tensors (not the constants tracing made of tensors built in forward)
+        self.tensor_names = {k for k in gm.state_dict() if not k.startswith("_tensor_constant")}
         # channels per unit of a group whose units are GroupNorm groups (root -> factor)
         self.factor: dict[int, int] = {}
 
@@ -554,6 +558,10 @@ class _Builder:
             self.note_sign_norm(x, s, target, mod)
             self.note_norm_scale(x, target, "unit")
             return s
+        if isinstance(mod, nn.Embedding):  # a new group: the embedding's columns
+            g = self.new_group(mod.embedding_dim, target)
+            self.add(g, f"{target}.weight", 1, 1, "in")
+            return _P(g, len(out_shape) - 1) if out_shape else None
         if isinstance(mod, nn.GroupNorm):
             if s is None:
                 return None
@@ -788,6 +796,10 @@ class _Builder:
         if p is None:
             return None
         oshape = self.shape(other)
+        if self.moves_with(other, p, len(out), oshape):
+            self.nonhom.add(p.g)  # conservative: no rescaling or sign claims with it
+            self.not_odd(p.g)
+            return p
         if oshape is not None:  # a tensor that is not permuted with the group
             k = p.axis - (len(out) - len(oshape))
             if k >= 0 and oshape[k] != 1:
@@ -799,6 +811,18 @@ class _Builder:
         if op not in ("mul", "div"):  # -x + c != -(x + c)
             self.not_odd(p.g)
         return p
+
+    def moves_with(self, other: Any, p: _P, rank: int, oshape: tuple[int, ...] | None) -> bool:
+        """Whether ``other`` is one of the model's tensors (a ``get_attr``: a learned
+        position table, a layer scale) spanning the group's axis in a sum or product: it
+        then moves with the group (its axis added to the group)."""
+        if not (isinstance(other, fx.Node) and other.op == "get_attr" and oshape is not None):
+            return False
+        k = p.axis - (rank - len(oshape))
+        if k < 0 or oshape[k] == 1 or str(other.target) not in self.tensor_names:
+            return False
+        self.add(p.g, str(other.target), k, p.block, "in")
+        return True
 
     def visit_cat(self, node: fx.Node) -> _P | None:
         tensors = node.args[0]
