@@ -147,6 +147,16 @@ class FoldedBN(Backend):
             return ev._accumulate(lambda x: ev._point_outputs_folded(chunk, x), len(chunk))
 
 
+def _triton_conv_why_not(ev: Evaluator) -> str | None:
+    """Why the Triton convolution kernel cannot serve ``ev``: it needs CUDA, bf16,
+    channels-last activations and Triton (its start-up check comes after the model's)."""
+    if ev.device.type != "cuda" or ev.precision != "bf16" or not ev.channels_last:
+        return "it needs CUDA, precision='bf16' and channels-last activations"
+    if conv_triton.triton is None:
+        return "Triton is not installed"
+    return None
+
+
 class FusedConvBN(FoldedBN):
     """:class:`FoldedBN` with each 3x3 convolution of 16-64 channels and the bias,
     residual add and ReLU after it as one Triton kernel
@@ -157,11 +167,8 @@ class FusedConvBN(FoldedBN):
     name = "fast-bnfold-fused"
 
     def why_not(self, ev: Evaluator) -> str | None:
-        if ev.device.type != "cuda" or ev.precision != "bf16" or not ev.channels_last:
-            return "it needs CUDA, precision='bf16' and channels-last activations"
-        if conv_triton.triton is None:
-            return "Triton is not installed"
-        why = super().why_not(ev) or conv_triton.check_kernel(ev.device)
+        why = (_triton_conv_why_not(ev) or super().why_not(ev)
+               or conv_triton.check_kernel(ev.device))
         if why is not None:
             ev._folded = ev._fold = None
             return why
@@ -245,11 +252,8 @@ class TritonConvRecompute(RecomputeBN):
     name = "fast-bnrecompute-triton"
 
     def why_not(self, ev: Evaluator) -> str | None:
-        if ev.device.type != "cuda" or ev.precision != "bf16" or not ev.channels_last:
-            return "it needs CUDA, precision='bf16' and channels-last activations"
-        if conv_triton.triton is None:
-            return "Triton is not installed"
-        why = super().why_not(ev) or conv_triton.check_kernel(ev.device)
+        why = (_triton_conv_why_not(ev) or super().why_not(ev)
+               or conv_triton.check_kernel(ev.device))
         if why is not None:
             return why
         try:

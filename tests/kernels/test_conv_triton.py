@@ -240,15 +240,18 @@ def test_kernel_in_interpreter(triton_interpreter):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_backend_on_cuda_matches_fp32():
-    """On CUDA in bf16 the fused backend is chosen and agrees with fp32 to bf16 rounding."""
+@pytest.mark.parametrize("bn, backend", [("own", "fast-bnfold-fused"),
+                                         ("recompute", "fast-bnrecompute-triton")])
+def test_triton_backends_on_cuda_match_fp32(bn, backend):
+    """On CUDA in bf16 the Triton-convolution backend of each BatchNorm policy is chosen
+    and agrees with the fp32 sequential evaluation under that policy to bf16 rounding."""
     pytest.importorskip("triton")
     torch.manual_seed(0)
     model = _randomise_bn(create("resnet20")).cuda()
     data = (torch.randn(512, 3, 32, 32), torch.randint(0, 10, (512,)))
-    ev = Evaluator(model, data, device="cuda", bn="own", precision="bf16")
-    assert ev.backend == "fast-bnfold-fused"
-    ref = Evaluator(model, data, device="cuda", bn="own", precision="fp32", backend="sequential")
+    ev = Evaluator(model, data, device="cuda", bn=bn, precision="bf16")
+    assert ev.backend == backend
+    ref = Evaluator(model, data, device="cuda", bn=bn, precision="fp32", backend="sequential")
     w = ref.space.flatten(model).cuda()
     pts = w + 0.01 * torch.randn(4, w.numel(), device="cuda") * w.abs().mean()
     torch.testing.assert_close(ev.evaluate(pts)["loss"], ref.evaluate(pts)["loss"], rtol=2e-2,
@@ -285,21 +288,3 @@ def test_rewrite_under_recomputed_statistics(name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(functional_call(gm, params, (x,)),
                                    functional_call(model, params, (x,)), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_recompute_backend_on_cuda_matches_fp32():
-    """On CUDA in bf16 under bn="recompute" the Triton-convolution backend is chosen and
-    agrees with the fp32 sequential evaluation (batch statistics) to bf16 rounding."""
-    pytest.importorskip("triton")
-    torch.manual_seed(0)
-    model = _randomise_bn(create("resnet20")).cuda()
-    data = (torch.randn(512, 3, 32, 32), torch.randint(0, 10, (512,)))
-    ev = Evaluator(model, data, device="cuda", bn="recompute", precision="bf16")
-    assert ev.backend == "fast-bnrecompute-triton"
-    ref = Evaluator(model, data, device="cuda", bn="recompute", precision="fp32",
-                    backend="sequential")
-    w = ref.space.flatten(model).cuda()
-    pts = w + 0.01 * torch.randn(4, w.numel(), device="cuda") * w.abs().mean()
-    torch.testing.assert_close(ev.evaluate(pts)["loss"], ref.evaluate(pts)["loss"], rtol=2e-2,
-                               atol=2e-2)
