@@ -15,7 +15,10 @@ and the ReLU:
   no running statistics (:func:`lossatlas.batchnorm.strip_statistics`) to use them.
 
 Both ops run on CUDA in bf16/fp16 (or in Triton's interpreter, for tests); elsewhere
-they compute the same with PyTorch (``torch.var_mean``).
+they compute the same with PyTorch (``torch.var_mean``). The Evaluator's backend
+``fast-bnrecompute-triton`` uses them when it runs eagerly; with ``compile=True`` it
+leaves the BatchNorm layers to ``torch.compile``, whose fused reductions were faster
+there (BENCHMARKS.md).
 """
 
 from __future__ import annotations
