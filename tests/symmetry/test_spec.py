@@ -3,6 +3,7 @@ specs detected, unsupported operations reported."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
@@ -219,7 +220,7 @@ class StreamEncoder(nn.Module):
     def __init__(self, d: int = 8):
         super().__init__()
         self.inp = nn.Linear(5, d)
-        self.l1 = nn.TransformerEncoderLayer(d, 2, 12, dropout=0.0, batch_first=True)
+        self.l1 = nn.TransformerEncoderLayer(d, 4, 12, dropout=0.0, batch_first=True)
         self.l2 = nn.TransformerEncoderLayer(d, 2, 10, dropout=0.0, batch_first=True,
                                              norm_first=True, activation="gelu")
         self.head = nn.Linear(d, 3)
@@ -229,9 +230,10 @@ class StreamEncoder(nn.Module):
 
 
 def test_transformer_encoder_layer_ffn_and_residual_stream():
-    """Each layer's feed-forward units are a group; the residual stream written by the
-    Linear passes through both layers (attention in/out projections, FFN, LayerNorms);
-    random permutations keep the function; a permuted copy is matched back exactly."""
+    """Each layer's feed-forward units and attention heads are groups; the residual
+    stream written by the Linear passes through both layers (attention in/out
+    projections, FFN, LayerNorms); random permutations keep the function; a permuted
+    copy is matched back exactly."""
     from lossatlas.symmetry import permute_model, weight_matching
 
     torch.manual_seed(0)
@@ -240,7 +242,11 @@ def test_transformer_encoder_layer_ffn_and_residual_stream():
     with warnings.catch_warnings():
         warnings.simplefilter("error", SpecWarning)
         spec = permutation_spec(model, x)
-    assert spec.sizes == {"inp": 8, "l1.linear1": 12, "l2.linear1": 10}
+    assert spec.sizes == {"inp": 8, "l1.self_attn": 4, "l1.linear1": 12, "l2.self_attn": 2,
+                          "l2.linear1": 10}
+    heads = {(ax.name, ax.axis, ax.block, ax.segments) for ax in spec.groups["l1.self_attn"]}
+    assert heads == {("l1.self_attn.in_proj_weight", 0, 2, 3), ("l1.self_attn.in_proj_bias", 0, 2, 3),
+                     ("l1.self_attn.out_proj.weight", 1, 2, 1)}
     stream = {(ax.name, ax.axis) for ax in spec.groups["inp"]}
     for layer in ("l1", "l2"):
         assert {(f"{layer}.self_attn.in_proj_weight", 1), (f"{layer}.linear2.bias", 0),
@@ -257,7 +263,8 @@ def test_transformer_encoder_layer_ffn_and_residual_stream():
 
 def test_activation_matching_reads_inside_an_encoder_layer():
     """Activation matching takes the FFN units' activations at the layer's second Linear
-    (through the unfused path) and undoes a permutation of them."""
+    (through the unfused path) and undoes a permutation of them; the heads, which no
+    module reads, are left out with a warning."""
     from lossatlas.symmetry import match_activations, permute_model
 
     torch.manual_seed(0)
@@ -265,10 +272,13 @@ def test_activation_matching_reads_inside_an_encoder_layer():
     x = torch.randn(64, 6, 5)
     spec = permutation_spec(model, x)
     perms = random_permutation(spec, torch.Generator().manual_seed(4))
+    perms = {g: p if "self_attn" not in g else torch.arange(len(p)) for g, p in perms.items()}
     permuted = permute_model(model, spec, perms)
-    found = match_activations(spec, model, permuted, (x, torch.zeros(64, dtype=torch.long)))
-    for g, p in perms.items():
-        assert torch.equal(found[g], torch.argsort(p)), g
+    with pytest.warns(UserWarning, match="no Linear/Conv reader"):
+        found = match_activations(spec, model, permuted, (x, torch.zeros(64, dtype=torch.long)))
+    assert set(found) == {g for g in spec.groups if "self_attn" not in g}
+    for g in found:
+        assert torch.equal(found[g], torch.argsort(perms[g])), g
 
 
 class TokenEncoder(nn.Module):
@@ -294,7 +304,7 @@ def test_embedding_and_position_table_start_the_residual_stream():
     with warnings.catch_warnings():
         warnings.simplefilter("error", SpecWarning)
         spec = permutation_spec(model, x)
-    assert spec.sizes == {"emb": 8, "layer.linear1": 16}
+    assert spec.sizes == {"emb": 8, "layer.self_attn": 2, "layer.linear1": 16}
     assert {("emb.weight", 1), ("pos", 1), ("layer.norm1.bias", 0), ("head.weight", 1)} <= {
         (ax.name, ax.axis) for ax in spec.groups["emb"]}
     assert check_spec(model, spec, x, tol=1e-5)
@@ -305,7 +315,7 @@ def test_embedding_and_position_table_start_the_residual_stream():
 
     with pytest.warns(SpecWarning, match="emb"):
         spec2 = permutation_spec(Shifted().eval(), x)
-    assert list(spec2.groups) == ["layer.linear1"]
+    assert list(spec2.groups) == ["layer.self_attn", "layer.linear1"]
 
 
 def test_a_tensor_built_in_forward_fixes_the_group():
@@ -326,3 +336,28 @@ def test_a_tensor_built_in_forward_fixes_the_group():
     with pytest.warns(SpecWarning, match="_tensor_constant"):
         spec = permutation_spec(model, x)
     assert spec.groups == {} and check_spec(model, spec, x)
+
+
+def test_hand_permuted_heads_are_matched_back():
+    """Heads reordered by hand (query, key and value rows of each head and the output
+    projection's columns, not through the spec) keep the function, and weight matching
+    finds the order back exactly."""
+    from lossatlas.symmetry import weight_matching
+
+    torch.manual_seed(0)
+    model = StreamEncoder().eval()
+    x = torch.randn(4, 6, 5)
+    other = copy.deepcopy(model)
+    attn, hd = other.l1.self_attn, other.l1.self_attn.head_dim
+    order = torch.tensor([2, 0, 3, 1])
+    rows = (order[:, None] * hd + torch.arange(hd)).reshape(-1)
+    qkv = torch.cat([rows + k * 8 for k in range(3)])
+    with torch.no_grad():
+        attn.in_proj_weight.copy_(attn.in_proj_weight[qkv])
+        attn.in_proj_bias.copy_(attn.in_proj_bias[qkv])
+        attn.out_proj.weight.copy_(attn.out_proj.weight[:, rows])
+        assert not torch.equal(other.l1.self_attn.in_proj_weight, model.l1.self_attn.in_proj_weight)
+        torch.testing.assert_close(other(x), model(x), rtol=1e-5, atol=1e-5)
+    aligned = weight_matching(model, other, example_input=x)
+    for k, v in aligned.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k], rtol=0, atol=0, msg=k)

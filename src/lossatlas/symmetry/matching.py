@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -51,9 +52,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _units_matrix(t: Tensor, axis: int, n: int) -> Tensor:
-    """``t`` with ``axis`` (``n * block`` entries) first, as ``[n, -1]``."""
-    return t.movedim(axis, 0).reshape(n, -1)
+def _units_matrix(t: Tensor, axis: int, n: int, segments: int = 1) -> Tensor:
+    """``t`` with ``axis`` (``segments * n * block`` entries) first, as ``[n, -1]``: row
+    ``i`` holds unit ``i``'s entries of every segment."""
+    t = t.movedim(axis, 0)
+    if segments == 1:
+        return t.reshape(n, -1)
+    return t.reshape(segments, n, -1).transpose(0, 1).reshape(n, -1)
 
 
 def _check_models(who: str, model_a: nn.Module, model_b: nn.Module) -> None:
@@ -164,11 +169,12 @@ def _coordinate_descent(
                 continue
             wb = b[ax.name]
             for g2, ax2 in others:
-                wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block)
+                wb = permute_axis(wb, ax2.axis, perms[g2], ax2.block, ax2.segments)
                 if (g2, ax2.name, ax2.axis) in signed:
-                    wb = scale_axis(wb, ax2.axis, signs[g2], ax2.block)
+                    wb = scale_axis(wb, ax2.axis, signs[g2], ax2.block, ax2.segments)
             cost[int((g, ax.name, ax.axis) in signed)] += (
-                _units_matrix(a[ax.name], ax.axis, n) @ _units_matrix(wb, ax.axis, n).T
+                _units_matrix(a[ax.name], ax.axis, n, ax.segments)
+                @ _units_matrix(wb, ax.axis, n, ax.segments).T
             ).double()
         c = cost.cpu().numpy()
         return c[0], c[1]
@@ -312,7 +318,8 @@ def match_activations(
     For each group, the activations are the inputs of the Linear/Conv layers
     that read the group (``spec.consumers``; for a tied residual group the
     correlation matrices of all its readers are summed). Each group's units are
-    assigned by ``linear_sum_assignment`` on the ``[n, n]`` correlation matrix.
+    assigned by ``linear_sum_assignment`` on the ``[n, n]`` correlation matrix. A group
+    no Linear/Conv module reads (attention heads) is left out, with a warning.
 
     Parameters
     ----------
@@ -322,7 +329,7 @@ def match_activations(
 
     Returns
     -------
-    dict group -> LongTensor[n] as in :func:`match_weights`.
+    dict group -> LongTensor[n] as in :func:`match_weights` (groups with a reader).
     """
     corrs = _group_correlations(spec, model_a, model_b, data, batch_size, max_samples, device)
     return _assign_correlations(spec, corrs, signed=False)[0]
@@ -349,11 +356,11 @@ def _group_correlations(
         for mod, axis, block in readers:
             sites.setdefault(mod, []).append((g, axis, block, spec.sizes[g]))
     missing = [g for g in spec.groups if g not in spec.consumers]
-    if missing:
-        raise ValueError(
+    if missing:  # e.g. attention heads: read inside F.multi_head_attention_forward
+        warnings.warn(
             f"match_activations: groups {missing[:3]} have no Linear/Conv reader to take "
-            "activations from; use weight matching"
-        )
+            "activations from; they are left in place (weight matching aligns them)",
+            stacklevel=3)
     stats = {(g, mod): _Stats() for mod, items in sites.items() for g, *_ in items}
     captured: dict[str, list[Tensor]] = {}
     models = [copy.deepcopy(m).to(dev).eval() for m in (model_a, model_b)]
@@ -383,7 +390,7 @@ def _group_correlations(
         for h in handles:
             h.remove()
     return {g: sum(stats[(g, mod)].correlation() for mod, _, _ in spec.consumers[g]).cpu()
-            for g in spec.sizes}
+            for g in spec.sizes if g in spec.consumers}
 
 
 def _assign_correlations(

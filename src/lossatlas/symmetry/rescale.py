@@ -66,7 +66,7 @@ def apply_rescaling(
             raise ValueError(f"apply_rescaling: scales of group {g!r} must be positive")
         for ax in spec.groups[g]:
             factor = c if ax.role == "in" else 1.0 / c
-            out[ax.name] = scale_axis(out[ax.name], ax.axis, factor, ax.block)
+            out[ax.name] = scale_axis(out[ax.name], ax.axis, factor, ax.block, ax.segments)
     return out
 
 

@@ -30,8 +30,9 @@ graph:
 - ``nn.TransformerEncoderLayer`` (a torch.fx leaf): its feed-forward hidden units are a
   group; a group on the model axis flowing in (the residual stream) passes through,
   moving the attention's input columns, its output projection's rows, the
-  feed-forward layers' columns / rows and both LayerNorms. Attention heads are not
-  represented.
+  feed-forward layers' columns / rows and both LayerNorms; its attention heads are a
+  group (query, key and value rows of a head and its output columns move together).
+  Permutations inside a head are not represented.
 - Residual additions (and element-wise products, concatenation along another
   axis) of two permuted tensors TIE their groups (union-find), so ResNets with
   identity and projection shortcuts share one permutation per stage.
@@ -114,8 +115,10 @@ class SpecWarning(UserWarning):
 class Axis:
     """One tensor axis acted on by a permutation group.
 
-    ``tensor[name]`` along ``axis`` has ``n * block`` entries; unit ``i`` of the
-    group owns entries ``i * block : (i + 1) * block``. ``role`` is ``"in"`` for
+    ``tensor[name]`` along ``axis`` has ``segments * n * block`` entries; unit ``i`` of
+    the group owns entries ``i * block : (i + 1) * block`` of each of the ``segments``
+    equal parts of the axis (``segments=3``: an attention's packed query / key / value
+    projection, whose heads are permuted alike in the three). ``role`` is ``"in"`` for
     the producing layer (the unit's incoming weights and bias), ``"out"`` for a
     consuming layer (the unit's outgoing weights), ``"norm"`` for normalisation
     parameters and statistics.
@@ -125,6 +128,7 @@ class Axis:
     axis: int
     block: int = 1
     role: str = "in"
+    segments: int = 1
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,8 @@ class PermutationSpec:
         return out
 
     def validate(self, state: Mapping[str, Tensor], where: str = "state dict") -> None:
-        """Check every listed tensor exists in ``state`` with ``n * block`` entries on its axis."""
+        """Check every listed tensor exists in ``state`` with ``segments * n * block`` entries
+        on its axis."""
         for g, axes in self.groups.items():
             n = self.sizes[g]
             for ax in axes:
@@ -225,10 +230,11 @@ class PermutationSpec:
                         f"from the {where}"
                     )
                 size = state[ax.name].shape[ax.axis]
-                if size != n * ax.block:
+                if size != ax.segments * n * ax.block:
                     raise ValueError(
                         f"PermutationSpec: group {g!r} expects {ax.name!r} to have "
-                        f"{n} x {ax.block} entries on axis {ax.axis}, found {size} in the {where}"
+                        f"{ax.segments} x {n} x {ax.block} entries on axis {ax.axis}, found "
+                        f"{size} in the {where}"
                     )
 
 
@@ -384,14 +390,15 @@ class _Builder:
         self.reasons[root] = reason
         self.parent[root] = self.FIXED
 
-    def add(self, g: int, name: str, axis: int, block: int, role: str) -> None:
+    def add(self, g: int, name: str, axis: int, block: int, role: str,
+            segments: int = 1) -> None:
         if name not in self.tensor_names:
             return
         key = (name, axis)
         if key in self.by_tensor_axis:  # shared weights: the same axis in two places
             g = self.union(self.by_tensor_axis[key], g)
         self.by_tensor_axis[key] = g
-        self.entries.append((g, Axis(name, axis, block, role)))
+        self.entries.append((g, Axis(name, axis, block, role, segments)))
 
     # helpers
     def shape(self, node: Any) -> tuple[int, ...] | None:
@@ -620,7 +627,8 @@ class _Builder:
         units are a new group; a group on the model axis flowing in passes through (the
         attention's input columns, its output projection's rows, the FFN's input columns
         and output rows and both LayerNorms move with it: the residual stream's units).
-        The attention heads are left as they are."""
+        The attention heads are a group too (blocks of ``head_dim`` rows moved alike in
+        the query, key and value projections, and the output projection's columns)."""
         if s is not None and (shape is None or s.axis != len(shape) - 1 or s.block != 1):
             self.fix(s, f"{target} reads the last axis, the group is on axis {s.axis}")
             s = None
@@ -635,6 +643,17 @@ class _Builder:
                 self.add(s.g, f"{target}.{name}", axis, 1, role)
             self.nonhom.add(s.g)
             self.not_odd(s.g)
+        attn = mod.self_attn
+        if attn._qkv_same_embed_dim and attn.bias_k is None and attn.num_heads > 1:
+            # heads: the same permutation of head_dim-row blocks in the query, key and
+            # value parts of the packed projection, and of the output's input columns
+            h = self.new_group(attn.num_heads, f"{target}.self_attn")
+            hd = attn.head_dim
+            self.add(h, f"{target}.self_attn.in_proj_weight", 0, hd, "in", segments=3)
+            self.add(h, f"{target}.self_attn.in_proj_bias", 0, hd, "in", segments=3)
+            self.add(h, f"{target}.self_attn.out_proj.weight", 1, hd, "out")
+            self.nonhom.add(h)
+            self.not_odd(h)
         g = self.new_group(mod.linear1.out_features, f"{target}.linear1")
         self.add(g, f"{target}.linear1.weight", 0, 1, "in")
         self.add(g, f"{target}.linear1.bias", 0, 1, "in")
@@ -869,7 +888,7 @@ class _Builder:
                 seen.add((roots[r], ax.name, ax.axis))
                 f = self.factor.get(r, 1)
                 groups[roots[r]].append(ax if f == 1 else Axis(ax.name, ax.axis, ax.block * f,
-                                                                 ax.role))
+                                                                 ax.role, ax.segments))
         consumers: dict[str, list[tuple[str, int, int]]] = {}
         for g, mod, axis, block in self.consumers:
             r = self.find(g)
@@ -937,20 +956,28 @@ def permutation_spec(
 
 
 # ------------------------------------------------------------- permutations
-def _unit_index(perm: Tensor, block: int) -> Tensor:
-    if block == 1:
-        return perm
-    return (perm[:, None] * block + torch.arange(block, device=perm.device)).reshape(-1)
+def _unit_index(perm: Tensor, block: int, segments: int = 1) -> Tensor:
+    """Entry indices of the units ``perm`` in order (each of ``block`` entries), repeated
+    in each of ``segments`` consecutive parts of ``len(perm) * block`` entries."""
+    idx = perm if block == 1 else (
+        perm[:, None] * block + torch.arange(block, device=perm.device)).reshape(-1)
+    if segments == 1:
+        return idx
+    part = len(perm) * block
+    return (torch.arange(segments, device=perm.device)[:, None] * part + idx).reshape(-1)
 
 
-def permute_axis(t: Tensor, axis: int, perm: Tensor, block: int = 1) -> Tensor:
-    """``t`` with units along ``axis`` reordered: new unit ``i`` is old unit ``perm[i]``."""
-    return t.index_select(axis, _unit_index(perm.to(t.device), block))
+def permute_axis(t: Tensor, axis: int, perm: Tensor, block: int = 1,
+                 segments: int = 1) -> Tensor:
+    """``t`` with units along ``axis`` reordered: new unit ``i`` is old unit ``perm[i]``
+    (in each of ``segments`` equal parts of the axis)."""
+    return t.index_select(axis, _unit_index(perm.to(t.device), block, segments))
 
 
-def scale_axis(t: Tensor, axis: int, c: Tensor, block: int = 1) -> Tensor:
-    """``t`` with unit ``i`` along ``axis`` (``block`` entries each) multiplied by ``c[i]``."""
-    c = torch.as_tensor(c).to(t.device, t.dtype).repeat_interleave(block)
+def scale_axis(t: Tensor, axis: int, c: Tensor, block: int = 1, segments: int = 1) -> Tensor:
+    """``t`` with unit ``i`` along ``axis`` (``block`` entries each, in each of
+    ``segments`` parts) multiplied by ``c[i]``."""
+    c = torch.as_tensor(c).to(t.device, t.dtype).repeat_interleave(block).repeat(segments)
     shape = [1] * t.ndim
     shape[axis] = -1
     return t * c.reshape(shape)
@@ -1027,10 +1054,10 @@ def apply_permutation(
                 f"expected ({spec.sizes[g]},)"
             )
         for ax in axes:
-            out[ax.name] = permute_axis(out[ax.name], ax.axis, p, ax.block)
+            out[ax.name] = permute_axis(out[ax.name], ax.axis, p, ax.block, ax.segments)
     for g, sg in signs.items():
         for ax in spec.signed_axes(g):
-            out[ax.name] = scale_axis(out[ax.name], ax.axis, sg, ax.block)
+            out[ax.name] = scale_axis(out[ax.name], ax.axis, sg, ax.block, ax.segments)
     return out
 
 
