@@ -15,8 +15,11 @@ into the convolutions (:mod:`lossatlas.kernels.bnfold`) a whole ``conv -> +bias 
   rows; each input row is loaded once with its one-pixel left / right shifts and feeds
   three output rows (kernel rows 2, 1, 0 of the rows above, at and below it), kept as
   three running accumulators; each input pixel is loaded three times;
-- adds the bias, the residual tile and applies ReLU in fp32, and writes the output
-  once, rounded to the activation dtype.
+- either way the epilogue adds the bias, the residual tile and applies ReLU in fp32,
+  writes the output once, rounded to the activation dtype, and (``STATS``) can also
+  write each program's per-channel moments of what it wrote (count, mean, M2), merged
+  by :func:`_launch_stats` into the batch's mean and variance
+  (:mod:`lossatlas.kernels.bn_triton`).
 
 :func:`fuse_conv_epilogues` rewrites a traced model so that every supported
 convolution (3x3, stride 1, padding 1, 16/32/64 channels, with or without a bias) and
@@ -25,7 +28,7 @@ the ReLU / residual add after it call :func:`conv3x3_act`. It runs on CUDA in bf
 PyTorch. Two backends use it: ``fast-bnfold-fused`` (BatchNorm folded into each
 convolution: bias, residual add and ReLU fused) and ``fast-bnrecompute-triton`` (each
 convolution followed by a BatchNorm with its batch's statistics: the convolution
-alone). :func:`check_kernel` compares the kernel with PyTorch on a small case (both
+alone, or with the statistics). :func:`check_kernel` compares the kernel with PyTorch on a small case (both
 backends run it before using the kernel). Launches are autotuned per shape among the
 tap loop's and the row sweep's configurations (``bench/conv_fused.py`` sweeps them).
 """
