@@ -3,6 +3,8 @@ without ``example_input()`` align with no extra argument; explicit inputs and da
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -232,13 +234,16 @@ def test_token_model_without_example_input_traces_on_inferred_tokens():
     model = TinyTokenModel().eval()
     x = infer_example_input(model)
     assert x.dtype == torch.long and x.shape == (2, 8)  # 16 tokens exceed the positions
-    with pytest.warns(SpecWarning, match="mlp.2"):  # residual onto unpermuted embeddings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecWarning)  # nothing left out
         spec = permutation_spec(model)
-    assert sorted(spec.sizes.values()) == [32]  # the MLP's hidden units
+    # the residual stream (embedding columns, the sliced position table, the MLP's output
+    # rows, the head's columns) and the MLP's hidden units
+    assert spec.sizes == {"embed": 16, "mlp.0": 32}
+    assert ("pos", 1) in {(ax.name, ax.axis) for ax in spec.groups["embed"]}
     perms = random_permutation(spec, torch.Generator().manual_seed(4))
     permuted = permute_model(model, spec, perms)
-    with pytest.warns(SpecWarning, match="mlp.2"):
-        aligned = weight_matching(model, permuted)
+    aligned = weight_matching(model, permuted)
     for k, v in aligned.state_dict().items():
         torch.testing.assert_close(v, model.state_dict()[k], msg=k)
     tokens = torch.randint(0, 20, (5, 6))

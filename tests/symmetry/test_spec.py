@@ -84,7 +84,14 @@ def test_transformer_is_partial_with_warnings():
     x = model.example_input(4)
     with pytest.warns(SpecWarning, match="unflatten"):
         spec = permutation_spec(model)
-    assert list(spec.groups) == ["blocks.0.mlp.0"]  # only the MLP hidden units
+    # the residual stream (embedding, sliced position table, attention output and MLP
+    # rows, unembedding columns) and the MLP hidden units; q / k / v split into heads by
+    # unflatten stay fixed
+    assert list(spec.groups) == ["embed", "blocks.0.mlp.0"]
+    stream = {(ax.name, ax.axis) for ax in spec.groups["embed"]}
+    assert {("embed.weight", 1), ("pos_embed", 1), ("blocks.0.attn.o.weight", 0),
+            ("blocks.0.mlp.2.weight", 0), ("blocks.0.attn.q.weight", 1),
+            ("unembed.weight", 1)} <= stream
     assert check_spec(model, spec, x)
     with pytest.raises(NotImplementedError, match="strict"):
         permutation_spec(model, strict=True)

@@ -24,9 +24,10 @@ graph:
   ``g`` units of ``C / g`` consecutive channels each (its axes' blocks grow by ``C /
   g``); the norm's weight and bias move with them. (Permutations inside a channel
   group are a symmetry too, not represented.)
-- An ``nn.Embedding``'s columns start a group; a model tensor added to (or multiplying)
-  a permuted tensor along the group's axis (a learned position table, a layer scale)
-  moves with the group.
+- An ``nn.Embedding``'s columns start a group; a model tensor (or a slice of one that
+  keeps the group's axis whole, ``pos_embed[:T]``) added to or multiplying a permuted
+  tensor along the group's axis (a learned position table, a layer scale) moves with
+  the group.
 - ``nn.TransformerEncoderLayer`` (a torch.fx leaf): its feed-forward hidden units are a
   group; a group on the model axis flowing in (the residual stream) passes through,
   moving the attention's input columns, its output projection's rows, the
@@ -832,16 +833,34 @@ class _Builder:
         return p
 
     def moves_with(self, other: Any, p: _P, rank: int, oshape: tuple[int, ...] | None) -> bool:
-        """Whether ``other`` is one of the model's tensors (a ``get_attr``: a learned
-        position table, a layer scale) spanning the group's axis in a sum or product: it
-        then moves with the group (its axis added to the group)."""
-        if not (isinstance(other, fx.Node) and other.op == "get_attr" and oshape is not None):
+        """Whether ``other`` is one of the model's tensors (a ``get_attr``, or a slice of
+        one: a learned position table, a layer scale) spanning the group's axis in a sum
+        or product: it then moves with the group (its axis added to the group)."""
+        if not isinstance(other, fx.Node) or oshape is None:
             return False
         k = p.axis - (rank - len(oshape))
-        if k < 0 or oshape[k] == 1 or str(other.target) not in self.tensor_names:
+        found = self.model_tensor_axis(other, k) if k >= 0 and oshape[k] != 1 else None
+        if found is None:
             return False
-        self.add(p.g, str(other.target), k, p.block, "in")
+        self.add(p.g, found[0], found[1], p.block, "in")
         return True
+
+    def model_tensor_axis(self, node: fx.Node, k: int) -> tuple[str, int] | None:
+        """``(name, axis)`` of the model tensor whose axis ``k`` is ``node``'s axis ``k``:
+        ``node`` a ``get_attr`` of it or a basic slice of one that leaves axis ``k``
+        whole (``pos_embed[:T]``); else None."""
+        if node.op == "get_attr":
+            name = str(node.target)
+            return (name, k) if name in self.tensor_names else None
+        if node.op != "call_function" or node.target is not operator.getitem:
+            return None
+        base, idx = node.args
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        if not isinstance(base, fx.Node) or not all(isinstance(i, slice) for i in items):
+            return None  # an integer, None or Ellipsis would shift the axes
+        if k < len(items) and items[k] != slice(None):
+            return None
+        return self.model_tensor_axis(base, k)
 
     def visit_cat(self, node: fx.Node) -> _P | None:
         tensors = node.args[0]
