@@ -368,3 +368,24 @@ def test_hand_permuted_heads_are_matched_back():
     aligned = weight_matching(model, other, example_input=x)
     for k, v in aligned.state_dict().items():
         torch.testing.assert_close(v, model.state_dict()[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_sum_over_the_units_keeps_permutations_but_not_sign_flips():
+    """Units summed away (no later layer reads them) may be permuted but not flipped or
+    rescaled: the group is neither odd nor rescalable (it used to be marked odd, and
+    check_spec's random sign flips changed the output)."""
+
+    class SumOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.tanh(self.mix(x)).mean(1).sum(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    model, x = SumOut().eval(), torch.randn(3, 5, 8)
+    spec = permutation_spec(model, x)
+    assert list(spec.groups) == ["mix"]
+    assert "mix" not in spec.odd and "mix" not in spec.rescalable
+    assert check_spec(model, spec, x)

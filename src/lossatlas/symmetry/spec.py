@@ -697,11 +697,14 @@ class _Builder:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         nd = len(shape)
-        if dim is None:
-            return None  # a full reduction is permutation-invariant
-        dims = {d % nd for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+        dims = (set(range(nd)) if dim is None
+                else {d % nd for d in (dim if isinstance(dim, (tuple, list)) else [dim])})
         if s.axis in dims:
-            return None  # reducing over the permuted axis: invariant
+            # reducing over the units: invariant to permuting them, but not to flipping
+            # or rescaling some of them (no later layer absorbs it)
+            self.nonhom.add(s.g)
+            self.not_odd(s.g)
+            return None
         if _name_of(node.target) in ("amax", "amin"):
             self.not_odd(s.g)
         axis = s.axis if keep else s.axis - sum(d < s.axis for d in dims)
