@@ -370,6 +370,42 @@ def test_hand_permuted_heads_are_matched_back():
         torch.testing.assert_close(v, model.state_dict()[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_module_tensor_read_directly_elsewhere_fixes_its_group():
+    """An embedding also used as an output matrix through F.linear (tied weights), and a
+    position table added in two places: permuting the tensor for one reader would change
+    what the other computes, so the group is left unpermuted with a warning (the tied
+    case used to give a wrong spec)."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.mix = nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.mix(self.emb(x)).mean(1)
+            return nn.functional.linear(torch.ones(x.shape[0], 8), self.emb.weight) + h.sum(
+                -1, keepdim=True)
+
+    class TwoReads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.pos = nn.Parameter(torch.randn(5, 8))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head((self.emb(x) + self.pos).mean(1)) + (self.pos * 2).sum()
+
+    x = torch.randint(0, 10, (3, 5))
+    for make, culprit in ((Tied, "emb.weight is also read"), (TwoReads, "emb")):
+        torch.manual_seed(0)
+        model = make().eval()
+        with pytest.warns(SpecWarning, match=culprit):
+            spec = permutation_spec(model, x)
+        assert "emb" not in spec.groups and check_spec(model, spec, x)
+
+
 def test_a_sum_over_the_units_keeps_permutations_but_not_sign_flips():
     """Units summed away (no later layer reads them) may be permuted but not flipped or
     rescaled: the group is neither odd nor rescalable (it used to be marked odd, and

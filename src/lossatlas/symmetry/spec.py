@@ -329,6 +329,14 @@ class _Builder:
         self.tensor_names = {k for k in gm.state_dict() if not k.startswith("_tensor_constant")}
         # channels per unit of a group whose units are GroupNorm groups (root -> factor)
         self.factor: dict[int, int] = {}
+        # model tensors read directly in forward (get_attr), with their number of readers,
+        # and those whose one reader moves them with a group (moves_with)
+        self.direct_reads: dict[str, int] = {}
+        for nd in gm.graph.nodes:
+            if nd.op == "get_attr" and str(nd.target) in self.tensor_names:
+                name = str(nd.target)
+                self.direct_reads[name] = self.direct_reads.get(name, 0) + len(nd.users)
+        self.moved: set[str] = set()
 
     # union-find
     def find(self, g: int) -> int:
@@ -422,6 +430,12 @@ class _Builder:
         for pos, node in enumerate(self.gm.graph.nodes):
             self.pos = pos
             self.state[node] = self.visit(node)
+        # a module's tensor also read directly in forward (a tied embedding used as an
+        # output matrix through F.linear) would be permuted under that reader too
+        for name in sorted(set(self.direct_reads) - self.moved):
+            for g, ax in self.entries:
+                if ax.name == name:
+                    self.fix(_P(g, ax.axis), f"{name} is also read directly in forward")
 
     def not_odd(self, g: int) -> None:
         """Group ``g`` passes through an operation that is not odd (at the current node)."""
@@ -846,16 +860,18 @@ class _Builder:
         if found is None:
             return False
         self.add(p.g, found[0], found[1], p.block, "in")
+        self.moved.add(found[0])
         return True
 
     def model_tensor_axis(self, node: fx.Node, k: int) -> tuple[str, int] | None:
         """``(name, axis)`` of the model tensor whose axis ``k`` is ``node``'s axis ``k``:
         ``node`` a ``get_attr`` of it or a basic slice of one that leaves axis ``k``
         whole (``pos_embed[:T]``); else None."""
-        if node.op == "get_attr":
+        if node.op == "get_attr":  # its one reader in the graph is this sum or product
             name = str(node.target)
-            return (name, k) if name in self.tensor_names else None
-        if node.op != "call_function" or node.target is not operator.getitem:
+            return (name, k) if self.direct_reads.get(name) == 1 else None
+        if node.op != "call_function" or node.target is not operator.getitem \
+                or len(node.users) != 1:
             return None
         base, idx = node.args
         items = list(idx) if isinstance(idx, tuple) else [idx]
