@@ -380,12 +380,12 @@ def test_a_module_tensor_read_directly_elsewhere_fixes_its_group():
         def __init__(self):
             super().__init__()
             self.emb = nn.Embedding(10, 8)
-            self.mix = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 3)
 
         def forward(self, x):
-            h = self.mix(self.emb(x)).mean(1)
-            return nn.functional.linear(torch.ones(x.shape[0], 8), self.emb.weight) + h.sum(
-                -1, keepdim=True)
+            h = self.head(self.emb(x).mean(1))
+            tied = nn.functional.linear(torch.ones(x.shape[0], 8), self.emb.weight)
+            return torch.cat([h, tied], 1)
 
     class TwoReads(nn.Module):
         def __init__(self):
