@@ -104,14 +104,19 @@ if triton is not None:
         return n, mean, tl.sum(d * d, axis=0)
 
     @triton.jit
+    def _chan(n, mean, m2, n_b, mean_b, m2_b):
+        """Two (count, mean, M2) summaries merged into one (Chan, Golub and LeVeque's
+        pairwise update; exact, no cancellation between large sums)."""
+        tot = n + n_b
+        delta = mean_b - mean
+        frac = n_b / tl.maximum(tot, 1.0)
+        return tot, mean + delta * frac, m2 + m2_b + delta * delta * n * frac
+
+    @triton.jit
     def _merge(n, mean, m2, v, ok):
-        """The running (count, mean, M2) merged with those of the rows of ``v`` where ``ok``
-        (Chan, Golub and LeVeque's pairwise update)."""
+        """The running (count, mean, M2) merged with those of the rows of ``v`` where ``ok``."""
         n_t, mean_t, m2_t = _moments(v, ok)
-        tot = n + n_t
-        delta = mean_t - mean
-        frac = n_t / tl.maximum(tot, 1.0)
-        return tot, mean + delta * frac, m2 + m2_t + delta * delta * n * frac
+        return _chan(n, mean, m2, n_t, mean_t, m2_t)
 
     @triton.jit
     def _store_moments(S, mean, m2, co, C_OUT: tl.constexpr):
@@ -140,12 +145,7 @@ if triton is not None:
             mean_b = tl.sum(mean_p * n_p[:, None], axis=0) / tl.maximum(n_b, 1.0)
             d = mean_p - mean_b[None, :]
             m2_b = tl.sum(m2_p, axis=0) + tl.sum(d * d * n_p[:, None], axis=0)
-            tot = count + n_b
-            delta = mean_b - mean
-            frac = n_b / tl.maximum(tot, 1.0)
-            mean = mean + delta * frac
-            m2 = m2 + m2_b + delta * delta * count * frac
-            count = tot
+            count, mean, m2 = _chan(count, mean, m2, n_b, mean_b, m2_b)
         tl.store(MEAN + c, mean)
         tl.store(VAR + c, m2 / tl.maximum(count, 1.0))
 
