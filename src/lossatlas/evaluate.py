@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "tf32", "bf16"]
 BackendName = Literal["auto", "fast", "vmap", "sequential", "fast-mlp-fused", "fast-mlp",
-                      "fast-bnfold-fused", "fast-bnfold", "fast-bnrecompute-triton", "fast-bnrecompute",
-                      "compiled"]
+                      "fast-bnfold-fused", "fast-bnfold", "fast-bnrecompute-triton",
+                      "fast-bnrecompute", "compiled"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -224,17 +224,17 @@ class Evaluator:
         ``"fast-bnfold-fused"`` (on CUDA in bf16: as ``"fast-bnfold"``, with each
         3x3 convolution of 16-64 channels and its bias, residual add and ReLU as one
         Triton kernel), ``"fast-bnfold"`` (eval-mode BatchNorm after convolutions,
-        folded into the convolution weights per point), ``"compiled"`` (with ``compile=True``: the
-        per-point forward and loss through ``torch.compile``, one point after another:
-        large models such as transformers), ``"vmap"`` (``functional_call``
+        folded into the convolution weights per point), ``"compiled"`` (with
+        ``compile=True``: the per-point forward and loss through ``torch.compile``, one
+        point after another: large models such as transformers), ``"vmap"`` (``functional_call``
         vectorised over points) and ``"sequential"`` (one point after another; used
         when vmap fails on the model). Under ``bn="recompute"`` on CUDA with all
         samples in one batch, ``"fast-bnrecompute"`` comes before ``"vmap"``: one point
         after another, channels-last, train-mode BatchNorm over all samples in the
         evaluation pass itself (cuDNN autotuning; ``torch.compile`` with
         ``compile=True``), preceded in bf16 by ``"fast-bnrecompute-triton"`` (the same
-        with its 3x3 convolutions of 16-64 channels as Triton kernels). "fast" takes the first fast path and raises
-        when none applies; "vmap" and "sequential" are used as asked, and so is any
+        with its 3x3 convolutions of 16-64 channels as Triton kernels). "fast" takes
+        the first fast path and raises when none applies; "vmap" and "sequential" are used as asked, and so is any
         other registered backend's name (an error when it does not apply). The choice is
         made once, logged (with why the faster ones did not apply), and is
         ``self.backend``, shown in ``repr``.

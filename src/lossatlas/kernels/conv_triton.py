@@ -28,9 +28,10 @@ the ReLU / residual add after it call :func:`conv3x3_act`. It runs on CUDA in bf
 PyTorch. Two backends use it: ``fast-bnfold-fused`` (BatchNorm folded into each
 convolution: bias, residual add and ReLU fused) and ``fast-bnrecompute-triton`` (each
 convolution followed by a BatchNorm with its batch's statistics: the convolution
-alone, or with the statistics). :func:`check_kernel` compares the kernel with PyTorch on a small case (both
-backends run it before using the kernel). Launches are autotuned per shape among the
-tap loop's and the row sweep's configurations (``bench/conv_fused.py`` sweeps them).
+alone, or with the statistics). :func:`check_kernel` compares the kernel with PyTorch
+on a small case (both backends run it before using the kernel). Launches are autotuned
+per shape among the tap loop's and the row sweep's configurations
+(``bench/conv_fused.py`` sweeps them).
 """
 
 from __future__ import annotations
@@ -435,7 +436,8 @@ def conv3x3_act(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor
 
 
 @conv3x3_act.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, relu: bool) -> Tensor:
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None,
+      relu: bool) -> Tensor:
     n, _, h, w = x.shape
     return torch.empty((n, weight.shape[0], h, w), device=x.device, dtype=x.dtype,
                        memory_format=torch.channels_last)
@@ -501,7 +503,8 @@ def fuse_conv_epilogues(gm: fx.GraphModule) -> int:
             b = (gm.graph.get_attr(f"{node.target}.bias")
                  if modules[node.target].bias is not None else None)
         with gm.graph.inserting_after(chain[-1]):
-            new = gm.graph.call_function(torch.ops.lossatlas.conv3x3_act.default, (node.args[0], w, b, residual, relu))
+            new = gm.graph.call_function(torch.ops.lossatlas.conv3x3_act.default,
+                                         (node.args[0], w, b, residual, relu))
         chain[-1].replace_all_uses_with(new)
         for dead in reversed(chain):
             gm.graph.erase_node(dead)
